@@ -1,0 +1,156 @@
+"""Scripted expert: waypoints + IK with action noise, and deliberate failure modes.
+
+The expert plans one segment at a time from the current simulator state (so it reacts to where
+the object actually is), interpolates the TCP pose between waypoints at a bounded speed, and
+emits DROID ``cartesian_position`` + gripper actions at 15 Hz with Gaussian noise.
+
+Failure modes for imperfect episodes (so the data holds failures for the value head):
+
+* ``wrong_target``: grasps and moves a distractor instead of the named object;
+* ``drop``: opens the gripper during transport;
+* ``miss``: grasps 4-6 cm beside the object;
+* ``timeout``: stalls mid-task until the episode's step limit cuts it off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from vidplan_server.data.schema import DT_S
+from vidplan_server.data.sim.scene import PlacedObject, SimScene
+from vidplan_server.data.sim.tasks import Task
+from vidplan_server.robot.panda import matrix_to_pose
+
+FAILURE_MODES = ("wrong_target", "drop", "miss", "timeout")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    speed_mps: float = 0.22
+    angular_speed_rps: float = 1.2
+    pos_noise_m: float = 0.002
+    rot_noise_rad: float = 0.01
+    approach_height_m: float = 0.10
+    carry_height_m: float = 0.20
+    close_steps: int = 8
+    open_steps: int = 6
+
+
+def top_down(yaw: float) -> np.ndarray:
+    """Rotation matrix of a TCP pointing straight down with the given yaw."""
+    return Rotation.from_euler("xyz", [np.pi, 0.0, yaw]).as_matrix()
+
+
+class ScriptedExpert:
+    def __init__(
+        self,
+        scene: SimScene,
+        task: Task,
+        rng: np.random.Generator,
+        mode: str | None = None,
+        config: ExpertConfig | None = None,
+    ) -> None:
+        if mode is not None and mode not in FAILURE_MODES:
+            raise ValueError(f"mode must be None or one of {FAILURE_MODES}, got {mode!r}")
+        self.scene, self.task, self.rng, self.mode = scene, task, rng, mode
+        self.cfg = config or ExpertConfig()
+        self.obj: PlacedObject = scene.objects[0]
+        if mode == "wrong_target" and len(scene.objects) > 1:
+            self.obj = scene.objects[1 + int(rng.integers(len(scene.objects) - 1))]
+        self._pose = scene.kin.fk(scene.joint_positions())
+        self._gripper = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def _noisy(self, T: np.ndarray, gripper: float) -> np.ndarray:
+        pose = matrix_to_pose(T)
+        pose[:3] += self.rng.normal(0.0, self.cfg.pos_noise_m, 3)
+        pose[3:] += self.rng.normal(0.0, self.cfg.rot_noise_rad, 3)
+        pose[3:] = (pose[3:] + np.pi) % (2 * np.pi) - np.pi
+        return np.concatenate([pose, [gripper]]).astype(np.float32)
+
+    def _move(self, target: np.ndarray, gripper: float | None = None, speed: float | None = None) -> Iterator[np.ndarray]:
+        """Interpolate from the last commanded pose to ``target`` ``(4, 4)`` at bounded speed."""
+        g = self._gripper if gripper is None else gripper
+        start = self._pose
+        dist = np.linalg.norm(target[:3, 3] - start[:3, 3])
+        rots = Rotation.from_matrix(np.stack([start[:3, :3], target[:3, :3]]))
+        angle = (rots[0].inv() * rots[1]).magnitude()
+        v = speed or self.cfg.speed_mps
+        n = max(1, int(np.ceil(max(dist / (v * DT_S), angle / (self.cfg.angular_speed_rps * DT_S)))))
+        slerp = Slerp([0.0, 1.0], rots)
+        for i in range(1, n + 1):
+            s = i / n
+            s = 0.5 - 0.5 * np.cos(np.pi * s)  # ease in and out
+            T = np.eye(4)
+            T[:3, :3] = slerp([s]).as_matrix()[0]
+            T[:3, 3] = (1 - s) * start[:3, 3] + s * target[:3, 3]
+            self._pose, self._gripper = T, g
+            yield self._noisy(T, g)
+
+    def _hold(self, n: int, gripper: float) -> Iterator[np.ndarray]:
+        for _ in range(n):
+            self._gripper = gripper
+            yield self._noisy(self._pose, gripper)
+
+    def _pose_at(self, xy: np.ndarray, z: float, yaw: float) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, :3] = top_down(yaw)
+        T[:3, 3] = [xy[0], xy[1], z]
+        return T
+
+    def _grasp_yaw(self, obj: PlacedObject) -> float:
+        """Yaw that closes the fingers across the object's shorter horizontal side."""
+        _, quat = self.scene.object_pose(obj)
+        obj_yaw = Rotation.from_quat(quat).as_euler("xyz")[2]
+        short_axis = obj_yaw if obj.half_extents[0] <= obj.half_extents[1] else obj_yaw + np.pi / 2
+        yaw = short_axis + np.pi / 2  # fingers close along the TCP's y axis
+        current = Rotation.from_matrix(self._pose[:3, :3]).as_euler("xyz")[2]
+        # Of the two equivalent yaws (mod π) take the one closest to the current wrist angle.
+        return float(current + ((yaw - current + np.pi / 2) % np.pi - np.pi / 2))
+
+    # ------------------------------------------------------------------ script
+    def actions(self) -> Iterator[np.ndarray]:
+        """Yield ``(7,)`` actions until the script ends (the caller enforces the step limit)."""
+        cfg, scene, obj = self.cfg, self.scene, self.obj
+        pos, _ = scene.object_pose(obj)
+        yaw = self._grasp_yaw(obj)
+        xy = pos[:2].copy()
+        if self.mode == "miss":
+            angle = self.rng.uniform(0, 2 * np.pi)
+            xy += self.rng.uniform(0.04, 0.06) * np.array([np.cos(angle), np.sin(angle)])
+        top = pos[2] + obj.half_extents[2]
+        yield from self._move(self._pose_at(xy, top + cfg.approach_height_m, yaw), gripper=0.0)
+        if self.mode == "timeout":
+            while True:  # hesitate above the object until the step limit ends the episode
+                yield from self._hold(1, 0.0)
+        pos, _ = scene.object_pose(obj)
+        if self.mode != "miss":
+            xy = pos[:2]
+        grasp_z = max(pos[2], 0.018)
+        yield from self._move(self._pose_at(xy, grasp_z, yaw), speed=0.12)
+        yield from self._hold(cfg.close_steps, 1.0)
+        yield from self._move(self._pose_at(xy, cfg.carry_height_m, yaw), speed=0.15)
+
+        if self.task.kind == "pick":
+            if self.mode == "drop":
+                yield from self._hold(cfg.open_steps, 0.0)
+            yield from self._hold(10, self._gripper)
+            return
+
+        c_pos, _ = scene.container_pose()
+        above = self._pose_at(c_pos[:2], cfg.carry_height_m, yaw)
+        if self.mode == "drop":
+            mid = self._pose.copy()
+            frac = self.rng.uniform(0.3, 0.7)
+            mid[:3, 3] = (1 - frac) * self._pose[:3, 3] + frac * above[:3, 3]
+            yield from self._move(mid)
+            yield from self._hold(cfg.open_steps, 0.0)
+        yield from self._move(above)
+        release_z = scene.container.asset.rim_height_m + obj.half_extents[2] + 0.04
+        yield from self._move(self._pose_at(c_pos[:2], release_z, yaw), speed=0.12)
+        yield from self._hold(cfg.open_steps, 0.0)
+        yield from self._move(self._pose_at(c_pos[:2], cfg.carry_height_m + 0.05, yaw), speed=0.15)
