@@ -106,14 +106,22 @@ def feature_spec(height: int, width: int, video_info: dict) -> dict:
             GT_POSES: {
                 "dtype": "float32",
                 "shape": [MAX_GT_OBJECTS * 7],
-                "names": {"axes": [f"obj{i}_{a}" for i in range(MAX_GT_OBJECTS) for a in
-                                   ("x", "y", "z", "qx", "qy", "qz", "qw")]},
+                "names": {
+                    "axes": [
+                        f"obj{i}_{a}" for i in range(MAX_GT_OBJECTS) for a in ("x", "y", "z", "qx", "qy", "qz", "qw")
+                    ]
+                },
             },
         }
     )
     for key in GT_MASK_KEYS.values():
         features[key] = {"dtype": "image", "shape": [height, width, 1], "names": ["height", "width", "channels"]}
-    for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                        ("index", "int64"), ("task_index", "int64")):
+    for name, dtype in (
+        ("timestamp", "float32"),
+        ("frame_index", "int64"),
+        ("episode_index", "int64"),
+        ("index", "int64"),
+        ("task_index", "int64"),
+    ):
         features[name] = {"dtype": dtype, "shape": [1], "names": None}
     return features

@@ -36,8 +36,13 @@ VECTOR_DIMS = {
     "action/gripper_position": 1,
     "action/joint_position": 7,
 }
-REQUIRED = ("observation/cartesian_position", "observation/gripper_position", "observation/joint_position",
-            "action/cartesian_position", "action/gripper_position")
+REQUIRED = (
+    "observation/cartesian_position",
+    "observation/gripper_position",
+    "observation/joint_position",
+    "action/cartesian_position",
+    "action/gripper_position",
+)
 
 
 class EpisodeDataset:
@@ -118,7 +123,7 @@ class EpisodeDataset:
             names = [n for n in table.column_names if n != "task_index"]
             if not names:
                 raise DatasetError(f"{path}: no task column")
-            return dict(zip(table.column("task_index").to_pylist(), table.column(names[0]).to_pylist()))
+            return dict(zip(table.column("task_index").to_pylist(), table.column(names[0]).to_pylist(), strict=True))
         path = self.root / "meta" / "tasks.jsonl"
         if not path.is_file():
             return {}
@@ -152,8 +157,9 @@ class EpisodeDataset:
         if not template:
             raise DatasetError(f"{self.root / fmt.INFO_PATH}: video_path missing (image datasets are not supported)")
         if self.layout == "v3":
-            rel = template.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
-                                  file_index=row[f"videos/{key}/file_index"])
+            rel = template.format(
+                video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"]
+            )
             return self.root / rel, float(row.get(f"videos/{key}/from_timestamp", 0.0))
         chunk = row["episode_index"] // int(self.info.get("chunks_size", 1000))
         return self.root / template.format(video_key=key, episode_chunk=chunk, episode_index=row["episode_index"]), 0.0
@@ -175,8 +181,9 @@ class EpisodeDataset:
         if "frame_index" in table.column_names:
             table = table.sort_by("frame_index")
         if table.num_rows != int(row["length"]):
-            raise DatasetError(f"{path}: episode {row['episode_index']} has {table.num_rows} rows, "
-                               f"metadata says {row['length']}")
+            raise DatasetError(
+                f"{path}: episode {row['episode_index']} has {table.num_rows} rows, metadata says {row['length']}"
+            )
         return table, path
 
     # ------------------------------------------------------------------ episodes

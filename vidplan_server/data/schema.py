@@ -21,8 +21,9 @@ Conventions (shared with ``vidplan_server.robot.panda``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -128,9 +129,7 @@ class Episode:
         for cam in CAMERA_NAMES:
             img = self.images[cam]
             if img.dtype != np.uint8 or img.shape != (T, h, w, 3):
-                raise SchemaError(
-                    f"observation/{cam}: expected uint8 {(T, h, w, 3)}, got {img.dtype} {img.shape}"
-                )
+                raise SchemaError(f"observation/{cam}: expected uint8 {(T, h, w, 3)}, got {img.dtype} {img.shape}")
         for name, dim in (("cartesian_position", 6), ("gripper_position", 1), ("joint_position", 7)):
             _check_vector(f"observation/{name}", getattr(self, name), T, dim)
         _check_vector("action", self.action, T, 7)

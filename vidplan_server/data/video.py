@@ -57,8 +57,9 @@ def encode_video(frames: np.ndarray, path: Path, fps: int, config: VideoConfig =
             container.mux(packet)
 
 
-def decode_video(path: Path, from_s: float = 0.0, num_frames: int | None = None, fps: int = 15,
-                 field: str = "") -> np.ndarray:
+def decode_video(
+    path: Path, from_s: float = 0.0, num_frames: int | None = None, fps: int = 15, field: str = ""
+) -> np.ndarray:
     """Decode ``num_frames`` frames starting at ``from_s`` seconds -> ``(T, H, W, 3)`` uint8 RGB.
 
     Raises `VideoError` naming the file and the field when the file cannot be opened or holds
@@ -84,8 +85,10 @@ def decode_video(path: Path, from_s: float = 0.0, num_frames: int | None = None,
     except (av.error.FFmpegError, IndexError) as exc:
         raise VideoError(f"{where}: cannot decode video ({exc})") from exc
     if num_frames is not None and len(frames) < num_frames:
-        raise VideoError(f"{where}: expected {num_frames} frames from t={from_s:.3f}s, found {len(frames)} "
-                         "(truncated or corrupt file?)")
+        raise VideoError(
+            f"{where}: expected {num_frames} frames from t={from_s:.3f}s, found {len(frames)} "
+            "(truncated or corrupt file?)"
+        )
     if not frames:
         raise VideoError(f"{where}: no frames decoded")
     return np.stack(frames)

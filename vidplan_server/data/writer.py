@@ -65,7 +65,9 @@ class StagedEpisode:
     extra: dict[str, Any] = field(default_factory=dict)  # episode-level metadata columns
 
 
-def stage_episode(episode: Episode, root: Path, fps: int = fmt.FPS, video: VideoConfig = VideoConfig()) -> StagedEpisode:
+def stage_episode(
+    episode: Episode, root: Path, fps: int = fmt.FPS, video: VideoConfig = VideoConfig()
+) -> StagedEpisode:
     """Validate ``episode`` and encode its files into ``root/.staging``."""
     episode.validate()
     folder = Path(root) / STAGING_DIR / uuid.uuid4().hex
@@ -146,6 +148,8 @@ def _to_arrow(name: str, values: Any) -> pa.Array:
     if isinstance(values, list):
         return pa.array(values, type=pa.string())
     arr = np.asarray(values)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]  # LeRobot stores shape-(1,) features as scalar columns
     if arr.ndim == 1:
         return pa.array(arr)
     flat = pa.array(arr.reshape(-1))
@@ -172,7 +176,9 @@ class DatasetWriter:
         if info_path.exists():
             self._check_compatible(json.loads(info_path.read_text()))
         elif self.root.exists() and any(p.name != STAGING_DIR for p in self.root.iterdir()):
-            raise DatasetError(f"{self.root}: exists, is not empty and has no {fmt.INFO_PATH}; refusing to write into it")
+            raise DatasetError(
+                f"{self.root}: exists, is not empty and has no {fmt.INFO_PATH}; refusing to write into it"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)  # leftovers of an interrupted run
         self.episodes = self._load_committed()
@@ -191,7 +197,9 @@ class DatasetWriter:
     def _check_compatible(self, info: dict) -> None:
         where = self.root / fmt.INFO_PATH
         if info.get("codebase_version") != fmt.CODEBASE_VERSION:
-            raise DatasetError(f"{where}: codebase_version {info.get('codebase_version')!r}, expected {fmt.CODEBASE_VERSION!r}")
+            raise DatasetError(
+                f"{where}: codebase_version {info.get('codebase_version')!r}, expected {fmt.CODEBASE_VERSION!r}"
+            )
         if info.get("fps") != self.fps:
             raise DatasetError(f"{where}: fps {info.get('fps')} differs from the requested {self.fps}")
         shape = info.get("features", {}).get(fmt.VIDEO_KEYS[CAMERA_NAMES[0]], {}).get("shape")
@@ -247,8 +255,14 @@ class DatasetWriter:
             dst = self.root / fmt.VIDEO_PATH.format(video_key=key, **loc)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-            row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                        f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": T / self.fps})
+            row.update(
+                {
+                    f"videos/{key}/chunk_index": chunk,
+                    f"videos/{key}/file_index": file,
+                    f"videos/{key}/from_timestamp": 0.0,
+                    f"videos/{key}/to_timestamp": T / self.fps,
+                }
+            )
         row.update({"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file})
         row.update(staged.extra)
         for feat, st in staged.stats.items():
@@ -296,7 +310,9 @@ class DatasetWriter:
             return
         columns: dict[str, list[np.ndarray]] = {k: [] for k in LOWDIM_STATS_FEATURES}
         for row in self.episodes:
-            path = self.root / fmt.DATA_PATH.format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+            path = self.root / fmt.DATA_PATH.format(
+                chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+            )
             table = pq.read_table(path, columns=list(LOWDIM_STATS_FEATURES))
             for key in LOWDIM_STATS_FEATURES:
                 col = table.column(key).combine_chunks()
@@ -305,7 +321,9 @@ class DatasetWriter:
         stats: dict[str, dict] = {k: array_stats(np.concatenate(v)) for k, v in columns.items()}
         for cam in CAMERA_NAMES:
             key = fmt.VIDEO_KEYS[cam]
-            parts = [{s: row[f"stats/{key}/{s}"] for s in ("min", "max", "mean", "std", "count")} for row in self.episodes]
+            parts = [
+                {s: row[f"stats/{key}/{s}"] for s in ("min", "max", "mean", "std", "count")} for row in self.episodes
+            ]
             stats[key] = merge_image_stats(parts)
         _atomic_write_text(self.root / fmt.STATS_PATH, json.dumps(stats, indent=2))
         self._write_info()

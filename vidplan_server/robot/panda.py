@@ -42,8 +42,8 @@ def pose_to_matrix(pose: np.ndarray) -> np.ndarray:
     """``(..., 6)`` [x, y, z, roll, pitch, yaw] -> ``(..., 4, 4)`` homogeneous transform."""
     pose = np.asarray(pose, dtype=np.float64)
     T = np.zeros(pose.shape[:-1] + (4, 4))
-    T[..., :3, :3] = Rotation.from_euler("xyz", pose[..., 3:].reshape(-1, 3)).as_matrix().reshape(
-        pose.shape[:-1] + (3, 3)
+    T[..., :3, :3] = (
+        Rotation.from_euler("xyz", pose[..., 3:].reshape(-1, 3)).as_matrix().reshape(pose.shape[:-1] + (3, 3))
     )
     T[..., :3, 3] = pose[..., :3]
     T[..., 3, 3] = 1.0

@@ -61,7 +61,7 @@ CONTAINERS = (
     ContainerAsset("tray", "urdf", "tray/traybox.urdf", 0.35, inner_half_extent_m=0.085, rim_height_m=0.05),
     ContainerAsset("box", "box", None, 1.0, inner_half_extent_m=0.075, rim_height_m=0.06),
 )
-CONTAINER_COLOURS = {"grey": (0.55, 0.55, 0.58), "brown": (0.55, 0.38, 0.22), "white": (0.92, 0.92, 0.92)}
+CONTAINER_COLOURS = {"grey": (0.50, 0.50, 0.54), "black": (0.15, 0.15, 0.17), "white": (0.92, 0.92, 0.92)}
 
 
 def objects_for(split: str) -> tuple[ObjectAsset, ...]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pybullet as p
 
 from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.data.sim.bullet import p
 
 # Exterior cameras: eye and look-at point in the robot base frame (m).
 _EXTERIOR_NOMINAL = {

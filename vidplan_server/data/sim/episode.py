@@ -108,7 +108,7 @@ def _record(scene: SimScene, expert: ScriptedExpert, config: EpisodeConfig, rend
     script = expert.actions()
     last = None
     settle = SETTLE_STEPS
-    for t in range(config.max_steps):
+    for _ in range(config.max_steps):
         q = scene.joint_positions()
         out["joints"].append(q)
         out["cartesian"].append(scene.kin.fk_pose(q))

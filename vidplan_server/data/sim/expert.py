@@ -14,8 +14,8 @@ Failure modes for imperfect episodes (so the data holds failures for the value h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
@@ -72,7 +72,9 @@ class ScriptedExpert:
         pose[3:] = (pose[3:] + np.pi) % (2 * np.pi) - np.pi
         return np.concatenate([pose, [gripper]]).astype(np.float32)
 
-    def _move(self, target: np.ndarray, gripper: float | None = None, speed: float | None = None) -> Iterator[np.ndarray]:
+    def _move(
+        self, target: np.ndarray, gripper: float | None = None, speed: float | None = None
+    ) -> Iterator[np.ndarray]:
         """Interpolate from the last commanded pose to ``target`` ``(4, 4)`` at bounded speed."""
         g = self._gripper if gripper is None else gripper
         start = self._pose

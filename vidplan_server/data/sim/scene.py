@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pybullet as p
 import pybullet_data
 
 from vidplan_server.data.sim.assets import CONTAINER_COLOURS, ContainerAsset, ObjectAsset
+from vidplan_server.data.sim.bullet import p
 from vidplan_server.data.sim.cameras import CameraRig, render_views
 from vidplan_server.robot.panda import Q_HOME, PandaKinematics, gripper_width_to_position
 
@@ -125,7 +125,7 @@ class SimScene:
         self.robot = p.loadURDF(str(light_panda_urdf()), [0, 0, 0], useFixedBase=True, physicsClientId=c)
         for j in FINGER_JOINTS:
             p.changeDynamics(self.robot, j, lateralFriction=2.0, spinningFriction=0.01, physicsClientId=c)
-        for j, q in zip(ARM_JOINTS, spec.q_start):
+        for j, q in zip(ARM_JOINTS, spec.q_start, strict=True):
             p.resetJointState(self.robot, j, q, physicsClientId=c)
         for j in FINGER_JOINTS:
             p.resetJointState(self.robot, j, 0.04, physicsClientId=c)
@@ -141,7 +141,7 @@ class SimScene:
         c = self.client
         half = [0.6, 0.8, 0.02]
         col = p.createCollisionShape(p.GEOM_BOX, halfExtents=half, physicsClientId=c)
-        vis = p.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=[0.62, 0.48, 0.34, 1], physicsClientId=c)
+        vis = p.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=[0.74, 0.66, 0.56, 1], physicsClientId=c)
         self.table = p.createMultiBody(0, col, vis, [0.45, 0.0, TABLE_TOP_Z - half[2]], physicsClientId=c)
         floor_vis = p.createVisualShape(
             p.GEOM_BOX, halfExtents=[3, 3, 0.01], rgbaColor=[0.35, 0.35, 0.38, 1], physicsClientId=c
@@ -170,7 +170,9 @@ class SimScene:
             half = [wall, inner + wall, h / 2] if sx else [inner + wall, wall, h / 2]
             parts.append((half, [sx * (inner + wall / 2), sy * (inner + wall / 2), h / 2]))
         cols = [p.createCollisionShape(p.GEOM_BOX, halfExtents=hx, physicsClientId=c) for hx, _ in parts]
-        viss = [p.createVisualShape(p.GEOM_BOX, halfExtents=hx, rgbaColor=[*rgb, 1], physicsClientId=c) for hx, _ in parts]
+        viss = [
+            p.createVisualShape(p.GEOM_BOX, halfExtents=hx, rgbaColor=[*rgb, 1], physicsClientId=c) for hx, _ in parts
+        ]
         return self._multibody_box(parts, cols, viss, pos, orn)
 
     def _multibody_box(self, parts, cols, viss, pos, orn) -> int:
@@ -208,8 +210,9 @@ class SimScene:
         p.resetBasePositionAndOrientation(
             body, [spec.xy[0], spec.xy[1], z], p.getQuaternionFromEuler([0, 0, spec.yaw]), physicsClientId=c
         )
-        p.changeDynamics(body, -1, lateralFriction=1.0, spinningFriction=0.005, rollingFriction=0.0005,
-                         physicsClientId=c)
+        p.changeDynamics(
+            body, -1, lateralFriction=1.0, spinningFriction=0.005, rollingFriction=0.0005, physicsClientId=c
+        )
         if spec.asset.recolour:
             # Removing the texture keeps the colour that the instruction names unambiguous.
             p.changeVisualShape(body, -1, rgbaColor=[*spec.rgb, 1], textureUniqueId=-1, physicsClientId=c)
@@ -228,13 +231,23 @@ class SimScene:
     def _hold_and_step(self, n: int) -> None:
         c = self.client
         p.setJointMotorControlArray(
-            self.robot, ARM_JOINTS, p.POSITION_CONTROL, targetPositions=self.q_cmd.tolist(),
-            forces=ARM_FORCES, positionGains=[0.08] * 7, physicsClientId=c,
+            self.robot,
+            ARM_JOINTS,
+            p.POSITION_CONTROL,
+            targetPositions=self.q_cmd.tolist(),
+            forces=ARM_FORCES,
+            positionGains=[0.08] * 7,
+            physicsClientId=c,
         )
         finger = 0.04 * (1.0 - self.gripper_cmd)
         p.setJointMotorControlArray(
-            self.robot, list(FINGER_JOINTS), p.POSITION_CONTROL, targetPositions=[finger, finger],
-            forces=[FINGER_FORCE_N] * 2, positionGains=[0.05] * 2, physicsClientId=c,
+            self.robot,
+            list(FINGER_JOINTS),
+            p.POSITION_CONTROL,
+            targetPositions=[finger, finger],
+            forces=[FINGER_FORCE_N] * 2,
+            positionGains=[0.05] * 2,
+            physicsClientId=c,
         )
         for _ in range(n):
             p.stepSimulation(physicsClientId=c)

@@ -101,9 +101,7 @@ def sample_task(
 
     kind = "place" if rng.random() < place_fraction else "pick"
     target_desc = f"{chosen[0][1]} {chosen[0][0].name}"
-    instruction = (
-        f"put the {target_desc} in the {container.name}" if kind == "place" else f"pick up the {target_desc}"
-    )
+    instruction = f"put the {target_desc} in the {container.name}" if kind == "place" else f"pick up the {target_desc}"
     scene = SceneSpec(
         objects=specs,
         container=container,

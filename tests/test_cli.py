@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vidplan_server.cli import build_parser, main
+
+
+def test_help_explains_every_option(capsys):
+    for argv in (["--help"], ["sim", "record", "--help"], ["sim", "preview", "--help"], ["data", "info", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in (
+        "--episodes",
+        "--out",
+        "--seed",
+        "--split",
+        "--resolution",
+        "--workers",
+        "--imperfect-fraction",
+        "--episode",
+        "--json",
+    ):
+        assert option in out
+    # every option of every subcommand has a help text
+    parser = build_parser()
+    for group in parser._subparsers._group_actions[0].choices.values():
+        for cmd in group._subparsers._group_actions[0].choices.values():
+            for action in cmd._actions:
+                assert action.help, f"{cmd.prog} {action.option_strings or action.dest} lacks help"
+
+
+def test_record_preview_info_resume(tmp_path, capsys):
+    out = tmp_path / "ds"
+    args = ["sim", "record", "--episodes", "1", "--out", str(out), "--workers", "1", "--quiet", "--seed", "4"]
+    assert main(args) == 0
+    assert "recorded 1 episode(s), 0 already present" in capsys.readouterr().out
+    args[3] = "2"
+    assert main(args) == 0  # resumes: only the missing episode is recorded
+    assert "recorded 1 episode(s), 1 already present" in capsys.readouterr().out
+
+    sheet = tmp_path / "prev" / "sheet.png"
+    assert main(["sim", "preview", str(out), "--episode", "1", "--out", str(sheet)]) == 0
+    assert sheet.stat().st_size > 10_000 and sheet.with_suffix(".mp4").stat().st_size > 1_000
+    assert "wrote" in capsys.readouterr().out
+
+    assert main(["data", "info", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["episodes"] == 2 and summary["resolution"] == [64, 64]
+    assert set(summary["action_stats"]) == {"x", "y", "z", "roll", "pitch", "yaw", "gripper"}
+    assert main(["data", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "observation.images.exterior_1_left" in text and "success" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["sim", "record", "--episodes", "1", "--out", "X", "--resolution", "64by64"],
+            "--resolution must look like HxW",
+        ),
+        (["sim", "record", "--episodes", "1", "--out", "X", "--resolution", "63x64"], "must be even"),
+        (["sim", "preview", "NOPE", "--out", "x.png"], "NOPE: dataset folder not found"),
+        (["data", "info", "NOPE"], "NOPE: dataset folder not found"),
+    ],
+)
+def test_bad_input_exits_2_with_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_argparse_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "record", "--episodes", "0", "--out", "x"])
+    assert exc.value.code == 2
+    assert "--episodes: expected a positive integer" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "vidplan_server.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "sim" in proc.stdout
