@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, DatasetError, IndexError) as exc:
         print(f"vidplan: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `vidplan data info DIR | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("vidplan: interrupted; committed episodes are kept, re-run to resume", file=sys.stderr)
         return 130

@@ -1,7 +1,7 @@
 """Tiny datasets written by the tests themselves in the layouts of the public DROID ports.
 
 * `write_droid_v3`: ``lerobot/droid_1.0.1`` (LeRobot v3.0): two episodes concatenated in one data
-  file and one mp4 per camera, feature names of the port (``observation.images.exterior_1_left``,
+  file and one AV1 mp4 per camera (the port's codec), feature names of the port (``observation.images.exterior_1_left``,
   ``action.cartesian_position``, ``is_episode_successful`` ...), ``action`` = joints + gripper.
 * `write_droid_legacy`: the older port (LeRobot v2.1): one file per episode, camera keys
   ``observation.images.exterior_image_1_left`` ..., ``action_dict.*`` fields and a plain ``action``
@@ -14,6 +14,7 @@ were decoded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ import pyarrow.parquet as pq
 
 from vidplan_server.data.video import VideoConfig, encode_video
 
-H, W = 16, 24
+H, W = 32, 48
+# LeRobot's default encoding, as in lerobot/droid_1.0.1 (SVT-AV1, 4:2:0, a keyframe every 2 frames).
+AV1 = VideoConfig(codec="libsvtav1", pix_fmt="yuv420p", crf=30, gop=2)
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
 LENGTHS = (5, 4)
 INSTRUCTIONS = ("put the marker in the cup", "close the drawer")
 SUCCESS = (True, False)
@@ -155,7 +159,7 @@ def write_droid_v3(root: Path) -> Path:
     for c, key in enumerate(V3_KEYS):
         path = root / f"videos/{key}/chunk-000/file-000.mp4"
         path.parent.mkdir(parents=True)
-        encode_video(_frames(0, sum(LENGTHS), c), path, 15, VideoConfig(gop=2))
+        encode_video(_frames(0, sum(LENGTHS), c), path, 15, AV1)
     info = _info(
         "v3.0",
         "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",

@@ -5,6 +5,8 @@ from tests.data.droid_fixtures import (
     INSTRUCTIONS,
     LENGTHS,
     SUCCESS,
+    H,
+    W,
     expected_lowdim,
     write_droid_legacy,
     write_droid_v3,
@@ -44,6 +46,6 @@ def test_reader_decodes_the_right_frames(droid_dataset):
     ep = ds.load_episode(1)  # in the v3 fixture these frames start mid-file
     for c, cam in enumerate(CAMERA_NAMES):
         frames = ep.images[cam]
-        assert frames.shape == (LENGTHS[1], 16, 24, 3)
+        assert frames.shape == (LENGTHS[1], H, W, 3)
         expected = (20 * (LENGTHS[0] + np.arange(LENGTHS[1])) + c) % 256
         np.testing.assert_allclose(frames.reshape(LENGTHS[1], -1).mean(1), expected, atol=3)

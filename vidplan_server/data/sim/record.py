@@ -9,6 +9,7 @@ and run it again with the same arguments to continue where it stopped.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,8 +36,13 @@ class RecordSummary:
 _worker_scene: SimScene | None = None
 
 
-def _worker_init() -> None:
+def _worker_init(silence_stdout: bool = False) -> None:
     global _worker_scene
+    if silence_stdout:
+        # Pool workers report through return values; their stdout would only carry PyBullet's banner.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
     _worker_scene = SimScene()
 
 
@@ -88,7 +94,7 @@ def record(
                 commit(_work(job)[1])
         else:
             ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked PyBullet state
-            with ctx.Pool(workers, initializer=_worker_init) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(True,)) as pool:
                 pending: dict[int, StagedEpisode] = {}
                 next_index = start
                 for index, staged in pool.imap_unordered(_work, todo):
