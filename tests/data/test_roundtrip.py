@@ -18,6 +18,7 @@ def written(tmp_path, short_episodes):
     for ep in short_episodes:
         writer.write_episode(ep)
     writer.finalize()
+    writer.close()
     return root
 
 
@@ -78,6 +79,7 @@ def test_interrupted_commit_is_invisible_and_resume_continues(tmp_path, short_ep
     (root / "data/chunk-000/file-001.parquet").write_bytes(b"half-written")
     assert staged.folder.is_dir()
     assert len(EpisodeDataset(root)) == 1  # the reader accepts only committed episodes
+    writer.close()  # the "crashed" process is gone
     resumed = DatasetWriter(root, (64, 64))
     assert resumed.num_episodes == 1
     assert not (root / ".staging").exists()  # stale staging cleaned
@@ -98,3 +100,11 @@ def test_writer_refuses_non_dataset_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match="not empty"):
         DatasetWriter(tmp_path, (64, 64))
+
+
+def test_one_writer_per_dataset(tmp_path):
+    first = DatasetWriter(tmp_path / "ds", (64, 64))
+    with pytest.raises(DatasetError, match="another process is writing"):
+        DatasetWriter(tmp_path / "ds", (64, 64))
+    first.close()
+    DatasetWriter(tmp_path / "ds", (64, 64)).close()  # free again once the first writer is closed

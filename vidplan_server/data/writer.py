@@ -16,6 +16,7 @@ recording continues at ``writer.num_episodes``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from vidplan_server.data.stats import array_stats, image_stats, merge_image_stat
 from vidplan_server.data.video import VideoConfig, encode_video
 
 STAGING_DIR = ".staging"
+LOCK_FILE = ".writer.lock"
 LOWDIM_STATS_FEATURES = (
     "observation.state.cartesian_position",
     "observation.state.gripper_position",
@@ -128,6 +130,17 @@ def _png(mask: np.ndarray) -> dict:
     return {"bytes": buf.tobytes(), "path": None}
 
 
+def _exclusive_lock(path: Path):
+    """Hold an exclusive flock on ``path`` for the writer's lifetime: one writer per dataset."""
+    handle = open(path, "a+")  # noqa: SIM115 - kept open on purpose, released when the writer dies
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DatasetError(f"{path.parent}: another process is writing to this dataset") from None
+    return handle
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -175,11 +188,12 @@ class DatasetWriter:
         info_path = self.root / fmt.INFO_PATH
         if info_path.exists():
             self._check_compatible(json.loads(info_path.read_text()))
-        elif self.root.exists() and any(p.name != STAGING_DIR for p in self.root.iterdir()):
+        elif self.root.exists() and any(p.name not in (STAGING_DIR, LOCK_FILE) for p in self.root.iterdir()):
             raise DatasetError(
                 f"{self.root}: exists, is not empty and has no {fmt.INFO_PATH}; refusing to write into it"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _exclusive_lock(self.root / LOCK_FILE)
         shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)  # leftovers of an interrupted run
         self.episodes = self._load_committed()
         self.tasks: dict[str, int] = {}
@@ -189,6 +203,18 @@ class DatasetWriter:
         self.total_frames = sum(int(r["length"]) for r in self.episodes)
         if not info_path.exists():
             self._write_info()
+
+    def close(self) -> None:
+        """Release the dataset lock (also released when the process exits)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def num_episodes(self) -> int:

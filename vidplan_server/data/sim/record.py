@@ -105,6 +105,7 @@ def record(
     finally:
         bar.close()
         writer.finalize()
+        writer.close()
     return RecordSummary(len(todo), min(start, episodes), successes, time.perf_counter() - t0)
 
 

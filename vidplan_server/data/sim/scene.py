@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,21 +81,30 @@ def light_panda_urdf() -> Path:
     """The pybullet_data Panda with its collision meshes as visuals, written once to a cache dir.
 
     The visual meshes hold ~100k triangles and PyBullet's CPU renderer spends most of its time on
-    them; the collision meshes (~3k triangles) have the same silhouette at 64x64 to 320x180 and
-    render about 2x faster. Kinematics and dynamics are untouched (same URDF otherwise).
+    them; the collision meshes (~3k triangles) have nearly the same silhouette at 64x64 to 180x320
+    and render about 8x faster (64x64 with shadows: 50 -> 6.5 ms per view on one core).
+    Kinematics and dynamics are untouched (same URDF otherwise).
     """
     src = Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
     text = src.read_text()
     text = re.sub(r"package://meshes/visual/(\w+)\.obj", r"package://meshes/collision/\1.obj", text)
     text = text.replace("package://meshes/", f"{src.parent / 'meshes'}/")
-    cache = Path(os.environ.get("VIDPLAN_CACHE", Path.home() / ".cache" / "vidplan"))
-    out = cache / f"panda_light_{hashlib.sha1(text.encode()).hexdigest()[:10]}.urdf"
-    if not out.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
-    return out
+    name = f"panda_light_{hashlib.sha1(text.encode()).hexdigest()[:10]}.urdf"
+    candidates = [Path(os.environ.get("VIDPLAN_CACHE", Path.home() / ".cache" / "vidplan")),
+                  Path(tempfile.gettempdir()) / "vidplan"]
+    for cache in candidates:
+        out = cache / name
+        if out.exists():
+            return out
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, out)  # atomic: concurrent workers never read a half-written file
+            return out
+        except OSError:
+            continue  # read-only home: try the next location
+    raise OSError(f"cannot write the render URDF to any of {candidates}")
 
 
 class SimScene:
