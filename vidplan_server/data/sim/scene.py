@@ -90,8 +90,10 @@ def light_panda_urdf() -> Path:
     text = re.sub(r"package://meshes/visual/(\w+)\.obj", r"package://meshes/collision/\1.obj", text)
     text = text.replace("package://meshes/", f"{src.parent / 'meshes'}/")
     name = f"panda_light_{hashlib.sha1(text.encode()).hexdigest()[:10]}.urdf"
-    candidates = [Path(os.environ.get("VIDPLAN_CACHE", Path.home() / ".cache" / "vidplan")),
-                  Path(tempfile.gettempdir()) / "vidplan"]
+    candidates = [
+        Path(os.environ.get("VIDPLAN_CACHE", Path.home() / ".cache" / "vidplan")),
+        Path(tempfile.gettempdir()) / "vidplan",
+    ]
     for cache in candidates:
         out = cache / name
         if out.exists():
