@@ -53,17 +53,22 @@ def test_expert_succeeds_on_nominal_episodes(sim_scene):
         assert e.reward[-1] == float(e.success) and e.reward[:-1].sum() == 0
 
 
-@pytest.mark.parametrize("mode", ["wrong_target", "miss", "timeout"])
+@pytest.mark.parametrize("mode", ["wrong_target", "miss", "timeout", "drop"])
 def test_failure_modes_fail(sim_scene, mode, monkeypatch):
     import vidplan_server.data.sim.episode as episode_mod
 
     monkeypatch.setattr(episode_mod, "FAILURE_MODES", (mode,))
-    config = replace(EpisodeConfig(), imperfect_fraction=1.0, max_steps=160)
+    # A dropped object can land in the container by chance; on a pick task a drop always fails.
+    place_fraction = 0.0 if mode == "drop" else 0.7
+    config = replace(EpisodeConfig(), imperfect_fraction=1.0, max_steps=160, place_fraction=place_fraction)
     ep = run_episode(21, config, scene=sim_scene, render=False)
     assert ep.metadata["failure_mode"] == mode
     assert not ep.success
     if mode == "timeout":
         assert ep.metadata["timed_out"] and not ep.is_terminal[-1] and len(ep) == 160
+    if mode == "drop":
+        closed = np.flatnonzero(ep.action[:, 6] == 1.0)
+        assert len(closed) and (ep.action[closed[-1] + 1 :, 6] == 0.0).all()  # gripper opened after the grasp
 
 
 def test_ood_split_uses_novel_targets_and_more_distractors():
