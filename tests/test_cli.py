@@ -84,3 +84,15 @@ def test_argparse_rejects_bad_numbers(capsys):
 def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "vidplan_server.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "sim" in proc.stdout
+
+
+def test_data_info_reads_droid_port_layouts(tmp_path, capsys):
+    from tests.data.droid_fixtures import write_droid_legacy, write_droid_v3
+
+    for name, writer in (("v3", write_droid_v3), ("legacy", write_droid_legacy)):
+        root = writer(tmp_path / name)
+        assert main(["data", "info", str(root), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["episodes"] == 2 and summary["frames"] == 9
+        assert summary["success_rate"] == 0.5
+        assert summary["cameras"]["wrist_image_left"].startswith("observation.images.wrist")
