@@ -185,10 +185,6 @@ class SimScene:
         viss = [
             p.createVisualShape(p.GEOM_BOX, halfExtents=hx, rgbaColor=[*rgb, 1], physicsClientId=c) for hx, _ in parts
         ]
-        return self._multibody_box(parts, cols, viss, pos, orn)
-
-    def _multibody_box(self, parts, cols, viss, pos, orn) -> int:
-        c = self.client
         n = len(parts) - 1
         base_off = parts[0][1]
         return p.createMultiBody(
