@@ -94,14 +94,9 @@ class EpisodeDataset:
     def _load_episode_rows(self) -> list[dict]:
         rows: list[dict] = []
         if self.layout == "v3":
-            files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-            if not files:
+            rows = read_episode_rows(self.root)
+            if not rows:
                 raise DatasetError(f"{self.root / 'meta' / 'episodes'}: no episode metadata files")
-            for path in files:
-                try:
-                    rows.extend(pq.read_table(path).to_pylist())
-                except Exception as exc:  # noqa: BLE001
-                    raise DatasetError(f"{path}: unreadable episode metadata ({exc})") from exc
         else:
             path = self.root / "meta" / "episodes.jsonl"
             if not path.is_file():
@@ -199,7 +194,7 @@ class EpisodeDataset:
                 if name in REQUIRED:
                     raise DatasetError(f"{path}: no column for field {name} (looked for {fmt.FIELD_SOURCES[name]})")
                 continue
-            cols[name] = _vector(table, source, dim, path)
+            cols[name] = vector_column(table, source, dim, path)
 
         instruction = self._instruction(table, row, path)
         flags = {}
@@ -207,7 +202,7 @@ class EpisodeDataset:
         for flag in ("is_first", "is_last", "is_terminal"):
             source = self._source(table, flag)
             if source is not None:
-                flags[flag] = _vector(table, source, 1, path)[:, 0].astype(bool)
+                flags[flag] = vector_column(table, source, 1, path)[:, 0].astype(bool)
             else:
                 derived.append(flag)
         flags.setdefault("is_first", np.arange(T) == 0)
@@ -218,7 +213,7 @@ class EpisodeDataset:
         for name in ("reward", "discount"):
             source = self._source(table, name)
             if source is not None:
-                scalars[name] = _vector(table, source, 1, path)[:, 0].astype(np.float32)
+                scalars[name] = vector_column(table, source, 1, path)[:, 0].astype(np.float32)
             else:
                 derived.append(name)
         scalars.setdefault("reward", np.where(flags["is_last"], float(success), 0.0).astype(np.float32))
@@ -282,18 +277,18 @@ class EpisodeDataset:
 
     def _success(self, table: pa.Table, row: dict, path: Path) -> bool:
         if "is_episode_successful" in table.column_names:
-            return bool(_vector(table, "is_episode_successful", 1, path)[0, 0])
+            return bool(vector_column(table, "is_episode_successful", 1, path)[0, 0])
         if "success" in row:
             return bool(row["success"])
         if "reward" in table.column_names:
-            return bool(_vector(table, "reward", 1, path).max() > 0)
+            return bool(vector_column(table, "reward", 1, path).max() > 0)
         return False
 
     def _ground_truth(self, table: pa.Table, row: dict, path: Path, T: int) -> GroundTruth | None:
         if fmt.GT_POSES not in table.column_names:
             return None
         names = list(row.get("ground_truth/object_names") or [])
-        poses = _vector(table, fmt.GT_POSES, fmt.MAX_GT_OBJECTS * 7, path).reshape(T, fmt.MAX_GT_OBJECTS, 7)
+        poses = vector_column(table, fmt.GT_POSES, fmt.MAX_GT_OBJECTS * 7, path).reshape(T, fmt.MAX_GT_OBJECTS, 7)
         masks = {}
         for cam in CAMERA_NAMES:
             key = fmt.GT_MASK_KEYS[cam]
@@ -314,7 +309,18 @@ class EpisodeDataset:
         )
 
 
-def _vector(table: pa.Table, name: str, dim: int, path: Path) -> np.ndarray:
+def read_episode_rows(root: Path) -> list[dict]:
+    """All rows of a v3 dataset's ``meta/episodes/*/*.parquet`` files, in file order (maybe empty)."""
+    rows: list[dict] = []
+    for path in sorted((Path(root) / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        try:
+            rows.extend(pq.read_table(path).to_pylist())
+        except Exception as exc:  # noqa: BLE001 - any parquet failure means the same thing here
+            raise DatasetError(f"{path}: unreadable episode metadata ({exc})") from exc
+    return rows
+
+
+def vector_column(table: pa.Table, name: str, dim: int, path: Path) -> np.ndarray:
     """Column ``name`` as ``(T, dim)`` float32 (bool columns as 0/1), checking its length."""
     col = table.column(name).combine_chunks()
     T = table.num_rows

@@ -33,24 +33,27 @@ import pyarrow.parquet as pq
 
 from vidplan_server.data import lerobot_format as fmt
 from vidplan_server.data.errors import DatasetError
+from vidplan_server.data.reader import read_episode_rows, vector_column
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
 from vidplan_server.data.stats import array_stats, image_stats, merge_image_stats
 from vidplan_server.data.video import VideoConfig, encode_video
 
 STAGING_DIR = ".staging"
 LOCK_FILE = ".writer.lock"
-LOWDIM_STATS_FEATURES = (
-    "observation.state.cartesian_position",
-    "observation.state.gripper_position",
-    "observation.state.joint_position",
-    "observation.state",
-    "action.cartesian_position",
-    "action.gripper_position",
-    "action.joint_position",
-    "action",
-    "reward",
-    "discount",
-)
+# Low-dimensional features with stats in meta/stats.json, and their per-frame sizes.
+LOWDIM_DIMS = {
+    "observation.state.cartesian_position": 6,
+    "observation.state.gripper_position": 1,
+    "observation.state.joint_position": 7,
+    "observation.state": 8,
+    "action.cartesian_position": 6,
+    "action.gripper_position": 1,
+    "action.joint_position": 7,
+    "action": 8,
+    "reward": 1,
+    "discount": 1,
+}
+LOWDIM_STATS_FEATURES = tuple(LOWDIM_DIMS)
 
 
 @dataclass
@@ -236,12 +239,7 @@ class DatasetWriter:
                 raise DatasetError(f"{where}: vidplan.{key} is {info['vidplan'][key]!r}, this run asks for {value!r}")
 
     def _load_committed(self) -> list[dict]:
-        rows: list[dict] = []
-        for path in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
-            try:
-                rows.extend(pq.read_table(path).to_pylist())
-            except Exception as exc:  # noqa: BLE001 - any parquet failure means the same thing here
-                raise DatasetError(f"{path}: unreadable episode metadata ({exc})") from exc
+        rows = read_episode_rows(self.root)
         rows.sort(key=lambda r: r["episode_index"])
         for i, row in enumerate(rows):
             if row["episode_index"] != i:
@@ -341,9 +339,7 @@ class DatasetWriter:
             )
             table = pq.read_table(path, columns=list(LOWDIM_STATS_FEATURES))
             for key in LOWDIM_STATS_FEATURES:
-                col = table.column(key).combine_chunks()
-                values = col.flatten().to_numpy() if pa.types.is_fixed_size_list(col.type) else col.to_numpy()
-                columns[key].append(np.asarray(values, np.float64).reshape(len(table), -1))
+                columns[key].append(vector_column(table, key, LOWDIM_DIMS[key], path))
         stats: dict[str, dict] = {k: array_stats(np.concatenate(v)) for k, v in columns.items()}
         for cam in CAMERA_NAMES:
             key = fmt.VIDEO_KEYS[cam]
