@@ -17,6 +17,7 @@ from vidplan_server.data.schema import CAMERA_NAMES, Episode, GroundTruth
 from vidplan_server.data.sim.expert import FAILURE_MODES, ExpertConfig, ScriptedExpert
 from vidplan_server.data.sim.scene import SimScene
 from vidplan_server.data.sim.tasks import DistractorCounts, is_success, sample_task
+from vidplan_server.robot.panda import matrix_to_pose
 
 SETTLE_STEPS = 4
 
@@ -110,12 +111,13 @@ def _record(scene: SimScene, expert: ScriptedExpert, config: EpisodeConfig, rend
     settle = SETTLE_STEPS
     for _ in range(config.max_steps):
         q = scene.joint_positions()
+        tcp_T = scene.kin.fk(q)
         out["joints"].append(q)
-        out["cartesian"].append(scene.kin.fk_pose(q))
+        out["cartesian"].append(matrix_to_pose(tcp_T))
         out["gripper"].append(scene.gripper_position())
         out["object_poses"].append(scene.object_poses())
         if render:
-            images, seg = scene.render(h, w)
+            images, seg = scene.render(h, w, tcp_T)
             for c in CAMERA_NAMES:
                 out["images"][c].append(images[c])
                 out["masks"][c].append(seg[c] == target_body)

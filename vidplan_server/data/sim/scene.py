@@ -288,6 +288,10 @@ class SimScene:
             for j in FINGER_JOINTS
         )
 
-    def render(self, height: int, width: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        tcp = self.kin.fk(self.joint_positions())
-        return render_views(self.client, self.rig, tcp, height, width)
+    def render(
+        self, height: int, width: int, tcp_T: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Render the three views; pass ``tcp_T`` ``(4, 4)`` when the caller already has the TCP pose."""
+        if tcp_T is None:
+            tcp_T = self.kin.fk(self.joint_positions())
+        return render_views(self.client, self.rig, tcp_T, height, width)
