@@ -14,7 +14,6 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ def expert_success(split: str, n: int, seed: int) -> dict:
 def throughput(resolution: tuple[int, int], n: int, workers: int, seed: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="vidplan_bench_"))
     try:
-        config = replace(EpisodeConfig(), resolution=resolution)
+        config = EpisodeConfig(resolution=resolution)
         t0 = time.perf_counter()
         summary = record(root / "ds", n, seed=seed, config=config, workers=workers, progress=True)
         seconds = time.perf_counter() - t0

@@ -47,6 +47,13 @@ def test_record_preview_info_resume(tmp_path, capsys):
     assert sheet.stat().st_size > 10_000 and sheet.with_suffix(".mp4").stat().st_size > 1_000
     assert "wrote" in capsys.readouterr().out
 
+    assert main(["sim", "preview", str(out), "--episode", "7", "--out", str(sheet)]) == 2
+    assert "--episode 7:" in capsys.readouterr().err
+    unwritable = tmp_path / "file.txt"
+    unwritable.write_text("not a folder")
+    assert main(["sim", "preview", str(out), "--out", str(unwritable / "sheet.png")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
     assert main(["data", "info", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 2 and summary["resolution"] == [64, 64]
@@ -66,6 +73,7 @@ def test_record_preview_info_resume(tmp_path, capsys):
         (["sim", "record", "--episodes", "1", "--out", "X", "--resolution", "63x64"], "must be even"),
         (["sim", "preview", "NOPE", "--out", "x.png"], "NOPE: dataset folder not found"),
         (["data", "info", "NOPE"], "NOPE: dataset folder not found"),
+        (["sim", "preview", "NOPE", "--out", "sheet.xyz"], "must be a .png or .jpg"),
     ],
 )
 def test_bad_input_exits_2_with_message(argv, message, capsys, tmp_path, monkeypatch):

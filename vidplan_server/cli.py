@@ -43,13 +43,14 @@ def _fraction(text: str) -> float:
 
 # ---------------------------------------------------------------------------------------- sim
 def _cmd_sim_record(args: argparse.Namespace) -> int:
-    from vidplan_server.data.sim.record import config_for, parse_resolution, record
+    from vidplan_server.data.sim.episode import EpisodeConfig
+    from vidplan_server.data.sim.record import parse_resolution, record
 
     try:
         resolution = parse_resolution(args.resolution)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    config = config_for(args.split, resolution, args.imperfect_fraction)
+    config = EpisodeConfig(split=args.split, resolution=resolution, imperfect_fraction=args.imperfect_fraction)
     summary = record(
         args.out, args.episodes, seed=args.seed, config=config, workers=args.workers, progress=not args.quiet
     )
@@ -64,11 +65,16 @@ def _cmd_sim_preview(args: argparse.Namespace) -> int:
     from vidplan_server.data.preview import write_preview
     from vidplan_server.data.reader import EpisodeDataset
 
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise CliError(f"--out {args.out}: the contact sheet must be a .png or .jpg file")
     ds = EpisodeDataset(args.dataset)
     if not 0 <= args.episode < len(ds):
         raise CliError(f"--episode {args.episode}: {args.dataset} holds episodes 0..{len(ds) - 1}")
     episode = ds.load_episode(args.episode)
-    video = write_preview(episode, Path(args.out), title=f"episode {args.episode}: ")
+    try:
+        video = write_preview(episode, args.out, title=f"episode {args.episode}: ")
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: cannot write ({exc})") from exc
     print(f"wrote {args.out} and {video}")
     return 0
 
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, DatasetError, IndexError) as exc:
+    except (CliError, DatasetError) as exc:
         print(f"vidplan: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `vidplan data info DIR | head`

@@ -8,6 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def _per_channel(values: np.ndarray) -> list:
+    """``(3,)`` -> LeRobot's per-channel image stat layout ``(3, 1, 1)`` as nested lists."""
+    return [[[float(c)]] for c in values]
+
+
 def array_stats(x: np.ndarray) -> dict[str, list]:
     """Per-dimension stats of ``x`` ``(N, D)``."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
@@ -26,12 +31,11 @@ def image_stats(frames: np.ndarray, max_frames: int = 32) -> dict[str, list]:
     """Per-channel stats of ``frames`` ``(T, H, W, 3)`` uint8, scaled to [0, 1], shape (3, 1, 1) as LeRobot."""
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)
     x = frames[idx].reshape(-1, 3).astype(np.float64) / 255.0
-    as_c11 = lambda v: [[[float(c)]] for c in v]  # noqa: E731
     return {
-        "min": as_c11(x.min(0)),
-        "max": as_c11(x.max(0)),
-        "mean": as_c11(x.mean(0)),
-        "std": as_c11(x.std(0)),
+        "min": _per_channel(x.min(0)),
+        "max": _per_channel(x.max(0)),
+        "mean": _per_channel(x.mean(0)),
+        "std": _per_channel(x.std(0)),
         "count": [int(len(frames))],
     }
 
@@ -44,11 +48,10 @@ def merge_image_stats(parts: list[dict]) -> dict[str, list]:
     w = counts / counts.sum()
     mean = (w[:, None] * means).sum(0)
     var = (w[:, None] * (vars_ + (means - mean) ** 2)).sum(0)
-    as_c11 = lambda v: [[[float(c)]] for c in v]  # noqa: E731
     return {
-        "min": as_c11(np.min([np.ravel(p["min"]) for p in parts], 0)),
-        "max": as_c11(np.max([np.ravel(p["max"]) for p in parts], 0)),
-        "mean": as_c11(mean),
-        "std": as_c11(np.sqrt(var)),
+        "min": _per_channel(np.min([np.ravel(p["min"]) for p in parts], 0)),
+        "max": _per_channel(np.max([np.ravel(p["max"]) for p in parts], 0)),
+        "mean": _per_channel(mean),
+        "std": _per_channel(np.sqrt(var)),
         "count": [int(counts.sum())],
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -118,7 +118,3 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if h < 16 or w < 16 or h > 1080 or w > 1920 or h % 2 or w % 2:
         raise ValueError(f"--resolution {text}: height and width must be even and between 16 and 1920")
     return h, w
-
-
-def config_for(split: str, resolution: tuple[int, int], imperfect_fraction: float) -> EpisodeConfig:
-    return replace(EpisodeConfig(), split=split, resolution=resolution, imperfect_fraction=imperfect_fraction)
