@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from vidplan_server.data.reader import EpisodeDataset
 from vidplan_server.data.schema import CAMERA_NAMES
@@ -10,9 +11,10 @@ from vidplan_server.data.schema import CAMERA_NAMES
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 
 
-def dataset_summary(ds: EpisodeDataset) -> dict:
+def dataset_summary(ds: EpisodeDataset, progress: bool = True) -> dict:
+    """Scan every episode's low-dimensional data (a progress bar on stderr for large datasets)."""
     lengths, successes, kinds, failures, actions = [], [], {}, {}, []
-    for k in range(len(ds)):
+    for k in tqdm(range(len(ds)), desc="scan episodes", unit="ep", disable=not progress or len(ds) < 100):
         ep = ds.load_episode(k, images=False, ground_truth=False)
         lengths.append(len(ep))
         successes.append(ep.success)
