@@ -22,3 +22,30 @@ def short_episodes(sim_scene):
     """Two rendered 64x64 episodes cut at 24 steps (one place, one pick task)."""
     config = replace(EpisodeConfig(), max_steps=24, imperfect_fraction=0.0)
     return [run_episode(seed, config, scene=sim_scene) for seed in (3, 5)]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, short_episodes):
+    """The two short episodes written as a LeRobot v3.0 dataset."""
+    from vidplan_server.data.writer import DatasetWriter
+
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    writer = DatasetWriter(root, (64, 64), info_extra={"split": "train"})
+    for ep in short_episodes:
+        writer.write_episode(ep)
+    writer.finalize()
+    writer.close()
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_dataset):
+    """A checkpoint bundle with codec, world and flow_map trained for a few steps with the tiny preset."""
+    from vidplan_server.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "ckpt"
+    for stage in ("codec", "world", "flowmap"):
+        code = main(["train", stage, "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny",
+                     "--steps", "4", "--quiet"])
+        assert code == 0, stage
+    return out

@@ -3,6 +3,7 @@
     vidplan sim record   --episodes N --out DIR [--seed S] [--split train|val|ood] [--resolution HxW] [--workers W]
     vidplan sim preview  DIR --episode K --out sheet.png
     vidplan data info    DIR [--json]
+    vidplan train codec|world|flowmap --data DIR --out CKPT [--preset tiny|small|base] [--steps N] [--resume]
 
 Every command checks its arguments before starting work and exits with status 2 and a message
 naming the bad option or file on bad input.
@@ -90,13 +91,41 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vidplan_server.training import commands
+
+    if not args.data.is_dir():
+        raise CliError(f"--data {args.data}: dataset folder does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    opts = commands.TrainOptions(
+        data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
+        device=args.device, held_out_fraction=args.held_out_fraction, progress=not args.quiet,
+    )
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.stage == "codec":
+        result = commands.train_codec(opts)
+    elif args.stage == "world":
+        result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride)
+    else:
+        result = commands.train_flowmap(opts)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
+    print(f"{args.out}: {args.stage} trained to step {result.steps} in {result.seconds / 60:.1f} min; held-out {shown}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vidplan",
         description="VidPlan: inference-time planning with an action-conditioned video world model.",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train}")
 
     sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes")
     sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,preview}")
@@ -162,17 +191,47 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset", type=Path, help="dataset folder")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=_cmd_data_info)
+
+    tr = groups.add_parser(
+        "train",
+        help="train the codec, the EDM world model or its flow map into a checkpoint bundle",
+        description="Train one stage of the world model into the checkpoint folder --out, in order: codec, "
+        "then world (the EDM video model; needs the codec), then flowmap (distils world into a few-step flow "
+        "map). Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
+        "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
+    )
+    tr.add_argument("stage", choices=("codec", "world", "flowmap"), help="what to train")
+    tr.add_argument("--data", type=Path, required=True, help="dataset folder (vidplan sim record, or a DROID port)")
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder; stages add their module to it")
+    tr.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
+                    help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) "
+                    "(default small)")
+    tr.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default: the preset's)")
+    tr.add_argument("--resume", action="store_true", help="continue the run saved in --out/training/<stage>")
+    tr.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the held-out split (default 0)")
+    tr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")
+    tr.add_argument("--held-out-fraction", type=_fraction, default=0.1,
+                    help="share of episodes held out for evaluation (default 0.1)")
+    tr.add_argument("--history", type=int, choices=range(1, 7), default=2, metavar="T",
+                    help="world: history frames the model sees, 1..6 (default 2)")
+    tr.add_argument("--horizon", type=_positive_int, default=5, metavar="H",
+                    help="world: predicted frames per chunk (default 5)")
+    tr.add_argument("--frame-stride", type=_positive_int, default=3,
+                    help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from vidplan_server.data.errors import DatasetError
+    from vidplan_server.models.checkpoint import CheckpointError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, DatasetError) as exc:
+    except (CliError, DatasetError, CheckpointError) as exc:
         print(f"vidplan: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `vidplan data info DIR | head`

@@ -1,0 +1,120 @@
+"""The shared training loop and the three stages, on the two-episode tiny dataset."""
+
+import json
+
+import pytest
+import torch
+
+from vidplan_server.cli import main
+from vidplan_server.models.checkpoint import CheckpointError
+from vidplan_server.models.codec import CodecConfig
+from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_config, load_denoiser
+from vidplan_server.training import presets
+from vidplan_server.training.codec_stage import CodecStage, CodecTrainConfig
+from vidplan_server.training.commands import TrainOptions, _windows
+from vidplan_server.training.episodes import load_episodes
+from vidplan_server.training.loop import LoopConfig, train
+from vidplan_server.training.world_stages import FlowMapStage, WorldStage
+
+
+def _fixed_loss(stage, seed=0, batches=3):
+    """Mean loss over a few fixed batches with fixed noise (comparable before and after training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return sum(stage.loss(stage.model, stage.batch(g, 8, torch.device("cpu")), g)[0].item()
+                   for _ in range(batches)) / batches
+
+
+def test_a_few_codec_steps_lower_the_loss(tmp_path, tiny_dataset):
+    eps = load_episodes(tiny_dataset, progress=False)
+    torch.manual_seed(0)
+    stage = CodecStage(presets.CODEC["tiny"].model, CodecTrainConfig(), eps[:1], eps[1:])
+    before = _fixed_loss(stage)
+    result = train(stage, LoopConfig(steps=30, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=30, save_every=30),
+                   tmp_path / "ckpt", progress=False)
+    assert _fixed_loss(stage) < 0.8 * before
+    assert result.final_eval["psnr"] > 10
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())["modules"]["codec"]["config"]
+    assert cfg["scale"] != 1.0 and CodecConfig(**{**cfg, "image_size": tuple(cfg["image_size"]),
+                                                   "views": tuple(cfg["views"]),
+                                                   "block_out_channels": tuple(cfg["block_out_channels"])})
+
+
+def _denoising_error(stage, sigma=2.0):
+    """MSE of D(x1 + sigma * n) against x1 on all training windows, fixed noise."""
+    hist, act, fut = stage.train_windows.gather(torch.arange(len(stage.train_windows)), torch.device("cpu"))
+    noise = torch.randn(fut.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x1_hat, _ = stage.model(fut + sigma * noise, torch.full((len(fut),), sigma), hist, act)
+    return ((x1_hat - fut) ** 2).mean().item()
+
+
+def test_a_few_world_and_flow_map_steps_lower_their_losses(tmp_path, tiny_bundle, tiny_dataset):
+    opts = TrainOptions(data=tiny_dataset, out=tiny_bundle, progress=False)
+    config = load_config(tiny_bundle, "world", WorldConfig)
+    train_w, held_w, _, _ = _windows(opts, 2, 5, 3, config.actions)
+    torch.manual_seed(0)
+    world = WorldStage(config, train_w, held_w)
+    before = _denoising_error(world)
+    train(world, LoopConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=40, save_every=40),
+          tmp_path / "w", progress=False)
+    after = _denoising_error(world)
+    assert after < 0.8 * before, (before, after)
+
+    denoiser, _ = load_denoiser(tiny_bundle)
+    flow = FlowMapStage(FlowConfig(world=config), denoiser, train_w, held_w)
+    before = _fixed_loss(flow)
+    train(flow, LoopConfig(steps=25, batch_size=6, lr=3e-3, warmup_steps=2, eval_every=25, save_every=25),
+          tmp_path / "f", progress=False)
+    after = _fixed_loss(flow)
+    assert after < before, (before, after)
+
+
+def test_cli_refuses_to_overwrite_a_run_and_resumes_it(tmp_path, tiny_dataset, capsys):
+    out = tmp_path / "ckpt"
+    args = ["train", "codec", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--quiet"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "2"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(args + ["--steps", "4", "--resume"]) == 0
+    state = json.loads((out / "training" / "codec" / "state.json").read_text())
+    assert state["step"] == 4 and [h["step"] for h in state["history"]] == [2, 4]
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, tiny_dataset):
+    """Two steps, stop, two more steps == four steps in one go (same batches, same weights)."""
+    eps = load_episodes(tiny_dataset, progress=False)
+    cfg = LoopConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=100, save_every=2)
+
+    def stage():
+        torch.manual_seed(0)
+        return CodecStage(presets.CODEC["tiny"].model, CodecTrainConfig(), eps[:1], eps[1:])
+
+    one = stage()
+    train(one, cfg, tmp_path / "a", progress=False)
+    two = stage()
+    train(two, LoopConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "b", progress=False)
+    two = stage()
+    train(two, cfg, tmp_path / "b", resume=True, progress=False)
+    for (k, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_world_stage_needs_a_codec_first(tmp_path, tiny_dataset, capsys):
+    code = main(["train", "world", "--data", str(tiny_dataset), "--out", str(tmp_path / "empty"), "--quiet"])
+    assert code == 2
+    assert "vidplan train codec" in capsys.readouterr().err
+
+
+def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "codec", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_resume_with_changed_hyper_parameters_is_refused(tmp_path, tiny_dataset):
+    eps = load_episodes(tiny_dataset, progress=False)
+    stage = CodecStage(presets.CODEC["tiny"].model, CodecTrainConfig(), eps[:1], eps[1:])
+    train(stage, LoopConfig(steps=1, batch_size=2, eval_every=1, save_every=1), tmp_path / "c", progress=False)
+    with pytest.raises(CheckpointError, match="only --steps may change"):
+        train(stage, LoopConfig(steps=2, batch_size=4, eval_every=1, save_every=1), tmp_path / "c", resume=True,
+              progress=False)

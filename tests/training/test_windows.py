@@ -1,0 +1,26 @@
+"""Training windows follow the timing contract of the world model."""
+
+import pytest
+import torch
+
+from vidplan_server.training.windows import window_indices
+
+
+def test_window_indices_follow_the_timing_contract():
+    idx = window_indices([20, 17], history=2, horizon=5, stride=3)
+    # episode 0: k = 0..4 (k + 15 <= 19); episode 1: k = 0..1
+    assert idx["episode"].tolist() == [0] * 5 + [1] * 2
+    assert idx["history"][0].tolist() == [0, 0]  # the first frame repeats at the episode start
+    assert idx["history"][4].tolist() == [1, 4]
+    assert idx["future"][4].tolist() == [7, 10, 13, 16, 19]
+    assert idx["action"][4].tolist() == [6, 9, 12, 15, 18]
+    # episode 1 rows start after episode 0's 20 rows
+    assert idx["history"][6].tolist() == [20, 21]
+    assert idx["future"][6].tolist() == [24, 27, 30, 33, 36]
+    assert int(idx["future"].max()) < 37
+
+
+def test_window_indices_refuse_episodes_that_are_too_short():
+    with pytest.raises(ValueError, match="horizon"):
+        window_indices([10], history=2, horizon=5, stride=3)
+    assert isinstance(window_indices([16], 1, 5, 3)["future"], torch.Tensor)

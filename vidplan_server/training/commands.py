@@ -1,0 +1,135 @@
+"""Entry points behind ``vidplan train codec|world|flowmap``: load data, build the stage, run the loop.
+
+All three write into one checkpoint bundle (``--out``): ``codec`` first, then ``world`` (needs the
+codec), then ``flowmap`` (needs codec and world). Episodes are split into training and held-out sets by
+:func:`~vidplan_server.training.episodes.split_episodes` with the run's seed, the same split for every
+stage of a bundle.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidplan_server.models.actions import ActionNormalizer, fit_action_stats
+from vidplan_server.models.checkpoint import CheckpointError, load_config, read_manifest
+from vidplan_server.models.edm import EDMConfig
+from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_codec, load_denoiser
+from vidplan_server.training import presets
+from vidplan_server.training.codec_stage import CodecStage, CodecTrainConfig
+from vidplan_server.training.episodes import load_episodes, split_episodes
+from vidplan_server.training.loop import LoopConfig, TrainResult, pick_device, train
+from vidplan_server.training.windows import LatentWindows, cached_latents
+from vidplan_server.training.world_stages import FlowMapStage, WorldStage
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    data: Path
+    out: Path
+    preset: str = "small"
+    steps: int | None = None
+    resume: bool = False
+    seed: int = 0
+    device: str | None = None
+    held_out_fraction: float = 0.1
+    progress: bool = True
+
+
+def _loop(base: LoopConfig, opts: TrainOptions) -> LoopConfig:
+    cfg = replace(base, seed=opts.seed)
+    if opts.steps is not None:
+        cfg = replace(cfg, steps=opts.steps, eval_every=min(cfg.eval_every, opts.steps),
+                      save_every=min(cfg.save_every, opts.steps), warmup_steps=min(cfg.warmup_steps, opts.steps))
+    return cfg
+
+
+def _meta(opts: TrainOptions, n_train: int, n_held: int) -> dict:
+    return {"data": str(opts.data), "train_episodes": n_train, "held_out_episodes": n_held, "preset": opts.preset,
+            "seed": opts.seed, "host": f"{platform.machine()} {torch.get_num_threads()} threads",
+            "torch": torch.__version__}
+
+
+def _require(ckpt: Path, module: str, command: str) -> None:
+    try:
+        modules = read_manifest(ckpt)["modules"]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; run `{command}` first") from exc
+    if module not in modules:
+        raise CheckpointError(f"{ckpt}: the bundle has no {module} module; run `{command}` first")
+
+
+def train_codec(opts: TrainOptions) -> TrainResult:
+    preset = presets.CODEC[opts.preset]
+    from vidplan_server.data.reader import EpisodeDataset
+
+    n = len(EpisodeDataset(opts.data))
+    train_idx, held_idx = split_episodes(n, opts.held_out_fraction, opts.seed)
+    size = preset.model.image_size
+    train_eps = load_episodes(opts.data, train_idx, size, opts.progress)
+    held_eps = load_episodes(opts.data, held_idx or train_idx[:1], size, opts.progress)
+    stage = CodecStage(preset.model, CodecTrainConfig(), train_eps, held_eps)
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress, extra_meta=_meta(opts, len(train_idx), len(held_idx)))
+
+
+def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None):
+    """Latent windows (train, held-out) and the action stats of the training episodes."""
+    from vidplan_server.data.reader import EpisodeDataset
+
+    codec = load_codec(opts.out)
+    n = len(EpisodeDataset(opts.data))
+    train_idx, held_idx = split_episodes(n, opts.held_out_fraction, opts.seed)
+    held_idx = held_idx or train_idx[:1]
+    device = pick_device(opts.device)
+    eps = load_episodes(opts.data, sorted(set(train_idx) | set(held_idx)), progress=opts.progress, images=False)
+    by_index = {ep.index: ep for ep in eps}
+    train_eps, held_eps = [by_index[k] for k in train_idx], [by_index[k] for k in held_idx]
+    latents = cached_latents(codec, opts.out / "codec.safetensors", eps, opts.data, opts.out / "training" / "latents",
+                             device, opts.progress)
+    by_latent = {ep.index: z for ep, z in zip(eps, latents, strict=True)}
+    if stats is None:
+        stats = fit_action_stats(np.concatenate([ep.action for ep in train_eps]))
+    norm = ActionNormalizer(stats)
+
+    def build(episodes):
+        acts = [norm.normalize(torch.from_numpy(ep.action)) for ep in episodes]
+        return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride)
+
+    return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx))
+
+
+def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3) -> TrainResult:
+    _require(opts.out, "codec", f"vidplan train codec --data {opts.data} --out {opts.out}")
+    preset = presets.WORLD[opts.preset]
+    net = replace(preset.net, history=history, horizon=horizon)
+    state = opts.out / "training" / "world" / "state.json"
+    if opts.resume and state.exists():
+        # Resuming: keep the statistics the run started with, whatever the dataset holds now.
+        config = load_config(opts.out, "world", WorldConfig)
+        train_w, held_w, _, counts = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
+                                              config.actions)
+    else:
+        train_w, held_w, stats, counts = _windows(opts, history, horizon, frame_stride)
+        rows = train_w.latents[train_w.index["future"].unique()].float()
+        sigma_data = float(rows.std())
+        config = WorldConfig(actions=stats, net=net, frame_stride=frame_stride,
+                             edm=EDMConfig(sigma_data=round(sigma_data, 4)))
+    stage = WorldStage(config, train_w, held_w)
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+
+
+def train_flowmap(opts: TrainOptions) -> TrainResult:
+    _require(opts.out, "world", f"vidplan train world --data {opts.data} --out {opts.out}")
+    denoiser, world = load_denoiser(opts.out)
+    train_w, held_w, _, counts = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
+                                          world.actions)
+    stage = FlowMapStage(FlowConfig(world=world), denoiser, train_w, held_w)
+    return train(stage, _loop(presets.FLOWMAP[opts.preset], opts), opts.out, resume=opts.resume,
+                 device=pick_device(opts.device), progress=opts.progress,
+                 extra_meta={**_meta(opts, *counts), "windows": len(train_w)})

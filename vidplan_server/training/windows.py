@@ -1,0 +1,116 @@
+"""Training windows for the world model: (T history latents, H actions, H future latents).
+
+Frames are encoded once with the bundle's codec and cached in ``<ckpt>/training/latents/`` (keyed by
+the codec weights and the dataset), so the world and flow-map stages, and resumed runs, skip encoding.
+
+Window at control step k of an episode (the timing contract of
+:mod:`vidplan_server.models.world_model`): history steps ``k - (T - 1 - j) * stride`` (clamped at the
+episode start, i.e. the first frame repeats, as at the start of a real run), future steps
+``k + (i + 1) * stride`` and action steps ``k + (i + 1) * stride - 1`` for i < H. Every k with a full
+future inside the episode is a window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from vidplan_server.models.checkpoint import _write_atomic
+from vidplan_server.models.codec import Codec
+from vidplan_server.training.episodes import EpisodeArrays, load_episodes
+
+
+def window_indices(lengths: list[int], history: int, horizon: int, stride: int) -> dict[str, torch.Tensor]:
+    """Global row indices (into the concatenated episodes) of every window: history (N, T),
+    future (N, H), action (N, H) and the episode of each window (N,)."""
+    hist, fut, act, episode = [], [], [], []
+    start = 0
+    j = np.arange(history)
+    i = np.arange(horizon)
+    for e, n in enumerate(lengths):
+        ks = np.arange(0, n - horizon * stride)
+        if len(ks):
+            hist.append(start + np.clip(ks[:, None] - (history - 1 - j)[None] * stride, 0, None))
+            fut.append(start + ks[:, None] + (i[None] + 1) * stride)
+            act.append(start + ks[:, None] + (i[None] + 1) * stride - 1)
+            episode.append(np.full(len(ks), e))
+        start += n
+    if not hist:
+        raise ValueError(f"no episode is longer than horizon * stride = {horizon * stride} steps")
+    return {k: torch.from_numpy(np.concatenate(v)).long() for k, v in
+            (("history", hist), ("future", fut), ("action", act), ("episode", episode))}
+
+
+@torch.no_grad()
+def encode_frames(codec: Codec, frames: np.ndarray, device: torch.device, batch: int = 128) -> torch.Tensor:
+    """Frames (N, V, H, W, 3) uint8 -> latents (N, C, V*h, w) float16 on CPU."""
+    out = []
+    for chunk in np.array_split(frames, max(1, int(np.ceil(len(frames) / batch)))):
+        x = torch.from_numpy(chunk).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
+        out.append(codec.encode(x).half().cpu())
+    return torch.cat(out)
+
+
+def cached_latents(
+    codec: Codec, codec_file: Path, episodes: list[EpisodeArrays], data_root: Path, cache_dir: Path,
+    device: torch.device, progress: bool = True,
+) -> list[torch.Tensor]:
+    """Latents (T_e, C, V*h, w) per episode, from the cache when the codec and episodes match.
+
+    ``episodes`` may come without frames (``load_episodes(images=False)``); they are decoded only on a
+    cache miss.
+    """
+    h = hashlib.sha256()
+    h.update(codec_file.read_bytes())
+    h.update(str(Path(data_root).resolve()).encode())
+    h.update(np.array([ep.index for ep in episodes] + [len(ep.frames) for ep in episodes]).tobytes())
+    path = cache_dir / f"{h.hexdigest()[:20]}.safetensors"
+    lengths = [len(ep.frames) for ep in episodes]
+    if path.is_file():
+        flat = load_file(str(path))["latents"]
+        if len(flat) == sum(lengths):
+            return list(flat.split(lengths))
+    codec = codec.to(device).eval()
+    parts = []
+    for ep in tqdm(episodes, desc="encode", disable=not progress, leave=False):
+        frames = ep.frames
+        if frames.shape[2] == 0:
+            frames = load_episodes(data_root, [ep.index], codec.config.image_size, progress=False)[0].frames
+        parts.append(encode_frames(codec, frames, device))
+    _write_atomic(path, lambda tmp: save_file({"latents": torch.cat(parts).contiguous()}, tmp))
+    return parts
+
+
+@dataclass
+class LatentWindows:
+    """All windows of a set of episodes; ``gather`` returns a batch on ``device``."""
+
+    latents: torch.Tensor  # (N_rows, C, V*h, w) float16
+    actions: torch.Tensor  # (N_rows, 7) normalised float32
+    index: dict[str, torch.Tensor]
+
+    @classmethod
+    def build(cls, latents: list[torch.Tensor], actions: list[torch.Tensor], history: int, horizon: int,
+              stride: int) -> LatentWindows:
+        lengths = [len(z) for z in latents]
+        return cls(torch.cat(latents), torch.cat(actions).float(), window_indices(lengths, history, horizon, stride))
+
+    def __len__(self) -> int:
+        return len(self.index["episode"])
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(history (B, T, C, h, w), actions (B, H, 7), future (B, H, C, h, w)) for window indices ``idx``."""
+        hist = self.latents[self.index["history"][idx]].to(device).float()
+        fut = self.latents[self.index["future"][idx]].to(device).float()
+        act = self.actions[self.index["action"][idx]].to(device)
+        return hist, act, fut
+
+    def spread(self, n: int) -> torch.Tensor:
+        """``n`` window indices spread evenly over all windows (deterministic evaluation sets)."""
+        return torch.linspace(0, len(self) - 1, min(n, len(self))).long()

@@ -1,0 +1,103 @@
+"""World-model stages: the EDM video denoiser, then its flow-map distillation (Algorithm 2).
+
+Both read latent windows made by :mod:`vidplan_server.training.windows` with the bundle's codec.
+Held-out metrics use fixed noise, so successive evaluations are comparable:
+
+- world:   ``loss`` (Eq. 2 at fixed sigmas and noise) and ``mse_heun`` (latent MSE of an 8-level
+           Heun sample against the true future latents).
+- flowmap: ``mse_k1``, ``mse_k2``, ``mse_k4`` (latent MSE of k-step samples) and ``flow_loss``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vidplan_server.models.checkpoint import save_module
+from vidplan_server.models.edm import EDMDenoiser, edm_loss, heun_sample
+from vidplan_server.models.flow_map import FlowMap, flow_loss, sample_times, semigroup_loss
+from vidplan_server.models.world_model import FlowConfig, WorldConfig, build_denoiser, build_flow_map
+from vidplan_server.training.loop import Stage
+from vidplan_server.training.windows import LatentWindows
+
+EVAL_WINDOWS = 16
+
+
+def _fixed_noise(shape, seed: int = 1234) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+class WorldStage(Stage):
+    name = "world"
+
+    def __init__(self, config: WorldConfig, train: LatentWindows, held_out: LatentWindows) -> None:
+        self.config = config
+        self.model = build_denoiser(config)
+        self.train_windows = train
+        self.held_out = held_out
+
+    def batch(self, generator, batch_size, device):
+        idx = torch.randint(len(self.train_windows), (batch_size,), generator=generator)
+        return self.train_windows.gather(idx, device)
+
+    def loss(self, model: EDMDenoiser, batch, generator):
+        hist, act, fut = batch
+        return edm_loss(model, fut, hist, act, generator), {}
+
+    def evaluate(self, model: EDMDenoiser, device):
+        hist, act, fut = self.held_out.gather(self.held_out.spread(EVAL_WINDOWS), device)
+        g = torch.Generator().manual_seed(0)
+        loss = sum(edm_loss(model, fut, hist, act, g).item() for _ in range(4)) / 4
+        pred = heun_sample(model, hist, act, steps=8, noise=_fixed_noise(fut.shape).to(device))
+        return {"loss": loss, "mse_heun": ((pred.float() - fut) ** 2).mean().item()}
+
+    def export(self, model, ckpt: Path, meta: dict) -> None:
+        save_module(ckpt, "world", model, self.config, meta)
+
+
+class FlowMapStage(Stage):
+    """Algorithm 2: two thirds of each batch for L_flow, one third for the semigroup L_distill."""
+
+    name = "flowmap"
+
+    def __init__(self, config: FlowConfig, denoiser: EDMDenoiser, train: LatentWindows, held_out: LatentWindows,
+                 flow_share: float = 2.0 / 3.0) -> None:
+        self.config = config
+        self.model = build_flow_map(config, denoiser)
+        self.train_windows = train
+        self.held_out = held_out
+        self.flow_share = flow_share
+
+    def batch(self, generator, batch_size, device):
+        idx = torch.randint(len(self.train_windows), (batch_size,), generator=generator)
+        return self.train_windows.gather(idx, device)
+
+    def loss(self, model: FlowMap, batch, generator):
+        hist, act, fut = batch
+        B = fut.shape[0]
+        n_flow = max(1, min(B - 1, round(B * self.flow_share))) if B > 1 else 1
+        x0 = torch.randn(fut.shape, generator=generator).to(fut.device)
+        t = sample_times(n_flow, generator, model.t_min)[0].clamp(max=model.t_max).to(fut.device)
+        vel = lambda h, a: (lambda x, s, e: model.velocity(x, s, e, h, a))
+        l_flow = flow_loss(vel(hist[:n_flow], act[:n_flow]), fut[:n_flow], x0[:n_flow], t)
+        if n_flow == B:
+            return l_flow, {"flow": l_flow.item()}
+        s, u, e = sample_times(B - n_flow, generator, model.t_min, sorted_count=3).to(fut.device)
+        d = slice(n_flow, B)
+        l_distill = semigroup_loss(vel(hist[d], act[d]), fut[d], x0[d], s, u, e)
+        return l_flow + l_distill, {"flow": l_flow.item(), "distill": l_distill.item()}
+
+    def evaluate(self, model: FlowMap, device):
+        hist, act, fut = self.held_out.gather(self.held_out.spread(EVAL_WINDOWS), device)
+        noise = _fixed_noise(fut.shape).to(device)
+        out = {}
+        for k in (1, 2, 4):
+            pred = model.sample(hist, act, steps=k, noise=noise)
+            out[f"mse_k{k}"] = ((pred.float() - fut) ** 2).mean().item()
+        t = torch.linspace(model.t_min, model.t_max, fut.shape[0], device=device)
+        out["flow_loss"] = flow_loss(lambda x, s, e: model.velocity(x, s, e, hist, act), fut, noise, t).item()
+        return out
+
+    def export(self, model, ckpt: Path, meta: dict) -> None:
+        save_module(ckpt, "flow_map", model, self.config, meta)
