@@ -8,7 +8,8 @@ from vidplan_server.cli import build_parser, main
 
 
 def test_help_explains_every_option(capsys):
-    for argv in (["--help"], ["sim", "record", "--help"], ["sim", "preview", "--help"], ["data", "info", "--help"]):
+    for argv in (["--help"], ["sim", "record", "--help"], ["sim", "preview", "--help"], ["data", "info", "--help"],
+                 ["train", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
@@ -23,12 +24,16 @@ def test_help_explains_every_option(capsys):
         "--imperfect-fraction",
         "--episode",
         "--json",
+        "--preset",
+        "--resume",
+        "--frame-stride",
     ):
         assert option in out
     # every option of every subcommand has a help text
     parser = build_parser()
     for group in parser._subparsers._group_actions[0].choices.values():
-        for cmd in group._subparsers._group_actions[0].choices.values():
+        commands = group._subparsers._group_actions[0].choices.values() if group._subparsers else [group]
+        for cmd in commands:
             for action in cmd._actions:
                 assert action.help, f"{cmd.prog} {action.option_strings or action.dest} lacks help"
 

@@ -15,7 +15,7 @@ def test_window_indices_follow_the_timing_contract():
     assert idx["future"][4].tolist() == [7, 10, 13, 16, 19]
     assert idx["action"][4].tolist() == [6, 9, 12, 15, 18]
     # episode 1 rows start after episode 0's 20 rows
-    assert idx["history"][6].tolist() == [20, 21]
+    assert idx["history"][6].tolist() == [21, 21]  # k = 1: the earliest frame of its phase repeats
     assert idx["future"][6].tolist() == [24, 27, 30, 33, 36]
     assert int(idx["future"].max()) < 37
 
@@ -24,3 +24,15 @@ def test_window_indices_refuse_episodes_that_are_too_short():
     with pytest.raises(ValueError, match="horizon"):
         window_indices([10], history=2, horizon=5, stride=3)
     assert isinstance(window_indices([16], 1, 5, 3)["future"], torch.Tensor)
+
+
+def test_phase_subsampling_keeps_one_offset_per_episode_and_reads_only_that_phase():
+    idx = window_indices([20, 20], history=2, horizon=5, stride=3, phases=[1, 2])
+    ks0 = idx["history"][idx["episode"] == 0][:, -1]
+    assert ks0.tolist() == [1, 4]
+    for key in ("history", "future"):
+        rows = idx[key][idx["episode"] == 0]
+        assert torch.all(rows % 3 == 1)
+        rows = idx[key][idx["episode"] == 1] - 20
+        assert torch.all(rows % 3 == 2)
+    assert idx["history"][0].tolist() == [1, 1]  # clamped to the earliest frame of its phase

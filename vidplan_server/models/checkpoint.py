@@ -112,6 +112,7 @@ def _write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are read by other users and packaged
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -89,8 +89,9 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
     eps = load_episodes(opts.data, sorted(set(train_idx) | set(held_idx)), progress=opts.progress, images=False)
     by_index = {ep.index: ep for ep in eps}
     train_eps, held_eps = [by_index[k] for k in train_idx], [by_index[k] for k in held_idx]
+    phases = {ep.index: ep.index % stride for ep in eps}
     latents = cached_latents(codec, opts.out / "codec.safetensors", eps, opts.data, opts.out / "training" / "latents",
-                             device, opts.progress)
+                             device, opts.progress, stride=stride, phases=[phases[ep.index] for ep in eps])
     by_latent = {ep.index: z for ep, z in zip(eps, latents, strict=True)}
     if stats is None:
         stats = fit_action_stats(np.concatenate([ep.action for ep in train_eps]))
@@ -98,7 +99,8 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
 
     def build(episodes):
         acts = [norm.normalize(torch.from_numpy(ep.action)) for ep in episodes]
-        return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride)
+        return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride,
+                                   [phases[ep.index] for ep in episodes])
 
     return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx))
 

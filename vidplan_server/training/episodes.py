@@ -40,7 +40,7 @@ def split_episodes(n: int, held_out_fraction: float = 0.1, seed: int = 0) -> tup
 
 
 def load_episodes(
-    root: str | Path,
+    root: str | Path | EpisodeDataset,
     indices: list[int] | None = None,
     image_size: tuple[int, int] | None = None,
     progress: bool = True,
@@ -50,10 +50,10 @@ def load_episodes(
 
     ``images=False`` skips video decoding (``frames`` is then (T, V, 0, 0, 3)).
     """
-    dataset = EpisodeDataset(root)
+    dataset = root if isinstance(root, EpisodeDataset) else EpisodeDataset(root)
     indices = list(range(len(dataset))) if indices is None else indices
     out = []
-    for k in tqdm(indices, desc=f"load {Path(root).name}", disable=not progress, leave=False):
+    for k in tqdm(indices, desc=f"load {Path(dataset.root).name}", disable=not progress, leave=False):
         ep = dataset.load_episode(k, images=images, ground_truth=False)
         views = []
         for cam in CAMERA_NAMES:

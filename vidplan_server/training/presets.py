@@ -46,7 +46,7 @@ WORLD = {
     ),
     "small": WorldPreset(
         VideoNetConfig(channels=(64, 96, 128), attention_heads=4, embed_dim=128),
-        LoopConfig(steps=2000, batch_size=8, lr=5e-4, warmup_steps=100, ema_decay=0.999, eval_every=500,
+        LoopConfig(steps=3000, batch_size=8, lr=5e-4, warmup_steps=100, ema_decay=0.999, eval_every=500,
                    save_every=250),
     ),
     "base": WorldPreset(

@@ -5,9 +5,14 @@ the codec weights and the dataset), so the world and flow-map stages, and resume
 
 Window at control step k of an episode (the timing contract of
 :mod:`vidplan_server.models.world_model`): history steps ``k - (T - 1 - j) * stride`` (clamped at the
-episode start, i.e. the first frame repeats, as at the start of a real run), future steps
-``k + (i + 1) * stride`` and action steps ``k + (i + 1) * stride - 1`` for i < H. Every k with a full
-future inside the episode is a window.
+earliest step of the same phase ``k mod stride``, i.e. the first frame repeats, as at the start of a
+real run), future steps ``k + (i + 1) * stride`` and action steps ``k + (i + 1) * stride - 1`` for
+i < H. Every k with a full future inside the episode is a window.
+
+Phase subsampling (decided for CPU budgets): with ``phases``, episode e only uses windows with
+``k mod stride == phases[e]``, so only a third of its frames (stride 3) need encoding. Neighbouring
+windows share almost all frames, so little is lost; phases rotate over episodes so every offset
+between control steps and model frames is seen.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.data.reader import EpisodeDataset
 from vidplan_server.models.checkpoint import _write_atomic
 from vidplan_server.models.codec import Codec
 from vidplan_server.training.episodes import EpisodeArrays, load_episodes
 
 
-def window_indices(lengths: list[int], history: int, horizon: int, stride: int) -> dict[str, torch.Tensor]:
+def window_indices(
+    lengths: list[int], history: int, horizon: int, stride: int, phases: list[int] | None = None
+) -> dict[str, torch.Tensor]:
     """Global row indices (into the concatenated episodes) of every window: history (N, T),
     future (N, H), action (N, H) and the episode of each window (N,)."""
     hist, fut, act, episode = [], [], [], []
@@ -35,8 +43,11 @@ def window_indices(lengths: list[int], history: int, horizon: int, stride: int) 
     i = np.arange(horizon)
     for e, n in enumerate(lengths):
         ks = np.arange(0, n - horizon * stride)
+        if phases is not None:
+            ks = ks[ks % stride == phases[e] % stride]
         if len(ks):
-            hist.append(start + np.clip(ks[:, None] - (history - 1 - j)[None] * stride, 0, None))
+            earliest = (ks % stride)[:, None]
+            hist.append(start + np.maximum(ks[:, None] - (history - 1 - j)[None] * stride, earliest))
             fut.append(start + ks[:, None] + (i[None] + 1) * stride)
             act.append(start + ks[:, None] + (i[None] + 1) * stride - 1)
             episode.append(np.full(len(ks), e))
@@ -59,17 +70,19 @@ def encode_frames(codec: Codec, frames: np.ndarray, device: torch.device, batch:
 
 def cached_latents(
     codec: Codec, codec_file: Path, episodes: list[EpisodeArrays], data_root: Path, cache_dir: Path,
-    device: torch.device, progress: bool = True,
+    device: torch.device, progress: bool = True, stride: int = 1, phases: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Latents (T_e, C, V*h, w) per episode, from the cache when the codec and episodes match.
 
-    ``episodes`` may come without frames (``load_episodes(images=False)``); they are decoded only on a
-    cache miss.
+    With ``phases``, only steps ``t mod stride == phases[e]`` are encoded (the others stay zero; the
+    windows never read them). ``episodes`` may come without frames (``load_episodes(images=False)``);
+    they are decoded only on a cache miss.
     """
     h = hashlib.sha256()
     h.update(codec_file.read_bytes())
     h.update(str(Path(data_root).resolve()).encode())
     h.update(np.array([ep.index for ep in episodes] + [len(ep.frames) for ep in episodes]).tobytes())
+    h.update(np.array([stride] + list(phases or [])).tobytes())
     path = cache_dir / f"{h.hexdigest()[:20]}.safetensors"
     lengths = [len(ep.frames) for ep in episodes]
     if path.is_file():
@@ -77,12 +90,19 @@ def cached_latents(
         if len(flat) == sum(lengths):
             return list(flat.split(lengths))
     codec = codec.to(device).eval()
+    dataset = EpisodeDataset(data_root)
     parts = []
-    for ep in tqdm(episodes, desc="encode", disable=not progress, leave=False):
+    for e, ep in enumerate(tqdm(episodes, desc="encode", disable=not progress, leave=False)):
         frames = ep.frames
         if frames.shape[2] == 0:
-            frames = load_episodes(data_root, [ep.index], codec.config.image_size, progress=False)[0].frames
-        parts.append(encode_frames(codec, frames, device))
+            frames = load_episodes(dataset, [ep.index], codec.config.image_size, progress=False)[0].frames
+        rows = np.arange(len(frames))
+        if phases is not None:
+            rows = rows[rows % stride == phases[e] % stride]
+        z = encode_frames(codec, frames[rows], device)
+        full = torch.zeros((len(frames), *z.shape[1:]), dtype=z.dtype)
+        full[torch.from_numpy(rows)] = z
+        parts.append(full)
     _write_atomic(path, lambda tmp: save_file({"latents": torch.cat(parts).contiguous()}, tmp))
     return parts
 
@@ -97,9 +117,10 @@ class LatentWindows:
 
     @classmethod
     def build(cls, latents: list[torch.Tensor], actions: list[torch.Tensor], history: int, horizon: int,
-              stride: int) -> LatentWindows:
+              stride: int, phases: list[int] | None = None) -> LatentWindows:
         lengths = [len(z) for z in latents]
-        return cls(torch.cat(latents), torch.cat(actions).float(), window_indices(lengths, history, horizon, stride))
+        index = window_indices(lengths, history, horizon, stride, phases)
+        return cls(torch.cat(latents), torch.cat(actions).float(), index)
 
     def __len__(self) -> int:
         return len(self.index["episode"])
