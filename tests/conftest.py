@@ -27,15 +27,9 @@ def short_episodes(sim_scene):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, short_episodes):
     """The two short episodes written as a LeRobot v3.0 dataset."""
-    from vidplan_server.data.writer import DatasetWriter
+    from tests.helpers import write_dataset
 
-    root = tmp_path_factory.mktemp("tiny") / "ds"
-    writer = DatasetWriter(root, (64, 64), info_extra={"split": "train"})
-    for ep in short_episodes:
-        writer.write_episode(ep)
-    writer.finalize()
-    writer.close()
-    return root
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", short_episodes)
 
 
 @pytest.fixture(scope="session")

@@ -103,10 +103,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
         device=args.device, held_out_fraction=args.held_out_fraction, progress=not args.quiet,
     )
-    if args.device and args.device.startswith("cuda"):
+    if args.device:
         import torch
 
-        if not torch.cuda.is_available():
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise CliError(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise CliError(f"--device {args.device}: CUDA is not available on this machine")
     if args.stage == "codec":
         result = commands.train_codec(opts)

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import write_dataset
 from vidplan_server.data import lerobot_format as fmt
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.reader import EpisodeDataset
@@ -13,13 +14,7 @@ from vidplan_server.data.writer import DatasetWriter, stage_episode
 
 @pytest.fixture()
 def written(tmp_path, short_episodes):
-    root = tmp_path / "ds"
-    writer = DatasetWriter(root, (64, 64), info_extra={"split": "train"})
-    for ep in short_episodes:
-        writer.write_episode(ep)
-    writer.finalize()
-    writer.close()
-    return root
+    return write_dataset(tmp_path / "ds", short_episodes)
 
 
 def test_round_trip_through_disk(written, short_episodes):

@@ -118,3 +118,20 @@ def test_resume_with_changed_hyper_parameters_is_refused(tmp_path, tiny_dataset)
     with pytest.raises(CheckpointError, match="only --steps may change"):
         train(stage, LoopConfig(steps=2, batch_size=4, eval_every=1, save_every=1), tmp_path / "c", resume=True,
               progress=False)
+
+
+def test_bad_device_is_a_clear_error(tmp_path, tiny_dataset, capsys):
+    args = ["train", "codec", "--data", str(tiny_dataset), "--out", str(tmp_path / "o"), "--device", "gpu0"]
+    assert main(args) == 2
+    assert "--device gpu0" in capsys.readouterr().err
+
+
+def test_episodes_shorter_than_a_window_are_a_clear_error(tmp_path, tiny_dataset, tiny_bundle, capsys):
+    import shutil
+
+    out = tmp_path / "ckpt"
+    shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("training"))
+    args = ["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--quiet",
+            "--horizon", "9"]
+    assert main(args) == 2
+    assert "no training window" in capsys.readouterr().err

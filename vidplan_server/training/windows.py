@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.reader import EpisodeDataset
 from vidplan_server.models.checkpoint import _write_atomic
 from vidplan_server.models.codec import Codec
@@ -53,7 +54,8 @@ def window_indices(
             episode.append(np.full(len(ks), e))
         start += n
     if not hist:
-        raise ValueError(f"no episode is longer than horizon * stride = {horizon * stride} steps")
+        raise DatasetError(f"no episode is longer than horizon * stride = {horizon * stride} steps, so there is "
+                           "no training window; record longer episodes or lower --horizon / --frame-stride")
     return {k: torch.from_numpy(np.concatenate(v)).long() for k, v in
             (("history", hist), ("future", fut), ("action", act), ("episode", episode))}
 

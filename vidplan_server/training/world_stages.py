@@ -28,7 +28,17 @@ def _fixed_noise(shape, seed: int = 1234) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-class WorldStage(Stage):
+class _WindowStage(Stage):
+    """A stage whose batches are random training windows (history, actions, future)."""
+
+    train_windows: LatentWindows
+
+    def batch(self, generator, batch_size, device):
+        idx = torch.randint(len(self.train_windows), (batch_size,), generator=generator)
+        return self.train_windows.gather(idx, device)
+
+
+class WorldStage(_WindowStage):
     name = "world"
 
     def __init__(self, config: WorldConfig, train: LatentWindows, held_out: LatentWindows) -> None:
@@ -36,10 +46,6 @@ class WorldStage(Stage):
         self.model = build_denoiser(config)
         self.train_windows = train
         self.held_out = held_out
-
-    def batch(self, generator, batch_size, device):
-        idx = torch.randint(len(self.train_windows), (batch_size,), generator=generator)
-        return self.train_windows.gather(idx, device)
 
     def loss(self, model: EDMDenoiser, batch, generator):
         hist, act, fut = batch
@@ -56,7 +62,7 @@ class WorldStage(Stage):
         save_module(ckpt, "world", model, self.config, meta)
 
 
-class FlowMapStage(Stage):
+class FlowMapStage(_WindowStage):
     """Algorithm 2: two thirds of each batch for L_flow, one third for the semigroup L_distill."""
 
     name = "flowmap"
@@ -68,10 +74,6 @@ class FlowMapStage(Stage):
         self.train_windows = train
         self.held_out = held_out
         self.flow_share = flow_share
-
-    def batch(self, generator, batch_size, device):
-        idx = torch.randint(len(self.train_windows), (batch_size,), generator=generator)
-        return self.train_windows.gather(idx, device)
 
     def loss(self, model: FlowMap, batch, generator):
         hist, act, fut = batch
