@@ -259,9 +259,10 @@ def train(
             save()
             export({k: v for k, v in last_eval.items() if k != "step"})
     bar.close()
-    if not history or history[-1]["step"] != step:
-        last_eval = run_eval()
-        save()
     final = {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}
-    export(final)
+    if not history or history[-1]["step"] != step:
+        # resumed at or past its last step from a save made between evaluations: evaluate and export it
+        final = {k: v for k, v in run_eval().items() if k != "step"}
+        save()
+        export(final)
     return TrainResult(steps=step, seconds=elapsed, final_eval=final, history=history)
