@@ -83,10 +83,11 @@ def _autoencoder(config: CodecConfig):
 class Codec(nn.Module):
     """Frames (B, V, 3, H, W) in [0, 1] <-> normalised stacked latents (B, C, V*h, w)."""
 
-    def __init__(self, config: CodecConfig = CodecConfig()) -> None:
+    def __init__(self, config: CodecConfig = CodecConfig(), vae=None) -> None:
+        """``vae``: an existing diffusers ``AutoencoderKL`` matching ``config``; built from it when None."""
         super().__init__()
         self.config = config
-        self.vae = _autoencoder(config)
+        self.vae = vae if vae is not None else _autoencoder(config)
 
     # ------------------------------------------------------------------ per-view primitives
     def posterior(self, images: torch.Tensor):
@@ -146,11 +147,7 @@ class Codec(nn.Module):
             shift=float(cfg.shift_factor or 0.0),
             scale=float(cfg.scaling_factor),
         )
-        codec = cls.__new__(cls)
-        nn.Module.__init__(codec)
-        codec.config = config
-        codec.vae = vae
-        return codec
+        return cls(config, vae)
 
     def with_normalisation(self, shift: float, scale: float) -> Codec:
         self.config = replace(self.config, shift=float(shift), scale=float(scale))
