@@ -43,3 +43,19 @@ def tiny_bundle(tmp_path_factory, tiny_dataset):
                      "--steps", "4", "--quiet"])
         assert code == 0, stage
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_heads_bundle(tmp_path_factory, tiny_bundle, tiny_dataset):
+    """A copy of ``tiny_bundle`` with uq, value and semantic heads trained for a few steps (tiny preset)."""
+    import shutil
+
+    from vidplan_server.cli import main
+
+    out = tmp_path_factory.mktemp("heads") / "ckpt"
+    shutil.copytree(tiny_bundle, out)
+    for stage in ("uq", "value", "semantic"):
+        code = main(["train", stage, "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny",
+                     "--steps", "4", "--quiet"])
+        assert code == 0, stage
+    return out

@@ -103,24 +103,78 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
         device=args.device, held_out_fraction=args.held_out_fraction, progress=not args.quiet,
     )
-    if args.device:
-        import torch
-
-        try:
-            torch.device(args.device)
-        except RuntimeError:
-            raise CliError(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise CliError(f"--device {args.device}: CUDA is not available on this machine")
+    _check_device(args.device)
     if args.stage == "codec":
         result = commands.train_codec(opts)
     elif args.stage == "world":
         result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride)
-    else:
+    elif args.stage == "flowmap":
         result = commands.train_flowmap(opts)
+    elif args.stage == "uq":
+        result = commands.train_uq(opts, flow_steps=args.flow_steps)
+    elif args.stage == "value":
+        result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps)
+    else:
+        result = commands.train_semantic(opts, frame_step=args.frame_step)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
     print(f"{args.out}: {args.stage} trained to step {result.steps} in {result.seconds / 60:.1f} min; held-out {shown}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------- eval
+def _load_for_eval(args: argparse.Namespace):
+    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
+    from vidplan_server.models.world_model import WorldModel
+
+    for name in ("data", "ood"):
+        path = getattr(args, name, None)
+        if path is not None and not path.is_dir():
+            raise CliError(f"--{name} {path}: dataset folder does not exist")
+    ckpt = args.ckpt or DEFAULT_CHECKPOINT
+    device = _check_device(args.device) or "cpu"
+    return ckpt, WorldModel.load(ckpt, device=device)
+
+
+def _cmd_eval_calibration(args: argparse.Namespace) -> int:
+    from vidplan_server.evaluation.heads_quality import CalibrationConfig, format_calibration, run_calibration
+    from vidplan_server.models.heads import load_uq_head
+
+    ckpt, model = _load_for_eval(args)
+    uq = load_uq_head(ckpt).to(model.device)
+    splits = {"val": args.data, **({"ood": args.ood} if args.ood else {})}
+    cfg = CalibrationConfig(windows=args.windows, seed=args.seed)
+    result = run_calibration(model, uq, splits, args.out, cfg, progress=not args.quiet)
+    print(format_calibration(result))
+    print(f"wrote {args.out / 'calibration.json'}")
+    return 0
+
+
+def _cmd_eval_reward(args: argparse.Namespace) -> int:
+    from vidplan_server.evaluation.heads_quality import format_reward, run_reward_eval
+    from vidplan_server.models.heads import load_value_head
+    from vidplan_server.models.semantic import load_semantic
+
+    ckpt, model = _load_for_eval(args)
+    value = load_value_head(ckpt).to(model.device)
+    semantic = load_semantic(ckpt, args.clip, device=model.device)
+    result = run_reward_eval(model, value, semantic, args.data, args.out, progress=not args.quiet)
+    print(format_reward(result))
+    print(f"wrote {args.out / 'reward.json'}")
+    return 0
+
+
+def _check_device(name: str | None) -> str | None:
+    if not name:
+        return None
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine")
+    return name
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -129,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidplan",
         description="VidPlan: inference-time planning with an action-conditioned video world model.",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval}")
 
     sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes")
     sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,preview}")
@@ -198,14 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = groups.add_parser(
         "train",
-        help="train the codec, the EDM world model or its flow map into a checkpoint bundle",
-        description="Train one stage of the world model into the checkpoint folder --out, in order: codec, "
-        "then world (the EDM video model; needs the codec), then flowmap (distils world into a few-step flow "
-        "map). Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
+        help="train the codec, world model, flow map and the UQ / value / semantic heads into a bundle",
+        description="Train one stage into the checkpoint folder --out, in order: codec, then world (the EDM "
+        "video model; needs the codec), then flowmap (distils world into a few-step flow map); then the heads: "
+        "uq (on the flow map's own samples of a calibration dataset the world model never saw; also stores "
+        "the heatmap colour basis), value (discounted return per frame, on the training data) and semantic "
+        "(the instruction-frame dual encoder, on simulator episodes with target masks). Shows a progress bar "
+        "with the loss, evaluates on held-out episodes, saves resumable state "
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
-    tr.add_argument("stage", choices=("codec", "world", "flowmap"), help="what to train")
-    tr.add_argument("--data", type=Path, required=True, help="dataset folder (vidplan sim record, or a DROID port)")
+    tr.add_argument("stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic"), help="what to train")
+    tr.add_argument("--data", type=Path, required=True,
+                    help="dataset folder (vidplan sim record, or a DROID port); for uq a calibration dataset "
+                    "recorded apart from the world model's training data")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint folder; stages add their module to it")
     tr.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
                     help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) "
@@ -222,8 +281,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="world: predicted frames per chunk (default 5)")
     tr.add_argument("--frame-stride", type=_positive_int, default=3,
                     help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
+    tr.add_argument("--flow-steps", type=_positive_int, default=1, metavar="K",
+                    help="uq, value: flow-map steps of the samples the head learns from; use the planner's k "
+                    "(default 1)")
+    tr.add_argument("--gamma", type=_fraction, default=0.99,
+                    help="value: discount per control step of the Monte-Carlo return (default 0.99)")
+    tr.add_argument("--frame-step", type=_positive_int, default=4,
+                    help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
+
+    ev = groups.add_parser("eval", help="evaluate the UQ head's calibration and the reward heads")
+    ev_cmds = ev.add_subparsers(dest="command", required=True, metavar="{calibration,reward}")
+    cal = ev_cmds.add_parser(
+        "calibration",
+        help="ECE/MCE, reliability diagrams and uncertainty-error correlation of the UQ head",
+        description="Roll out held-out windows with the bundle's flow map and compare the UQ head's error "
+        "distributions with the actual errors: ECE and MCE of P(|error| <= eps) for several eps and of the "
+        "top-bin confidence, a reliability diagram per split, Kendall tau (with p-value) and Pearson r between "
+        "per-frame entropy and latent / pixel error. Writes OUT/calibration.json and OUT/reliability_*.png.",
+    )
+    rew = ev_cmds.add_parser(
+        "reward",
+        help="value head (Kendall tau, success AUROC) and semantic reward (relevance centroid on the target)",
+        description="Value head: Kendall tau between expected value and the true discounted return on every "
+        "frame, AUROC of success vs failure at the final frames. Semantic reward: share of frames (with the "
+        "target visible) where the relevance centroid lies in the target's ground-truth mask. "
+        "Writes OUT/reward.json.",
+    )
+    for p in (cal, rew):
+        p.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
+        p.add_argument("--data", type=Path, required=True,
+                       help="held-out episodes (e.g. vidplan sim record --split val); not the training data")
+        p.add_argument("--out", type=Path, required=True, help="folder for the JSON and PNG results")
+        p.add_argument("--device", default=None, help="torch device (default cpu)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cal.add_argument("--ood", type=Path, default=None,
+                     help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood'")
+    cal.add_argument("--windows", type=_positive_int, default=256, help="windows per split (default 256)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
+    cal.set_defaults(func=_cmd_eval_calibration)
+    rew.add_argument("--clip", type=Path, default=None,
+                     help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
+    rew.set_defaults(func=_cmd_eval_reward)
     return parser
 
 

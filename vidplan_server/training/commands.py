@@ -12,16 +12,31 @@ import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from vidplan_server.data.errors import DatasetError
+from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.models.actions import ActionNormalizer, fit_action_stats
-from vidplan_server.models.checkpoint import CheckpointError, load_config, read_manifest
+from vidplan_server.models.checkpoint import CheckpointError, load_config, read_manifest, save_module
 from vidplan_server.models.edm import EDMConfig
-from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_codec, load_denoiser
+from vidplan_server.models.heads import UQHeadConfig, ValueHeadConfig, discounted_returns
+from vidplan_server.models.heatmaps import fit_colormap
+from vidplan_server.models.semantic import words
+from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_codec, load_denoiser, load_flow_map
 from vidplan_server.training import presets
 from vidplan_server.training.codec_stage import CodecStage, CodecTrainConfig
 from vidplan_server.training.episodes import load_episodes, split_episodes
+from vidplan_server.training.head_stages import (
+    SemanticFrames,
+    SemanticStage,
+    UQStage,
+    ValueData,
+    ValueStage,
+    flow_rollouts,
+)
 from vidplan_server.training.loop import LoopConfig, TrainResult, pick_device, train
 from vidplan_server.training.windows import LatentWindows, cached_latents
 from vidplan_server.training.world_stages import FlowMapStage, WorldStage
@@ -78,7 +93,8 @@ def train_codec(opts: TrainOptions) -> TrainResult:
 
 
 def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None):
-    """Latent windows (train, held-out) and the action stats of the training episodes."""
+    """Latent windows (train, held-out), the action stats of the training episodes, the episode counts and
+    the (train, held-out) episodes themselves (without frames)."""
     from vidplan_server.data.reader import EpisodeDataset
 
     codec = load_codec(opts.out)
@@ -102,7 +118,7 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
         return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride,
                                    [phases[ep.index] for ep in episodes])
 
-    return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx))
+    return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx)), (train_eps, held_eps)
 
 
 def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3) -> TrainResult:
@@ -113,10 +129,10 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
     if opts.resume and state.exists():
         # Resuming: keep the statistics the run started with, whatever the dataset holds now.
         config = load_config(opts.out, "world", WorldConfig)
-        train_w, held_w, _, counts = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
-                                              config.actions)
+        train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon,
+                                                 config.frame_stride, config.actions)
     else:
-        train_w, held_w, stats, counts = _windows(opts, history, horizon, frame_stride)
+        train_w, held_w, stats, counts, _ = _windows(opts, history, horizon, frame_stride)
         rows = train_w.latents[train_w.index["future"].unique()].float()
         sigma_data = float(rows.std())
         config = WorldConfig(actions=stats, net=net, frame_stride=frame_stride,
@@ -129,9 +145,105 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
 def train_flowmap(opts: TrainOptions) -> TrainResult:
     _require(opts.out, "world", f"vidplan train world --data {opts.data} --out {opts.out}")
     denoiser, world = load_denoiser(opts.out)
-    train_w, held_w, _, counts = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
-                                          world.actions)
+    train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
+                                             world.actions)
     stage = FlowMapStage(FlowConfig(world=world), denoiser, train_w, held_w)
     return train(stage, _loop(presets.FLOWMAP[opts.preset], opts), opts.out, resume=opts.resume,
                  device=pick_device(opts.device), progress=opts.progress,
                  extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+
+
+# ------------------------------------------------------------------------------------------- heads
+def train_uq(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
+    """UQ head on the flow map's own ``flow_steps``-step samples of ``opts.data`` (a calibration dataset the
+    world model was not trained on), then the heatmap colour basis of the bundle's codec."""
+    _require(opts.out, "flow_map", f"vidplan train flowmap --data TRAIN_DATA --out {opts.out}")
+    flow_map, flow_cfg = load_flow_map(opts.out)
+    world = flow_cfg.world
+    device = pick_device(opts.device)
+    train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
+                                             world.actions)
+    cache = opts.out / "training" / "rollouts"
+    flow_file = opts.out / "flow_map.safetensors"
+    preds = [flow_rollouts(flow_map, flow_file, w, flow_steps, cache, device, seed=opts.seed + i,
+                           progress=opts.progress) for i, w in enumerate((train_w, held_w))]
+    preset = presets.UQ[opts.preset]
+    net = replace(preset.net, latent_channels=world.net.latent_channels, frames=world.net.horizon)
+    config = UQHeadConfig(net=net, history=world.net.history, flow_steps=flow_steps)
+    stage = UQStage(config, (train_w, preds[0]), (held_w, preds[1]))
+    result = train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=device,
+                   progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+    codec = load_codec(opts.out).to(device)
+    basis = fit_colormap(codec)
+    save_module(opts.out, "colormap", basis, basis.config, {"codec": "codec.safetensors"})
+    return result
+
+
+def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1) -> TrainResult:
+    """Value head on windows of ``opts.data`` (the training dataset), half of each batch on flow-map samples."""
+    _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
+    if not 0.0 < gamma <= 1.0:
+        raise CheckpointError(f"--gamma must be in (0, 1], got {gamma}")
+    flow_map, flow_cfg = load_flow_map(opts.out)
+    world = flow_cfg.world
+    train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
+        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions)
+
+    def returns(episodes) -> torch.Tensor:
+        return torch.cat([discounted_returns(len(ep.action), ep.success, gamma) for ep in episodes])
+
+    preset = presets.VALUE[opts.preset]
+    net = replace(preset.net, latent_channels=world.net.latent_channels, frames=world.net.horizon)
+    config = ValueHeadConfig(net=net, gamma=gamma)
+    stage = ValueStage(config, flow_map, flow_steps, ValueData(train_w, returns(train_eps)),
+                       ValueData(held_w, returns(held_eps)))
+    success = sum(ep.success for ep in train_eps)
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
+                                                     "train_successes": int(success), "flow_steps": flow_steps})
+
+
+def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int], grid: int, frame_step: int,
+                    progress: bool = True) -> SemanticFrames:
+    """Every ``frame_step``-th step of each episode, all views, with the target mask's coverage per patch."""
+    from vidplan_server.data.reader import EpisodeDataset
+
+    dataset = EpisodeDataset(data)
+    images, masks, texts, instructions = [], [], [], {}
+    for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
+        ep = dataset.load_episode(k, images=True, ground_truth=True)
+        if ep.ground_truth is None:
+            raise DatasetError(f"{data}: episode {k} has no ground-truth target masks (semantic training "
+                               "needs simulator episodes from `vidplan sim record`)")
+        t = instructions.setdefault(ep.language_instruction, len(instructions))
+        for cam in CAMERA_NAMES:
+            frames = ep.images[cam][::frame_step]
+            mask = ep.ground_truth.target_masks[cam][::frame_step].astype(np.float32)
+            if frames.shape[1:3] != tuple(image_size):
+                frames = np.stack([cv2.resize(f, image_size[::-1], interpolation=cv2.INTER_AREA) for f in frames])
+            cover = np.stack([cv2.resize(m, (grid, grid), interpolation=cv2.INTER_AREA) for m in mask])
+            images.append(frames)
+            masks.append(cover.astype(np.float16))
+            texts.append(np.full(len(frames), t))
+    return SemanticFrames(np.concatenate(images), np.concatenate(masks), np.concatenate(texts),
+                          list(instructions))
+
+
+def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
+    from vidplan_server.data.reader import EpisodeDataset
+
+    preset = presets.SEMANTIC[opts.preset]
+    dataset = EpisodeDataset(opts.data)
+    train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
+    held_idx = held_idx or train_idx[:1]
+    # The vocabulary is rebuilt from the same training episodes on --resume, so it is identical.
+    vocab = sorted({w for k in train_idx
+                    for w in words(dataset.load_episode(k, images=False, ground_truth=False).language_instruction)})
+    config = replace(preset.model, vocab=tuple(vocab))
+    grid = config.image_size[0] // 4
+    train_f = semantic_frames(opts.data, train_idx, config.image_size, grid, frame_step, opts.progress)
+    held_f = semantic_frames(opts.data, held_idx, config.image_size, grid, frame_step, opts.progress)
+    stage = SemanticStage(config, train_f, held_f)
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress, extra_meta={**_meta(opts, len(train_idx), len(held_idx)),
+                                                     "frames": len(train_f.images), "frame_step": frame_step})

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vidplan_server.models.codec import CodecConfig
+from vidplan_server.models.heads import HeadNetConfig
+from vidplan_server.models.semantic import SemanticConfig
 from vidplan_server.models.video_net import VideoNetConfig
 from vidplan_server.training.loop import LoopConfig
 
@@ -66,4 +68,52 @@ FLOWMAP = {
                         save_every=200),
     "base": LoopConfig(steps=20000, batch_size=24, lr=2e-5, warmup_steps=500, ema_decay=0.9999, eval_every=2500,
                        save_every=1000),
+}
+
+
+@dataclass(frozen=True)
+class HeadPreset:
+    net: HeadNetConfig
+    loop: LoopConfig
+
+
+# UQ and value heads (App. A.6: 2-level U-Nets, attention in the bottleneck; the paper's bottleneck is
+# 512 channels for SVD latents, ours 64 for 4 x 48 x 16 latents on CPU).
+UQ = {
+    "tiny": HeadPreset(HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
+                       LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
+    "small": HeadPreset(HeadNetConfig(channels=(32, 48, 64)),
+                        LoopConfig(steps=1200, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300,
+                                   save_every=200)),
+    "base": HeadPreset(HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
+                       LoopConfig(steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, eval_every=2000,
+                                  save_every=1000)),
+}
+VALUE = {
+    "tiny": HeadPreset(HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
+                       LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
+    "small": HeadPreset(HeadNetConfig(channels=(24, 32, 48)),
+                        LoopConfig(steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, weight_decay=0.01,
+                                   eval_every=500, save_every=250)),
+    "base": HeadPreset(HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
+                       LoopConfig(steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, weight_decay=0.01,
+                                  eval_every=2000, save_every=1000)),
+}
+
+
+@dataclass(frozen=True)
+class SemanticPreset:
+    model: SemanticConfig
+    loop: LoopConfig
+
+
+SEMANTIC = {
+    "tiny": SemanticPreset(SemanticConfig(channels=(8, 8), dim=16),
+                           LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
+    "small": SemanticPreset(SemanticConfig(channels=(32, 64), dim=64),
+                            LoopConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50, weight_decay=0.01,
+                                       eval_every=500, save_every=250)),
+    "base": SemanticPreset(SemanticConfig(channels=(64, 128), dim=128),
+                           LoopConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=500, weight_decay=0.01,
+                                      eval_every=2000, save_every=1000)),
 }
