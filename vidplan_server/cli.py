@@ -97,6 +97,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise CliError(f"--data {args.data}: dataset folder does not exist")
+    for extra in args.extra_data:
+        if not extra.is_dir():
+            raise CliError(f"--extra-data {extra}: dataset folder does not exist")
+    if args.extra_data and args.stage != "value":
+        raise CliError(f"--extra-data is only used by `train value`, not `train {args.stage}`")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     opts = commands.TrainOptions(
@@ -113,7 +118,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.stage == "uq":
         result = commands.train_uq(opts, flow_steps=args.flow_steps)
     elif args.stage == "value":
-        result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps)
+        result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
+                                      extra_data=tuple(args.extra_data))
     else:
         result = commands.train_semantic(opts, frame_step=args.frame_step)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
@@ -138,12 +144,14 @@ def _load_for_eval(args: argparse.Namespace):
 def _cmd_eval_calibration(args: argparse.Namespace) -> int:
     from vidplan_server.evaluation.heads_quality import CalibrationConfig, format_calibration, run_calibration
     from vidplan_server.models.heads import load_uq_head
+    from vidplan_server.models.heatmaps import load_colormap
 
     ckpt, model = _load_for_eval(args)
     uq = load_uq_head(ckpt).to(model.device)
+    colormap = load_colormap(ckpt, model.codec)
     splits = {"val": args.data, **({"ood": args.ood} if args.ood else {})}
     cfg = CalibrationConfig(windows=args.windows, seed=args.seed)
-    result = run_calibration(model, uq, splits, args.out, cfg, progress=not args.quiet)
+    result = run_calibration(model, uq, splits, args.out, cfg, progress=not args.quiet, colormap=colormap)
     print(format_calibration(result))
     print(f"wrote {args.out / 'calibration.json'}")
     return 0
@@ -286,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 1)")
     tr.add_argument("--gamma", type=_fraction, default=0.99,
                     help="value: discount per control step of the Monte-Carlo return (default 0.99)")
+    tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
+                    help="value: more episode folders to train on (each split into training and held-out "
+                    "episodes like --data); never the data you evaluate on")
     tr.add_argument("--frame-step", type=_positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -299,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Roll out held-out windows with the bundle's flow map and compare the UQ head's error "
         "distributions with the actual errors: ECE and MCE of P(|error| <= eps) for several eps and of the "
         "top-bin confidence, a reliability diagram per split, Kendall tau (with p-value) and Pearson r between "
-        "per-frame entropy and latent / pixel error. Writes OUT/calibration.json and OUT/reliability_*.png.",
+        "per-frame entropy and latent / pixel error. Writes OUT/calibration.json, OUT/reliability_*.png and "
+        "OUT/heatmaps_*.png (truth, prediction, latent colour map, per-pixel map, error for one window).",
     )
     rew = ev_cmds.add_parser(
         "reward",

@@ -3,6 +3,8 @@
 import json
 import math
 
+import cv2
+
 from vidplan_server.cli import main
 
 
@@ -18,6 +20,8 @@ def test_eval_calibration_writes_json_and_reliability_pngs(tmp_path, tiny_heads_
         assert 0.0 <= r["ece"] <= r["mce"] <= 1.0
         assert 0.0 <= r["mean_entropy"] <= 1.0 and -1.0 <= r["kendall_tau"] <= 1.0
         assert (out / f"reliability_{split}.png").stat().st_size > 1000
+        panel = cv2.imread(str(out / f"heatmaps_{split}.png"))
+        assert panel.shape == (5 * 66, 5 * 3 * 66, 3)  # 5 rows x (H=5 frames x 3 views), 2-px gaps
         events = result["splits"][split]["events"]
         assert set(events) == {"p_le_0.1", "p_le_0.25", "p_le_0.5", "p_le_1", "top_bin"}
         assert r["ece"] == max(e["ece"] for e in events.values())

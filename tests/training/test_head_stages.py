@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from vidplan_server.cli import main
@@ -83,6 +84,17 @@ def test_value_stage_labels_are_discounted_returns_of_the_future_frames(tiny_bun
     # the first half of the batch is the flow map's prediction, the rest the true future
     _, _, fut = train_w.gather(idx, torch.device("cpu"))
     assert torch.equal(latents[2:], fut[2:]) and not torch.equal(latents[:2], fut[:2])
+
+
+def test_hl_gauss_targets_are_histograms_centred_on_the_value():
+    from vidplan_server.models.bins import VALUE_BINS
+    from vidplan_server.training.head_stages import hl_gauss_target
+
+    values = torch.tensor([0.0, 0.33, 0.52, 1.0])
+    t = hl_gauss_target(values, VALUE_BINS, 0.75 * VALUE_BINS.width)
+    assert t.shape == (4, 20) and torch.allclose(t.sum(-1), torch.ones(4))
+    assert t.argmax(-1).tolist() == [0, 6, 10, 19]
+    assert (t[1] * VALUE_BINS.centres()).sum().item() == pytest.approx(0.33, abs=0.01)
 
 
 def test_semantic_frames_and_stage(tmp_path, tiny_dataset):

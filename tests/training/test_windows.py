@@ -36,3 +36,24 @@ def test_phase_subsampling_keeps_one_offset_per_episode_and_reads_only_that_phas
         rows = idx[key][idx["episode"] == 1] - 20
         assert torch.all(rows % 3 == 2)
     assert idx["history"][0].tolist() == [1, 1]  # clamped to the earliest frame of its phase
+
+
+def test_concatenated_windows_gather_the_same_batches_as_their_parts():
+    import torch
+
+    from vidplan_server.training.windows import LatentWindows
+
+    def part(seed, lengths):
+        g = torch.Generator().manual_seed(seed)
+        lat = [torch.randn(n, 4, 48, 16, generator=g).half() for n in lengths]
+        act = [torch.randn(n, 7, generator=g) for n in lengths]
+        return LatentWindows.build(lat, act, history=2, horizon=2, stride=1)
+
+    a, b = part(0, [8, 9]), part(1, [10])
+    both = LatentWindows.concat([a, b])
+    assert len(both) == len(a) + len(b)
+    assert both.index["episode"].unique().tolist() == [0, 1, 2]
+    for i, (src, j) in enumerate([(a, 0), (a, len(a) - 1), (b, 0), (b, len(b) - 1)]):
+        k = j if src is a else len(a) + j
+        for x, y in zip(both.gather(torch.tensor([k]), "cpu"), src.gather(torch.tensor([j]), "cpu"), strict=True):
+            assert torch.equal(x, y), i

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.evaluation.calibration import CalibrationAccumulator, auroc, correlation, reliability_diagram
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.heads import UQHead, ValueHead, discounted_returns
+from vidplan_server.models.heatmaps import LatentColormap, overlay, pixel_heatmap
 from vidplan_server.models.semantic import SemanticBackend
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.training.episodes import EpisodeArrays, load_episodes
@@ -130,9 +132,36 @@ def calibration_split(model: WorldModel, uq: UQHead, split: SplitData, cfg: Cali
     }
 
 
+@torch.no_grad()
+def heatmap_panel(model: WorldModel, uq: UQHead, colormap: LatentColormap, split: SplitData, window: int,
+                  seed: int = 0) -> np.ndarray:
+    """One window as an RGB image: rows = true future, prediction, latent colour map over the prediction,
+    per-pixel entropy map over the prediction, |prediction - truth| (grey); columns = the H frames, each
+    the three views side by side."""
+    idx = torch.tensor([window])
+    hist, act, fut = split.windows.gather(idx, model.device)
+    noise = torch.randn(fut.shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
+    pred = model.flow_map.sample(hist, act, steps=uq.config.flow_steps, noise=noise)
+    u = ERROR_BINS.normalized_entropy(uq(pred, hist))[0]  # (H, C, V*h, w)
+    frames = (model.decode(pred)[0].movedim(-3, -1) * 255).round().byte().cpu().numpy()  # (H, V, h, w, 3)
+    truth = _true_frames(split, split.windows.index["future"][idx])[0]
+    latent_map = overlay(frames, colormap.render(u))
+    pixel_map = overlay(frames, pixel_heatmap(u, frames.shape[1], frames.shape[2:4]))
+    err = np.abs(frames.astype(np.int16) - truth.astype(np.int16)).mean(-1, keepdims=True)
+    err = np.repeat(np.clip(err * 4, 0, 255).astype(np.uint8), 3, -1)
+    rows = [truth, frames, latent_map, pixel_map, err]
+    # (H, V, h, w, 3) -> (h, H * V * w, 3) per row, a 2-pixel gap between frames
+    def strip(x):
+        pad = np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 2), (0, 0)), constant_values=255)
+        return np.concatenate([np.concatenate(list(f), 1) for f in pad], 1)
+    return np.concatenate([strip(r) for r in rows], 0)
+
+
 def run_calibration(model: WorldModel, uq: UQHead, splits: dict[str, Path], out: Path,
-                    cfg: CalibrationConfig = CalibrationConfig(), progress: bool = True) -> dict:
-    """Evaluate every split (name -> dataset), write ``calibration.json`` and one reliability PNG per split."""
+                    cfg: CalibrationConfig = CalibrationConfig(), progress: bool = True,
+                    colormap: LatentColormap | None = None) -> dict:
+    """Evaluate every split (name -> dataset), write ``calibration.json``, one reliability PNG per split and,
+    with a ``colormap``, a heatmap panel per split (``heatmaps_<split>.png``, the middle window)."""
     out.mkdir(parents=True, exist_ok=True)
     result = {"config": {"windows": cfg.windows, "thresholds": list(cfg.thresholds), "n_bins": cfg.n_bins,
                          "seed": cfg.seed}, "splits": {}}
@@ -143,6 +172,10 @@ def run_calibration(model: WorldModel, uq: UQHead, splits: dict[str, Path], out:
         png = reliability_diagram({k: v["table"] for k, v in r["events"].items()}, out / f"reliability_{name}.png",
                                   f"{name}: UQ head reliability (ECE max {r['ece']:.3f})")
         r["reliability_png"] = png.name
+        if colormap is not None:
+            panel = heatmap_panel(model, uq, colormap, split, len(split.windows) // 2, cfg.seed)
+            cv2.imwrite(str(out / f"heatmaps_{name}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            r["heatmaps_png"] = f"heatmaps_{name}.png"
         result["splits"][name] = r
         result[name] = {k: r[k] for k in ("ece", "mce", "kendall_tau", "kendall_p", "pearson_r", "mean_entropy")}
     (out / "calibration.json").write_text(json.dumps(result, indent=1))

@@ -179,28 +179,40 @@ def train_uq(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
     return result
 
 
-def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1) -> TrainResult:
-    """Value head on windows of ``opts.data`` (the training dataset), half of each batch on flow-map samples."""
+def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1,
+                extra_data: tuple[Path, ...] = ()) -> TrainResult:
+    """Value head on windows of ``opts.data`` (the training dataset) and any ``extra_data`` folders (each split
+    into training and held-out episodes the same way), half of each batch on flow-map samples."""
     _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
     if not 0.0 < gamma <= 1.0:
         raise CheckpointError(f"--gamma must be in (0, 1], got {gamma}")
     flow_map, flow_cfg = load_flow_map(opts.out)
     world = flow_cfg.world
-    train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
-        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions)
 
     def returns(episodes) -> torch.Tensor:
         return torch.cat([discounted_returns(len(ep.action), ep.success, gamma) for ep in episodes])
 
+    train_parts, held_parts, n_train, n_held, successes = [], [], 0, 0, 0
+    for data in (opts.data, *extra_data):
+        train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
+            replace(opts, data=Path(data)), world.net.history, world.net.horizon, world.frame_stride, world.actions)
+        train_parts.append(ValueData(train_w, returns(train_eps)))
+        held_parts.append(ValueData(held_w, returns(held_eps)))
+        n_train, n_held = n_train + counts[0], n_held + counts[1]
+        successes += sum(ep.success for ep in train_eps)
+
+    def merge(parts: list[ValueData]) -> ValueData:
+        return ValueData(LatentWindows.concat([p.windows for p in parts]), torch.cat([p.returns for p in parts]))
+
     preset = presets.VALUE[opts.preset]
     net = replace(preset.net, latent_channels=world.net.latent_channels, frames=world.net.horizon)
     config = ValueHeadConfig(net=net, gamma=gamma)
-    stage = ValueStage(config, flow_map, flow_steps, ValueData(train_w, returns(train_eps)),
-                       ValueData(held_w, returns(held_eps)))
-    success = sum(ep.success for ep in train_eps)
+    train_set = merge(train_parts)
+    stage = ValueStage(config, flow_map, flow_steps, train_set, merge(held_parts))
+    meta = {**_meta(opts, n_train, n_held), "extra_data": [str(d) for d in extra_data],
+            "windows": len(train_set.windows), "train_successes": int(successes), "flow_steps": flow_steps}
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
-                                                     "train_successes": int(success), "flow_steps": flow_steps})
+                 progress=opts.progress, extra_meta=meta)
 
 
 def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int], grid: int, frame_step: int,

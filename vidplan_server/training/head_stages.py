@@ -7,9 +7,14 @@ dataset that the world model never saw, and caches the predictions (float16) in
 loss is cross-entropy. The world model is frozen and its outputs are detached, so no gradient reaches it.
 
 Value head (``value``): windows of the training dataset; per frame the discounted Monte-Carlo return
-``success * gamma ** (T - 1 - t)`` binned on [0, 1], cross-entropy. Decided: half of every batch feeds the
-flow map's (no-grad) prediction of the future instead of the true latents, with the true future's
-return as the label, because at planning time the head only ever sees predicted latents.
+``success * gamma ** (T - 1 - t)`` on the 20 bins of [0, 1], cross-entropy. Decided, against the paper's
+one-hot target: the target histogram is the return smoothed by a Gaussian of 0.75 bin widths
+(HL-Gauss, Farebrother et al. 2024, "Stop Regressing"). With one-hot targets the small head
+over-fitted our 270 training episodes within 1000 steps (held-out cross-entropy 2.2 -> 3.7, Kendall
+tau stuck at 0.4); the smoothed target keeps neighbouring returns close and the loss is still a proper
+score of the smoothed distribution. Half of every batch feeds the flow map's (no-grad) prediction of
+the future instead of the true latents, with the true future's return as the label, because at planning
+time the head only ever sees predicted latents.
 
 Semantic (``semantic``): see :mod:`vidplan_server.models.semantic`. Frames every ``frame_step`` steps of
 each episode, all three views, with the target's simulator mask averaged onto the 16 x 16 patch grid.
@@ -155,7 +160,12 @@ class ValueStage(Stage):
     def loss(self, model: ValueHead, batch, generator):
         latents, returns = batch
         logits = model(latents)
-        return F.cross_entropy(logits.flatten(0, 1), VALUE_BINS.index(returns).flatten()), {}
+        target = hl_gauss_target(returns, VALUE_BINS, self.config_sigma)
+        return -(target * logits.log_softmax(-1)).sum(-1).mean(), {}
+
+    @property
+    def config_sigma(self) -> float:
+        return 0.75 * VALUE_BINS.width
 
     def evaluate(self, model: ValueHead, device):
         from scipy.stats import kendalltau
@@ -173,6 +183,14 @@ class ValueStage(Stage):
 
     def export(self, model, ckpt: Path, meta: dict) -> None:
         save_module(ckpt, "value", model, self.config, meta)
+
+
+def hl_gauss_target(values: torch.Tensor, bins, sigma: float) -> torch.Tensor:
+    """(..., count) histogram of a Gaussian N(value, sigma^2) over ``bins``, renormalised to the bins' range."""
+    edges = bins.edges(values.device).to(values.dtype)
+    cdf = torch.special.ndtr((edges - values[..., None]) / sigma)
+    mass = cdf[..., 1:] - cdf[..., :-1]
+    return mass / mass.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
 # ---------------------------------------------------------------------------------------- semantic
@@ -205,7 +223,7 @@ class SemanticStage(Stage):
     name = "semantic"
 
     def __init__(self, config: SemanticConfig, train: SemanticFrames, held_out: SemanticFrames,
-                 dense_weight: float = 1.0) -> None:
+                 dense_weight: float = 2.0) -> None:
         self.config = config
         self.model = SimDualEncoder(config)
         self.train_set = train

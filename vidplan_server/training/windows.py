@@ -127,6 +127,20 @@ class LatentWindows:
     def __len__(self) -> int:
         return len(self.index["episode"])
 
+    @classmethod
+    def concat(cls, parts: list[LatentWindows]) -> LatentWindows:
+        """One set of windows over several (e.g. from several datasets); rows and episodes are renumbered."""
+        rows, episodes = 0, 0
+        index: dict[str, list[torch.Tensor]] = {k: [] for k in ("history", "future", "action", "episode")}
+        for w in parts:
+            for k in ("history", "future", "action"):
+                index[k].append(w.index[k] + rows)
+            index["episode"].append(w.index["episode"] + episodes)
+            rows += len(w.latents)
+            episodes += int(w.index["episode"].max()) + 1 if len(w) else 0
+        return cls(torch.cat([w.latents for w in parts]), torch.cat([w.actions for w in parts]),
+                   {k: torch.cat(v) for k, v in index.items()})
+
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(history (B, T, C, h, w), actions (B, H, 7), future (B, H, C, h, w)) for window indices ``idx``."""
         hist = self.latents[self.index["history"][idx]].to(device).float()
