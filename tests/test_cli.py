@@ -9,7 +9,7 @@ from vidplan_server.cli import build_parser, main
 
 def test_help_explains_every_option(capsys):
     for argv in (["--help"], ["sim", "record", "--help"], ["sim", "preview", "--help"], ["data", "info", "--help"],
-                 ["train", "--help"]):
+                 ["train", "--help"], ["eval", "calibration", "--help"], ["eval", "reward", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
@@ -27,6 +27,12 @@ def test_help_explains_every_option(capsys):
         "--preset",
         "--resume",
         "--frame-stride",
+        "--flow-steps",
+        "--gamma",
+        "--extra-data",
+        "--ood",
+        "--windows",
+        "--clip",
     ):
         assert option in out
     # every option of every subcommand has a help text
@@ -79,6 +85,9 @@ def test_record_preview_info_resume(tmp_path, capsys):
         (["sim", "preview", "NOPE", "--out", "x.png"], "NOPE: dataset folder not found"),
         (["data", "info", "NOPE"], "NOPE: dataset folder not found"),
         (["sim", "preview", "NOPE", "--out", "sheet.xyz"], "must be a .png or .jpg"),
+        (["train", "value", "--data", ".", "--out", "o", "--extra-data", "NOPE"], "--extra-data NOPE: dataset folder"),
+        (["train", "uq", "--data", ".", "--out", "o", "--extra-data", "."], "only used by `train value`"),
+        (["eval", "reward", "--data", "NOPE", "--out", "o"], "--data NOPE: dataset folder does not exist"),
     ],
 )
 def test_bad_input_exits_2_with_message(argv, message, capsys, tmp_path, monkeypatch):

@@ -8,11 +8,13 @@ from vidplan_server.models.world_model import WorldModel
 
 def test_bundled_checkpoint_is_complete_and_small():
     manifest = read_manifest(DEFAULT_CHECKPOINT)
-    assert {"codec", "world", "flow_map"} <= set(manifest["modules"])
+    assert {"codec", "world", "flow_map", "uq", "value", "semantic", "colormap"} <= set(manifest["modules"])
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size < 30 * 2**20
     card = (DEFAULT_CHECKPOINT / "MODEL_CARD.md").read_text()
-    assert "vidplan train flowmap" in card and "vidplan sim record" in card
+    for command in ("vidplan sim record", "vidplan train flowmap", "vidplan train uq", "vidplan train value",
+                    "vidplan train semantic", "vidplan eval calibration", "vidplan eval reward"):
+        assert command in card, command
     assert not (DEFAULT_CHECKPOINT / "training").exists()
 
 
@@ -28,3 +30,24 @@ def test_bundled_model_rolls_out_and_decodes():
     video = model.decode(latents)
     assert video.shape == (1, model.horizon, 3, 3, 64, 64)
     assert 0.0 <= float(video.min()) and float(video.max()) <= 1.0
+
+
+def test_bundled_heads_judge_a_rollout():
+    from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
+    from vidplan_server.models.heads import load_uq_head, load_value_head
+    from vidplan_server.models.semantic import load_semantic
+
+    model = WorldModel.load()
+    uq, value, semantic = load_uq_head(DEFAULT_CHECKPOINT), load_value_head(DEFAULT_CHECKPOINT), load_semantic()
+    assert uq.config.history == model.history and uq.config.net.frames == model.horizon
+    g = torch.Generator().manual_seed(0)
+    history = torch.randn(2, model.history, 4, 48, 16, generator=g)
+    pred = torch.randn(2, model.horizon, 4, 48, 16, generator=g)
+    with torch.no_grad():
+        u = ERROR_BINS.normalized_entropy(uq(pred, history))
+    assert u.shape == pred.shape and 0.0 <= float(u.min()) and float(u.max()) <= 1.0
+    with torch.no_grad():
+        v = VALUE_BINS.expected(value(pred))
+    assert v.shape == (2, model.horizon) and 0.0 <= float(v.min()) and float(v.max()) <= 1.0
+    scores = semantic.score(torch.rand(3, 3, 64, 64), semantic.encode_text(["pick up the red cube"] * 3))
+    assert scores.relevance.shape == (3, 16, 16) and torch.isfinite(scores.frame).all()

@@ -52,7 +52,7 @@ def _denoising_error(stage, sigma=2.0):
 def test_a_few_world_and_flow_map_steps_lower_their_losses(tmp_path, tiny_bundle, tiny_dataset):
     opts = TrainOptions(data=tiny_dataset, out=tiny_bundle, progress=False)
     config = load_config(tiny_bundle, "world", WorldConfig)
-    train_w, held_w, _, _ = _windows(opts, 2, 5, 3, config.actions)
+    train_w, held_w, _, _, _ = _windows(opts, 2, 5, 3, config.actions)
     torch.manual_seed(0)
     world = WorldStage(config, train_w, held_w)
     before = _denoising_error(world)

@@ -203,7 +203,11 @@ class RewardEvalConfig:
 
 
 @torch.no_grad()
-def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: int = 32) -> dict:
+def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: int = 32,
+                  failure_modes: list[str] | None = None) -> dict:
+    """Kendall tau of expected value vs. true return over all frames; success AUROC at final frames. With the
+    simulator's ``failure_modes`` (per episode), also the AUROC without ``wrong_target`` failures: the value
+    head does not see the instruction, so a wrong object put in the container looks like a success to it."""
     device = model.device
     gamma = value.config.gamma
     returns = torch.cat([discounted_returns(len(ep.frames), ep.success, gamma) for ep in split.episodes])
@@ -221,9 +225,14 @@ def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: 
         last[e] = i
     final = np.array([float(values[i, -1]) for i in last.values()])
     success = np.array([split.episodes[e].success for e in last])
-    return {"value_kendall_tau": corr["kendall_tau"], "value_kendall_p": corr["kendall_p"],
-            "value_pearson_r": corr["pearson_r"], "success_auroc": auroc(final[success], final[~success]),
-            "episodes": len(last), "successes": int(success.sum()), "frames": int(truth.numel())}
+    out = {"value_kendall_tau": corr["kendall_tau"], "value_kendall_p": corr["kendall_p"],
+           "value_pearson_r": corr["pearson_r"], "success_auroc": auroc(final[success], final[~success]),
+           "episodes": len(last), "successes": int(success.sum()), "frames": int(truth.numel())}
+    if failure_modes is not None:
+        visible = np.array([failure_modes[e] != "wrong_target" for e in last])
+        out["success_auroc_without_wrong_target"] = auroc(final[success], final[~success & visible])
+        out["wrong_target_failures"] = int((~visible).sum())
+    return out
 
 
 @torch.no_grad()
@@ -251,15 +260,17 @@ def semantic_quality(model: WorldModel, semantic: SemanticBackend, data: Path, s
             Hm, Wm = m.shape[-2:]
             xs = np.clip((c[:, 0] * Wm).astype(int), 0, Wm - 1)
             ys = np.clip((c[:, 1] * Hm).astype(int), 0, Hm - 1)
-            visible = m.reshape(len(m), -1).sum(1) >= cfg.min_visible_px
+            pixels = m.reshape(len(m), -1).sum(1)
             hit = m[np.arange(len(m)), ys, xs]
-            hits[kind].append(np.stack([hit, visible], 1))
+            hits[kind].append(np.stack([hit, pixels], 1))
         views.append(np.tile(np.arange(len(CAMERA_NAMES)), len(steps)))
     out = {}
     view_idx = np.concatenate(views)
     for kind, parts in hits.items():
         arr = np.concatenate(parts)
-        vis = arr[:, 1].astype(bool)
+        vis = arr[:, 1] >= cfg.min_visible_px
+        out[f"{kind}_by_target_size"] = {f">={px}px": float(arr[arr[:, 1] >= px, 0].mean())
+                                         for px in (cfg.min_visible_px, 16, 64) if (arr[:, 1] >= px).any()}
         out[kind] = float(arr[vis, 0].mean()) if vis.any() else float("nan")
         out[f"{kind}_per_view"] = {c: float(arr[vis & (view_idx == v), 0].mean()) if (vis & (view_idx == v)).any()
                                    else float("nan") for v, c in enumerate(CAMERA_NAMES)}
@@ -271,7 +282,9 @@ def run_reward_eval(model: WorldModel, value: ValueHead, semantic: SemanticBacke
                     cfg: RewardEvalConfig = RewardEvalConfig(), progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     split = split_data(model, data, progress)
-    v = value_quality(model, value, split, cfg.batch)
+    dataset = EpisodeDataset(data)
+    modes = [str(dataset.episode_row(ep.index).get("vidplan/failure_mode") or "") for ep in split.episodes]
+    v = value_quality(model, value, split, cfg.batch, modes)
     s = semantic_quality(model, semantic, data, split, cfg, progress)
     result = {**{k: v[k] for k in ("value_kendall_tau", "success_auroc")}, "centroid_hit_rate": s["rendered"],
               "value": v, "semantic": s, "data": str(data), "gamma": value.config.gamma}
@@ -283,8 +296,11 @@ def format_reward(result: dict) -> str:
     v, s = result["value"], result["semantic"]
     return "\n".join([
         f"value     Kendall tau {v['value_kendall_tau']:.3f} (p {v['value_kendall_p']:.1e}, {v['frames']} frames), "
-        f"success AUROC {v['success_auroc']:.3f} ({v['successes']}/{v['episodes']} successful)",
+        f"success AUROC {v['success_auroc']:.3f} ({v['successes']}/{v['episodes']} successful; "
+        f"{v.get('success_auroc_without_wrong_target', float('nan')):.3f} without the "
+        f"{v.get('wrong_target_failures', 0)} wrong-target failures)",
         f"semantic  centroid in target mask {s['rendered']:.3f} rendered, {s['decoded']:.3f} through the codec "
         f"({s['visible_frames']} visible frames)",
+        "          by target size: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_by_target_size"].items()),
         "          per view: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_per_view"].items()),
     ])

@@ -96,8 +96,8 @@ class LatentColormap:
         """Uncertainty (..., C, V*h, w) in [0, 1] -> heatmap latents of the same shape."""
         u = u.clamp(0.0, 1.0).to(self.basis.device)
         blue, green, red = self.basis
-        lower = blue + (green - blue) * (2 * u)  # u in [0, 0.5]
-        upper = green + (red - green) * (2 * u - 1)  # u in [0.5, 1]
+        lower = torch.lerp(blue, green, 2 * u)  # u in [0, 0.5]
+        upper = torch.lerp(green, red, 2 * u - 1)  # u in [0.5, 1]
         return torch.where(u < 0.5, lower, upper)
 
     @torch.no_grad()
