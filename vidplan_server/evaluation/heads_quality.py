@@ -39,7 +39,7 @@ from vidplan_server.models.heatmaps import LatentColormap, overlay, pixel_heatma
 from vidplan_server.models.semantic import SemanticBackend
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.training.episodes import EpisodeArrays, load_episodes
-from vidplan_server.training.windows import LatentWindows, encode_frames
+from vidplan_server.training.windows import LatentWindows, encode_phase
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,8 @@ def split_data(model: WorldModel, data: Path, progress: bool = True) -> SplitDat
     """Episodes of ``data`` with frames, their latents (one phase per episode, as in training) and windows."""
     stride, T, H = model.config.frame_stride, model.history, model.horizon
     eps = load_episodes(data, image_size=model.codec.config.image_size, progress=progress)
-    latents = []
-    for ep in tqdm(eps, desc="encode", disable=not progress, leave=False):
-        rows = np.arange(ep.index % stride, len(ep.frames), stride)
-        z = encode_frames(model.codec, ep.frames[rows], model.device)
-        full = torch.zeros((len(ep.frames), *z.shape[1:]), dtype=z.dtype)
-        full[torch.from_numpy(rows)] = z
-        latents.append(full)
+    latents = [encode_phase(model.codec, ep.frames, model.device, stride, ep.index % stride)
+               for ep in tqdm(eps, desc="encode", disable=not progress, leave=False)]
     acts = [model.normalizer.normalize(torch.from_numpy(ep.action)) for ep in eps]
     windows = LatentWindows.build(latents, acts, T, H, stride, [ep.index % stride for ep in eps])
     return SplitData(eps, latents, windows)

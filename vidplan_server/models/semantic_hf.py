@@ -100,7 +100,8 @@ class HFDualEncoder(SemanticBackend):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, text: torch.Tensor) -> SemanticScores:
-        x = F.interpolate(images.float(), size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+        x = F.interpolate(images.float().to(self.device), size=self.image_size, mode="bicubic",
+                          align_corners=False).clamp(0, 1)
         out = self.model.vision_model(pixel_values=(x - self.mean) / self.std)
         glob = out.pooler_output
         if self.kind == "clip":

@@ -70,6 +70,19 @@ def encode_frames(codec: Codec, frames: np.ndarray, device: torch.device, batch:
     return torch.cat(out)
 
 
+def encode_phase(codec: Codec, frames: np.ndarray, device: torch.device, stride: int = 1,
+                 phase: int | None = None) -> torch.Tensor:
+    """Latents (T, C, V*h, w) float16 of an episode's frames (T, V, H, W, 3); with ``phase``, only steps
+    ``t mod stride == phase`` are encoded and the other rows stay zero (windows never read them)."""
+    rows = np.arange(len(frames))
+    if phase is not None:
+        rows = rows[rows % stride == phase % stride]
+    z = encode_frames(codec, frames[rows], device)
+    full = torch.zeros((len(frames), *z.shape[1:]), dtype=z.dtype)
+    full[torch.from_numpy(rows)] = z
+    return full
+
+
 def cached_latents(
     codec: Codec, codec_file: Path, episodes: list[EpisodeArrays], data_root: Path, cache_dir: Path,
     device: torch.device, progress: bool = True, stride: int = 1, phases: list[int] | None = None,
@@ -98,13 +111,7 @@ def cached_latents(
         frames = ep.frames
         if frames.shape[2] == 0:
             frames = load_episodes(dataset, [ep.index], codec.config.image_size, progress=False)[0].frames
-        rows = np.arange(len(frames))
-        if phases is not None:
-            rows = rows[rows % stride == phases[e] % stride]
-        z = encode_frames(codec, frames[rows], device)
-        full = torch.zeros((len(frames), *z.shape[1:]), dtype=z.dtype)
-        full[torch.from_numpy(rows)] = z
-        parts.append(full)
+        parts.append(encode_phase(codec, frames, device, stride, phases[e] if phases is not None else None))
     _write_atomic(path, lambda tmp: save_file({"latents": torch.cat(parts).contiguous()}, tmp))
     return parts
 
