@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
+import torch
 
 from vidplan_server.data.sim.episode import EpisodeConfig, run_episode
 from vidplan_server.data.sim.scene import SimScene
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one intra-op thread per worker. Two workers with two spinning OpenMP
+    # threads each oversubscribe the cores, which slowed training steps 3-7x when measured.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
