@@ -269,7 +269,7 @@ def semantic_quality(model: WorldModel, semantic: SemanticBackend, data: Path, s
         out[kind] = float(arr[vis, 0].mean()) if vis.any() else float("nan")
         out[f"{kind}_per_view"] = {c: float(arr[vis & (view_idx == v), 0].mean()) if (vis & (view_idx == v)).any()
                                    else float("nan") for v, c in enumerate(CAMERA_NAMES)}
-        out["visible_frames"] = int(vis.sum())
+        out["visible_frames"] = int(vis.sum())  # the same frames for both kinds
     return out
 
 

@@ -135,7 +135,7 @@ def load_colormap(ckpt: str | Path, codec: Codec) -> LatentColormap:
     """The bundle's stored colour basis (module ``colormap``) if it has one, else the paper's encoding."""
     if "colormap" not in read_manifest(ckpt)["modules"]:
         return LatentColormap(codec)
-    shape = (3, *codec.encode(solid_frames(codec)[:1]).shape[1:])
+    shape = (3, *codec.config.latent_shape)
     config = load_config(ckpt, "colormap", ColormapConfig)
     basis = load_weights(ckpt, "colormap", ColormapBasis(torch.zeros(shape), config))
     return LatentColormap(codec, basis.to(next(codec.parameters()).device))

@@ -37,15 +37,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.evaluation.calibration import calibration_errors
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.checkpoint import _write_atomic, save_module
 from vidplan_server.models.flow_map import FlowMap
 from vidplan_server.models.heads import UQHead, UQHeadConfig, ValueHead, ValueHeadConfig
-from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder, clip_loss, relevance_centroid
+from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder, clip_loss
 from vidplan_server.training.loop import Stage
 from vidplan_server.training.windows import LatentWindows
 
 EVAL_WINDOWS = 64
+HL_GAUSS_SIGMA_BINS = 0.75  # value targets: Gaussian of 0.75 bin widths around the return
 
 
 @torch.no_grad()
@@ -78,8 +80,6 @@ def flow_rollouts(flow_map: FlowMap, flow_file: Path, windows: LatentWindows, st
 
 def top_bin_ece(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 10) -> float:
     """ECE of the most likely bin's probability (equal-width confidence bins); logits (..., K), target (...)."""
-    from vidplan_server.evaluation.calibration import calibration_errors
-
     conf, idx = logits.float().softmax(-1).max(-1)
     return calibration_errors(conf.flatten(), (idx == target).flatten().float(), n_bins)[0]
 
@@ -139,6 +139,7 @@ class ValueStage(Stage):
         self.config = config
         self.model = ValueHead(config)
         self.flow_map = flow_map.eval().requires_grad_(False) if flow_map is not None else None
+        self._flow_device: torch.device | None = None
         self.flow_steps = flow_steps
         self.train_set = train
         self.held_out = held_out
@@ -147,7 +148,9 @@ class ValueStage(Stage):
     def _inputs(self, data: ValueData, idx: torch.Tensor, device, n_pred: int, generator):
         hist, act, fut = data.windows.gather(idx, device)
         if n_pred:
-            self.flow_map.to(device)
+            if self._flow_device != device:  # move once, not on every batch
+                self.flow_map.to(device)
+                self._flow_device = device
             noise = torch.randn(fut[:n_pred].shape, generator=generator).to(device)
             with torch.no_grad():
                 fut = torch.cat([self.flow_map.sample(hist[:n_pred], act[:n_pred], self.flow_steps, noise=noise),
@@ -163,12 +166,8 @@ class ValueStage(Stage):
     def loss(self, model: ValueHead, batch, generator):
         latents, returns = batch
         logits = model(latents)
-        target = hl_gauss_target(returns, VALUE_BINS, self.config_sigma)
+        target = hl_gauss_target(returns, VALUE_BINS, HL_GAUSS_SIGMA_BINS * VALUE_BINS.width)
         return -(target * logits.log_softmax(-1)).sum(-1).mean(), {}
-
-    @property
-    def config_sigma(self) -> float:
-        return 0.75 * VALUE_BINS.width
 
     def evaluate(self, model: ValueHead, device):
         from scipy.stats import kendalltau
@@ -291,5 +290,3 @@ def centroid_hits(centroid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     y = (centroid[:, 1] * H).long().clamp(0, H - 1)
     return mask[torch.arange(N, device=mask.device), y, x] > 0
 
-
-__all__ = ["UQStage", "ValueStage", "SemanticStage", "flow_rollouts", "relevance_centroid", "centroid_hits"]
