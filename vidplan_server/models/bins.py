@@ -74,11 +74,21 @@ class Bins:
         Evaluated on ``[low, high]`` (``value`` is clamped there): the open last bin's mass counts as
         lying below ``high``, so ``cdf(high) == 1``. Thresholds of interest sit far below ``high``.
         """
-        p = self.probs(logits)
+        return self._cdf(self.probs(logits), value)
+
+    def _cdf(self, p: torch.Tensor, value: float) -> torch.Tensor:
         pos = (min(max(value, self.low), self.high) - self.low) / self.width
         full = min(int(math.floor(pos)), self.count)
         below = p[..., :full].sum(-1)
         return below + (pos - full) * p[..., full] if full < self.count else below
+
+    def summaries(self, logits: torch.Tensor, value: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalized_entropy, expected, cdf(value)) from one softmax: the three of them separately cost
+        three softmaxes over what is, for a planner batch, millions of distributions."""
+        logp = logits.float().log_softmax(-1)
+        p = logp.exp()
+        ent = -(p * logp).sum(-1) / math.log(self.count)
+        return ent, p @ self.centres(logits.device), self._cdf(p, value)
 
     def confidence(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability of the most likely bin, its index), each of shape ``logits.shape[:-1]``."""

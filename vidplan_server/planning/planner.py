@@ -1,0 +1,485 @@
+"""The planner (paper Algorithm 3): propose, roll out in one batch, judge, select, refine, check.
+
+One call of :meth:`Planner.plan`:
+
+1. **encode** the T history frames (resized to the model's view size) into latents;
+2. **propose** N feasible chunks at the control rate (:mod:`~vidplan_server.planning.proposer`); the model
+   sees every ``frame_stride``-th step (its knots, DESIGN "Actions");
+3. **rollout** all N with the k-step flow map in one batched call, with seeded noise;
+4. **score** them (:func:`~vidplan_server.planning.objective.judge`: UQ head + semantic reward, batched) and
+   take the argmax;
+5. **refine** the winner: ``iters`` Adam steps in normalised action space on the uncertainty-weighted
+   expected value (:func:`~vidplan_server.planning.objective.value_objective`), back-propagated through the
+   k-step flow map with the winner's own noise held fixed (so the objective is a deterministic function of
+   the actions), each step projected back onto the feasible set and re-evaluated; the best iterate wins,
+   iteration 0 (the proposal itself) included, so refinement never lowers the objective;
+6. **decode** the returned rollout for heatmaps when asked.
+
+Decided: refinement moves positions and gripper only and keeps the proposal's orientations. The bundled
+world model saw almost only top-down grasps, so gradients with respect to roll / pitch / yaw are poorly
+conditioned, and the projection onto the feasible set stays exact (a box and a per-step distance). The
+refined chunk at the control rate is linear between the model-rate knots (from the current pose), with the
+proposal's orientations.
+
+Every returned chunk passes :func:`~vidplan_server.planning.limits.check_chunk`, joint limits included (IK
+from the current configuration). A refined chunk that fails falls back to the selected proposal (said in
+``notes``); a proposal is feasible by construction, and if even it failed the call raises
+:class:`~vidplan_server.planning.types.UnsafePlanError` rather than returning a clipped surprise.
+
+Anytime: with ``deadline_s`` the planner always finishes proposal, rollout and scoring (the minimum for an
+informed answer), then starts a refinement iteration or the heatmap decoding only when the time the last
+comparable step took still fits; ``deadline_hit`` says when something was cut.
+
+Same request + same seed -> same plan: proposal noise comes from ``numpy.random.default_rng(seed)`` and
+rollout noise from a ``torch.Generator`` seeded with it (on the CPU, then moved, so CPU and CUDA draw the
+same noise). On CUDA the networks run under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from vidplan_server.data.schema import CAMERA_NAMES, DT_S
+from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_manifest
+from vidplan_server.models.heads import UQHead, ValueHead, load_uq_head, load_value_head
+from vidplan_server.models.heatmaps import LatentColormap, load_colormap, overlay
+from vidplan_server.models.semantic import SemanticBackend, load_semantic
+from vidplan_server.models.world_model import WorldModel
+from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
+from vidplan_server.planning.limits import SafetyLimits, check_chunk, project_knots, solve_joint_positions
+from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
+from vidplan_server.planning.proposer import Proposer, ProposerConfig
+from vidplan_server.planning.types import (
+    NOMINAL_SPACES,
+    PlanningError,
+    PlanRequest,
+    PlanResult,
+    RefineStep,
+    UnsafePlanError,
+)
+from vidplan_server.robot.panda import PandaKinematics
+
+STAGES = ("encode", "propose", "rollout", "score", "refine", "decode")
+REFINED_DIMS = [0, 1, 2, 6]  # x, y, z, gripper: what refinement moves
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    num_proposals: int = 12
+    refine_iters: int = 3
+    flow_steps: int = 1  # the UQ head of the bundled checkpoint was trained on 1-step rollout errors
+    refine_lr: float = 0.05  # Adam step in normalised action units ([-1, 1] spans the data's 1st-99th pct)
+    max_proposals: int = 64
+    max_refine_iters: int = 50
+    max_flow_steps: int = 16
+    autocast_bf16: bool = True  # on CUDA only
+    text_cache: int = 64  # instruction embeddings kept
+    proposer: ProposerConfig = field(default_factory=ProposerConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+@dataclass
+class _Rollout:
+    knots: torch.Tensor  # (1, H, 7) raw model-rate actions
+    pred: torch.Tensor  # (1, H, C, V*h, w)
+
+
+def _model_version(ckpt: Path) -> str:
+    digest = hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()[:12]
+    return f"{ckpt.name}@{digest}"
+
+
+class Planner:
+    """Plans action chunks with a world-model bundle. Not thread-safe: call ``plan`` from one thread."""
+
+    def __init__(self, world: WorldModel, uq: UQHead, value: ValueHead, semantic: SemanticBackend,
+                 colormap: LatentColormap | None = None, config: PlannerConfig = PlannerConfig(),
+                 model_version: str = "unversioned", clock: Callable[[], float] = time.perf_counter) -> None:
+        if world.flow_map is None:
+            raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
+        if tuple(world.codec.config.views) != CAMERA_NAMES:
+            raise CheckpointError(f"the codec's views {world.codec.config.views} are not DROID's {CAMERA_NAMES}")
+        if uq.config.net.frames != world.horizon or value.config.net.frames != world.horizon:
+            raise CheckpointError(f"heads see {uq.config.net.frames} / {value.config.net.frames} frames, the world "
+                                  f"model predicts {world.horizon}")
+        self.world = world
+        self.uq = uq
+        self.value = value
+        self.semantic = semantic
+        self.colormap = colormap
+        self.config = config
+        self.model_version = model_version
+        self.clock = clock
+        self.kinematics = PandaKinematics()
+        self.adapter = ActionAdapter(self.kinematics, config.limits, config.adapter)
+        self.proposer = Proposer(self.adapter, config.proposer)
+        self._text: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for m in (uq, value):
+            m.eval().requires_grad_(False)
+        if isinstance(semantic, torch.nn.Module):
+            semantic.eval().requires_grad_(False)
+        stride_dt = world.config.frame_stride * DT_S
+        if abs(config.adapter.dt_s - DT_S) > 1e-9:
+            raise ValueError(f"adapter dt_s {config.adapter.dt_s} must be the control period {DT_S}")
+        self.frame_period_s = stride_dt
+
+    @classmethod
+    def load(cls, ckpt: str | Path | None = None, device: str | torch.device = "cpu",
+             config: PlannerConfig = PlannerConfig(), clip_folder: str | Path | None = None) -> Planner:
+        """A planner on the bundle at ``ckpt`` (default: the bundled checkpoint) on ``device``."""
+        ckpt = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT
+        modules = read_manifest(ckpt)["modules"]
+        missing = [m for m in ("uq", "value") + (() if clip_folder else ("semantic",)) if m not in modules]
+        if missing:
+            raise CheckpointError(f"{ckpt}: the planner needs module(s) {', '.join(missing)} "
+                                  f"(train them with `vidplan train {missing[0]}`)")
+        world = WorldModel.load(ckpt, device)
+        uq = load_uq_head(ckpt).to(device)
+        value = load_value_head(ckpt).to(device)
+        semantic = load_semantic(ckpt, clip_folder, device)
+        colormap = load_colormap(ckpt, world.codec)
+        return cls(world, uq, value, semantic, colormap, config, _model_version(ckpt))
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
+    def history_len(self) -> int:
+        return self.world.history
+
+    @property
+    def horizon(self) -> int:
+        return self.world.horizon
+
+    @property
+    def frame_stride(self) -> int:
+        return self.world.config.frame_stride
+
+    @property
+    def chunk_steps(self) -> int:
+        return self.horizon * self.frame_stride
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.world.codec.config.image_size)
+
+    def info(self) -> dict:
+        return {
+            "model_version": self.model_version,
+            "cameras": list(CAMERA_NAMES),
+            "image_size": list(self.image_size),
+            "history": self.history_len,
+            "horizon": self.horizon,
+            "frame_stride": self.frame_stride,
+            "chunk_steps": self.chunk_steps,
+            "dt_s": DT_S,
+            "action_space": "cartesian_position",
+            "nominal_spaces": list(NOMINAL_SPACES),
+            "device": str(self.device),
+            "defaults": {"num_proposals": self.config.num_proposals, "refine_iters": self.config.refine_iters,
+                         "flow_steps": self.config.flow_steps},
+            "limits": self.config.limits.as_dict(),
+        }
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.autocast_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------------------------ validation
+    def _validate(self, req: PlanRequest) -> tuple[int, int, int]:
+        if not isinstance(req.instruction, str) or not req.instruction.strip():
+            raise PlanningError("instruction: must be a non-empty string")
+        hist = req.history
+        T, V = self.history_len, len(CAMERA_NAMES)
+        if not isinstance(hist, np.ndarray) or hist.dtype != np.uint8 or hist.ndim != 5:
+            raise PlanningError(f"history: must be a uint8 array (T, V, H, W, 3), got "
+                                f"{getattr(hist, 'dtype', type(hist).__name__)} {getattr(hist, 'shape', '')}")
+        if hist.shape[0] != T or hist.shape[1] != V or hist.shape[4] != 3 or min(hist.shape[2:4]) < 8:
+            raise PlanningError(f"history: expected ({T}, {V}, H, W, 3) with H, W >= 8, got {hist.shape}")
+        s = req.state
+        vectors = (("joint_position", s.joint_position, 7), ("cartesian_position", s.cartesian_position, 6))
+        for name, value, n in vectors:
+            a = np.asarray(value, dtype=np.float64)
+            if a.shape != (n,):
+                raise PlanningError(f"state.{name}: expected {n} values, got shape {a.shape}")
+            if not np.isfinite(a).all():
+                raise PlanningError(f"state.{name}: contains NaN or infinite values")
+        g = float(s.gripper_position)
+        if not math.isfinite(g) or not -0.05 <= g <= 1.05:
+            raise PlanningError(f"state.gripper_position: must be in [0, 1], got {g}")
+        o, c = req.options, self.config
+        N = c.num_proposals if o.num_proposals is None else o.num_proposals
+        iters = c.refine_iters if o.refine_iters is None else o.refine_iters
+        k = c.flow_steps if o.flow_steps is None else o.flow_steps
+        for name, v, hi in (("num_proposals", N, c.max_proposals), ("refine_iters", iters, c.max_refine_iters),
+                            ("flow_steps", k, c.max_flow_steps)):
+            if not isinstance(v, int) or not (0 if name == "refine_iters" else 1) <= v <= hi:
+                raise PlanningError(f"options.{name}: must be an integer in [{0 if name == 'refine_iters' else 1}, "
+                                    f"{hi}], got {v!r}")
+        if o.deadline_s is not None and not (math.isfinite(o.deadline_s) and o.deadline_s >= 0):
+            raise PlanningError(f"options.deadline_s: must be a finite number >= 0, got {o.deadline_s}")
+        if req.nominal is not None and req.nominal_space not in NOMINAL_SPACES:
+            raise PlanningError(f"nominal_space: must be one of {NOMINAL_SPACES}, got {req.nominal_space!r}")
+        return N, iters, k
+
+    # ------------------------------------------------------------------------------------ stages
+    def encode_history(self, history: np.ndarray) -> torch.Tensor:
+        """Frames (T, V, H, W, 3) uint8, any size -> latents (1, T, C, V*h, w)."""
+        h, w = self.image_size
+        if history.shape[2:4] != (h, w):
+            flat = history.reshape(-1, *history.shape[2:])
+            area = history.shape[2] * history.shape[3] > h * w
+            interp = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+            history = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in flat]).reshape(
+                *history.shape[:2], h, w, 3)
+        with torch.no_grad(), self._autocast():
+            return self.world.encode(history).float()[None]
+
+    def text_embedding(self, instruction: str) -> torch.Tensor:
+        key = instruction.strip()
+        if key in self._text:
+            self._text.move_to_end(key)
+            return self._text[key]
+        with torch.no_grad():
+            emb = self.semantic.encode_text([key])[0].float()
+        self._text[key] = emb
+        while len(self._text) > self.config.text_cache:
+            self._text.popitem(last=False)
+        return emb
+
+    def knots(self, actions: np.ndarray) -> torch.Tensor:
+        """Control-rate chunks (N, S, 7) -> the model's actions (N, H, 7): steps stride-1, 2*stride-1, ..."""
+        st = self.frame_stride
+        return torch.as_tensor(actions[:, st - 1::st], dtype=torch.float32, device=self.device)
+
+    def rollout(self, history: torch.Tensor, knots: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
+        """All proposals in one batched flow-map call: (N, H, C, V*h, w)."""
+        N = knots.shape[0]
+        with torch.no_grad(), self._autocast():
+            pred = self.world.rollout(history.expand(N, *history.shape[1:]), knots, "flow", steps, noise=noise)
+        return pred.float()
+
+    def judge(self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor) -> Judgement:
+        with self._autocast():
+            return judge(pred, history.expand(len(pred), *history.shape[1:]), text, self.uq, self.semantic,
+                         self.world.codec, self.config.score)
+
+    def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
+        pred = self.world.rollout(history, knots_raw, "flow", steps, noise=noise)
+        J, v, h = value_objective(pred.float(), history, self.uq, self.value, self.config.score)
+        return J, v, h, pred
+
+    def refine(self, history: torch.Tensor, start_knots: torch.Tensor, start_state: torch.Tensor,
+               noise: torch.Tensor, steps: int, iters: int, deadline: float | None,
+               first_estimate_s: float) -> tuple[_Rollout | None, list[RefineStep], bool]:
+        """Gradient ascent on the winner. history (1, T, ...), start_knots (1, H, 7) raw, start_state (1, 4)
+        current x, y, z, gripper. Returns (best refined rollout or None if iteration 0 stayed best, trace,
+        whether the deadline cut it)."""
+        norm = self.world.normalizer
+        base = norm.normalize(start_knots).detach()
+        z = base[..., REFINED_DIMS].clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=self.config.refine_lr)
+        trace: list[RefineStep] = []
+        best_J, best = -math.inf, None
+        estimate = first_estimate_s
+        cut = False
+
+        def assemble(zz: torch.Tensor) -> torch.Tensor:
+            full = base.clone()
+            full[..., REFINED_DIMS] = zz
+            return norm.denormalize(full)
+
+        for i in range(iters + 1):
+            t0 = self.clock()
+            if deadline is not None and t0 + estimate > deadline:
+                cut = True
+                break
+            with torch.enable_grad(), self._autocast():
+                raw = assemble(z)
+                J, v, h, pred = self._objective(raw, history, noise, steps)
+            trace.append(RefineStep(i, float(J.detach()), float(v.detach().mean()), float(h.detach().mean())))
+            if trace[-1].objective > best_J:
+                best_J = trace[-1].objective
+                best = _Rollout(raw.detach(), pred.detach().float()) if i > 0 else None
+            if i < iters:
+                opt.zero_grad()
+                (-J.sum()).backward()
+                opt.step()
+                with torch.no_grad():
+                    stepped = assemble(z)
+                    projected = project_knots(stepped[..., REFINED_DIMS], start_state, self.config.limits,
+                                              self.frame_stride)
+                    z.copy_(norm.normalize(_with_dims(stepped, projected))[..., REFINED_DIMS])
+            estimate = self.clock() - t0
+        return best, trace, cut
+
+    def control_chunk(self, knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float) -> np.ndarray:
+        """Refined knots (H, 7) -> control-rate chunk (S, 7): positions and gripper linear between knots
+        (starting from the current state), orientations from the proposal (S, 7)."""
+        st = self.frame_stride
+        H = len(knots)
+        pts = np.concatenate([np.r_[pose0[:3], gripper0][None], knots[:, REFINED_DIMS]])  # (H + 1, 4)
+        s = np.arange(H * st) + 1.0  # control step s + 1 reaches knot (s + 1) / st
+        x = np.arange(H + 1) * st
+        lin = np.stack([np.interp(s, x, pts[:, d]) for d in range(4)], 1)
+        out = proposal.copy()
+        out[:, :3] = lin[:, :3]
+        out[:, 6] = lin[:, 3]
+        return out
+
+    # ------------------------------------------------------------------------------------ plan
+    def plan(self, req: PlanRequest) -> PlanResult:
+        clock = self.clock
+        t_start = clock()
+        N, iters, k = self._validate(req)
+        o = req.options
+        deadline = None if o.deadline_s is None else t_start + o.deadline_s
+        timings = dict.fromkeys(STAGES, 0.0)
+        notes: list[str] = []
+
+        def lap(stage: str, t: float) -> float:
+            now = clock()
+            timings[stage] = (now - t) * 1e3
+            return now
+
+        state = req.state
+        q0 = np.asarray(state.joint_position, dtype=np.float64)
+        pose0 = np.asarray(state.cartesian_position, dtype=np.float64)
+        g0 = float(np.clip(state.gripper_position, 0.0, 1.0))
+        problems = check_chunk(np.r_[pose0, g0][None], pose0, self.config.limits)
+        if problems:
+            raise PlanningError("state.cartesian_position: the robot is outside the safety limits (" +
+                                "; ".join(problems) + ")")
+
+        t = clock()
+        history = self.encode_history(req.history)
+        text = self.text_embedding(req.instruction)
+        t = lap("encode", t)
+
+        rng = np.random.default_rng(o.seed)
+        props = self.proposer.propose(q0, pose0, g0, self.chunk_steps, N, rng, req.nominal, req.nominal_space,
+                                      o.nominal_perturbations)
+        knots = self.knots(props.actions)
+        t = lap("propose", t)
+
+        gen = torch.Generator().manual_seed(int(o.seed))
+        latent_shape = history.shape[2:]
+        noise = torch.randn((len(props), self.horizon, *latent_shape), generator=gen).to(self.device)
+        pred = self.rollout(history, knots, k, noise)
+        t = lap("rollout", t)
+
+        j = self.judge(pred, history, text)
+        winner = int(torch.argmax(j.score))
+        t = lap("score", t)
+
+        chosen = _Rollout(knots[winner:winner + 1], pred[winner:winner + 1])
+        trace: list[RefineStep] = []
+        deadline_hit = False
+        refined = False
+        if iters > 0:
+            start_state = torch.tensor([[*pose0[:3], g0]], dtype=torch.float32, device=self.device)
+            best, trace, cut = self.refine(history, chosen.knots, start_state, noise[winner:winner + 1], k, iters,
+                                           deadline, timings["rollout"] / 1e3)
+            deadline_hit |= cut
+            if cut:
+                notes.append(f"deadline: refinement stopped after {max(len(trace) - 1, 0)} of {iters} iterations")
+            if best is not None:
+                candidate = self.control_chunk(best.knots[0].cpu().numpy(), props.actions[winner], pose0, g0)
+                joints = solve_joint_positions(self.kinematics, candidate, q0)
+                problems = check_chunk(candidate, pose0, self.config.limits, joints, self.kinematics)
+                if problems:
+                    notes.append("refined chunk rejected by the safety check (" + "; ".join(problems) +
+                                 "); returning the selected proposal")
+                else:
+                    chosen, refined = best, True
+                    actions, joint_positions = candidate, joints
+        if not refined:
+            actions, joint_positions = props.actions[winner], props.joints[winner]
+            problems = check_chunk(actions, pose0, self.config.limits, joint_positions, self.kinematics)
+            if problems:
+                raise UnsafePlanError(problems)
+        t = lap("refine", t)
+
+        report = j if not refined else self.judge(chosen.pred, history, text)
+        r = 0 if refined else winner
+        predicted = heat = None
+        if o.return_heatmaps:
+            if deadline is not None and clock() + timings["score"] / 1e3 > deadline:
+                deadline_hit = True
+                notes.append("deadline: heatmaps skipped")
+            else:
+                predicted, heat = self.render(chosen.pred, report.entropy_map[r:r + 1])
+        lap("decode", t)
+        timings["total"] = (clock() - t_start) * 1e3
+        return PlanResult(
+            actions=np.asarray(actions, dtype=np.float64),
+            joint_positions=np.asarray(joint_positions, dtype=np.float64),
+            dt_s=DT_S,
+            frame_stride=self.frame_stride,
+            uncertainty=report.uncertainty[r].cpu().numpy().astype(np.float64),
+            expected_error=report.expected_error[r].cpu().numpy().astype(np.float64),
+            semantic_reward=report.semantic[r].cpu().numpy().astype(np.float64),
+            value=self._values(chosen.pred),
+            confidence=float(report.confidence[r].mean()),
+            proposal_scores=j.score.cpu().numpy().astype(np.float64),
+            proposal_kinds=list(props.kinds),
+            winner=winner,
+            refinement=trace,
+            refined=refined,
+            timings_ms=timings,
+            deadline_hit=deadline_hit,
+            notes=notes,
+            predicted_frames=predicted,
+            heatmaps=heat,
+        )
+
+    @torch.no_grad()
+    def _values(self, pred: torch.Tensor) -> np.ndarray:
+        from vidplan_server.models.bins import VALUE_BINS
+
+        with self._autocast():
+            return VALUE_BINS.expected(self.value(pred))[0].float().cpu().numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def render(self, pred: torch.Tensor, entropy: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Winner rollout (1, H, C, V*h, w) -> (decoded frames, colour-map overlay), each (H, V, h, w, 3) uint8."""
+        V = len(CAMERA_NAMES)
+        frames = decode_views(self.world.codec, pred[0], list(range(V)))  # (H, V, 3, h, w)
+        rgb = (frames.movedim(-3, -1) * 255).round().byte().cpu().numpy()
+        cmap = self.colormap or LatentColormap(self.world.codec)
+        heat = cmap.render(entropy[0].float())
+        return rgb, overlay(rgb, heat)
+
+    def warmup(self) -> None:
+        """One small plan on a blank scene at the home pose, so the first real call is not the slow one."""
+        from vidplan_server.planning.types import PlanOptions, RobotState
+        from vidplan_server.robot.panda import Q_HOME
+
+        h, w = self.image_size
+        req = PlanRequest("warm up", np.zeros((self.history_len, len(CAMERA_NAMES), h, w, 3), np.uint8),
+                          RobotState(Q_HOME, self.kinematics.fk_pose(Q_HOME), 0.0),
+                          options=PlanOptions(refine_iters=1, return_heatmaps=True))
+        self.plan(req)
+
+
+def _with_dims(full_raw: torch.Tensor, dims_values: torch.Tensor) -> torch.Tensor:
+    out = full_raw.clone()
+    out[..., REFINED_DIMS] = dims_values
+    return out
+

@@ -1,0 +1,98 @@
+"""What goes into the planner and what comes out: plain numpy, no torch, no transport.
+
+These are the planner's public contract; the serving layer maps its wire messages onto them.
+
+Units and conventions (``../shared/DESIGN.md``):
+
+- frames are RGB ``uint8`` ``(T, V, H, W, 3)``, views in :data:`~vidplan_server.data.schema.CAMERA_NAMES`
+  order, history oldest first, the current frame last; history frames are ``frame_stride`` control steps
+  apart (the world model's spacing, 0.2 s by default); any ``H x W`` (resized to the model's view size);
+- robot state: ``joint_position`` (7,) rad, ``cartesian_position`` (6,) m / rad (x, y, z, roll, pitch,
+  yaw, extrinsic XYZ), ``gripper_position`` in [0, 1] (1 = closed);
+- an action chunk is ``(steps, 7)`` at the control rate (15 Hz, ``dt_s`` = 1/15 s): absolute TCP pose
+  targets (6) + gripper (1). Step 0 is the first target to command after the current observation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Action spaces a nominal chunk may come in.
+NOMINAL_SPACES = ("cartesian_position", "joint_velocity")
+
+
+class PlanningError(ValueError):
+    """A request the planner cannot serve; the message names the offending field."""
+
+
+class UnsafePlanError(RuntimeError):
+    """No candidate chunk satisfies the safety limits; ``violations`` lists what failed."""
+
+    def __init__(self, violations: list[str]) -> None:
+        super().__init__("no plan within the safety limits: " + "; ".join(violations))
+        self.violations = violations
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Per-request knobs. ``None`` means the planner's configured default."""
+
+    num_proposals: int | None = None  # N candidate chunks rolled out in one batch
+    refine_iters: int | None = None  # gradient steps on the winner (0 = selection only)
+    flow_steps: int | None = None  # k network evaluations per rollout
+    deadline_s: float | None = None  # wall-clock budget from the call; anytime result when it runs out
+    seed: int = 0  # proposal noise and rollout noise; same request + same seed -> same plan
+    return_heatmaps: bool = False  # decode the winner's predicted frames and uncertainty heatmaps
+    nominal_perturbations: int | None = None  # K perturbations of a nominal chunk
+
+
+@dataclass(frozen=True)
+class RobotState:
+    joint_position: np.ndarray  # (7,) rad
+    cartesian_position: np.ndarray  # (6,) m, rad
+    gripper_position: float  # [0, 1], 1 = closed
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    instruction: str
+    history: np.ndarray  # (T, V, H, W, 3) uint8, oldest first; T = the model's history length
+    state: RobotState
+    nominal: np.ndarray | None = None  # (S, 7) cartesian_position + gripper, or (S, 8) joint_velocity + gripper
+    nominal_space: str = "cartesian_position"
+    options: PlanOptions = field(default_factory=PlanOptions)
+
+
+@dataclass(frozen=True)
+class RefineStep:
+    iteration: int  # 0 = the selected proposal before any gradient step
+    objective: float  # uncertainty-weighted expected value (what refinement maximises)
+    value: float  # mean expected value over predicted frames, unweighted
+    uncertainty: float  # mean normalised entropy over the frames, weighted by the value head's attention
+
+
+@dataclass
+class PlanResult:
+    """The planner's answer. Per-frame arrays have one entry per predicted model frame (H)."""
+
+    actions: np.ndarray  # (S, 7) control-rate chunk, S = H * frame_stride
+    joint_positions: np.ndarray  # (S, 7) rad, IK of ``actions`` from the current configuration
+    dt_s: float  # control period of ``actions``
+    frame_stride: int  # control steps per predicted frame
+    uncertainty: np.ndarray  # (H,) mean normalised entropy of the winner's rollout, in [0, 1]
+    expected_error: np.ndarray  # (H,) mean expected absolute latent error
+    semantic_reward: np.ndarray  # (H,) frame score of the instruction, in [-1, 1]
+    value: np.ndarray  # (H,) expected discounted return from the value head, in [0, 1]
+    confidence: float  # [0, 1]: mean P(latent error <= confidence_eps) over the winner's rollout
+    proposal_scores: np.ndarray  # (N,) uncertainty-weighted semantic score of every proposal
+    proposal_kinds: list[str]  # (N,) e.g. "basis:+x", "basis:-z/close", "nominal", "nominal~3"
+    winner: int  # index of the selected proposal
+    refinement: list[RefineStep]  # trace, iteration 0 first
+    refined: bool  # True when the returned chunk is a refined iterate (not the raw proposal)
+    timings_ms: dict[str, float]  # encode, propose, rollout, score, refine, decode, total
+    deadline_hit: bool = False  # True when the deadline cut refinement or heatmaps short
+    notes: list[str] = field(default_factory=list)  # why a fallback happened, in words
+    predicted_frames: np.ndarray | None = None  # (H, V, h, w, 3) uint8 decoded winner rollout
+    heatmaps: np.ndarray | None = None  # (H, V, h, w, 3) uint8 latent colour map overlay
