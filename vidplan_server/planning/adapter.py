@@ -9,8 +9,9 @@ position limits less a margin.
 Cartesian chunks (a nominal chunk from a policy, its perturbations) are made feasible by
 :meth:`ActionAdapter.feasible_cartesian`: per step, translation and rotation are shortened to the per-step
 limits and the position is clamped into the workspace box (sequentially, so each step is measured from the
-previous feasible one), then inverse kinematics from the current configuration, whose joint-limited
-solution is mapped back through forward kinematics. What comes out is what the arm can actually reach.
+previous feasible one), then inverse kinematics from the previous configuration, whose joint-limited
+solution is mapped back through forward kinematics; a step the arm cannot reach within its joint limits
+holds the last reachable configuration instead. What comes out is what the arm can actually reach.
 
 DROID's ``joint_velocity`` action space (what pi0.5-DROID returns) is normalised: each joint in [-1, 1]
 times DROID's ``max_joint_delta`` = 0.2 rad per 15 Hz step (``RobotIKSolver``), i.e. up to 3 rad/s before
@@ -94,13 +95,22 @@ class ActionAdapter:
             angle = np.linalg.norm(rel)
             R = prev_R * Rotation.from_rotvec(rel * (max_r / angle) if angle > max_r else rel)
             goal = np.concatenate([p, R.as_euler("xyz")])
-            q = np.clip(self.kin.ik(goal, q).q, self.q_lo, self.q_hi)
-            reached = self.kin.fk_pose(q)
+            q_new = np.clip(self.kin.ik(goal, q).q, self.q_lo, self.q_hi)
+            reached = self.kin.fk_pose(q_new)
+            if self._reaches(reached, goal):
+                q = q_new
+            else:  # out of reach within the joint limits: hold the last reachable configuration
+                reached = self.kin.fk_pose(q)
             actions[s, :6] = reached
             actions[s, 6] = np.clip(target[6], *lim.gripper_range)
             joints[s] = q
             prev_p, prev_R = reached[:3], Rotation.from_euler("xyz", reached[3:6])
         return actions, joints
+
+    def _reaches(self, reached: np.ndarray, goal: np.ndarray) -> bool:
+        pos = np.linalg.norm(reached[:3] - goal[:3])
+        rot = (Rotation.from_euler("xyz", reached[3:6]).inv() * Rotation.from_euler("xyz", goal[3:6])).magnitude()
+        return bool(pos <= self.limits.ik_tolerance_m and rot <= self.limits.ik_tolerance_rad)
 
     def joints_to_actions(self, joints: np.ndarray, gripper: np.ndarray) -> np.ndarray:
         """Joint positions (S, 7) and gripper (S,) -> actions (S, 7) by forward kinematics."""
