@@ -124,12 +124,17 @@ def check_chunk(
     return problems
 
 
-def solve_joint_positions(kinematics: PandaKinematics, actions: np.ndarray, q0: np.ndarray) -> np.ndarray:
-    """IK of every pose of a chunk (S, 7), each solved from the previous solution -> (S, 7) rad."""
+def solve_joint_positions(kinematics: PandaKinematics, actions: np.ndarray, q0: np.ndarray,
+                          seeds: np.ndarray | None = None) -> np.ndarray:
+    """IK of every pose of a chunk (S, 7) -> (S, 7) rad.
+
+    Each step starts from ``seeds[s]`` when given (e.g. the joints of a nearby chunk the arm is known to
+    reach: the refined chunk starts from its proposal's), else from the previous step's solution.
+    """
     out = np.empty((len(actions), 7))
     q = np.asarray(q0, dtype=np.float64)
     for i, a in enumerate(np.asarray(actions, dtype=np.float64)):
-        q = kinematics.ik(a[:6], q).q
+        q = kinematics.ik(a[:6], q if seeds is None else seeds[i]).q
         out[i] = q
     return out
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
-from vidplan_server.planning.types import PlanOptions, PlanRequest, PlanResult, PlanningError, RobotState
+from vidplan_server.planning.types import PlanningError, PlanOptions, PlanRequest, PlanResult, RobotState
 
 
 def request_from_episode(episode: Episode, step: int, history: int, frame_stride: int,

@@ -12,7 +12,9 @@ One call of :meth:`Planner.plan`:
    expected value (:func:`~vidplan_server.planning.objective.value_objective`), back-propagated through the
    k-step flow map with the winner's own noise held fixed (so the objective is a deterministic function of
    the actions), each step projected back onto the feasible set and re-evaluated; the best iterate wins,
-   iteration 0 (the proposal itself) included, so refinement never lowers the objective;
+   iteration 0 (the proposal itself) included, so refinement never lowers the objective. The projection
+   cannot see the arm's reach (a box and step lengths are not the joint limits), so iterates are tried
+   from the best down and the first that passes the full safety check, IK included, is returned;
 6. **decode** the returned rollout for heatmaps when asked.
 
 Decided: refinement moves positions and gripper only and keeps the proposal's orientations. The bundled
@@ -287,16 +289,16 @@ class Planner:
 
     def refine(self, history: torch.Tensor, start_knots: torch.Tensor, start_state: torch.Tensor,
                noise: torch.Tensor, steps: int, iters: int, deadline: float | None,
-               first_estimate_s: float) -> tuple[_Rollout | None, list[RefineStep], bool]:
+               first_estimate_s: float) -> tuple[list[_Rollout], list[RefineStep], bool]:
         """Gradient ascent on the winner. history (1, T, ...), start_knots (1, H, 7) raw, start_state (1, 4)
-        current x, y, z, gripper. Returns (best refined rollout or None if iteration 0 stayed best, trace,
+        current x, y, z, gripper. Returns (the iterates that beat iteration 0, best first; the trace;
         whether the deadline cut it)."""
         norm = self.world.normalizer
         base = norm.normalize(start_knots).detach()
         z = base[..., REFINED_DIMS].clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.config.refine_lr)
         trace: list[RefineStep] = []
-        best_J, best = -math.inf, None
+        better: list[tuple[float, _Rollout]] = []
         estimate = first_estimate_s
         cut = False
 
@@ -307,16 +309,15 @@ class Planner:
 
         for i in range(iters + 1):
             t0 = self.clock()
-            if deadline is not None and t0 + estimate > deadline:
+            if deadline is not None and t0 + estimate >= deadline:
                 cut = True
                 break
             with torch.enable_grad(), self._autocast():
                 raw = assemble(z)
                 J, v, h, pred = self._objective(raw, history, noise, steps)
             trace.append(RefineStep(i, float(J.detach()), float(v.detach().mean()), float(h.detach().mean())))
-            if trace[-1].objective > best_J:
-                best_J = trace[-1].objective
-                best = _Rollout(raw.detach(), pred.detach().float()) if i > 0 else None
+            if i > 0 and trace[-1].objective > trace[0].objective:
+                better.append((trace[-1].objective, _Rollout(raw.detach(), pred.detach().float())))
             if i < iters:
                 opt.zero_grad()
                 (-J.sum()).backward()
@@ -327,7 +328,7 @@ class Planner:
                                               self.frame_stride)
                     z.copy_(norm.normalize(_with_dims(stepped, projected))[..., REFINED_DIMS])
             estimate = self.clock() - t0
-        return best, trace, cut
+        return [r for _, r in sorted(better, key=lambda b: -b[0])], trace, cut
 
     def control_chunk(self, knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float) -> np.ndarray:
         """Refined knots (H, 7) -> control-rate chunk (S, 7): positions and gripper linear between knots
@@ -394,21 +395,24 @@ class Planner:
         refined = False
         if iters > 0:
             start_state = torch.tensor([[*pose0[:3], g0]], dtype=torch.float32, device=self.device)
-            best, trace, cut = self.refine(history, chosen.knots, start_state, noise[winner:winner + 1], k, iters,
-                                           deadline, timings["rollout"] / 1e3)
+            better, trace, cut = self.refine(history, chosen.knots, start_state, noise[winner:winner + 1], k, iters,
+                                             deadline, timings["rollout"] / 1e3)
             deadline_hit |= cut
             if cut:
                 notes.append(f"deadline: refinement stopped after {max(len(trace) - 1, 0)} of {iters} iterations")
-            if best is not None:
-                candidate = self.control_chunk(best.knots[0].cpu().numpy(), props.actions[winner], pose0, g0)
-                joints = solve_joint_positions(self.kinematics, candidate, q0)
+            rejected = []
+            for it in better:
+                candidate = self.control_chunk(it.knots[0].cpu().numpy(), props.actions[winner], pose0, g0)
+                joints = solve_joint_positions(self.kinematics, candidate, q0, props.joints[winner])
                 problems = check_chunk(candidate, pose0, self.config.limits, joints, self.kinematics)
-                if problems:
-                    notes.append("refined chunk rejected by the safety check (" + "; ".join(problems) +
-                                 "); returning the selected proposal")
-                else:
-                    chosen, refined = best, True
+                if not problems:
+                    chosen, refined = it, True
                     actions, joint_positions = candidate, joints
+                    break
+                rejected.append("; ".join(problems))
+            if rejected:
+                notes.append(f"{len(rejected)} better refined iterate(s) failed the safety check (first: "
+                             f"{rejected[0]})" + ("" if refined else "; returning the selected proposal"))
         if not refined:
             actions, joint_positions = props.actions[winner], props.joints[winner]
             problems = check_chunk(actions, pose0, self.config.limits, joint_positions, self.kinematics)
@@ -420,7 +424,7 @@ class Planner:
         r = 0 if refined else winner
         predicted = heat = None
         if o.return_heatmaps:
-            if deadline is not None and clock() + timings["score"] / 1e3 > deadline:
+            if deadline is not None and clock() + timings["score"] / 1e3 >= deadline:
                 deadline_hit = True
                 notes.append("deadline: heatmaps skipped")
             else:

@@ -1,0 +1,118 @@
+"""Scoring: uncertainty always lowers a score, the relevant region's uncertainty is what counts, and the
+refinement objective is differentiable with respect to the latents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
+from vidplan_server.models.heads import ValueHead, ValueHeadConfig
+from vidplan_server.models.semantic import SemanticBackend, SemanticScores
+from vidplan_server.models.world_model import load_codec
+from vidplan_server.planning.objective import ScoreConfig, judge, value_objective, weight, weighted
+
+
+def test_weighting_is_decreasing_and_never_helps():
+    h = torch.linspace(0, 1, 11)
+    for kind in ("exp", "linear"):
+        w = weight(h, ScoreConfig(weighting=kind))
+        assert torch.all(w[1:] < w[:-1]) and float(w[0]) == pytest.approx(1.0)
+    w = weight(h, ScoreConfig())
+    for term in (0.4, -0.4):
+        scores = weighted(torch.full_like(h, term), w)
+        assert torch.all(scores[1:] < scores[:-1]), term  # more uncertainty, lower score, whatever the sign
+    assert torch.all(weight(h, ScoreConfig(weighting="none")) == 1)
+
+
+class ConstantUQ(torch.nn.Module):
+    """UQ head double: per rollout, a chosen entropy level (uniform logits = entropy 1, peaked = 0)."""
+
+    def __init__(self, sharpness: torch.Tensor, rows: slice | None = None) -> None:
+        super().__init__()
+        self.sharpness = sharpness  # (B,) 0 = uniform (uncertain), large = certain
+        self.rows = rows
+
+    def forward(self, pred, history):
+        logits = torch.zeros(*pred.shape, 30)
+        peak = self.sharpness.view(-1, 1, 1, 1, 1).expand(pred.shape).clone()
+        if self.rows is not None:  # only these latent rows get the chosen level; the rest are certain
+            full = torch.full_like(peak, 50.0)
+            full[..., self.rows, :] = peak[..., self.rows, :]
+            peak = full
+        logits[..., 0] = peak
+        return logits
+
+
+class FixedSemantic(SemanticBackend):
+    """Semantic backend double: the same frame score and a relevance blob at a fixed place for every image."""
+
+    image_size = (64, 64)
+
+    def __init__(self, frame: float = 0.5, where=(8, 8)):
+        self.frame = frame
+        self.where = where
+
+    def encode_text(self, texts):
+        return torch.ones(len(texts), 4) / 2
+
+    def score(self, images, text):
+        n = len(images)
+        rel = torch.zeros(n, 16, 16)
+        y, x = self.where
+        rel[:, y - 1:y + 2, x - 1:x + 2] = 1.0
+        centroid = torch.tensor([[(x + 0.5) / 16, (y + 0.5) / 16]]).expand(n, 2)
+        return SemanticScores(torch.full((n,), self.frame), rel, centroid)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec(DEFAULT_CHECKPOINT).eval()
+
+
+def test_an_uncertain_rollout_scores_lower(codec):
+    pred = torch.zeros(2, 5, 4, 48, 16)
+    pred[1] = pred[0]  # identical rollouts ...
+    hist = torch.zeros(2, 2, 4, 48, 16)
+    uq = ConstantUQ(torch.tensor([50.0, 0.0]))  # ... but the UQ head is unsure about the second
+    j = judge(pred, hist, torch.ones(4) / 2, uq, FixedSemantic(), codec, ScoreConfig())
+    assert torch.allclose(j.semantic[0], j.semantic[1])
+    assert float(j.region_uncertainty[0].max()) < 0.01 and float(j.region_uncertainty[1].min()) > 0.99
+    assert float(j.score[1]) < float(j.score[0])
+    assert float(j.confidence[0].mean()) > float(j.confidence[1].mean())
+
+
+def test_only_the_relevant_region_counts(codec):
+    """Uncertainty outside the centre view's relevant region does not change the score."""
+    pred = torch.zeros(2, 5, 4, 48, 16)
+    hist = torch.zeros(2, 2, 4, 48, 16)
+    sem = FixedSemantic(where=(8, 8))
+    cfg = ScoreConfig()
+    unsure_elsewhere = judge(pred, hist, torch.ones(4), ConstantUQ(torch.zeros(2), rows=slice(0, 32)), sem, codec, cfg)
+    unsure_there = judge(pred, hist, torch.ones(4), ConstantUQ(torch.zeros(2), rows=slice(32, 48)), sem, codec, cfg)
+    certain = judge(pred, hist, torch.ones(4), ConstantUQ(torch.full((2,), 50.0)), sem, codec, cfg)
+    assert torch.allclose(unsure_elsewhere.score, certain.score, atol=1e-4)
+    assert torch.all(unsure_there.score < certain.score - 0.05)
+
+
+def test_centring_term(codec):
+    pred = torch.zeros(1, 5, 4, 48, 16)
+    hist = torch.zeros(1, 2, 4, 48, 16)
+    uq = ConstantUQ(torch.full((1,), 50.0))
+    centred = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig())
+    corner = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(2, 2)), codec, ScoreConfig())
+    assert float(centred.centre_distance.max()) < 0.05
+    assert float(corner.score[0]) < float(centred.score[0])
+
+
+def test_value_objective_is_differentiable_and_weighted():
+    torch.manual_seed(0)
+    value = ValueHead(ValueHeadConfig()).eval()
+    pred = torch.randn(2, 5, 4, 48, 16, requires_grad=True)
+    hist = torch.zeros(2, 2, 4, 48, 16)
+    J_sure, v, h = value_objective(pred, hist, ConstantUQ(torch.full((2,), 50.0)), value, ScoreConfig())
+    J_sure.sum().backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    J_unsure, v2, h2 = value_objective(pred.detach(), hist, ConstantUQ(torch.zeros(2)), value, ScoreConfig())
+    assert torch.allclose(v, v2) and torch.all(h2 > h)
+    assert torch.all(J_unsure < J_sure)
