@@ -418,9 +418,9 @@ class Planner:
             problems = check_chunk(actions, pose0, self.config.limits, joint_positions, self.kinematics)
             if problems:
                 raise UnsafePlanError(problems)
+        report = j if not refined else self.judge(chosen.pred, history, text)  # what is returned, judged
         t = lap("refine", t)
 
-        report = j if not refined else self.judge(chosen.pred, history, text)
         r = 0 if refined else winner
         predicted = heat = None
         if o.return_heatmaps:

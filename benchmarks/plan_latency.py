@@ -1,0 +1,148 @@
+"""Planner latency: whole plan and each stage, for N proposals, k flow steps and refinement iterations.
+
+    python benchmarks/plan_latency.py --out outputs/bench/plan_latency.json [--repeats 10] [--ckpt DIR]
+
+For every (device, N, k, iters) in the grid it plans ``--repeats`` times (after warm-up runs) on a real
+observation of the simulated scene and reports the median and p95 of the whole plan and the median of every
+stage. Beside it, the model's own cost: one flow-map network evaluation on the N-proposal batch, and one
+forward + backward at batch 1 (what a refinement step costs per flow step). ``model_ms`` is what the plan
+would cost if it were nothing but those network evaluations:
+
+    model_ms = k * fwd(N) + (iters + 1) * k * fwd_bwd(1)
+
+and ``planner_overhead`` = median plan / model_ms: how much proposing, scoring (UQ head, decoding, semantic
+reward), the value head, IK and the safety checks add around the world model. JSON rows carry ``device``,
+``n``, ``k``, ``iters``, ``median_ms``, ``p95_ms``, ``stages_ms`` and these model figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vidplan_server.data.sim.episode import EpisodeConfig, run_episode
+from vidplan_server.planning.offline import request_from_episode
+from vidplan_server.planning.planner import STAGES, Planner
+from vidplan_server.planning.types import PlanOptions
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, device: torch.device) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -> tuple[float, float]:
+    """Median ms of one flow-map evaluation at batch n (no grad) and of forward + backward at batch 1."""
+    fm = planner.world.flow_map
+    dev = planner.device
+    shape = (planner.horizon, *history.shape[2:])
+    actions = torch.zeros(n, planner.horizon, 7, device=dev)
+    x = torch.randn(n, *shape, device=dev)
+    s = torch.full((n,), fm.t_min, device=dev)
+    t = torch.ones(n, device=dev)
+
+    def forward():
+        with torch.no_grad(), planner._autocast():
+            fm.step(x, s, t, history.expand(n, *history.shape[1:]), actions)
+
+    a1 = torch.zeros(1, planner.horizon, 7, device=dev, requires_grad=True)
+
+    def forward_backward():
+        with planner._autocast():
+            out = fm.step(x[:1], s[:1], t[:1], history, a1)
+        out.float().square().mean().backward()
+
+    forward(), forward_backward()
+    return float(np.median(timed(forward, repeats, dev))), float(np.median(timed(forward_backward, repeats, dev)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
+    p.add_argument("--repeats", type=int, default=10, help="timed plans per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed plans per configuration (default 2)")
+    p.add_argument("--n", type=int, nargs="+", default=[6, 12], help="proposal counts (default 6 12)")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 4], help="flow-map steps (default 1 4)")
+    p.add_argument("--iters", type=int, nargs="+", default=[0, 5], help="refinement iterations (default 0 5)")
+    p.add_argument("--devices", nargs="+", default=None, help="devices (default: cpu, and cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+
+    episode = run_episode(3, replace(EpisodeConfig(), max_steps=24, imperfect_fraction=0.0))
+    rows = []
+    grid = [(d, n, k, i) for d in devices for n in args.n for k in args.k for i in args.iters]
+    planners: dict[str, Planner] = {}
+    bar = tqdm(grid, desc="plan latency", file=sys.stderr)
+    for device, n, k, iters in bar:
+        bar.set_postfix_str(f"{device} N={n} k={k} iters={iters}")
+        if device not in planners:
+            planners[device] = Planner.load(args.ckpt, device=device)
+        planner = planners[device]
+        req = request_from_episode(episode, 12, planner.history_len, planner.frame_stride,
+                                   PlanOptions(num_proposals=n, flow_steps=k, refine_iters=iters))
+        for _ in range(args.warmup):
+            planner.plan(req)
+        totals, stages = [], {s: [] for s in STAGES}
+        for _ in range(args.repeats):
+            sync(planner.device)
+            t = time.perf_counter()
+            result = planner.plan(req)
+            sync(planner.device)
+            totals.append((time.perf_counter() - t) * 1e3)
+            for s in STAGES:
+                stages[s].append(result.timings_ms[s])
+        history = planner.encode_history(req.history)
+        fwd_n, fwd_bwd_1 = model_costs(planner, history, n, max(3, args.repeats // 2))
+        model_ms = k * fwd_n + (iters + 1) * k * fwd_bwd_1
+        median = float(np.median(totals))
+        rows.append({
+            "device": device, "n": n, "k": k, "iters": iters,
+            "median_ms": round(median, 1), "p95_ms": round(float(np.percentile(totals, 95)), 1),
+            "stages_ms": {s: round(float(np.median(v)), 1) for s, v in stages.items()},
+            "network_evaluations": k + (iters + 1) * k, "flow_fwd_batch_n_ms": round(fwd_n, 1),
+            "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1), "model_ms": round(model_ms, 1),
+            "planner_overhead": round(median / model_ms, 2),
+        })
+    header = ("device", "N", "k", "iters", "median ms", "p95 ms", *STAGES, "model ms", "x model")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for r in rows:
+        print(" | ".join(str(v) for v in (r["device"], r["n"], r["k"], r["iters"], r["median_ms"], r["p95_ms"],
+                                          *(r["stages_ms"][s] for s in STAGES), r["model_ms"],
+                                          r["planner_overhead"])))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"host": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
+            "repeats": args.repeats, "checkpoint": str(args.ckpt or "bundled default")}
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
