@@ -153,7 +153,7 @@ class PlanError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., violations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("session_id", "sequence", "stamp", "chunk", "joint_positions", "frame_stride", "uncertainty", "expected_error", "semantic_reward", "value", "confidence", "proposal_scores", "proposal_kinds", "winner", "refinement", "refined", "deadline_hit", "notes", "predicted_frames", "heatmaps", "model_version", "timings_ms", "error")
+    __slots__ = ("session_id", "sequence", "stamp", "chunk", "joint_positions", "frame_stride", "uncertainty", "expected_error", "semantic_reward", "value", "confidence", "proposal_scores", "proposal_kinds", "winner", "refinement", "refined", "deadline_hit", "notes", "predicted_frames", "heatmaps", "model_version", "timings_ms", "error", "dropped_sequences")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class PlanResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     sequence: int
     stamp: ChunkStamp
@@ -207,7 +208,8 @@ class PlanResponse(_message.Message):
     model_version: str
     timings_ms: _containers.ScalarMap[str, float]
     error: PlanError
-    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stamp: _Optional[_Union[ChunkStamp, _Mapping]] = ..., chunk: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ..., joint_positions: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ..., frame_stride: _Optional[int] = ..., uncertainty: _Optional[_Iterable[float]] = ..., expected_error: _Optional[_Iterable[float]] = ..., semantic_reward: _Optional[_Iterable[float]] = ..., value: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., proposal_scores: _Optional[_Iterable[float]] = ..., proposal_kinds: _Optional[_Iterable[str]] = ..., winner: _Optional[int] = ..., refinement: _Optional[_Iterable[_Union[RefineStep, _Mapping]]] = ..., refined: _Optional[bool] = ..., deadline_hit: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., predicted_frames: _Optional[_Iterable[_Union[PredictedImage, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[PredictedImage, _Mapping]]] = ..., model_version: _Optional[str] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., error: _Optional[_Union[PlanError, _Mapping]] = ...) -> None: ...
+    dropped_sequences: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stamp: _Optional[_Union[ChunkStamp, _Mapping]] = ..., chunk: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ..., joint_positions: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ..., frame_stride: _Optional[int] = ..., uncertainty: _Optional[_Iterable[float]] = ..., expected_error: _Optional[_Iterable[float]] = ..., semantic_reward: _Optional[_Iterable[float]] = ..., value: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., proposal_scores: _Optional[_Iterable[float]] = ..., proposal_kinds: _Optional[_Iterable[str]] = ..., winner: _Optional[int] = ..., refinement: _Optional[_Iterable[_Union[RefineStep, _Mapping]]] = ..., refined: _Optional[bool] = ..., deadline_hit: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., predicted_frames: _Optional[_Iterable[_Union[PredictedImage, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[PredictedImage, _Mapping]]] = ..., model_version: _Optional[str] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., error: _Optional[_Union[PlanError, _Mapping]] = ..., dropped_sequences: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -64,7 +64,9 @@ class VidPlanServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamPlan(self, request_iterator, context):
-        """One long-lived stream per robot session: a response per request, in request order.
+        """One long-lived stream per robot session. The server always plans on the newest observation: one
+        that arrives while the planner is busy waits, and a newer one replaces it (listed in the next
+        response's dropped_sequences). Responses come in sequence order, each naming the sequence it answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,128 @@
+"""`vidplan serve` as a process: start-up on the bundled checkpoint, then SIGTERM with a plan in flight."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.serving.doubles import pb_request
+from vidplan_server.cli import build_parser
+from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+
+
+def test_every_serve_option_is_explained():
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # argparse keeps subparsers here
+    options = [a for a in serve._actions if a.option_strings and a.dest != "help"]
+    assert {
+        "--ckpt",
+        "--grpc-port",
+        "--http-port",
+        "--host",
+        "--device",
+        "--max-queue",
+        "--token",
+        "--tls-cert",
+        "--tls-key",
+    } <= {s for a in options for s in a.option_strings}
+    assert all(a.help and len(a.help) > 20 for a in options)
+
+
+def test_bad_options_exit_2_with_the_option_named(capsys):
+    from vidplan_server.cli import main
+
+    assert main(["serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]) == 2
+    assert "--tls-cert /nonexistent.pem: no such file" in capsys.readouterr().err
+
+
+class _Logs:
+    """Collects a process's stderr lines on a thread."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matched {pattern!r}:\n" + "".join(self.lines))
+
+
+def test_sigterm_finishes_the_request_in_flight(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vidplan_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--log-level",
+            "info",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    logs = _Logs(proc)
+    try:
+        ports = logs.wait_for(r"listening: gRPC (\d+), HTTP (\d+)", timeout=120)
+        target, http_url = f"127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[2]}"
+        logs.wait_for(r"ready: warmed up", timeout=60)
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            assert httpx.get(f"{http_url}/readyz", timeout=5).status_code == 200
+            vidplan = pb_grpc.VidPlanStub(channel)
+            # A deliberately heavy plan (default proposals, refinement) so that it is surely in flight at SIGTERM.
+            in_flight = vidplan.Plan.future(pb_request(sequence=1, num_proposals=24, refine_iters=4), timeout=120)
+            end = time.monotonic() + 30
+            while "vidplan_in_flight 1.0" not in httpx.get(f"{http_url}/metrics", timeout=5).text:
+                assert time.monotonic() < end, "the plan never became in flight"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            logs.wait_for(r"shutting down: refusing new requests, 1 in flight", timeout=10)
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            try:
+                vidplan.Plan(pb_request(sequence=2), timeout=10)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            else:
+                raise AssertionError("a new request was accepted during shutdown")
+            reply = in_flight.result(120)
+            assert reply.sequence == 1 and len(reply.chunk) == 15
+        assert proc.wait(60) == 0
+        assert any("stopped" in line for line in logs.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

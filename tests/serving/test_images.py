@@ -1,0 +1,41 @@
+"""Decoding wire images: JPEG, PNG and raw RGB, resized to the model's view size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidplan_server.serving.errors import InvalidArgument
+from vidplan_server.serving.images import decode_image, encode_image
+from vidplan_server.serving.messages import Image
+
+
+def _pattern(h=180, w=320):
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[: h // 2, :, 0] = 200  # red top half
+    rgb[h // 2 :, :, 2] = 200  # blue bottom half
+    return rgb
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png", "raw"])
+def test_decode_keeps_rgb_order_and_resizes(encoding):
+    out = decode_image(encode_image(_pattern(), encoding), (64, 64), "f")
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    top, bottom = out[:24].reshape(-1, 3).mean(0), out[40:].reshape(-1, 3).mean(0)
+    assert top[0] > 180 and top[2] < 20 and bottom[2] > 180 and bottom[0] < 20
+
+
+def test_model_sized_input_is_not_resampled():
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(decode_image(encode_image(rgb, "png"), (64, 64), "f"), rgb)
+
+
+def test_truncated_jpeg_header_is_refused():
+    data = encode_image(_pattern(), "jpeg").data[:20]
+    with pytest.raises(InvalidArgument, match=r"^cam.data: not a decodable JPEG"):
+        decode_image(Image(data=data, encoding="jpeg"), (64, 64), "cam")
+
+
+def test_absurd_declared_size_is_refused():
+    with pytest.raises(InvalidArgument, match=r"^cam.height: 100000 is outside"):
+        decode_image(Image(data=b"x", encoding="raw", height=100000, width=1), (64, 64), "cam")

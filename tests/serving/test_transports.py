@@ -1,0 +1,318 @@
+"""gRPC and HTTP on real localhost ports over a stub planner: status codes, auth, health, shutdown, TLS."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import threading
+import time
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.serving.conftest import LiveServer
+from tests.serving.doubles import json_request, pb_request
+from vidplan_server.serving.config import ServiceConfig
+from vidplan_server.serving.service import PlanService
+from vidplan_server.serving.wire import vidplan_pb2 as pb
+from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def serve(stub):
+    """``serve(max_queue=..., warmup=..., **ServerConfig fields)`` -> a started LiveServer on the stub."""
+    made = []
+
+    def make(max_queue: int = 4, wait: bool = True, **config) -> LiveServer:
+        server = LiveServer(PlanService(stub, ServiceConfig(max_queue=max_queue)), **config)
+        made.append(server)
+        return server.wait_started() if wait else server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def _health(channel, service: str = "") -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def _wait_for(predicate, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_bad_requests_get_the_same_message_on_both_transports(serve, stub):
+    server = serve()
+    bad = pb_request(encoding="png")
+    bad.observation.frames[2].data = b"\x89PNG\r\n\x1a\n broken"
+    body = json_request(encoding="png")
+    body["observation"]["frames"][2]["data"] = base64.b64encode(b"\x89PNG\r\n\x1a\n broken").decode()
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        plan = pb_grpc.VidPlanStub(channel).Plan
+        with pytest.raises(grpc.RpcError) as info:
+            plan(bad, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        grpc_message = info.value.details()
+        assert grpc_message == "observation.frames[wrist_image_left].data: not a decodable PNG image"
+        stub.unsafe = True
+        with pytest.raises(grpc.RpcError) as info:
+            plan(pb_request(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "z below workspace" in info.value.details()
+        assert plan(pb_request(sequence=9), timeout=10).sequence == 9  # and the server goes on
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        r = http.post("/v1/plan", json=body)
+        assert r.status_code == 400 and r.json()["error"]["message"] == grpc_message
+        assert r.json()["error"]["field"] == "observation.frames[wrist_image_left].data"
+        nan = json_request()
+        r = http.post(
+            "/v1/plan",
+            content=httpx.Request("POST", "/", json=nan)
+            .content.replace(b'"gripper_position": 0.0', b'"gripper_position": NaN')
+            .replace(b'"gripper_position":0.0', b'"gripper_position":NaN'),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["field"] == "observation.state.gripper_position"
+        r = http.post("/v1/plan", json={**json_request(), "instructions": "typo"})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "instructions"
+        stub.unsafe = True
+        r = http.post("/v1/plan", json=json_request())
+        assert r.status_code == 422 and r.json()["error"]["violations"] == ["step 3: z below workspace"]
+
+
+def test_overload_and_deadlines(serve, stub):
+    server = serve(max_queue=1)
+    stub.gate = threading.Event()
+    with grpc.insecure_channel(server.grpc_target) as channel, httpx.Client(base_url=server.http_url) as http:
+        plan = pb_grpc.VidPlanStub(channel).Plan
+        running = plan.future(pb_request(t=0.0), timeout=20)
+        assert stub.started.wait(5)
+        waiting = plan.future(pb_request(t=0.1), timeout=20)
+        _wait_for(lambda: server.service.worker.waiting == 1)
+        with pytest.raises(grpc.RpcError) as info:
+            plan(pb_request(t=0.2), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue full" in info.value.details()
+        assert dict(info.value.trailing_metadata())["retry-after"] == "1"
+        r = http.post("/v1/plan", json=json_request(), timeout=5)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        readyz = http.get("/readyz")
+        assert readyz.status_code == 503 and readyz.json()["reasons"] == ["planner queue saturated"]
+        stub.gate.set()
+        assert [running.result().stamp.t0_s, waiting.result().stamp.t0_s] == [0.0, 0.1]
+        assert http.get("/readyz").status_code == 200
+
+        # A deadline that passes while queued: refused without planning (DEADLINE_EXCEEDED / 504).
+        stub.gate.clear()
+        stub.started.clear()
+        running = plan.future(pb_request(t=1.0), timeout=20)
+        assert stub.started.wait(5)
+        late = plan.future(pb_request(t=1.1, deadline_ms=50), timeout=20)
+        time.sleep(0.15)
+        stub.gate.set()
+        running.result()
+        with pytest.raises(grpc.RpcError) as info:
+            late.result()
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.details().startswith("deadline: passed while the request waited")
+        # A gRPC deadline reaches the planner as PlanOptions.deadline_s.
+        plan(pb_request(t=2.0), timeout=7.0)
+        assert 6.0 < stub.requests[-1].options.deadline_s < 7.1  # gRPC rounds the timeout header up
+
+
+def test_bearer_token(serve):
+    server = serve(token="s3cret")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        vidplan = pb_grpc.VidPlanStub(channel)
+        for rpc, request in ((vidplan.Plan, pb_request()), (vidplan.GetInfo, pb.InfoRequest())):
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert info.value.details() == "authorization: missing or wrong bearer token"
+        with pytest.raises(grpc.RpcError) as info:
+            vidplan.Plan(pb_request(), timeout=5, metadata=(("authorization", "Bearer wrong"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stream = vidplan.StreamPlan(iter([pb_request()]), timeout=5)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = vidplan.Plan(pb_request(), timeout=5, metadata=(("authorization", "Bearer s3cret"),))
+        assert len(ok.chunk) == 15
+        assert _health(channel) == SERVING  # health needs no token
+    with httpx.Client(base_url=server.http_url, timeout=5) as http:
+        r = http.post("/v1/plan", json=json_request())
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert http.get("/v1/info").status_code == 401
+        assert http.post("/v1/plan", json=json_request(), headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/livez").status_code == 200 and http.get("/readyz").status_code == 200
+
+
+def test_health_and_readiness_follow_warmup_and_shutdown(serve, stub):
+    stub.warmup_gate = threading.Event()
+    server = serve(wait=False)
+    with grpc.insecure_channel(server.grpc_target) as channel, httpx.Client(base_url=server.http_url) as http:
+        plan = pb_grpc.VidPlanStub(channel).Plan
+        _wait_for(lambda: _try(lambda: http.get("/livez").status_code) == 200)
+        # Listening but warming up: alive, not ready, health NOT_SERVING, plans refused.
+        assert _health(channel) == NOT_SERVING and _health(channel, "vidplan.v1.VidPlan") == NOT_SERVING
+        readyz = http.get("/readyz")
+        assert readyz.status_code == 503 and readyz.json()["reasons"] == ["model not warmed up"]
+        with pytest.raises(grpc.RpcError) as info:
+            plan(pb_request(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "warming up" in info.value.details()
+        stub.warmup_gate.set()
+        server.wait_started()
+        assert _health(channel) == SERVING and _health(channel, "vidplan.v1.VidPlan") == SERVING
+        assert http.get("/readyz").status_code == 200
+
+        # Shutdown with one plan in flight: health flips first, new requests are refused, the in-flight one ends.
+        stub.gate = threading.Event()
+        in_flight = plan.future(pb_request(sequence=7), timeout=20)
+        http_in_flight = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(f"{server.http_url}/v1/plan", json=json_request(sequence=8), timeout=20)
+            )
+        )
+        results: list[httpx.Response] = []
+        assert stub.started.wait(5)
+        http_in_flight.start()
+        _wait_for(lambda: server.service.in_flight == 2)
+        done = server.begin_shutdown()
+        _wait_for(lambda: _health(channel) == NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as info:
+            plan(pb_request(sequence=9), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in info.value.details()
+        refused = http.post("/v1/plan", json=json_request(sequence=10), timeout=5)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "UNAVAILABLE"
+        assert http.get("/readyz").json()["reasons"] == ["shutting down"]
+        assert not done.done()
+        stub.gate.set()
+        assert in_flight.result().sequence == 7
+        http_in_flight.join(10)
+        assert results[0].status_code == 200 and results[0].json()["sequence"] == 8
+        done.result(15)
+    assert server.service.in_flight == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.http_url}/livez", timeout=1)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def test_stream_answers_a_bad_request_in_band_and_goes_on(serve, stub):
+    server = serve()
+    bad = pb_request(sequence=2, t=0.1)
+    bad.observation.state.joint_position[0] = float("inf")
+    requests = [pb_request(sequence=1, t=0.0, session="s"), bad, pb_request(sequence=3, t=0.2, session="s")]
+    bad.session_id = "s"
+
+    def paced():
+        for r in requests:
+            yield r
+            time.sleep(0.05)  # let each be planned (the stub answers at once), so none is dropped
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        replies = list(pb_grpc.VidPlanStub(channel).StreamPlan(paced(), timeout=10))
+    assert [r.sequence for r in replies] == [1, 2, 3]
+    assert replies[1].HasField("error") and replies[1].error.code == "INVALID_ARGUMENT"
+    assert replies[1].error.message.startswith("observation.state.joint_position: element 0 is inf")
+    assert not replies[0].HasField("error") and len(replies[2].chunk) == 15
+    assert all(r.session_id == "s" for r in replies)
+
+
+def test_large_raw_messages_fit(serve, stub):
+    server = serve()
+    request = pb_request(encoding="raw", t=10.0)
+    for k in range(8):  # 9 observations of three raw 180x320 views: 4.7 MB, above gRPC's 4 MB default
+        past = request.history.add()
+        past.CopyFrom(request.observation)
+        past.timestamp_s = 10.0 - 0.2 * (8 - k)
+        past.ClearField("state")
+    assert request.ByteSize() > 4 * 2**20
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:
+        reply = pb_grpc.VidPlanStub(channel).Plan(request, timeout=20)
+    assert reply.stamp.t0_s == 10.0 and stub.requests[-1].history.shape == (2, 3, 64, 64, 3)
+
+
+def test_info_metrics_docs_and_reflection(serve):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server = serve()
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        info = pb_grpc.VidPlanStub(channel).GetInfo(pb.InfoRequest(), timeout=5)
+        assert list(info.cameras) == ["exterior_image_1_left", "exterior_image_2_left", "wrist_image_left"]
+        assert (info.image_height, info.history, info.chunk_steps) == (64, 2, 15)
+        assert list(info.limits.workspace_max_m) == [1.0, 0.4, 1.0] and info.limits.gripper_max == 1.0
+        pb_grpc.VidPlanStub(channel).Plan(pb_request(), timeout=5)
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for r in reflect for s in r.list_services_response.service}
+        assert {"vidplan.v1.VidPlan", "grpc.health.v1.Health"} <= names
+    with httpx.Client(base_url=server.http_url, timeout=5) as http:
+        assert http.get("/v1/info").json()["cameras"][2] == "wrist_image_left"
+        assert http.post("/v1/plan", json=json_request()).status_code == 200
+        metrics = http.get("/metrics").text
+        assert 'vidplan_requests_total{call="plan",outcome="ok",transport="grpc"} 1.0' in metrics
+        assert 'vidplan_requests_total{call="plan",outcome="ok",transport="http"} 1.0' in metrics
+        assert 'vidplan_stage_seconds_bucket{le="0.0667",stage="plan"}' in metrics
+        assert "vidplan_queue_depth 0.0" in metrics and "vidplan_sessions" in metrics
+        assert 'http_requests_total{handler="/v1/plan",method="POST",status="2xx"} 1.0' in metrics
+        assert "/v1/plan" in http.get("/openapi.json").json()["paths"]
+
+
+def _self_signed(tmp_path):
+    """A throw-away certificate for 127.0.0.1, made with the openssl command line tool."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_on_both_transports(serve, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server = serve(tls_cert=cert, tls_key=key)
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(server.grpc_target, credentials) as channel:
+        assert len(pb_grpc.VidPlanStub(channel).Plan(pb_request(), timeout=10).chunk) == 15
+    with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.VidPlanStub(channel).GetInfo(pb.InfoRequest(), timeout=2)
+    assert server.http_url.startswith("https://")
+    assert httpx.get(f"{server.http_url}/livez", verify=str(cert), timeout=5).status_code == 200

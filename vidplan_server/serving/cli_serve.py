@@ -1,0 +1,182 @@
+"""``vidplan serve``: options and handler (``vidplan_server/cli.py`` only registers the subparser)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from vidplan_server.serving.config import ServerConfig, ServiceConfig
+
+DESCRIPTION = (
+    "Serve the planner over gRPC (service vidplan.v1.VidPlan: Plan, StreamPlan, GetInfo, plus grpc.health.v1 and "
+    "server reflection) and HTTP (POST /v1/plan, GET /v1/info, /livez, /readyz, /metrics, OpenAPI docs at /docs) "
+    "in one process and one event loop. The model loads and warms up before health reports SERVING and /readyz "
+    "200. Plans run one at a time on a single planner thread; past --max-queue waiting requests new ones are "
+    "refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After). SIGTERM or Ctrl-C shuts down "
+    "gracefully: health goes NOT_SERVING, new requests are refused, in-flight ones finish."
+)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not -1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (or -1 to disable), got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``vidplan serve``."""
+    d, s = ServerConfig(), ServiceConfig()
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        default=None,
+        help="checkpoint folder with codec, world, flow_map, uq, value and semantic modules "
+        "(default: the bundled checkpoint)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device for the planner, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--host", default=d.host, help=f"address both servers bind (default {d.host}: all interfaces)")
+    p.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=d.grpc_port,
+        help=f"gRPC port; 0 picks a free one, -1 disables gRPC (default {d.grpc_port})",
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=d.http_port,
+        help=f"HTTP port; 0 picks a free one, -1 disables HTTP (default {d.http_port})",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_non_negative_int,
+        default=s.max_queue,
+        help="requests allowed to wait while the planner is busy; more are refused at once instead of "
+        f"queueing latency (default {s.max_queue})",
+    )
+    p.add_argument(
+        "--session-ttl",
+        type=_positive_float,
+        default=s.session_ttl_s,
+        metavar="SECONDS",
+        help=f"drop a robot session's frame history after this long without a request (default {s.session_ttl_s:g})",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=_non_negative_int,
+        default=s.max_sessions,
+        help=f"sessions kept; past it the least recently used is dropped (default {s.max_sessions})",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' on plan and info calls of both transports "
+        "(health, readiness, metrics and reflection stay open); default: the VIDPLAN_TOKEN "
+        "environment variable if set, else no authentication",
+    )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate chain; with --tls-key both transports use TLS (default: plaintext)",
+    )
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--max-message-mb",
+        type=_positive_float,
+        default=d.max_message_bytes / 2**20,
+        help="largest gRPC message in MiB, both directions (default 32: room for raw 180x320 "
+        "views plus carried history)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=_positive_float,
+        default=d.shutdown_grace_s,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long in-flight plans may take to finish (default {d.shutdown_grace_s:g})",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=d.log_level,
+        help=f"log level of the server and uvicorn (default {d.log_level})",
+    )
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceConfig]:
+    """Check the options (ValueError names the bad one) and build the configs."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+    if args.grpc_port == -1 and args.http_port == -1:
+        raise ValueError("--grpc-port -1 and --http-port -1: nothing to serve")
+    if args.grpc_port > 0 and args.grpc_port == args.http_port:
+        raise ValueError(f"--grpc-port and --http-port are both {args.grpc_port}")
+    server = ServerConfig(
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        token=args.token if args.token is not None else (os.environ.get("VIDPLAN_TOKEN") or None),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        shutdown_grace_s=args.shutdown_grace,
+        log_level=args.log_level,
+    )
+    service = ServiceConfig(max_queue=args.max_queue, session_ttl_s=args.session_ttl, max_sessions=args.max_sessions)
+    return server, service
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``vidplan serve``: load, warm up, serve until SIGTERM / SIGINT."""
+    from vidplan_server.cli import CliError, _check_device
+
+    try:
+        server_config, service_config = configs_from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _check_device(args.device)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from vidplan_server.planning.planner import Planner
+    from vidplan_server.serving.server import VidPlanServer
+    from vidplan_server.serving.service import PlanService
+
+    planner = Planner.load(args.ckpt, device=args.device)
+    service = PlanService(planner, service_config)
+
+    async def main() -> None:
+        server = VidPlanServer(service, server_config)
+        await server.serve_until_signal()
+
+    asyncio.run(main())
+    return 0

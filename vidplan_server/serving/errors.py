@@ -1,0 +1,92 @@
+"""The serving layer's one exception hierarchy; each transport maps it to its status codes once.
+
+Every error carries a transport-neutral ``code`` (the gRPC status name) and, for bad requests, the
+``field`` it is about, so the gRPC servicer and the HTTP app report the same message for the same
+mistake. Planner exceptions (:class:`~vidplan_server.planning.types.PlanningError`,
+:class:`~vidplan_server.planning.types.UnsafePlanError`) are converted by :func:`from_planner_error`.
+"""
+
+from __future__ import annotations
+
+from vidplan_server.planning.types import PlanningError, UnsafePlanError
+
+
+class ServingError(Exception):
+    """Base class. ``code`` is the gRPC status name; ``http_status`` its HTTP counterpart."""
+
+    code = "INTERNAL"
+    http_status = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class InvalidArgument(ServingError):
+    """A request field is missing, malformed or out of range; the message starts with the field."""
+
+    code = "INVALID_ARGUMENT"
+    http_status = 400
+
+
+class Unauthenticated(ServingError):
+    """Bearer token missing or wrong."""
+
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class Overloaded(ServingError):
+    """The planner queue is full; the request was refused at once instead of waiting.
+
+    ``retry_after_s`` is the server's estimate of when a slot frees up (seconds).
+    """
+
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed before the planner could start on it."""
+
+    code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
+class Unavailable(ServingError):
+    """The server is not ready yet or is shutting down."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
+class NoSafePlan(ServingError):
+    """The planner found no chunk within the safety limits; the robot should hold its pose."""
+
+    code = "FAILED_PRECONDITION"
+    http_status = 422
+
+    def __init__(self, message: str, *, violations: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.violations = list(violations or [])
+
+
+#: The planner names request fields by its own types; on the wire the robot state sits inside the observation.
+_WIRE_PATHS = (("state.", "observation.state."),)
+
+
+def from_planner_error(exc: Exception) -> ServingError | None:
+    """The serving error for a planner exception, or ``None`` when it is not a known planner error."""
+    if isinstance(exc, PlanningError):
+        message = str(exc)
+        for planner_path, wire_path in _WIRE_PATHS:
+            if message.startswith(planner_path):
+                message = wire_path + message[len(planner_path) :]
+        return InvalidArgument(message)
+    if isinstance(exc, UnsafePlanError):
+        return NoSafePlan(str(exc), violations=exc.violations)
+    return None

@@ -1,0 +1,186 @@
+"""Protobuf messages (``proto/vidplan/v1/vidplan.proto``) to and from the service's dataclasses.
+
+Pure conversion: no checks beyond what the wire format itself cannot express (a camera listed twice,
+an unset required message, an unspecified enum); everything else is validated by the service.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from vidplan_server.serving.errors import InvalidArgument, ServingError
+from vidplan_server.serving.images import encode_rollout
+from vidplan_server.serving.messages import (
+    Image,
+    Observation,
+    Options,
+    PlanCall,
+    PlanReply,
+    State,
+    earliest_deadline,
+    frames_by_camera,
+)
+from vidplan_server.serving.wire import vidplan_pb2 as pb
+
+ENCODING_NAMES = {pb.IMAGE_ENCODING_JPEG: "jpeg", pb.IMAGE_ENCODING_PNG: "png", pb.IMAGE_ENCODING_RAW_RGB: "raw"}
+ENCODING_ENUMS = {name: enum for enum, name in ENCODING_NAMES.items()}
+SPACE_NAMES = {
+    pb.ACTION_SPACE_CARTESIAN_POSITION: "cartesian_position",
+    pb.ACTION_SPACE_JOINT_VELOCITY: "joint_velocity",
+}
+SPACE_ENUMS = {name: enum for enum, name in SPACE_NAMES.items()}
+
+
+def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None) -> PlanCall:
+    """A :class:`PlanCall` from a wire request; ``transport_deadline_s`` is the gRPC deadline left (s)."""
+    if not request.HasField("observation"):
+        raise InvalidArgument("missing", field="observation")
+    o = request.options
+    options = Options(
+        num_proposals=o.num_proposals if o.HasField("num_proposals") else None,
+        refine_iters=o.refine_iters if o.HasField("refine_iters") else None,
+        flow_steps=o.flow_steps if o.HasField("flow_steps") else None,
+        nominal_perturbations=o.nominal_perturbations if o.HasField("nominal_perturbations") else None,
+        seed=o.seed,
+        return_heatmaps=o.return_heatmaps,
+    )
+    nominal, nominal_space = None, "cartesian_position"
+    if request.HasField("nominal") and request.nominal.rows:
+        if request.nominal.space not in SPACE_NAMES:
+            raise InvalidArgument(
+                f"{pb.ActionSpace.Name(request.nominal.space)} is not a valid action space", field="nominal.space"
+            )
+        nominal_space = SPACE_NAMES[request.nominal.space]
+        nominal = [list(row.values) for row in request.nominal.rows]
+    option_deadline_s = o.deadline_ms / 1000.0 if o.HasField("deadline_ms") else None
+    return PlanCall(
+        instruction=request.instruction,
+        observation=observation(request.observation, "observation"),
+        session_id=request.session_id,
+        sequence=request.sequence,
+        history=[observation(past, f"history[{i}]", with_state=False) for i, past in enumerate(request.history)],
+        nominal=nominal,
+        nominal_space=nominal_space,
+        options=options,
+        deadline_s=earliest_deadline(transport_deadline_s, option_deadline_s),
+    )
+
+
+def observation(msg: pb.Observation, field: str, with_state: bool = True) -> Observation:
+    frames = frames_by_camera(
+        (
+            (
+                f.camera,
+                Image(
+                    data=f.data, encoding=ENCODING_NAMES.get(f.encoding, "unspecified"), height=f.height, width=f.width
+                ),
+            )
+            for f in msg.frames
+        ),
+        f"{field}.frames",
+    )
+    state = None
+    if with_state and msg.HasField("state"):
+        s = msg.state
+        state = State(
+            joint_position=list(s.joint_position),
+            cartesian_position=list(s.cartesian_position),
+            gripper_position=s.gripper_position,
+        )
+    return Observation(frames=frames, timestamp_s=msg.timestamp_s, state=state)
+
+
+def _rows(array: np.ndarray) -> list[pb.ActionRow]:
+    return [pb.ActionRow(values=row.tolist()) for row in np.asarray(array, dtype=np.float64)]
+
+
+def _images(stack: np.ndarray | None, cameras: list[str]) -> list[pb.PredictedImage]:
+    return [
+        pb.PredictedImage(
+            frame=t,
+            image=pb.CameraFrame(
+                camera=camera, encoding=pb.IMAGE_ENCODING_PNG, width=img.width, height=img.height, data=img.data
+            ),
+        )
+        for t, camera, img in encode_rollout(stack, cameras)
+    ]
+
+
+def plan_response(reply: PlanReply, cameras: list[str]) -> pb.PlanResponse:
+    r = reply.result
+    return pb.PlanResponse(
+        session_id=reply.session_id,
+        sequence=reply.sequence,
+        stamp=pb.ChunkStamp(t0_s=reply.t0_s, i0=reply.i0, dt_s=reply.dt_s),
+        chunk=_rows(r.actions),
+        joint_positions=_rows(r.joint_positions),
+        frame_stride=r.frame_stride,
+        uncertainty=r.uncertainty.tolist(),
+        expected_error=r.expected_error.tolist(),
+        semantic_reward=r.semantic_reward.tolist(),
+        value=r.value.tolist(),
+        confidence=r.confidence,
+        proposal_scores=np.asarray(r.proposal_scores, dtype=np.float64).tolist(),
+        proposal_kinds=list(r.proposal_kinds),
+        winner=r.winner,
+        refinement=[
+            pb.RefineStep(iteration=s.iteration, objective=s.objective, value=s.value, uncertainty=s.uncertainty)
+            for s in r.refinement
+        ],
+        refined=r.refined,
+        deadline_hit=r.deadline_hit,
+        notes=list(r.notes),
+        predicted_frames=_images(r.predicted_frames, cameras),
+        heatmaps=_images(r.heatmaps, cameras),
+        model_version=reply.model_version,
+        timings_ms={**{f"planner_{k}": float(v) for k, v in r.timings_ms.items()}, **reply.timings_ms},
+        dropped_sequences=list(reply.dropped_sequences),
+    )
+
+
+def error_response(sequence: int, session_id: str, error: ServingError) -> pb.PlanResponse:
+    """A StreamPlan reply that carries an error instead of a chunk."""
+    violations = list(getattr(error, "violations", []))
+    return pb.PlanResponse(
+        session_id=session_id,
+        sequence=sequence,
+        error=pb.PlanError(code=error.code, message=str(error), violations=violations),
+    )
+
+
+def info_response(info: dict[str, Any]) -> pb.InfoResponse:
+    limits = info.get("limits", {})
+    gripper = limits.get("gripper_range", (0.0, 1.0))
+    return pb.InfoResponse(
+        model_version=str(info.get("model_version", "")),
+        cameras=list(info["cameras"]),
+        image_height=int(info["image_size"][0]),
+        image_width=int(info["image_size"][1]),
+        history=int(info["history"]),
+        horizon=int(info["horizon"]),
+        frame_stride=int(info["frame_stride"]),
+        dt_s=float(info["dt_s"]),
+        action_space=SPACE_ENUMS.get(info.get("action_space", "cartesian_position"), pb.ACTION_SPACE_UNSPECIFIED),
+        chunk_steps=int(info.get("chunk_steps", int(info["horizon"]) * int(info["frame_stride"]))),
+        limits=pb.SafetyLimits(
+            workspace_min_m=limits.get("workspace_min_m", []),
+            workspace_max_m=limits.get("workspace_max_m", []),
+            max_translation_per_step_m=limits.get("max_translation_per_step_m", 0.0),
+            max_rotation_per_step_rad=limits.get("max_rotation_per_step_rad", 0.0),
+            joint_lower_rad=limits.get("joint_lower_rad", []),
+            joint_upper_rad=limits.get("joint_upper_rad", []),
+            gripper_min=float(gripper[0]),
+            gripper_max=float(gripper[1]),
+        ),
+        server_version=server_version(),
+    )
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("vidplan-server")
+    except metadata.PackageNotFoundError:
+        return "unknown"

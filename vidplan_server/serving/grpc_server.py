@@ -1,0 +1,181 @@
+"""gRPC transport (``grpc.aio``): the VidPlan servicer, bearer-token auth, health and reflection.
+
+The servicer converts and delegates to :class:`PlanService`; :func:`status_code` is the one place where
+service errors become gRPC status codes. Health (``grpc.health.v1``) reports NOT_SERVING until the model
+is warmed up and again from the start of a graceful shutdown; it and reflection need no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vidplan_server.serving import grpc_convert as convert
+from vidplan_server.serving.config import ServerConfig
+from vidplan_server.serving.errors import Overloaded, ServingError, Unauthenticated
+from vidplan_server.serving.service import PlanService, outcome_of
+from vidplan_server.serving.stream import StreamError
+from vidplan_server.serving.wire import vidplan_pb2 as pb
+from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VidPlan"].full_name  # "vidplan.v1.VidPlan"
+#: Methods reachable without a token: load balancers and operators' tools must not need it.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def status_code(error: ServingError) -> grpc.StatusCode:
+    """The gRPC status of a service error (its ``code`` is the status name)."""
+    return grpc.StatusCode[error.code]
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    """End the call with the error's status; overload also tells when to retry (trailing ``retry-after``, s)."""
+    if isinstance(error, Overloaded):
+        context.set_trailing_metadata((("retry-after", str(int(error.retry_after_s))),))
+    await context.abort(status_code(error), str(error))
+
+
+class VidPlanServicer(pb_grpc.VidPlanServicer):
+    """Plan, StreamPlan and GetInfo on one :class:`PlanService`."""
+
+    def __init__(self, service: PlanService) -> None:
+        self.service = service
+        self.cameras = list(service.cameras)
+
+    async def Plan(self, request: pb.PlanRequest, context: grpc.aio.ServicerContext) -> pb.PlanResponse:
+        try:
+            call = convert.plan_call(request, context.time_remaining())
+        except ServingError as exc:
+            self.service.count("grpc", "plan", outcome_of(exc))
+            await abort(context, exc)
+        try:
+            reply = await self.service.plan(call, transport="grpc")
+        except ServingError as exc:
+            await abort(context, exc)
+        return convert.plan_response(reply, self.cameras)
+
+    async def StreamPlan(
+        self, request_iterator: AsyncIterator[pb.PlanRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PlanResponse]:
+        stream = self.service.open_stream(transport="grpc")
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    try:
+                        call = convert.plan_call(request)
+                    except ServingError as exc:
+                        stream.fail(request.sequence, request.session_id, exc)
+                        continue
+                    await stream.submit(call)
+            finally:
+                stream.close_input()
+
+        reader = asyncio.create_task(read())
+        try:
+            async for item in stream.replies():
+                if isinstance(item, StreamError):
+                    yield convert.error_response(item.sequence, item.session_id, item.error)
+                else:
+                    yield convert.plan_response(item, self.cameras)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            stream.close()
+
+    async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return convert.info_response(self.service.info)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` metadata (UNAUTHENTICATED)."""
+
+    def __init__(self, token: str, service: PlanService | None = None) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._service = service
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+            return handler
+        if self._service is not None:
+            self._service.count("grpc", method.rsplit("/", 1)[-1], "unauthenticated")
+        error = Unauthenticated("missing or wrong bearer token", field="authorization")
+        return _denying_handler(handler, error)
+
+
+def _denying_handler(handler: grpc.RpcMethodHandler, error: ServingError) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that aborts with ``error``."""
+
+    async def deny(request_or_iterator, context):
+        await context.abort(status_code(error), str(error))
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server with the VidPlan servicer, health and reflection; call in the serving loop."""
+
+    def __init__(self, service: PlanService, config: ServerConfig) -> None:
+        self.service = service
+        self.config = config
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # The robot client pings every 20 s, also between calls; without these the server answers
+            # with GOAWAY too_many_pings.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+        interceptors = [BearerTokenInterceptor(config.token, service)] if config.token else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
+        pb_grpc.add_VidPlanServicer_to_server(VidPlanServicer(service), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        address = f"{config.host}:{config.grpc_port}"
+        if config.tls:
+            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])  # type: ignore[union-attr]
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"gRPC could not bind {address}")
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def begin_shutdown(self) -> None:
+        """Health goes NOT_SERVING for good; calls keep working until :meth:`stop`."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)

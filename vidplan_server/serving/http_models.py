@@ -1,0 +1,127 @@
+"""JSON bodies of the HTTP API (pydantic v2), mirroring the protobuf messages field for field.
+
+Differences from the protobuf JSON mapping, chosen for hand-written clients: enums are short lower-case
+names (``"jpeg"``, ``"cartesian_position"``), image bytes are standard base64 strings. Floats reject NaN
+and infinity (``allow_inf_nan=False``) and unknown fields are refused, so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CameraFrame(BaseModel):
+    model_config = _STRICT
+
+    camera: str = Field(description="DROID camera name, e.g. exterior_image_1_left")
+    encoding: Literal["jpeg", "png", "raw"] = Field(description="raw: height * width * 3 bytes, RGB, row-major")
+    width: int = Field(0, ge=0, description="pixels; required for raw, checked against the decoded image")
+    height: int = Field(0, ge=0, description="pixels; required for raw, checked against the decoded image")
+    data: str = Field(description="the encoded image, base64")
+
+
+class RobotState(BaseModel):
+    model_config = _STRICT
+
+    joint_position: list[float] = Field(description="7 values, rad")
+    cartesian_position: list[float] = Field(description="x, y, z m; roll, pitch, yaw rad (extrinsic XYZ)")
+    gripper_position: float = Field(description="[0, 1], 1 = closed")
+
+
+class Observation(BaseModel):
+    model_config = _STRICT
+
+    timestamp_s: float = Field(description="robot clock (s) when the frames were taken")
+    frames: list[CameraFrame] = Field(description="one per camera the server lists in /v1/info")
+    state: RobotState | None = Field(None, description="required for the current observation")
+
+
+class NominalChunk(BaseModel):
+    model_config = _STRICT
+
+    space: Literal["cartesian_position", "joint_velocity"]
+    rows: list[list[float]] = Field(description="(S, 7) pose + gripper, or (S, 8) joint velocities rad/s + gripper")
+
+
+class PlanOptions(BaseModel):
+    model_config = _STRICT
+
+    num_proposals: int | None = Field(None, ge=1, description="candidate chunks rolled out in one batch")
+    refine_iters: int | None = Field(None, ge=0, description="gradient steps on the winner; 0 = selection only")
+    flow_steps: int | None = Field(None, ge=1, description="network evaluations per rollout")
+    deadline_ms: int | None = Field(None, ge=0, description="wall-clock budget from arrival, ms")
+    seed: int = Field(0, ge=0)
+    return_heatmaps: bool = False
+    nominal_perturbations: int | None = Field(None, ge=0)
+
+
+class PlanRequest(BaseModel):
+    model_config = _STRICT
+
+    session_id: str = Field("", description="one robot episode; the server keeps its frame history")
+    sequence: int = Field(0, ge=0, description="strictly increasing per session; echoed")
+    instruction: str = Field(description="language task, e.g. 'put the red cube in the tray'")
+    observation: Observation
+    history: list[Observation] = Field(
+        default_factory=list, description="earlier observations, oldest first; replaces the session history"
+    )
+    nominal: NominalChunk | None = None
+    options: PlanOptions = Field(default_factory=PlanOptions)
+
+
+class ChunkStamp(BaseModel):
+    t0_s: float = Field(description="timestamp of the observation this plan answers")
+    i0: int = Field(description="row k is the target for robot time t0_s + (i0 + k) * dt_s")
+    dt_s: float
+
+
+class RefineStep(BaseModel):
+    iteration: int
+    objective: float
+    value: float
+    uncertainty: float
+
+
+class PredictedImage(BaseModel):
+    frame: int
+    image: CameraFrame
+
+
+class PlanResponse(BaseModel):
+    session_id: str
+    sequence: int
+    stamp: ChunkStamp
+    chunk: list[list[float]] = Field(description="(S, 7) absolute TCP pose (6) + gripper per control step")
+    joint_positions: list[list[float]] = Field(description="(S, 7) rad, IK of chunk")
+    frame_stride: int
+    uncertainty: list[float]
+    expected_error: list[float]
+    semantic_reward: list[float]
+    value: list[float]
+    confidence: float
+    proposal_scores: list[float | None] = Field(description="null where a proposal scored -inf (infeasible)")
+    proposal_kinds: list[str]
+    winner: int
+    refinement: list[RefineStep]
+    refined: bool
+    deadline_hit: bool
+    notes: list[str]
+    predicted_frames: list[PredictedImage] = Field(default_factory=list)
+    heatmaps: list[PredictedImage] = Field(default_factory=list)
+    model_version: str
+    timings_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="gRPC status name, e.g. INVALID_ARGUMENT")
+    message: str = Field(description="names the offending field")
+    field: str | None = None
+    violations: list[str] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,96 @@
+"""Camera frames off the wire: decode JPEG / PNG / raw RGB with OpenCV and resize to the model's view size.
+
+Frames are resized once, on arrival, so that sessions store small model-sized frames and the planner
+never sees the wire resolution. ``INTER_AREA`` is OpenCV's recommended filter for shrinking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from vidplan_server.serving.errors import InvalidArgument
+from vidplan_server.serving.messages import ENCODINGS, Image
+
+#: Largest accepted side of a wire image (pixels); guards memory against absurd headers.
+MAX_SIDE = 4096
+
+
+def decode_image(image: Image, size_hw: tuple[int, int], field: str) -> np.ndarray:
+    """Decode one wire image to RGB ``uint8`` of shape ``(*size_hw, 3)``.
+
+    ``field`` is the request path used in error messages, e.g. ``observation.images[wrist_image_left]``.
+    Raises :class:`InvalidArgument` for an unknown encoding, empty or corrupt data, a channel count other
+    than 3, or a size that disagrees with the declared ``height`` / ``width``.
+    """
+    if image.encoding not in ENCODINGS:
+        raise InvalidArgument(
+            f"unknown encoding {image.encoding!r} (expected one of {', '.join(ENCODINGS)})", field=f"{field}.encoding"
+        )
+    if not image.data:
+        raise InvalidArgument("empty image data", field=f"{field}.data")
+    for name, value in (("height", image.height), ("width", image.width)):
+        if value < 0 or value > MAX_SIDE:
+            raise InvalidArgument(f"{value} is outside [0, {MAX_SIDE}]", field=f"{field}.{name}")
+    rgb = _decode_raw(image, field) if image.encoding == "raw" else _decode_encoded(image, field)
+    if rgb.shape[:2] != tuple(size_hw):
+        rgb = cv2.resize(rgb, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb)
+
+
+def _decode_raw(image: Image, field: str) -> np.ndarray:
+    if image.channels != 3:
+        raise InvalidArgument(f"{image.channels} channels, expected 3 (RGB)", field=f"{field}.channels")
+    if image.height < 1 or image.width < 1:
+        raise InvalidArgument("raw images need height and width", field=f"{field}.height")
+    expected = image.height * image.width * 3
+    if len(image.data) != expected:
+        raise InvalidArgument(
+            f"{len(image.data)} bytes, expected {expected} for {image.height}x{image.width} RGB",
+            field=f"{field}.data",
+        )
+    return np.frombuffer(image.data, dtype=np.uint8).reshape(image.height, image.width, 3)
+
+
+def _decode_encoded(image: Image, field: str) -> np.ndarray:
+    buf = np.frombuffer(image.data, dtype=np.uint8)
+    # IMREAD_UNCHANGED keeps the channel count so that grey or RGBA images are reported, not silently converted.
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise InvalidArgument(f"not a decodable {image.encoding.upper()} image", field=f"{field}.data")
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    if channels != 3:
+        raise InvalidArgument(f"{channels} channel(s), expected 3 (RGB)", field=f"{field}.data")
+    if decoded.dtype != np.uint8:
+        raise InvalidArgument(f"{decoded.dtype} pixels, expected 8-bit", field=f"{field}.data")
+    h, w = decoded.shape[:2]
+    if (image.height and image.height != h) or (image.width and image.width != w):
+        raise InvalidArgument(
+            f"decoded size {h}x{w} differs from the declared {image.height}x{image.width}", field=f"{field}.height"
+        )
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def encode_image(rgb: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> Image:
+    """Encode an RGB ``uint8`` ``(H, W, 3)`` array as a wire :class:`Image` (tests, benchmarks)."""
+    h, w = rgb.shape[:2]
+    if encoding == "raw":
+        return Image(data=np.ascontiguousarray(rgb, dtype=np.uint8).tobytes(), encoding="raw", height=h, width=w)
+    ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]) if encoding == "jpeg" else (".png", [])
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {h}x{w} image as {encoding}")
+    return Image(data=buf.tobytes(), encoding=encoding, height=h, width=w)
+
+
+def encode_rollout(stack: np.ndarray | None, cameras: Sequence[str]) -> list[tuple[int, str, Image]]:
+    """Predicted frames or heatmaps ``(H, V, h, w, 3)`` uint8 as ``(frame, camera, PNG image)``, frame-major."""
+    if stack is None:
+        return []
+    return [
+        (t, camera, encode_image(rgb, "png"))
+        for t, views in enumerate(stack)
+        for camera, rgb in zip(cameras, views, strict=True)
+    ]
