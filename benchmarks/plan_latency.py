@@ -4,11 +4,12 @@
 
 For every (device, N, k, iters) in the grid it plans ``--repeats`` times (after warm-up runs) on a real
 observation of the simulated scene and reports the median and p95 of the whole plan and the median of every
-stage. Beside it, the model's own cost: one flow-map network evaluation on the N-proposal batch, and one
-forward + backward at batch 1 (what a refinement step costs per flow step). ``model_ms`` is what the plan
-would cost if it were nothing but those network evaluations:
+stage. Beside it, the model's own cost: one flow-map network evaluation on the N-proposal batch (fwd(N)),
+one at batch 1 (fwd(1)), and one forward + backward at batch 1 (fwd_bwd(1)). Refinement evaluates iteration
+0 and every iterate (iters + 1 forwards) and steps iters times (iters backwards), so ``model_ms``, what the
+plan would cost if it were nothing but network evaluations, is
 
-    model_ms = k * fwd(N) + (iters + 1) * k * fwd_bwd(1)
+    model_ms = k * fwd(N) + [iters > 0] * k * ((iters + 1) * fwd(1) + iters * (fwd_bwd(1) - fwd(1)))
 
 and ``planner_overhead`` = median plan / model_ms: how much proposing, scoring (UQ head, decoding, semantic
 reward), the value head, IK and the safety checks add around the world model. JSON rows carry ``device``,
@@ -51,8 +52,9 @@ def timed(fn, repeats: int, device: torch.device) -> list[float]:
     return out
 
 
-def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -> tuple[float, float]:
-    """Median ms of one flow-map evaluation at batch n (no grad) and of forward + backward at batch 1."""
+def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -> tuple[float, float, float]:
+    """Median ms of one flow-map evaluation at batch n and at batch 1 (no grad), and of forward + backward at
+    batch 1."""
     fm = planner.world.flow_map
     dev = planner.device
     shape = (planner.horizon, *history.shape[2:])
@@ -61,9 +63,9 @@ def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -
     s = torch.full((n,), fm.t_min, device=dev)
     t = torch.ones(n, device=dev)
 
-    def forward():
+    def forward(b: int = n):
         with torch.no_grad(), planner._autocast():
-            fm.step(x, s, t, history.expand(n, *history.shape[1:]), actions)
+            fm.step(x[:b], s[:b], t[:b], history.expand(b, *history.shape[1:]), actions[:b])
 
     a1 = torch.zeros(1, planner.horizon, 7, device=dev, requires_grad=True)
 
@@ -72,8 +74,8 @@ def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -
             out = fm.step(x[:1], s[:1], t[:1], history, a1)
         out.float().square().mean().backward()
 
-    forward(), forward_backward()
-    return float(np.median(timed(forward, repeats, dev))), float(np.median(timed(forward_backward, repeats, dev)))
+    forward(), forward(1), forward_backward()
+    return tuple(float(np.median(timed(f, repeats, dev))) for f in (forward, lambda: forward(1), forward_backward))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,15 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             for s in STAGES:
                 stages[s].append(result.timings_ms[s])
         history = planner.encode_history(req.history)
-        fwd_n, fwd_bwd_1 = model_costs(planner, history, n, max(3, args.repeats // 2))
-        model_ms = k * fwd_n + (iters + 1) * k * fwd_bwd_1
+        fwd_n, fwd_1, fwd_bwd_1 = model_costs(planner, history, n, max(3, args.repeats // 2))
+        model_ms = k * fwd_n + (k * ((iters + 1) * fwd_1 + iters * (fwd_bwd_1 - fwd_1)) if iters else 0.0)
         median = float(np.median(totals))
         rows.append({
             "device": device, "n": n, "k": k, "iters": iters,
             "median_ms": round(median, 1), "p95_ms": round(float(np.percentile(totals, 95)), 1),
             "stages_ms": {s: round(float(np.median(v)), 1) for s, v in stages.items()},
-            "network_evaluations": k + (iters + 1) * k, "flow_fwd_batch_n_ms": round(fwd_n, 1),
-            "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1), "model_ms": round(model_ms, 1),
+            "network_evaluations": k + ((iters + 1) * k if iters else 0), "flow_fwd_batch_n_ms": round(fwd_n, 1),
+            "flow_fwd_batch_1_ms": round(fwd_1, 1), "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1),
+            "model_ms": round(model_ms, 1),
             "planner_overhead": round(median / model_ms, 2),
         })
     header = ("device", "N", "k", "iters", "median ms", "p95 ms", *STAGES, "model ms", "x model")

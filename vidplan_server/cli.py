@@ -5,6 +5,8 @@
     vidplan data info    DIR [--json]
     vidplan train codec|world|flowmap --data DIR --out CKPT [--preset tiny|small|base] [--steps N] [--resume]
     vidplan plan         --episode DIR --step K [--index I] [--ckpt DIR] [--out DIR]
+    vidplan serve        [--ckpt DIR] [--grpc-port 50051] [--http-port 8000] [--device cpu|cuda] [--max-queue N] ...
+    vidplan demo         [--server ADDR] [--out DIR] [--seed S] [--steps N] [--open-loop K] [--slowdown F] ...
 
 Every command checks its arguments before starting work and exits with status 2 and a message
 naming the bad option or file on bad input.
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidplan",
         description="VidPlan: inference-time planning with an action-conditioned video world model.",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
 
     sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes")
     sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,preview}")
@@ -391,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--clip", type=Path, default=None,
                       help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
     plan.set_defaults(func=_cmd_plan)
+
+    from vidplan_server.serving import cli_serve
+
+    srv = groups.add_parser("serve", help="serve the planner over gRPC and HTTP (one process, one event loop)",
+                            description=cli_serve.DESCRIPTION)
+    cli_serve.add_arguments(srv)
+    srv.set_defaults(func=cli_serve.run)
+
+    from vidplan_server.serving import demo
+
+    dem = groups.add_parser("demo", help="one simulated episode driven through the robot client against a server",
+                            description=demo.DESCRIPTION)
+    demo.add_arguments(dem)
+    dem.set_defaults(func=demo.run)
     return parser
 
 

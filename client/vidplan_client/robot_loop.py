@@ -1,20 +1,29 @@
-"""The DROID control loop: observe, ask the server for a chunk, execute it at 15 Hz, hold when there is none.
+"""The DROID control loop: a command every 15 Hz cycle, plans requested in the background, hold when there is none.
 
 Every control cycle (``dt_s``, 1/15 s) the loop reads the env's observation and commands exactly one
-``cartesian_position`` target:
+``cartesian_position`` target. Planning never blocks a cycle: one Plan request at a time runs on a worker thread
+(or any injected executor) while the robot executes the current chunk. Each cycle:
 
-- while the current chunk has rows left within the open-loop horizon, the row whose target time
-  ``t0_s + (i0 + k) * dt_s`` is the next control tick (rows the robot is already past are skipped: a plan that
-  took 0.2 s to arrive starts at its 3rd row);
-- otherwise it sends a Plan request (the current observation, plus ``history_frames`` earlier observations spaced
-  ``frame_stride`` steps apart so any server replica can answer) with a deadline of ``plan_timeout_s``. The answer
-  is dropped when its sequence number is not the one just sent (stale or duplicate) or when its rows within the
-  horizon are all in the past;
-- when there is no usable chunk (late, unreachable, error, dropped), it HOLDS: it commands the pose and gripper it
-  just observed. It never goes back to an older chunk, and never executes a row twice.
+1. **collect**: if the request in flight has finished, its chunk becomes current (replacing the one being executed,
+   mid-chunk if need be) unless it is dropped: an RPC error, an error response, a sequence number other than the
+   one in flight (stale or duplicate) or another session's id, or a chunk whose rows within the open-loop horizon
+   are all in the past ("arrived too late");
+2. **send**: with nothing in flight, the next request (this cycle's observation, plus ``history_frames`` earlier
+   observations ``frame_stride`` steps apart so any server replica can answer; deadline ``plan_timeout_s``) goes out
+   when there is no usable chunk, or when the current chunk's remaining rows would run out before an answer could
+   be back: when at most ``lead_steps`` rows remain after this cycle's. By default ``lead_steps`` follows the
+   measured latency (the slowest of the last few answers, in control periods, minus one), so a fast server is asked
+   once per chunk and a slow one always has a request in flight. A request whose answer is already there (an
+   in-process planner) is collected in the same cycle;
+3. **command**: the row of the current chunk whose target time ``t0_s + (i0 + k) * dt_s`` is the next control tick
+   (rows the robot is already past are skipped: a plan that took 0.2 s starts at its 3rd row; no row runs twice),
+   within the open-loop horizon (rows ``0 .. open_loop_steps - 1`` of any chunk, counted from its observation);
+   otherwise it HOLDS: it commands the pose and gripper it just observed. A chunk whose horizon is used up is
+   discarded, so an old chunk never comes back, whatever the server does (late, erroring, unreachable).
 
-The loop is synchronous: while a request is in flight nothing new is commanded, and DROID's controller keeps
-tracking the last target. ``clock`` and ``sleep`` are injectable so tests run without real time.
+``clock`` and ``sleep`` are injectable and so is ``executor`` (``submit(fn, *args, **kwargs)`` returning an object
+with ``done()`` and ``result()``), so tests run deterministically without real time or threads. Every request,
+answer and cycle is recorded (:attr:`RobotLoop.plans`, :attr:`RobotLoop.records`).
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -44,22 +55,25 @@ from vidplan_client.wire import vidplan_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+_LATENCY_WINDOW = 3  # answers whose latency sets the automatic lead
+
 
 class PlanClient(Protocol):
-    """What the loop needs of a client (``VidPlanClient`` has it)."""
+    """What the loop needs of a client (``VidPlanClient`` has it). Called from the loop's worker thread."""
 
     def plan(self, request: pb.PlanRequest, timeout_s: float | None = None) -> pb.PlanResponse: ...
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Robot loop settings. Times in seconds."""
+    """Robot loop settings. Times in seconds of the loop's clock."""
 
     instruction: str  # the language task sent with every request
     session_id: str = ""  # "" = a fresh random id per loop
-    open_loop_steps: int = 8  # rows of a chunk (counted from its row 0) executed before the next plan
+    open_loop_steps: int = 8  # rows of a chunk (counted from its row 0) that may be executed at most
     dt_s: float = 1.0 / 15.0  # control period (DROID: 15 Hz)
-    plan_timeout_s: float = 0.5  # deadline of one Plan call; past it the robot holds and asks again
+    plan_timeout_s: float = 0.5  # deadline of one Plan call; the robot keeps executing or holding meanwhile
+    lead_steps: int | None = None  # send the next request when <= this many rows remain; None: from latency
     history_frames: int = 1  # earlier observations sent with each request (the model's T - 1)
     frame_stride: int = 3  # control steps between those observations (the model's frame spacing)
     encoding: str = "jpeg"  # "jpeg", "png" or "raw"
@@ -72,6 +86,8 @@ class LoopConfig:
             raise ValueError("instruction must not be empty")
         if self.open_loop_steps < 1 or self.dt_s <= 0 or self.plan_timeout_s <= 0:
             raise ValueError("open_loop_steps must be >= 1, dt_s and plan_timeout_s > 0")
+        if self.lead_steps is not None and self.lead_steps < -1:
+            raise ValueError("lead_steps must be >= -1 (-1: only when the chunk is used up) or None")
         if self.history_frames < 0 or self.frame_stride < 1:
             raise ValueError("history_frames must be >= 0 and frame_stride >= 1")
 
@@ -86,7 +102,24 @@ class StepRecord:
     action: np.ndarray  # (7,) the commanded target
     sequence: int | None = None  # sequence number of the chunk the row came from
     row: int | None = None  # its row index
-    reason: str = ""  # why the loop held, or which request it sent, in words
+    reason: str = ""  # why the loop held, in words
+    sent: int | None = None  # sequence number of the request sent in this cycle, if one was
+
+
+@dataclass
+class PlanRecord:
+    """One request and what became of it."""
+
+    sequence: int
+    sent_s: float  # loop clock when it was sent (its observation's timestamp)
+    received_s: float | None = None  # loop clock of the cycle that collected the answer or the failure
+    outcome: str = "in flight"  # "used", "dropped" (answered, but not usable) or "failed" (no answer)
+    reason: str = ""  # why it was dropped or failed
+
+    @property
+    def latency_s(self) -> float | None:
+        """Time from sending to the cycle that collected it (a multiple of the control period, about)."""
+        return None if self.received_s is None else self.received_s - self.sent_s
 
 
 @dataclass
@@ -96,18 +129,32 @@ class _Remembered:
     encoded: pb.Observation | None = None
 
 
+@dataclass
+class _InFlight:
+    record: PlanRecord
+    future: Any  # concurrent.futures.Future-like: done(), result()
+
+
 class RobotLoop:
-    """Runs :class:`LoopConfig` against a DROID-style env and a plan client."""
+    """Runs :class:`LoopConfig` against a DROID-style env and a plan client. Call :meth:`close` when done."""
 
     def __init__(self, env: RobotEnvLike, client: PlanClient, config: LoopConfig,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 executor: Executor | None = None) -> None:
         self.env, self.client, self.config = env, client, config
         self.clock, self.sleep = clock, sleep
         self.session_id = config.session_id or uuid.uuid4().hex
         self.sequence = 0  # last sequence number sent
         self.records: list[StepRecord] = []
+        self.plans: list[PlanRecord] = []  # every request, in the order sent
+        self.latest_response: pb.PlanResponse | None = None  # the answer whose chunk became current last
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidplan-plan")
+        self._in_flight: _InFlight | None = None
         self._plan: Plan | None = None
         self._last_row = -1  # last executed row of self._plan
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._problem = ""  # why the last request brought no chunk; cleared by the next chunk
         self._memory: list[_Remembered] = []
         self._holding = False
 
@@ -117,17 +164,14 @@ class RobotLoop:
         t = self.clock()
         frame = read_observation(self.env.get_observation(), self.config.camera_keys)
         self._remember(t, frame)
-        reason = ""
-        row = self._next_row(t)
+        self._collect(t)
+        sent = self._maybe_send(t)
+        if sent is not None:
+            self._collect(t)  # an answer that is already there (an in-process planner) serves this very cycle
+        row = self._current_row(t)
         if row is None:
-            reason = self._replan(t)
-            fresh = self._plan  # None unless the request just succeeded: an old chunk never comes back
-            if fresh is not None:
-                row = self._next_row(self.clock())
-                if row is None:
-                    reason = f"chunk {fresh.sequence} arrived too late: its rows within the horizon have passed"
-        if row is None:
-            record = StepRecord(len(self.records), t, "hold", frame.hold_action(), reason=reason)
+            reason = self._hold_reason(t)
+            record = StepRecord(len(self.records), t, "hold", frame.hold_action(), reason=reason, sent=sent)
             # Warn once when holding starts, not 15 times a second through an outage.
             log.log(logging.DEBUG if self._holding else logging.WARNING, "holding position: %s", reason)
         else:
@@ -135,19 +179,11 @@ class RobotLoop:
                 log.info("resuming with chunk %d after %d held cycles", self._plan.sequence, self._held_cycles())
             self._last_row = row
             record = StepRecord(len(self.records), t, "chunk", self._plan.chunk[row].copy(), self._plan.sequence, row,
-                                reason)
+                                sent=sent)
         self.env.update_robot(record.action, action_space=ACTION_SPACE, blocking=False)
         self._holding = record.kind == "hold"
         self.records.append(record)
         return record
-
-    def _held_cycles(self) -> int:
-        held = 0
-        for record in reversed(self.records):
-            if record.kind != "hold":
-                break
-            held += 1
-        return held
 
     def run(self, num_steps: int) -> list[StepRecord]:
         """``num_steps`` cycles at ``dt_s``; a cycle that overruns is not made up for (no bursts)."""
@@ -163,45 +199,133 @@ class RobotLoop:
                 next_tick = self.clock()
         return records
 
+    def close(self) -> None:
+        """Stop the worker thread (a request still in flight is abandoned; its deadline ends it)."""
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> RobotLoop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def lead_steps(self) -> int:
+        """Rows left in the current chunk at or below which the next request is sent (-1: when it is used up)."""
+        if self.config.lead_steps is not None:
+            return self.config.lead_steps
+        if not self._latencies:
+            return -1
+        # An answer that takes c cycles must leave when c - 1 rows remain after this one to arrive as they run out.
+        cycles = math.ceil(max(self._latencies) / self.config.dt_s - 0.01)
+        return max(cycles - 1, -1)
+
+    def _held_cycles(self) -> int:
+        held = 0
+        for record in reversed(self.records):
+            if record.kind != "hold":
+                break
+            held += 1
+        return held
+
+    def _hold_reason(self, t: float) -> str:
+        parts = [self._problem] if self._problem else []
+        if self._in_flight is not None:
+            r = self._in_flight.record
+            parts.append(f"waiting for plan {r.sequence} (in flight for {1000 * (t - r.sent_s):.0f} ms)")
+        return "; ".join(parts) or "no plan"
+
     # -- chunks ------------------------------------------------------------------------------------------------------
 
-    def _next_row(self, t: float) -> int | None:
-        """Row of the current chunk to command at loop time ``t``, or None (no chunk, or horizon used up)."""
-        plan = self._plan
-        if plan is None:
-            return None
+    def _row_for(self, plan: Plan, t: float, last_row: int) -> int | None:
+        """Row of ``plan`` to command at loop time ``t`` after ``last_row``, or None once its horizon is used up."""
         # The target commanded now should be reached at the next tick, t + dt.
         row = math.floor((t + plan.dt_s - plan.t0_s) / plan.dt_s + 0.5) - plan.i0
-        row = max(row, self._last_row + 1, 0)
-        if row >= min(len(plan.chunk), self.config.open_loop_steps):
-            self._plan = None
+        row = max(row, last_row + 1, 0)
+        return row if row < self._horizon(plan) else None
+
+    def _horizon(self, plan: Plan) -> int:
+        return min(len(plan.chunk), self.config.open_loop_steps)
+
+    def _current_row(self, t: float) -> int | None:
+        if self._plan is None:
             return None
+        row = self._row_for(self._plan, t, self._last_row)
+        if row is None:  # horizon used up: this chunk is never looked at again
+            self._problem = self._problem or f"chunk {self._plan.sequence} used up its open-loop horizon"
+            self._plan = None
         return row
 
-    def _replan(self, t: float) -> str:
-        """Send one request; on success make its chunk current. Returns the reason it failed ("" if it did not)."""
+    # -- requests ----------------------------------------------------------------------------------------------------
+
+    def _maybe_send(self, t: float) -> int | None:
+        """Send the next request if it is time; returns its sequence number."""
+        if self._in_flight is not None:
+            return None
+        if self._plan is not None:
+            row = self._row_for(self._plan, t, self._last_row)
+            if row is not None and self._horizon(self._plan) - row - 1 > self.lead_steps:
+                return None
+        return self._send(t)
+
+    def _send(self, t: float) -> int | None:
         cfg = self.config
         self.sequence += 1
-        sequence = self.sequence
+        record = PlanRecord(self.sequence, t)
+        self.plans.append(record)
         try:
-            request = make_request(self.session_id, sequence, cfg.instruction, self._encoded(self._memory[-1]),
-                                   history=self._history(t), options=cfg.options)
+            request = make_request(self.session_id, record.sequence, cfg.instruction,
+                                   self._encoded(self._memory[-1]), history=self._history(t), options=cfg.options)
         except WireError as e:  # a bad observation from the env: hold rather than crash the loop
-            return f"observation does not fit the wire: {e}"
+            self._finish(record, t, "failed", f"observation does not fit the wire: {e}")
+            return None
+        future = self._executor.submit(self.client.plan, request, timeout_s=cfg.plan_timeout_s)
+        self._in_flight = _InFlight(record, future)
+        return record.sequence
+
+    def _collect(self, t: float) -> None:
+        """If the request in flight has finished: make its chunk current, or record why not."""
+        flight = self._in_flight
+        if flight is None or not flight.future.done():
+            return
+        self._in_flight = None
+        record, sequence = flight.record, flight.record.sequence
         try:
-            response = self.client.plan(request, timeout_s=cfg.plan_timeout_s)
+            response = flight.future.result()
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
-            return f"plan {sequence} failed: {getattr(code, 'name', code)}"
+            self._finish(record, t, "failed", f"plan {sequence} failed: {getattr(code, 'name', code)}")
+            return
+        except Exception as e:  # a client bug must not stop a moving robot: hold, and say why loudly
+            log.exception("plan %d raised", sequence)
+            self._finish(record, t, "failed", f"plan {sequence} raised {type(e).__name__}: {e}")
+            return
+        self._latencies.append(t - record.sent_s)
         if response.sequence != sequence or (response.session_id and response.session_id != self.session_id):
-            return (f"dropped a response for sequence {response.sequence} of session {response.session_id!r} "
-                    f"(waiting for {sequence} of {self.session_id!r})")
+            self._finish(record, t, "dropped",
+                         f"dropped a response for sequence {response.sequence} of session {response.session_id!r} "
+                         f"(waiting for {sequence} of {self.session_id!r})")
+            return
         try:
             plan = response_to_plan(response)
         except (PlanFailed, WireError) as e:
-            return f"plan {sequence} unusable: {e}"
-        self._plan, self._last_row = plan, -1
-        return ""
+            self._finish(record, t, "dropped", f"plan {sequence} unusable: {e}")
+            return
+        if self._row_for(plan, t, -1) is None:
+            self._finish(record, t, "dropped",
+                         f"chunk {sequence} arrived too late: its rows within the horizon have passed")
+            return
+        if self._plan is not None:
+            log.debug("chunk %d replaces chunk %d after row %d", sequence, self._plan.sequence, self._last_row)
+        self._plan, self._last_row, self.latest_response = plan, -1, response
+        self._finish(record, t, "used", "")
+
+    def _finish(self, record: PlanRecord, t: float, outcome: str, reason: str) -> None:
+        record.received_s, record.outcome, record.reason = t, outcome, reason
+        self._problem = reason
+        if reason:
+            log.debug(reason)
 
     # -- observations ------------------------------------------------------------------------------------------------
 

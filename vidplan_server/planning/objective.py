@@ -108,7 +108,10 @@ def decode_views(codec: Codec, latents: torch.Tensor, views: list[int]) -> torch
     z = torch.stack([view_rows(latents, v, V) for v in views], -4)  # (..., n, C, h, w)
     flat = z.reshape(-1, *z.shape[-3:]).float() / codec.config.scale + codec.config.shift
     # In chunks: one large decoder batch was several times slower per image on CPU (cache), measured.
-    images = torch.cat([codec.decode_raw(part) for part in flat.split(DECODE_CHUNK)]).clamp(0.0, 1.0)
+    # channels_last: with the decoder's weights in that layout too (the planner converts them) oneDNN's
+    # convolutions decoded 60 wrist frames in 126 ms instead of 208 ms on 2 CPU cores, same values to 4e-6.
+    images = torch.cat([codec.decode_raw(part.contiguous(memory_format=torch.channels_last))
+                        for part in flat.split(DECODE_CHUNK)]).clamp(0.0, 1.0)
     return images.reshape(*lead, len(views), *images.shape[-3:])
 
 

@@ -129,6 +129,7 @@ class Planner:
         self.adapter = ActionAdapter(self.kinematics, config.limits, config.adapter)
         self.proposer = Proposer(self.adapter, config.proposer)
         self._text: OrderedDict[str, torch.Tensor] = OrderedDict()
+        world.codec.to(memory_format=torch.channels_last)  # the decoder's convolutions (see decode_views)
         for m in (uq, value):
             m.eval().requires_grad_(False)
         if isinstance(semantic, torch.nn.Module):

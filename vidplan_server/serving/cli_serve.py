@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: the bundled checkpoint)",
     )
     p.add_argument("--device", default="cpu", help="torch device for the planner, e.g. cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--host", default=d.host, help=f"address both servers bind (default {d.host}: all interfaces)")
+    p.add_argument("--host", default=d.host,
+                   help=f"address both servers bind (default {d.host}: this machine only; use 0.0.0.0 for robots "
+                   "on the network, together with --token and TLS)")
     p.add_argument(
         "--grpc-port",
         type=_port,

@@ -25,7 +25,8 @@ class ServiceConfig:
 class ServerConfig:
     """Network side of ``vidplan serve``: ports, security and shutdown."""
 
-    host: str = "0.0.0.0"
+    # Decided: loopback by default, where no token is needed; a deployment binds 0.0.0.0 with --token / TLS.
+    host: str = "127.0.0.1"
     grpc_port: int = 50051  # 0 = pick a free port (tests); -1 = no gRPC server
     http_port: int = 8000  # 0 = pick a free port (tests); -1 = no HTTP server
     token: str | None = None  # bearer token both transports require; None = no authentication
