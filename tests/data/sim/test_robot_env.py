@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import grpc
 import numpy as np
 import pytest
@@ -34,6 +36,18 @@ class LiftClient:
         return response
 
 
+class InlineExecutor:
+    """Runs each plan call at once, in the loop's thread: the answer is there in the cycle that asked."""
+
+    def submit(self, fn, *args, **kwargs):
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - handed to the loop as the call's failure
+            future.set_exception(e)
+        return future
+
+
 @pytest.fixture
 def env(sim_scene):
     env = SimRobotEnv(SimEnvConfig(resolution=(48, 64)), scene=sim_scene)
@@ -60,8 +74,9 @@ def test_observation_is_droid_shaped_and_reset_is_seeded(env):
 def test_robot_loop_executes_chunks_in_the_sim(env):
     z0 = env.get_observation()["robot_state"]["cartesian_position"][2]
     client = LiftClient()
-    loop = RobotLoop(env, client, LoopConfig(instruction=env.instruction, open_loop_steps=4),
-                     clock=env.clock, sleep=env.sleep)
+    # lead_steps=-1: ask for the next chunk only when the current one is used up (the answer is immediate here)
+    loop = RobotLoop(env, client, LoopConfig(instruction=env.instruction, open_loop_steps=4, lead_steps=-1),
+                     clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
     loop.run(8)
     z1 = env.get_observation()["robot_state"]["cartesian_position"][2]
     assert env.steps == 8 and client.requests == 2
@@ -74,7 +89,7 @@ def test_robot_loop_executes_chunks_in_the_sim(env):
 def test_robot_loop_holds_in_the_sim_when_the_server_is_down(env):
     start = env.get_observation()["robot_state"]["cartesian_position"]
     loop = RobotLoop(env, LiftClient(reachable=False), LoopConfig(instruction=env.instruction),
-                     clock=env.clock, sleep=env.sleep)
+                     clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
     loop.run(6)
     end = env.get_observation()["robot_state"]["cartesian_position"]
     assert all(r.kind == "hold" for r in loop.records) and env.steps == 6
