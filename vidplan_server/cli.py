@@ -20,29 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+from vidplan_server.argtypes import fraction, positive_int
+
 
 class CliError(Exception):
     """Bad input on the command line; printed as ``vidplan: error: ...`` with exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------- sim
@@ -238,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "missing episodes.",
     )
     rec.add_argument(
-        "--episodes", type=_positive_int, required=True, help="total number of episodes the dataset should hold"
+        "--episodes", type=positive_int, required=True, help="total number of episodes the dataset should hold"
     )
     rec.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
     rec.add_argument("--seed", type=int, default=0, help="base seed; episode i uses a seed derived from it (default 0)")
@@ -256,13 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=max(1, min(4, os.cpu_count() or 1)),
         help="parallel simulator processes (default: number of cores, at most 4)",
     )
     rec.add_argument(
         "--imperfect-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.2,
         help="share of episodes run with a failure mode (wrong target, drop, miss, timeout) (default 0.2)",
     )
@@ -311,27 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
                     help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) "
                     "(default small)")
-    tr.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default: the preset's)")
+    tr.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the preset's)")
     tr.add_argument("--resume", action="store_true", help="continue the run saved in --out/training/<stage>")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the held-out split (default 0)")
     tr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")
-    tr.add_argument("--held-out-fraction", type=_fraction, default=0.1,
+    tr.add_argument("--held-out-fraction", type=fraction, default=0.1,
                     help="share of episodes held out for evaluation (default 0.1)")
     tr.add_argument("--history", type=int, choices=range(1, 7), default=2, metavar="T",
                     help="world: history frames the model sees, 1..6 (default 2)")
-    tr.add_argument("--horizon", type=_positive_int, default=5, metavar="H",
+    tr.add_argument("--horizon", type=positive_int, default=5, metavar="H",
                     help="world: predicted frames per chunk (default 5)")
-    tr.add_argument("--frame-stride", type=_positive_int, default=3,
+    tr.add_argument("--frame-stride", type=positive_int, default=3,
                     help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
-    tr.add_argument("--flow-steps", type=_positive_int, default=1, metavar="K",
+    tr.add_argument("--flow-steps", type=positive_int, default=1, metavar="K",
                     help="uq, value: flow-map steps of the samples the head learns from; use the planner's k "
                     "(default 1)")
-    tr.add_argument("--gamma", type=_fraction, default=0.99,
+    tr.add_argument("--gamma", type=fraction, default=0.99,
                     help="value: discount per control step of the Monte-Carlo return (default 0.99)")
     tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
                     help="value: more episode folders to train on (each split into training and held-out "
                     "episodes like --data); never the data you evaluate on")
-    tr.add_argument("--frame-step", type=_positive_int, default=4,
+    tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
@@ -364,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     cal.add_argument("--ood", type=Path, default=None,
                      help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood'")
-    cal.add_argument("--windows", type=_positive_int, default=256, help="windows per split (default 256)")
+    cal.add_argument("--windows", type=positive_int, default=256, help="windows per split (default 256)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
     cal.set_defaults(func=_cmd_eval_calibration)
     rew.add_argument("--clip", type=Path, default=None,
@@ -385,9 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled checkpoint)")
     plan.add_argument("--out", type=Path, default=Path("outputs/plan"), help="output folder (default outputs/plan)")
     plan.add_argument("--instruction", default=None, help="override the episode's instruction")
-    plan.add_argument("--proposals", type=_positive_int, default=None, help="N proposals (default: planner's, 12)")
+    plan.add_argument("--proposals", type=positive_int, default=None, help="N proposals (default: planner's, 12)")
     plan.add_argument("--iters", type=int, default=None, help="refinement iterations (default: planner's, 3)")
-    plan.add_argument("--flow-steps", type=_positive_int, default=None, help="k flow-map steps (default 1)")
+    plan.add_argument("--flow-steps", type=positive_int, default=None, help="k flow-map steps (default 1)")
     plan.add_argument("--seed", type=int, default=0, help="seed of proposal and rollout noise (default 0)")
     plan.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
     plan.add_argument("--clip", type=Path, default=None,

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from vidplan_server.argtypes import non_negative_int, port, positive_float
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
 
 DESCRIPTION = (
@@ -18,36 +19,6 @@ DESCRIPTION = (
     "refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After). SIGTERM or Ctrl-C shuts down "
     "gracefully: health goes NOT_SERVING, new requests are refused, in-flight ones finish."
 )
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not -1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (or -1 to disable), got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,33 +37,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "on the network, together with --token and TLS)")
     p.add_argument(
         "--grpc-port",
-        type=_port,
+        type=port,
         default=d.grpc_port,
         help=f"gRPC port; 0 picks a free one, -1 disables gRPC (default {d.grpc_port})",
     )
     p.add_argument(
         "--http-port",
-        type=_port,
+        type=port,
         default=d.http_port,
         help=f"HTTP port; 0 picks a free one, -1 disables HTTP (default {d.http_port})",
     )
     p.add_argument(
         "--max-queue",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=s.max_queue,
         help="requests allowed to wait while the planner is busy; more are refused at once instead of "
         f"queueing latency (default {s.max_queue})",
     )
     p.add_argument(
         "--session-ttl",
-        type=_positive_float,
+        type=positive_float,
         default=s.session_ttl_s,
         metavar="SECONDS",
         help=f"drop a robot session's frame history after this long without a request (default {s.session_ttl_s:g})",
     )
     p.add_argument(
         "--max-sessions",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=s.max_sessions,
         help=f"sessions kept; past it the least recently used is dropped (default {s.max_sessions})",
     )
@@ -112,14 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     p.add_argument(
         "--max-message-mb",
-        type=_positive_float,
+        type=positive_float,
         default=d.max_message_bytes / 2**20,
         help="largest gRPC message in MiB, both directions (default 32: room for raw 180x320 "
         "views plus carried history)",
     )
     p.add_argument(
         "--shutdown-grace",
-        type=_positive_float,
+        type=positive_float,
         default=d.shutdown_grace_s,
         metavar="SECONDS",
         help=f"on SIGTERM, how long in-flight plans may take to finish (default {d.shutdown_grace_s:g})",

@@ -46,6 +46,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vidplan_server.argtypes import non_negative_int, positive_float, positive_int
+
 DESCRIPTION = (
     "Run one simulated DROID episode (PyBullet scene, three cameras, 15 Hz) through the thin robot client "
     "(vidplan_client: VidPlanClient + RobotLoop) against a planning server: the one at --server, or a `vidplan "
@@ -65,34 +67,6 @@ class DemoError(Exception):
 
 
 # ---------------------------------------------------------------------------------------- options
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for demo.mp4, report.json and server.log (created; default outputs/demo)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the scene and task (same seed, same scene) and of the planner's noise (default 0)")
-    p.add_argument("--steps", type=_positive_int, default=150, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=150, metavar="N",
                    help="control steps of the episode at 15 Hz (default 150, i.e. 10 simulated seconds)")
     p.add_argument("--instruction", default=None, metavar="TEXT",
                    help="language task sent to the planner (default: the sampled task's own, e.g. 'put the red "
@@ -112,23 +86,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("train", "val", "ood"), default="train",
                    help="task sampling: train / val objects and colours, or ood (novel targets, more "
                    "distractors) (default train)")
-    p.add_argument("--open-loop", type=_positive_int, default=8, metavar="K",
+    p.add_argument("--open-loop", type=positive_int, default=8, metavar="K",
                    help="rows of a chunk executed at most, counted from the observation it answers (default 8 "
                    "of 15, about 0.53 s)")
-    p.add_argument("--proposals", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--proposals", type=positive_int, default=None, metavar="N",
                    help="candidate chunks the planner rolls out per plan (default: the server's, 12)")
-    p.add_argument("--refine-iters", type=_non_negative_int, default=None, metavar="I",
+    p.add_argument("--refine-iters", type=non_negative_int, default=None, metavar="I",
                    help="gradient refinement steps on the winner, 0 = selection only (default: the server's, 3)")
-    p.add_argument("--flow-steps", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--flow-steps", type=positive_int, default=None, metavar="K",
                    help="flow-map steps per rollout (default: the server's, 1)")
-    p.add_argument("--plan-timeout", type=_positive_float, default=1.0, metavar="SECONDS",
+    p.add_argument("--plan-timeout", type=positive_float, default=1.0, metavar="SECONDS",
                    help="deadline of one plan request in simulated seconds; the robot holds or executes the "
                    "previous chunk meanwhile (default 1.0)")
-    p.add_argument("--slowdown", type=_positive_float, default=5.0, metavar="FACTOR",
+    p.add_argument("--slowdown", type=positive_float, default=5.0, metavar="FACTOR",
                    help="wall seconds per simulated second: 1 = real time (the robot sees the server's true "
                    "latency; use it with a GPU server); the default 5 makes a CPU server look 5 times faster, "
                    "as a GPU would be (default 5)")
-    p.add_argument("--view-scale", type=_positive_int, default=3, metavar="S",
+    p.add_argument("--view-scale", type=positive_int, default=3, metavar="S",
                    help="video: each view and heatmap enlarged S times (default 3: 192x192 per 64x64 view)")
     p.add_argument("--token", default=None,
                    help="bearer token for the server (default: the VIDPLAN_TOKEN environment variable; a server "
@@ -138,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "with --server")
     p.add_argument("--device", default=None,
                    help="torch device of the server started here, e.g. cpu or cuda (default cpu); not with --server")
-    p.add_argument("--startup-timeout", type=_positive_float, default=180.0, metavar="SECONDS",
+    p.add_argument("--startup-timeout", type=positive_float, default=180.0, metavar="SECONDS",
                    help="how long the server started here may take to load and report SERVING (default 180)")
 
 

@@ -111,32 +111,17 @@ def _images(stack: np.ndarray | None, cameras: list[str]) -> list[pb.PredictedIm
 
 def plan_response(reply: PlanReply, cameras: list[str]) -> pb.PlanResponse:
     r = reply.result
+    fields = reply.plain_fields()
     return pb.PlanResponse(
-        session_id=reply.session_id,
-        sequence=reply.sequence,
         stamp=pb.ChunkStamp(t0_s=reply.t0_s, i0=reply.i0, dt_s=reply.dt_s),
-        chunk=_rows(r.actions),
-        joint_positions=_rows(r.joint_positions),
-        frame_stride=r.frame_stride,
-        uncertainty=r.uncertainty.tolist(),
-        expected_error=r.expected_error.tolist(),
-        semantic_reward=r.semantic_reward.tolist(),
-        value=r.value.tolist(),
-        confidence=r.confidence,
+        **{**fields, "chunk": _rows(r.actions), "joint_positions": _rows(r.joint_positions)},
         proposal_scores=np.asarray(r.proposal_scores, dtype=np.float64).tolist(),
-        proposal_kinds=list(r.proposal_kinds),
-        winner=r.winner,
         refinement=[
             pb.RefineStep(iteration=s.iteration, objective=s.objective, value=s.value, uncertainty=s.uncertainty)
             for s in r.refinement
         ],
-        refined=r.refined,
-        deadline_hit=r.deadline_hit,
-        notes=list(r.notes),
         predicted_frames=_images(r.predicted_frames, cameras),
         heatmaps=_images(r.heatmaps, cameras),
-        model_version=reply.model_version,
-        timings_ms={**{f"planner_{k}": float(v) for k, v in r.timings_ms.items()}, **reply.timings_ms},
         dropped_sequences=list(reply.dropped_sequences),
     )
 

@@ -208,29 +208,13 @@ def _predicted(stack: np.ndarray | None, cameras: list[str]) -> list[m.Predicted
 def plan_response(reply: PlanReply, cameras: list[str]) -> m.PlanResponse:
     r = reply.result
     return m.PlanResponse(
-        session_id=reply.session_id,
-        sequence=reply.sequence,
+        **reply.plain_fields(),
         stamp=m.ChunkStamp(t0_s=reply.t0_s, i0=reply.i0, dt_s=reply.dt_s),
-        chunk=np.asarray(r.actions, dtype=np.float64).tolist(),
-        joint_positions=np.asarray(r.joint_positions, dtype=np.float64).tolist(),
-        frame_stride=r.frame_stride,
-        uncertainty=r.uncertainty.tolist(),
-        expected_error=r.expected_error.tolist(),
-        semantic_reward=r.semantic_reward.tolist(),
-        value=r.value.tolist(),
-        confidence=r.confidence,
         proposal_scores=[float(s) if math.isfinite(s) else None for s in np.asarray(r.proposal_scores).tolist()],
-        proposal_kinds=list(r.proposal_kinds),
-        winner=r.winner,
         refinement=[
             m.RefineStep(iteration=s.iteration, objective=s.objective, value=s.value, uncertainty=s.uncertainty)
             for s in r.refinement
         ],
-        refined=r.refined,
-        deadline_hit=r.deadline_hit,
-        notes=list(r.notes),
         predicted_frames=_predicted(r.predicted_frames, cameras),
         heatmaps=_predicted(r.heatmaps, cameras),
-        model_version=reply.model_version,
-        timings_ms={**{f"planner_{k}": float(v) for k, v in r.timings_ms.items()}, **reply.timings_ms},
     )

@@ -123,3 +123,27 @@ class PlanReply:
     history_timestamps_s: list[float]  # the frames the model saw, oldest first (the last is t0_s)
     timings_ms: dict[str, float]  # server-side: decode, queue, plan, total (plus the planner's own)
     dropped_sequences: list[int] = field(default_factory=list)  # stream only: stale observations skipped
+
+    def plain_fields(self) -> dict:
+        """The reply's fields that both wire formats carry as plain numbers, strings and lists, under the
+        wire's names (the transports add the chunk, scores, refinement trace and images in their own types)."""
+        r = self.result
+        return dict(
+            session_id=self.session_id,
+            sequence=self.sequence,
+            chunk=np.asarray(r.actions, dtype=np.float64).tolist(),
+            joint_positions=np.asarray(r.joint_positions, dtype=np.float64).tolist(),
+            frame_stride=r.frame_stride,
+            uncertainty=r.uncertainty.tolist(),
+            expected_error=r.expected_error.tolist(),
+            semantic_reward=r.semantic_reward.tolist(),
+            value=r.value.tolist(),
+            confidence=r.confidence,
+            proposal_kinds=list(r.proposal_kinds),
+            winner=r.winner,
+            refined=r.refined,
+            deadline_hit=r.deadline_hit,
+            notes=list(r.notes),
+            model_version=self.model_version,
+            timings_ms={**{f"planner_{k}": float(v) for k, v in r.timings_ms.items()}, **self.timings_ms},
+        )
