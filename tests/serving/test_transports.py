@@ -234,6 +234,24 @@ def test_stream_answers_a_bad_request_in_band_and_goes_on(serve, stub):
     assert all(r.session_id == "s" for r in replies)
 
 
+def test_a_stream_refuses_another_session_and_goes_on(serve, stub):
+    server = serve()
+    requests = [pb_request(sequence=1, t=0.0, session="robot-a"), pb_request(sequence=2, t=0.1, session="robot-b"),
+                pb_request(sequence=3, t=0.2, session="robot-a")]
+
+    def paced():
+        for r in requests:
+            yield r
+            time.sleep(0.05)
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        replies = list(pb_grpc.VidPlanStub(channel).StreamPlan(paced(), timeout=10))
+    assert [r.sequence for r in replies] == [1, 2, 3]
+    assert replies[1].error.code == "INVALID_ARGUMENT"
+    assert replies[1].error.message.startswith("session_id: 'robot-b' is unknown on this stream")
+    assert not replies[2].HasField("error") and len(replies[2].chunk) == 15
+
+
 def test_large_raw_messages_fit(serve, stub):
     server = serve()
     request = pb_request(encoding="raw", t=10.0)

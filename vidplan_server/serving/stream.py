@@ -5,6 +5,11 @@ so the history stays dense. Only one plan per stream runs at a time; observation
 it wait in a one-element slot, and a newer one replaces an older one there (the older is *dropped* as
 stale and listed in the next reply's ``dropped_sequences``). A bad observation yields a
 :class:`StreamError` for its sequence and the stream goes on.
+
+A stream belongs to one session, the one its first accepted request names (or an anonymous one). Decided:
+a later request naming another session is an error (``session_id``: unknown on this stream) rather than a
+silent switch, since one stream's newest-first slot would otherwise drop one robot's observations for
+another's.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from vidplan_server.serving.errors import ServingError
+from vidplan_server.serving.errors import InvalidArgument, ServingError
 from vidplan_server.serving.messages import PlanCall, PlanReply
 from vidplan_server.serving.service import PlanService, Prepared, outcome_of
 
@@ -41,6 +46,7 @@ class PlanStream:
         self._errors: list[StreamError] = []
         self._closed = False
         self._wake = asyncio.Event()
+        self._session: str | None = None  # the client's session id, fixed by the first accepted request
 
     def fail(self, sequence: int, session_id: str, error: ServingError) -> None:
         """Report a request the transport could not even convert (it never reaches the session)."""
@@ -58,12 +64,16 @@ class PlanStream:
             call = replace(call, session_id=self._anonymous_session)
         try:
             service._check_accepting()
+            if self._session is not None and client_session != self._session:
+                raise InvalidArgument(f"session_id: {client_session!r} is unknown on this stream, which belongs to "
+                                      f"session {self._session!r}; open a new stream for another session")
             prepared = await service._prepare(call, service._check(call), arrived)
         except Exception as exc:
             error = service._as_serving_error(exc) or ServingError(str(exc))
             service.count(self._transport, "stream", outcome_of(error))
             self._errors.append(StreamError(call.sequence, client_session, error))
         else:
+            self._session = client_session
             if self._pending is not None:
                 self._dropped.append(self._pending.call.sequence)
                 service.count(self._transport, "stream", "stale_dropped")
