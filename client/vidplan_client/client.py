@@ -40,7 +40,9 @@ class VidPlanClient:
         return self._stub.Plan(request, timeout=_or(timeout_s, self.config.plan_timeout_s), metadata=self._metadata)
 
     def stream(self, requests: Iterable[pb.PlanRequest], timeout_s: float | None = None) -> Iterator[pb.PlanResponse]:
-        """Bidirectional StreamPlan: one response per request, in order. ``timeout_s`` bounds the whole stream."""
+        """Bidirectional StreamPlan: responses in sequence order, each naming the sequence it answers; observations
+        that went stale while the server was busy are skipped and listed in ``dropped_sequences``. ``timeout_s``
+        bounds the whole stream."""
         return self._stub.StreamPlan(iter(requests), timeout=timeout_s, metadata=self._metadata)
 
     def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
@@ -83,7 +85,8 @@ class AsyncVidPlanClient:
 
     async def stream(self, requests: AsyncIterable[pb.PlanRequest] | Iterable[pb.PlanRequest],
                      timeout_s: float | None = None) -> AsyncIterator[pb.PlanResponse]:
-        """Bidirectional StreamPlan; yields one response per request, in order."""
+        """Bidirectional StreamPlan; yields responses in sequence order (stale observations are skipped and listed
+        in ``dropped_sequences``)."""
         call = self._stub.StreamPlan(requests, timeout=timeout_s, metadata=self._metadata)
         async for response in call:
             yield response
