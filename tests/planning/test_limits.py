@@ -37,7 +37,7 @@ def test_a_gentle_chunk_passes_every_check(kin, home):
     [
         (lambda c, p: c.__setitem__((5, 2), -0.2), "workspace box"),
         (lambda c, p: c.__setitem__((slice(7, None), 0), c[7:, 0] + 0.1), "per step"),
-        (lambda c, p: c.__setitem__((slice(None), slice(0, 3)), c[:, :3] + 0.08), "step 0 from the current pose"),
+        (lambda c, p: c.__setitem__((slice(None), slice(0, 3)), c[:, :3] + 0.08), "steps [0] move"),
         (lambda c, p: c.__setitem__((slice(9, None), 5), c[9:, 5] + 0.3), "rad per step"),
         (lambda c, p: c.__setitem__((3, 6), 1.2), "gripper"),
         (lambda c, p: c.__setitem__((4, 1), np.nan), "non-finite"),

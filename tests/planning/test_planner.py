@@ -174,6 +174,7 @@ def test_heatmaps_and_any_input_size(planner, request0):
         (dict(options=PlanOptions(refine_iters=-1)), "options.refine_iters"),
         (dict(options=PlanOptions(flow_steps=100)), "options.flow_steps"),
         (dict(options=PlanOptions(deadline_s=float("nan"))), "options.deadline_s"),
+        (dict(options=PlanOptions(seed=-1)), "options.seed"),
         (dict(nominal=np.zeros((15, 7)), nominal_space="joint_position"), "nominal_space"),
         (dict(nominal=np.zeros((15, 3))), "nominal"),
     ],

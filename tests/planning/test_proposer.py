@@ -139,3 +139,15 @@ def test_too_many_basis_proposals_is_an_error(proposer, home):
 def test_config_rejects_a_speed_beyond_the_step_limit():
     with pytest.raises(ValueError, match="speed_m_s"):
         Proposer(ActionAdapter(PandaKinematics(), SafetyLimits()), ProposerConfig(speed_m_s=1.0))
+
+
+def test_no_feasible_proposal_is_an_unsafe_plan(proposer, home):
+    """Nothing the proposer can build passes the limits (here: a per-step limit below what IK resolves):
+    that is 'no safe plan' (FAILED_PRECONDITION on the wire), not a bad request."""
+    from dataclasses import replace
+
+    from vidplan_server.planning.types import UnsafePlanError
+
+    tight = Proposer(ActionAdapter(proposer.kin, replace(SafetyLimits(), max_rotation_per_step_rad=1e-12)))
+    with pytest.raises(UnsafePlanError, match="no feasible proposal"):
+        tight.propose(Q_HOME, home, 0.0, STEPS, 6, np.random.default_rng(0))

@@ -18,8 +18,12 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from tests.serving.doubles import POSE_HOME, Q_HOME, json_request, pb_request
+from vidplan_server.planning.limits import SafetyLimits, check_chunk
+from vidplan_server.robot.panda import PandaKinematics
 from vidplan_server.serving.wire import vidplan_pb2 as pb
 from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+
+_KINEMATICS = PandaKinematics()
 
 
 def assert_safe_chunk(chunk: np.ndarray, joints: np.ndarray, pose0: np.ndarray, limits: dict) -> None:
@@ -39,6 +43,8 @@ def assert_safe_chunk(chunk: np.ndarray, joints: np.ndarray, pose0: np.ndarray, 
     assert angles.max() <= limits["max_rotation_per_step_rad"] + eps
     assert (joints >= np.asarray(limits["joint_lower_rad"]) - eps).all()
     assert (joints <= np.asarray(limits["joint_upper_rad"]) + eps).all()
+    # and the planner's own full check, IK reachability of every step from the returned joints included
+    assert check_chunk(chunk, pose0, SafetyLimits(), joints, _KINEMATICS) == []
 
 
 def _rows(rows) -> np.ndarray:

@@ -289,9 +289,13 @@ def test_idle_sessions_expire(make_service):
     asyncio.run(service.plan(call(sequence=7, t=1.0, session="r")))
     assert len(service.sessions) == 1
     time.sleep(0.1)
-    assert service.sessions.expire() == 0
-    # A new session of that id starts over: sequence 1 is fine again.
+    # No sweep needed: the robot restarting after the TTL with the same id starts a fresh session, so its
+    # sequence 1 is fine again (nothing else ran in between to expire the old one).
     asyncio.run(service.plan(call(sequence=1, t=0.0, session="r")))
+    assert len(service.sessions) == 1
+    asyncio.run(service.plan(call(sequence=2, t=0.1, session="r")))
+    with pytest.raises(InvalidArgument, match="sequence"):  # while it is alive, order is still enforced
+        asyncio.run(service.plan(call(sequence=2, t=0.2, session="r")))
 
 
 def test_stream_plans_on_the_newest_and_reports_dropped(make_service, stub):
@@ -327,3 +331,19 @@ def test_stream_plans_on_the_newest_and_reports_dropped(make_service, stub):
     # Dropped observations still fed the history: plan 5 (t=0.267) sees the frame nearest 0.067 (sequence 2).
     assert plans[1].history_timestamps_s == [pytest.approx(1 / 15), pytest.approx(4 / 15)]
     assert len(stub.requests) == 2
+
+
+def test_config_needs_a_queue_place():
+    from vidplan_server.serving.config import ServiceConfig
+
+    with pytest.raises(ValueError, match="max_queue"):
+        ServiceConfig(max_queue=0)
+
+
+def test_an_expired_grpc_deadline_is_deadline_exceeded():
+    from tests.serving.doubles import pb_request
+    from vidplan_server.serving.grpc_convert import plan_call
+
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        plan_call(pb_request(), transport_deadline_s=-0.01)
+    assert plan_call(pb_request(), transport_deadline_s=0.5).deadline_s == pytest.approx(0.5)

@@ -148,12 +148,19 @@ def test_bearer_token(serve):
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         ok = vidplan.Plan(pb_request(), timeout=5, metadata=(("authorization", "Bearer s3cret"),))
         assert len(ok.chunk) == 15
+        # the scheme is case-insensitive (RFC 7235); the token is not
+        assert len(vidplan.GetInfo(pb.InfoRequest(), timeout=5, metadata=(("authorization", "bearer s3cret"),))
+                   .cameras) == 3
+        with pytest.raises(grpc.RpcError) as info:
+            vidplan.GetInfo(pb.InfoRequest(), timeout=5, metadata=(("authorization", "Bearer S3CRET"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert _health(channel) == SERVING  # health needs no token
     with httpx.Client(base_url=server.http_url, timeout=5) as http:
         r = http.post("/v1/plan", json=json_request())
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert http.get("/v1/info").status_code == 401
         assert http.post("/v1/plan", json=json_request(), headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/v1/info", headers={"authorization": "BEARER s3cret"}).status_code == 200
         assert http.get("/livez").status_code == 200 and http.get("/readyz").status_code == 200
 
 

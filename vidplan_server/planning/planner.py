@@ -235,6 +235,8 @@ class Planner:
             if not isinstance(v, int) or not (0 if name == "refine_iters" else 1) <= v <= hi:
                 raise PlanningError(f"options.{name}: must be an integer in [{0 if name == 'refine_iters' else 1}, "
                                     f"{hi}], got {v!r}")
+        if not isinstance(o.seed, int) or not 0 <= o.seed < 2**64:
+            raise PlanningError(f"options.seed: must be an integer in [0, 2**64), got {o.seed!r}")
         if o.deadline_s is not None and not (math.isfinite(o.deadline_s) and o.deadline_s >= 0):
             raise PlanningError(f"options.deadline_s: must be a finite number >= 0, got {o.deadline_s}")
         if req.nominal is not None and req.nominal_space not in NOMINAL_SPACES:
@@ -313,7 +315,7 @@ class Planner:
             if deadline is not None and t0 + estimate >= deadline:
                 cut = True
                 break
-            with torch.enable_grad(), self._autocast():
+            with torch.set_grad_enabled(i < iters), self._autocast():  # the last iterate is only evaluated
                 raw = assemble(z)
                 J, v, h, pred = self._objective(raw, history, noise, steps)
             trace.append(RefineStep(i, float(J.detach()), float(v.detach().mean()), float(h.detach().mean())))

@@ -30,7 +30,7 @@ from scipy.spatial.transform import Rotation
 
 from vidplan_server.planning.adapter import ActionAdapter
 from vidplan_server.planning.limits import check_chunk
-from vidplan_server.planning.types import PlanningError
+from vidplan_server.planning.types import PlanningError, UnsafePlanError
 
 DIRECTIONS = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
 BASIS_VARIANTS = (("keep", 1.0), ("toggle", 1.0), ("keep", 0.5), ("toggle", 0.5), ("keep", 2.0), ("toggle", 2.0))
@@ -179,6 +179,6 @@ class Proposer:
             return props
         if not any(ok):
             problems = check_chunk(props.actions[0], pose0, self.adapter.limits, props.joints[0])
-            raise PlanningError("state: no feasible proposal from the current state (" + "; ".join(problems) + ")")
+            raise UnsafePlanError(["no feasible proposal from the current state: " + "; ".join(problems)])
         idx = np.nonzero(ok)[0]
         return Proposals(props.actions[idx], props.joints[idx], [props.kinds[i] for i in idx])

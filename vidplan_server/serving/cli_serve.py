@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from vidplan_server.argtypes import non_negative_int, port, positive_float
+from vidplan_server.argtypes import non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
 
 DESCRIPTION = (
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-queue",
-        type=non_negative_int,
+        type=positive_int,
         default=s.max_queue,
         help="requests allowed to wait while the planner is busy; more are refused at once instead of "
         f"queueing latency (default {s.max_queue})",

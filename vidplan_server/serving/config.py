@@ -10,7 +10,7 @@ from pathlib import Path
 class ServiceConfig:
     """Knobs of the transport-free :class:`~vidplan_server.serving.service.PlanService`."""
 
-    max_queue: int = 4  # requests allowed to wait for the planner thread; past it they are refused at once
+    max_queue: int = 4  # requests allowed to wait for the planner thread (>= 1); past it they are refused at once
     session_ttl_s: float = 60.0  # a session idle this long (server clock, s) is dropped
     max_sessions: int = 256  # past this the least recently used session is dropped
     session_frames: int = 32  # ring buffer per session (frames); >= (T - 1) * frame_stride + 1 is needed
@@ -18,6 +18,12 @@ class ServiceConfig:
     deadline_margin_s: float = 0.005  # kept back from a deadline for encoding and sending the reply
     max_instruction_chars: int = 1000
     max_history_frames: int = 64  # observations a request may carry in ``history``
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1 (a request needs a place to wait), got {self.max_queue}")
+        if self.session_ttl_s <= 0 or self.max_sessions < 1:
+            raise ValueError("session_ttl_s must be > 0 and max_sessions >= 1")
     max_nominal_steps: int = 150  # rows of a nominal chunk (10 s at 15 Hz)
 
 

@@ -8,6 +8,8 @@ mistake. Planner exceptions (:class:`~vidplan_server.planning.types.PlanningErro
 
 from __future__ import annotations
 
+import hmac
+
 from vidplan_server.planning.types import PlanningError, UnsafePlanError
 
 
@@ -48,6 +50,15 @@ class Overloaded(ServingError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+def bearer_token_matches(header: str | bytes | None, token: str) -> bool:
+    """Whether an ``authorization`` value is ``Bearer <token>``: the scheme in any case (RFC 7235), the token
+    compared in constant time."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    scheme, _, given = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 class DeadlineExceeded(ServingError):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vidplan_server.serving.errors import InvalidArgument, ServingError
+from vidplan_server.serving.errors import DeadlineExceeded, InvalidArgument, ServingError
 from vidplan_server.serving.images import encode_rollout
 from vidplan_server.serving.messages import (
     Image,
@@ -38,6 +38,8 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
     """A :class:`PlanCall` from a wire request; ``transport_deadline_s`` is the gRPC deadline left (s)."""
     if not request.HasField("observation"):
         raise InvalidArgument("missing", field="observation")
+    if transport_deadline_s is not None and transport_deadline_s <= 0:
+        raise DeadlineExceeded("the call's deadline passed before it reached the planner", field="deadline")
     o = request.options
     options = Options(
         num_proposals=o.num_proposals if o.HasField("num_proposals") else None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vidplan_server.serving import grpc_convert as convert
 from vidplan_server.serving.config import ServerConfig
-from vidplan_server.serving.errors import Overloaded, ServingError, Unauthenticated
+from vidplan_server.serving.errors import Overloaded, ServingError, Unauthenticated, bearer_token_matches
 from vidplan_server.serving.service import PlanService, outcome_of
 from vidplan_server.serving.stream import StreamError
 from vidplan_server.serving.wire import vidplan_pb2 as pb
@@ -98,7 +97,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` metadata (UNAUTHENTICATED)."""
 
     def __init__(self, token: str, service: PlanService | None = None) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
         self._service = service
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -107,8 +106,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+        if bearer_token_matches(metadata.get("authorization"), self._token):
             return handler
         if self._service is not None:
             self._service.count("grpc", method.rsplit("/", 1)[-1], "unauthenticated")

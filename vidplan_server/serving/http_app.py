@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import math
 from collections.abc import Iterable
 
@@ -22,7 +21,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from vidplan_server.serving import http_models as m
-from vidplan_server.serving.errors import InvalidArgument, Overloaded, ServingError, Unauthenticated
+from vidplan_server.serving.errors import (
+    InvalidArgument,
+    Overloaded,
+    ServingError,
+    Unauthenticated,
+    bearer_token_matches,
+)
 from vidplan_server.serving.grpc_convert import server_version
 from vidplan_server.serving.images import encode_rollout
 from vidplan_server.serving.messages import Image, Observation, Options, PlanCall, PlanReply, State, frames_by_camera
@@ -45,13 +50,12 @@ def create_app(service: PlanService, token: str | None = None) -> FastAPI:
         description="Action chunks for a Franka in the DROID setup, planned in a learned video world model.",
     )
     bearer = HTTPBearer(auto_error=False)
-    expected = f"Bearer {token}".encode() if token else None
 
     async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if expected is None:
+        if not token:
             return
-        given = f"{credentials.scheme} {credentials.credentials}".encode() if credentials else b""
-        if not hmac.compare_digest(given, expected):
+        given = f"{credentials.scheme} {credentials.credentials}" if credentials else ""
+        if not bearer_token_matches(given, token):
             service.count("http", "plan", "unauthenticated")
             raise Unauthenticated("missing or wrong bearer token", field="authorization")
 

@@ -44,7 +44,8 @@ class NominalChunk(BaseModel):
     model_config = _STRICT
 
     space: Literal["cartesian_position", "joint_velocity"]
-    rows: list[list[float]] = Field(description="(S, 7) pose + gripper, or (S, 8) joint velocities rad/s + gripper")
+    rows: list[list[float]] = Field(description="(S, 7) pose + gripper, or (S, 8) DROID joint_velocity (7, "
+                                    "normalised to [-1, 1]; 1 = 0.2 rad per 15 Hz step) + gripper")
 
 
 class PlanOptions(BaseModel):
@@ -54,7 +55,7 @@ class PlanOptions(BaseModel):
     refine_iters: int | None = Field(None, ge=0, description="gradient steps on the winner; 0 = selection only")
     flow_steps: int | None = Field(None, ge=1, description="network evaluations per rollout")
     deadline_ms: int | None = Field(None, ge=0, description="wall-clock budget from arrival, ms")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**64 - 1)  # uint64, as on the wire
     return_heatmaps: bool = False
     nominal_perturbations: int | None = Field(None, ge=0)
 
@@ -103,7 +104,8 @@ class PlanResponse(BaseModel):
     semantic_reward: list[float]
     value: list[float]
     confidence: float
-    proposal_scores: list[float | None] = Field(description="null where a proposal scored -inf (infeasible)")
+    proposal_scores: list[float | None] = Field(description="(N,) selection score of every proposal (null only "
+                                                "if a score is not finite)")
     proposal_kinds: list[str]
     winner: int
     refinement: list[RefineStep]

@@ -57,6 +57,7 @@ class SessionStore:
         Does not change the session, so a refused request leaves it as it was.
         """
         with self._lock:
+            self._expire(time.monotonic())  # a robot that restarts after the TTL starts a fresh session
             session = self._sessions.get(session_id)
             if session is None:
                 return
