@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 import threading
@@ -341,3 +342,26 @@ def test_tls_on_both_transports(serve, tmp_path):
         pb_grpc.VidPlanStub(channel).GetInfo(pb.InfoRequest(), timeout=2)
     assert server.http_url.startswith("https://")
     assert httpx.get(f"{server.http_url}/livez", verify=str(cert), timeout=5).status_code == 200
+
+
+def test_an_oversized_http_body_is_refused_before_parsing(serve, stub):
+    body = json_request()
+    limit = (len(json.dumps(body)) // 3 + 1000) * 4  # HTTP allows 4/3 of gRPC's max_message_bytes
+    server = serve(max_message_bytes=limit * 3 // 4)
+    big = dict(body, instruction="x" * limit)
+    with httpx.Client(base_url=server.http_url, timeout=5) as http:
+        r = http.post("/v1/plan", json=big)
+        assert r.status_code == 413
+        message = r.json()["error"]["message"]
+        assert message.startswith("body: ") and f"limit of {limit} bytes" in message
+
+        def chunked():  # no Content-Length: counted while it streams in
+            data = json.dumps(big).encode()
+            for i in range(0, len(data), 8192):
+                yield data[i:i + 8192]
+
+        r = http.post("/v1/plan", content=chunked(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        planned = len(stub.requests)
+        assert http.post("/v1/plan", json=body).status_code == 200  # and the server goes on serving
+        assert len(stub.requests) == planned + 1

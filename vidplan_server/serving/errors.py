@@ -31,6 +31,12 @@ class InvalidArgument(ServingError):
     http_status = 400
 
 
+class TooLarge(InvalidArgument):
+    """A request body above the configured size (HTTP 413; gRPC enforces its own message limit)."""
+
+    http_status = 413
+
+
 class Unauthenticated(ServingError):
     """Bearer token missing or wrong."""
 

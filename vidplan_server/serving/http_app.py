@@ -25,6 +25,7 @@ from vidplan_server.serving.errors import (
     InvalidArgument,
     Overloaded,
     ServingError,
+    TooLarge,
     Unauthenticated,
     bearer_token_matches,
 )
@@ -42,7 +43,49 @@ _ERRORS = {
 }
 
 
-def create_app(service: PlanService, token: str | None = None) -> FastAPI:
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` (413) before it is parsed: by its Content-Length
+    when given; a chunked body is read here up to the limit (and handed on whole when it fits)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _error(self, size: str) -> JSONResponse:
+        return _error_response(TooLarge(f"{size} is larger than the server's limit of {self.max_bytes} bytes",
+                                        field="body"))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                return await self._error(f"{int(declared)} bytes")(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            more = message.get("more_body", False)
+            if seen > self.max_bytes:
+                return await self._error(f"a body of more than {seen} bytes")(scope, receive, send)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(service: PlanService, token: str | None = None, max_body_bytes: int = 48 * 2**20) -> FastAPI:
     """The HTTP API of ``service``; ``token`` (optional) is the bearer token ``/v1/*`` requires."""
     app = FastAPI(
         title="VidPlan",
@@ -121,6 +164,7 @@ def create_app(service: PlanService, token: str | None = None) -> FastAPI:
     Instrumentator(registry=service.metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=True, summary="Prometheus metrics"
     )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
 
