@@ -39,3 +39,22 @@ def test_truncated_jpeg_header_is_refused():
 def test_absurd_declared_size_is_refused():
     with pytest.raises(InvalidArgument, match=r"^cam.height: 100000 is outside"):
         decode_image(Image(data=b"x", encoding="raw", height=100000, width=1), (64, 64), "cam")
+
+
+def test_a_huge_declared_image_is_refused_before_decoding():
+    """A 60-byte PNG whose header claims 30000 x 30000 pixels (2.7 GB decoded) never reaches the decoder."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png(h: int, w: int) -> bytes:
+        header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                + chunk(b"IEND", b""))
+
+    for h, w in ((5000, 64), (30000, 30000)):  # over our side limit; over Pillow's own bomb guard too
+        with pytest.raises(InvalidArgument, match="more than 4096 on a side") as info:
+            decode_image(Image(data=png(h, w), encoding="png"), (64, 64), "observation.frames[0]")
+        assert info.value.field == "observation.frames[0].data"

@@ -6,10 +6,12 @@ never sees the wire resolution. ``INTER_AREA`` is OpenCV's recommended filter fo
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 from vidplan_server.serving.errors import InvalidArgument
 from vidplan_server.serving.messages import ENCODINGS, Image
@@ -54,7 +56,24 @@ def _decode_raw(image: Image, field: str) -> np.ndarray:
     return np.frombuffer(image.data, dtype=np.uint8).reshape(image.height, image.width, 3)
 
 
+def _header_size(image: Image, field: str) -> tuple[int, int]:
+    """(height, width) from the JPEG / PNG header alone (Pillow reads it lazily, nothing is decoded), so a small
+    file that declares a huge image is refused before OpenCV allocates its pixels."""
+    try:
+        with PILImage.open(io.BytesIO(image.data)) as header:
+            width, height = header.size
+    except PILImage.DecompressionBombError as e:  # Pillow's own guard (> ~179 M pixels) fired first
+        raise InvalidArgument(f"header declares a bomb-sized image ({e}); more than {MAX_SIDE} on a side",
+                              field=f"{field}.data") from None
+    except (OSError, ValueError):
+        raise InvalidArgument(f"not a decodable {image.encoding.upper()} image", field=f"{field}.data") from None
+    if max(height, width) > MAX_SIDE:
+        raise InvalidArgument(f"{height}x{width} pixels, more than {MAX_SIDE} on a side", field=f"{field}.data")
+    return height, width
+
+
 def _decode_encoded(image: Image, field: str) -> np.ndarray:
+    _header_size(image, field)
     buf = np.frombuffer(image.data, dtype=np.uint8)
     # IMREAD_UNCHANGED keeps the channel count so that grey or RGBA images are reported, not silently converted.
     decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
