@@ -1,4 +1,9 @@
-"""Test doubles: a canned in-process VidPlan gRPC server, a fake DROID env, a fake clock, a fake plan client."""
+"""Test doubles: a canned in-process VidPlan gRPC server, a fake DROID env, a fake clock, a fake plan client.
+
+Two kinds of chunk: :func:`chunk_for` labels its rows (x = sequence, y = row) for the wire tests; the robot loop,
+which checks every step against the step limits, gets physical ones (:func:`moving_response`: from the request's
+observed pose, a few mm per row) and says which sequence and row it ran in ``loop.records``.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,20 @@ def canned_response(request: pb.PlanRequest, sequence: int | None = None, steps:
         stamp=pb.ChunkStamp(t0_s=request.observation.timestamp_s, i0=1, dt_s=DT_S),
         uncertainty=[0.1] * 5, value=[0.5] * 5, model_version="canned", timings_ms={"total": 12.5})
     response.chunk.extend(pb.ActionRow(values=row.tolist()) for row in chunk_for(seq, steps))
+    return response
+
+
+def moving_response(request: pb.PlanRequest, step=(0.003, 0.0, 0.0, 0.0, 0.0, 0.0), offset=(0.0,) * 6,
+                    gripper: float = 1.0, sequence: int | None = None, steps: int = 15) -> pb.PlanResponse:
+    """A physical answer to ``request``: row k = observed pose + ``offset`` + (k + 1) * ``step`` (x, y, z m, roll,
+    pitch, yaw rad), gripper ``gripper``; stamped at the request's observation like :func:`canned_response`."""
+    start = np.asarray(request.observation.state.cartesian_position, dtype=np.float64) + np.asarray(offset)
+    rows = np.zeros((steps, 7))
+    rows[:, :6] = start + np.arange(1, steps + 1)[:, None] * np.asarray(step, dtype=np.float64)
+    rows[:, 6] = gripper
+    response = canned_response(request, sequence, steps)
+    del response.chunk[:]
+    response.chunk.extend(pb.ActionRow(values=row.tolist()) for row in rows)
     return response
 
 
@@ -116,23 +135,31 @@ class FakeClock:
 
 
 class FakeEnv:
-    """DROID RobotEnv look-alike whose pose drifts with every observation, so a hold is recognisable."""
+    """DROID RobotEnv look-alike whose pose drifts 1 mm (and 1 mrad) with every observation, so a hold at the observed
+    pose is recognisable; with ``follow``, the observed pose is the last commanded one instead (perfect tracking).
+    The measured gripper is always ``gripper``."""
 
-    def __init__(self, height: int = 24, width: int = 32) -> None:
+    START = (0.5, 0.0, 0.3, np.pi, 0.0, 0.0)
+
+    def __init__(self, height: int = 24, width: int = 32, follow: bool = False, gripper: float = 0.25) -> None:
         rng = np.random.default_rng(0)
         self.images = {name: rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
                        for name in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")}
+        self.follow, self.gripper = follow, gripper
         self.observations = 0
         self.commands: list[tuple[np.ndarray, str, bool]] = []
         self.poses: list[np.ndarray] = []
 
     def get_observation(self) -> dict:
         self.observations += 1
-        pose = np.array([0.5, 0.0, 0.3, np.pi, 0.0, 0.0]) + 0.001 * self.observations
+        if self.follow:
+            pose = self.commands[-1][0][:6].copy() if self.commands else np.array(self.START)
+        else:
+            pose = np.array(self.START) + 0.001 * self.observations
         self.poses.append(pose)
         return {"image": dict(self.images),
                 "robot_state": {"joint_positions": [0.0, -0.5, 0.0, -2.0, 0.0, 1.5, 0.8],
-                                "cartesian_position": pose.tolist(), "gripper_position": 0.25},
+                                "cartesian_position": pose.tolist(), "gripper_position": self.gripper},
                 "timestamp": {"ignored": True}}
 
     def update_robot(self, action, action_space="cartesian_position", blocking=False):
@@ -145,9 +172,12 @@ class FakePlanClient:
     def __init__(self, script=None) -> None:
         self.requests: list[pb.PlanRequest] = []
         self.timeouts: list[float | None] = []
-        self.script = script or (lambda request: canned_response(request))
+        self.answers: dict[int, np.ndarray] = {}  # request sequence -> (S, 7) chunk of the answer returned
+        self.script = script or (lambda request: moving_response(request))
 
     def plan(self, request: pb.PlanRequest, timeout_s: float | None = None) -> pb.PlanResponse:
         self.requests.append(request)
         self.timeouts.append(timeout_s)
-        return self.script(request)
+        response = self.script(request)
+        self.answers[request.sequence] = np.array([row.values for row in response.chunk]).reshape(-1, 7)
+        return response

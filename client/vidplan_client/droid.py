@@ -56,8 +56,32 @@ class DroidFrame:
     gripper_position: float  # [0, 1], 1 = closed
 
     def hold_action(self) -> np.ndarray:
-        """(7,) the current pose and gripper as a target: commanding it holds the robot where it is."""
+        """(7,) the observed pose and gripper as a target (the robot loop's hold before it has commanded anything)."""
         return np.concatenate([self.cartesian_position, [self.gripper_position]])
+
+
+def euler_xyz_to_matrix(euler: np.ndarray) -> np.ndarray:
+    """(3,) roll, pitch, yaw rad (extrinsic XYZ, DROID's convention) -> (3, 3) rotation Rz(yaw) Ry(pitch) Rx(roll)."""
+    roll, pitch, yaw = (float(a) for a in np.asarray(euler, dtype=np.float64).reshape(3))
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    return rz @ ry @ rx
+
+
+def pose_step(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Translation (m, norm of xyz) and geodesic rotation (rad, in [0, pi]) from pose ``a`` to pose ``b``.
+
+    Poses are DROID ``cartesian_position`` vectors (the first 6 values are used, so 7-vector targets work too).
+    The rotation is the angle of ``R_a^T R_b``: what DROID's per-step limit bounds, and it does not jump when roll
+    wraps at +-pi.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    translation = float(np.linalg.norm(b[:3] - a[:3]))
+    relative = euler_xyz_to_matrix(a[3:6]).T @ euler_xyz_to_matrix(b[3:6])
+    rotation = float(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)))
+    return translation, rotation
 
 
 def read_observation(obs: Mapping[str, Any], camera_keys: Mapping[str, str] | None = None,

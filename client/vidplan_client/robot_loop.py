@@ -17,9 +17,22 @@ Every control cycle (``dt_s``, 1/15 s) the loop reads the env's observation and 
    in-process planner) is collected in the same cycle;
 3. **command**: the row of the current chunk whose target time ``t0_s + (i0 + k) * dt_s`` is the next control tick
    (rows the robot is already past are skipped: a plan that took 0.2 s starts at its 3rd row; no row runs twice),
-   within the open-loop horizon (rows ``0 .. open_loop_steps - 1`` of any chunk, counted from its observation);
-   otherwise it HOLDS: it commands the pose and gripper it just observed. A chunk whose horizon is used up is
-   discarded, so an old chunk never comes back, whatever the server does (late, erroring, unreachable).
+   within the open-loop horizon (rows ``0 .. open_loop_steps - 1`` of any chunk, counted by row index);
+   otherwise it HOLDS: it commands the last target it commanded, pose and gripper (so a grasp stays closed and a
+   sagging arm is pulled back, not followed down); only before its first command does it hold the pose and gripper
+   it observes. A chunk whose horizon is used up is discarded, so an old chunk never comes back, whatever the server
+   does (late, erroring, unreachable).
+
+**Step limits.** The server guarantees a chunk's steps only when it is followed from its row 0 (each step at most
+``max_translation_per_step_m`` and ``max_rotation_per_step_rad``, step 0 from the pose observed at ``t0_s``); the
+loop skips past rows and switches chunks mid-execution, so it checks every command itself, against the last
+commanded target (the observed pose before the first command): translation is the norm of the xyz change, rotation
+the geodesic angle between the two extrinsic-XYZ orientations. When the row for now is too far, the loop commands
+the latest row between the lowest it may still run (row 0 of a fresh chunk, else the row after the last one
+executed) and the row for now that is within both limits, and from then on runs that chunk late by as many rows
+(the next cycle takes the following row, not the row for now again). When no such row exists, the chunk is dropped
+and the loop holds (the reason names the distance and the limit). The defaults are DROID's limits; a deployment can
+set them from ``GetInfo``'s ``limits`` (``max_translation_per_step_m``, ``max_rotation_per_step_rad``).
 
 ``clock`` and ``sleep`` are injectable and so is ``executor`` (``submit(fn, *args, **kwargs)`` returning an object
 with ``done()`` and ``result()``), so tests run deterministically without real time or threads. Every request,
@@ -50,12 +63,13 @@ from vidplan_client.convert import (
     make_state,
     response_to_plan,
 )
-from vidplan_client.droid import ACTION_SPACE, DroidFrame, RobotEnvLike, read_observation
+from vidplan_client.droid import ACTION_SPACE, DroidFrame, RobotEnvLike, pose_step, read_observation
 from vidplan_client.wire import vidplan_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 _LATENCY_WINDOW = 3  # answers whose latency sets the automatic lead
+_LIMIT_SLACK = 1e-6  # numerical slack on the step limits (the server's check allows the same)
 
 
 class PlanClient(Protocol):
@@ -80,6 +94,10 @@ class LoopConfig:
     jpeg_quality: int = 90
     camera_keys: Mapping[str, str] | None = None  # wire camera name -> key in obs["image"] (default: same)
     options: pb.PlanOptions | None = field(default=None, compare=False)  # per-request planner knobs
+    # Largest step from the last commanded target to the next one (DROID's limits; GetInfo's `limits` has the
+    # server's): translation of the TCP in m, geodesic rotation in rad.
+    max_translation_per_step_m: float = 0.075
+    max_rotation_per_step_rad: float = 0.15
 
     def __post_init__(self) -> None:
         if not self.instruction.strip():
@@ -90,6 +108,8 @@ class LoopConfig:
             raise ValueError("lead_steps must be >= -1 (-1: only when the chunk is used up) or None")
         if self.history_frames < 0 or self.frame_stride < 1:
             raise ValueError("history_frames must be >= 0 and frame_stride >= 1")
+        if not (self.max_translation_per_step_m > 0 and self.max_rotation_per_step_rad > 0):
+            raise ValueError("max_translation_per_step_m and max_rotation_per_step_rad must be > 0")
 
 
 @dataclass
@@ -98,7 +118,7 @@ class StepRecord:
 
     step: int  # cycle index, from 0
     time_s: float  # loop clock when the cycle's observation was taken
-    kind: str  # "chunk": a chunk row was commanded; "hold": the observed pose was commanded
+    kind: str  # "chunk": a chunk row was commanded; "hold": the last commanded target (or observed pose) was
     action: np.ndarray  # (7,) the commanded target
     sequence: int | None = None  # sequence number of the chunk the row came from
     row: int | None = None  # its row index
@@ -152,7 +172,10 @@ class RobotLoop:
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidplan-plan")
         self._in_flight: _InFlight | None = None
         self._plan: Plan | None = None
+        self._plan_record: PlanRecord | None = None  # the request self._plan answers
         self._last_row = -1  # last executed row of self._plan
+        self._lag = 0  # rows self._plan runs behind its time stamp (to stay within the step limits)
+        self._target: np.ndarray | None = None  # (7,) the last chunk row commanded; what a hold commands
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._problem = ""  # why the last request brought no chunk; cleared by the next chunk
         self._memory: list[_Remembered] = []
@@ -164,14 +187,17 @@ class RobotLoop:
         t = self.clock()
         frame = read_observation(self.env.get_observation(), self.config.camera_keys)
         self._remember(t, frame)
+        # Steps are measured from the last commanded target; before the first command, from where the robot is.
+        reference = frame.hold_action() if self._target is None else self._target
         self._collect(t)
+        self._select_row(t, reference)  # drops a chunk it cannot use now, so its successor is asked for this cycle
         sent = self._maybe_send(t)
         if sent is not None:
             self._collect(t)  # an answer that is already there (an in-process planner) serves this very cycle
-        row = self._current_row(t)
+        row = self._select_row(t, reference)
         if row is None:
             reason = self._hold_reason(t)
-            record = StepRecord(len(self.records), t, "hold", frame.hold_action(), reason=reason, sent=sent)
+            record = StepRecord(len(self.records), t, "hold", reference.copy(), reason=reason, sent=sent)
             # Warn once when holding starts, not 15 times a second through an outage.
             log.log(logging.DEBUG if self._holding else logging.WARNING, "holding position: %s", reason)
         else:
@@ -180,6 +206,7 @@ class RobotLoop:
             self._last_row = row
             record = StepRecord(len(self.records), t, "chunk", self._plan.chunk[row].copy(), self._plan.sequence, row,
                                 sent=sent)
+            self._target = record.action.copy()
         self.env.update_robot(record.action, action_space=ACTION_SPACE, blocking=False)
         self._holding = record.kind == "hold"
         self.records.append(record)
@@ -238,24 +265,56 @@ class RobotLoop:
 
     # -- chunks ------------------------------------------------------------------------------------------------------
 
-    def _row_for(self, plan: Plan, t: float, last_row: int) -> int | None:
-        """Row of ``plan`` to command at loop time ``t`` after ``last_row``, or None once its horizon is used up."""
+    def _row_for(self, plan: Plan, t: float, last_row: int, lag: int = 0) -> int | None:
+        """Row of ``plan`` to command at loop time ``t`` after ``last_row`` when it runs ``lag`` rows late, or None
+        once its horizon is used up. Time only: the step limits are :meth:`_select_row`'s."""
         # The target commanded now should be reached at the next tick, t + dt.
-        row = math.floor((t + plan.dt_s - plan.t0_s) / plan.dt_s + 0.5) - plan.i0
+        row = math.floor((t + plan.dt_s - plan.t0_s) / plan.dt_s + 0.5) - plan.i0 - lag
         row = max(row, last_row + 1, 0)
         return row if row < self._horizon(plan) else None
 
     def _horizon(self, plan: Plan) -> int:
         return min(len(plan.chunk), self.config.open_loop_steps)
 
-    def _current_row(self, t: float) -> int | None:
-        if self._plan is None:
+    def _within_limits(self, reference: np.ndarray, target: np.ndarray) -> bool:
+        translation, rotation = pose_step(reference, target)
+        return (translation <= self.config.max_translation_per_step_m + _LIMIT_SLACK
+                and rotation <= self.config.max_rotation_per_step_rad + _LIMIT_SLACK)
+
+    def _select_row(self, t: float, reference: np.ndarray) -> int | None:
+        """Row of the current chunk to command now, a step within the limits from ``reference``; None: hold.
+
+        Discards the chunk when its horizon is used up or when none of the rows it may still run is within reach;
+        makes it run late when only a row earlier than the one for now is. Calling it again in the same cycle gives
+        the same row.
+        """
+        plan = self._plan
+        if plan is None:
             return None
-        row = self._row_for(self._plan, t, self._last_row)
+        row = self._row_for(plan, t, self._last_row, self._lag)
         if row is None:  # horizon used up: this chunk is never looked at again
-            self._problem = self._problem or f"chunk {self._plan.sequence} used up its open-loop horizon"
+            self._problem = self._problem or f"chunk {plan.sequence} used up its open-loop horizon"
             self._plan = None
-        return row
+            return None
+        lowest = self._last_row + 1  # row 0 of a fresh chunk; a row never runs twice
+        for candidate in range(row, lowest - 1, -1):
+            if self._within_limits(reference, plan.chunk[candidate]):
+                if candidate < row:
+                    self._lag += row - candidate
+                    log.warning("chunk %d: row %d is out of reach of the last commanded target; running row %d, "
+                                "%d rows late", plan.sequence, row, candidate, self._lag)
+                return candidate
+        cfg = self.config
+        translation, rotation = pose_step(reference, plan.chunk[lowest])
+        reason = (f"dropped chunk {plan.sequence}: rows {lowest}..{row} are all out of reach of the last commanded "
+                  f"target (row {lowest} is {translation:.3f} m and {rotation:.3f} rad away; limits "
+                  f"{cfg.max_translation_per_step_m} m and {cfg.max_rotation_per_step_rad} rad per step)")
+        log.warning(reason)
+        if self._last_row < 0 and self._plan_record is not None:  # not a row of it ran: the answer was unusable
+            self._plan_record.outcome, self._plan_record.reason = "dropped", reason
+        self._problem = reason
+        self._plan = None
+        return None
 
     # -- requests ----------------------------------------------------------------------------------------------------
 
@@ -264,7 +323,7 @@ class RobotLoop:
         if self._in_flight is not None:
             return None
         if self._plan is not None:
-            row = self._row_for(self._plan, t, self._last_row)
+            row = self._row_for(self._plan, t, self._last_row, self._lag)
             if row is not None and self._horizon(self._plan) - row - 1 > self.lead_steps:
                 return None
         return self._send(t)
@@ -318,7 +377,8 @@ class RobotLoop:
             return
         if self._plan is not None:
             log.debug("chunk %d replaces chunk %d after row %d", sequence, self._plan.sequence, self._last_row)
-        self._plan, self._last_row, self.latest_response = plan, -1, response
+        self._plan, self._plan_record, self._last_row, self._lag = plan, record, -1, 0
+        self.latest_response = response
         self._finish(record, t, "used", "")
 
     def _finish(self, record: PlanRecord, t: float, outcome: str, reason: str) -> None:

@@ -17,8 +17,11 @@
 - ``is_success()`` judges the task from the simulator state, as the recorder does at the end of an episode.
 
 Time: the simulation advances only in ``update_robot``, one control period per call. ``clock()`` returns that
-simulated time and ``sleep()`` does nothing, so ``RobotLoop(env, client, config, clock=env.clock,
-sleep=env.sleep)`` runs as fast as planning allows, and planning latency costs no simulated time.
+simulated time and ``sleep()`` does nothing. So ``RobotLoop(env, client, config, clock=env.clock,
+sleep=env.sleep)`` runs as fast as the simulator allows; planning latency costs no simulated time only when the
+loop's plan calls run inline (an executor that answers in the asking cycle, as the tests use). With the loop's
+default worker thread, the simulation runs on while a plan is computed, as a real robot would; ``vidplan demo``
+instead ties simulated to wall time through a scaled clock (``--slowdown``).
 """
 
 from __future__ import annotations
