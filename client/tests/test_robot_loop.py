@@ -334,6 +334,10 @@ def test_config_is_checked():
         LoopConfig(instruction="go", open_loop_steps=0)
     with pytest.raises(ValueError, match="lead_steps"):
         LoopConfig(instruction="go", lead_steps=-2)
+    with pytest.raises(ValueError, match="max_translation_per_step_m"):
+        LoopConfig(instruction="go", max_translation_per_step_m=0.0)
+    with pytest.raises(ValueError, match="max_rotation_per_step_rad"):
+        LoopConfig(instruction="go", max_rotation_per_step_rad=-0.1)
 
 
 # -- step limits and the hold target ---------------------------------------------------------------------------------
@@ -463,6 +467,7 @@ def test_every_command_is_within_the_step_limits_whatever_arrives(seed):
     assert all(a[1] < b[1] for a, b in zip(seen, seen[1:], strict=False) if a[0] == b[0])  # rows only go forward
     # The scenario exercises what it should: chunks that ran late, chunks dropped as out of reach, holds.
     sent = {p.sequence: p.sent_s for p in loop.plans}
-    late = [r for r in loop.records if r.kind == "chunk" and r.row < round((r.time_s + DT_S - sent[r.sequence]) / DT_S) - 1]
+    late = [r for r in loop.records
+            if r.kind == "chunk" and r.row < round((r.time_s + DT_S - sent[r.sequence]) / DT_S) - 1]
     assert late and any("out of reach" in p.reason for p in loop.plans)
     assert 20 < len(seen) < 190

@@ -353,6 +353,9 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
             instruction=instruction, session_id=f"demo-{args.seed}-{uuid.uuid4().hex[:8]}",
             open_loop_steps=args.open_loop, dt_s=dt_s, plan_timeout_s=args.plan_timeout,
             history_frames=max(int(info.history) - 1, 0), frame_stride=int(info.frame_stride) or 3,
+            # the server's own per-step limits guard the loop's row choice (DROID's when it sends none)
+            max_translation_per_step_m=info.limits.max_translation_per_step_m or 0.075,
+            max_rotation_per_step_rad=info.limits.max_rotation_per_step_rad or 0.15,
             options=plan_options(num_proposals=args.proposals, refine_iters=args.refine_iters,
                                  flow_steps=args.flow_steps, seed=args.seed, return_heatmaps=True))
         env, timed = _RecordingEnv(sim), _TimedClient(client, args.slowdown)

@@ -16,15 +16,16 @@ from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
 
 
 class LiftClient:
-    """Plan client whose chunks raise the TCP 5 mm per step from the observed pose; or always unreachable."""
+    """Plan client whose chunks raise the TCP 5 mm per step from the observed pose; unreachable once it has
+    answered ``answers`` requests (0: always unreachable; None: never)."""
 
-    def __init__(self, reachable: bool = True) -> None:
-        self.reachable = reachable
+    def __init__(self, answers: int | None = None) -> None:
+        self.answers = answers
         self.requests = 0
 
     def plan(self, request, timeout_s=None):
         self.requests += 1
-        if not self.reachable:
+        if self.answers is not None and self.requests > self.answers:
             error = grpc.RpcError("unreachable")
             error.code = lambda: grpc.StatusCode.UNAVAILABLE
             raise error
@@ -88,12 +89,29 @@ def test_robot_loop_executes_chunks_in_the_sim(env):
 
 def test_robot_loop_holds_in_the_sim_when_the_server_is_down(env):
     start = env.get_observation()["robot_state"]["cartesian_position"]
-    loop = RobotLoop(env, LiftClient(reachable=False), LoopConfig(instruction=env.instruction),
+    loop = RobotLoop(env, LiftClient(answers=0), LoopConfig(instruction=env.instruction),
                      clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
     loop.run(6)
     end = env.get_observation()["robot_state"]["cartesian_position"]
     assert all(r.kind == "hold" for r in loop.records) and env.steps == 6
     assert np.linalg.norm(end[:3] - start[:3]) < 0.005
+
+
+def test_robot_loop_holds_at_its_last_target_in_the_sim_when_the_server_goes_down(env):
+    # One chunk of 4 lifting steps, then the server is gone. The arm lags its targets (about 2 mm here): holding at
+    # the last commanded target lets it arrive there; re-commanding the observed pose would freeze it short.
+    config = LoopConfig(instruction=env.instruction, open_loop_steps=4, lead_steps=-1)
+    loop = RobotLoop(env, LiftClient(answers=1), config, clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
+    loop.run(4)
+    target = loop.records[-1].action.copy()
+    lag = target[2] - env.get_observation()["robot_state"]["cartesian_position"][2]
+    loop.run(6)
+    assert [r.kind for r in loop.records] == ["chunk"] * 4 + ["hold"] * 6
+    for record in loop.records[4:]:
+        np.testing.assert_array_equal(record.action, target)  # pose and gripper as last commanded
+    end = env.get_observation()["robot_state"]["cartesian_position"]
+    assert lag > 0.001 and abs(end[2] - target[2]) < 0.0005
+    assert np.linalg.norm(end[:3] - target[:3]) < 0.001
 
 
 def test_bad_calls_are_refused(sim_scene):
