@@ -4,6 +4,7 @@
     vidplan sim preview  DIR --episode K --out sheet.png
     vidplan data info    DIR [--json]
     vidplan train codec|world|flowmap --data DIR --out CKPT [--preset tiny|small|base] [--steps N] [--resume]
+    vidplan eval closed-loop --split val|ood --episodes N --agent NAME --out DIR [--workers W] [--seed S] ...
     vidplan plan         --episode DIR --step K [--index I] [--ckpt DIR] [--out DIR]
     vidplan serve        [--ckpt DIR] [--grpc-port 50051] [--http-port 8000] [--device cpu|cuda] [--max-queue N] ...
     vidplan demo         [--server ADDR] [--out DIR] [--seed S] [--steps N] [--open-loop K] [--slowdown F] ...
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
 
     ev = groups.add_parser("eval", help="evaluate the UQ head's calibration and the reward heads")
-    ev_cmds = ev.add_subparsers(dest="command", required=True, metavar="{calibration,reward}")
+    ev_cmds = ev.add_subparsers(dest="command", required=True, metavar="{calibration,reward,closed-loop}")
     cal = ev_cmds.add_parser(
         "calibration",
         help="ECE/MCE, reliability diagrams and uncertainty-error correlation of the UQ head",
@@ -349,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--windows", type=positive_int, default=256, help="windows per split (default 256)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
     cal.set_defaults(func=_cmd_eval_calibration)
+    from vidplan_server.evaluation.closed_loop import cli as closed_loop_cli
+
+    clo = ev_cmds.add_parser("closed-loop", help="success rates of agents driving the simulated robot, paired seeds",
+                             description=closed_loop_cli.DESCRIPTION)
+    closed_loop_cli.add_arguments(clo)
+    clo.set_defaults(func=closed_loop_cli.run)
     rew.add_argument("--clip", type=Path, default=None,
                      help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
     rew.set_defaults(func=_cmd_eval_reward)

@@ -1,0 +1,78 @@
+"""What happened in a closed-loop episode, read from the simulator: first grasp, success, failure cause.
+
+Instruction following. An object counts as grasped at a step when both fingers touch it
+(``SimScene.in_gripper``) and it is lifted at least :data:`GRASP_LIFT_M` (2 cm) above its resting height (its
+height at the episode's start). The lift condition keeps a finger brushing an object on the table, or an object
+pushed against another, from counting. The first object grasped in an episode decides instruction following:
+``"target"`` (the instructed object, ``scene.objects[0]``), ``"other"`` (a distractor) or ``"none"``.
+
+Failure cause of an unsuccessful episode, first rule that applies:
+
+- ``"agent_error: <Type>: <message>"`` / ``"episode_error: ..."``: the agent or the simulator raised;
+- ``"wrong_object"``: a distractor was grasped first;
+- ``"no_grasp"``: nothing was ever grasped;
+- ``"timeout"``: the target was grasped and is still in the gripper at the end (the task did not finish in time);
+- ``"dropped"``: the target was grasped and is no longer held, and the task is not done (let go on the way, or
+  released outside the container).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidplan_server.data.sim.scene import SimScene
+
+GRASP_LIFT_M = 0.02
+FIRST_GRASP = ("target", "other", "none")
+FAILURE_CAUSES = ("wrong_object", "no_grasp", "timeout", "dropped", "agent_error", "episode_error")
+
+
+@dataclass
+class GraspMonitor:
+    """Watches every step for the first grasped object. Create it right after ``env.reset``."""
+
+    scene: SimScene
+    lift_m: float = GRASP_LIFT_M
+
+    def __post_init__(self) -> None:
+        self.rest_z = [float(self.scene.object_pose(o)[0][2]) for o in self.scene.objects]
+        self.first: str = "none"
+        self.first_object: str | None = None
+        self.first_step: int | None = None
+
+    def grasped(self) -> int | None:
+        """Index into ``scene.objects`` of an object grasped now (held by both fingers and lifted), else None."""
+        for i, (obj, z0) in enumerate(zip(self.scene.objects, self.rest_z, strict=True)):
+            # Height first: the contact query is the more expensive of the two.
+            if self.scene.object_pose(obj)[0][2] >= z0 + self.lift_m and self.scene.in_gripper(obj):
+                return i
+        return None
+
+    def update(self, step: int) -> None:
+        """Check the simulator state after control step ``step``; only the first grasp is kept."""
+        if self.first != "none":
+            return
+        i = self.grasped()
+        if i is not None:
+            self.first = "target" if i == 0 else "other"
+            self.first_object = self.scene.objects[i].description
+            self.first_step = step
+
+
+def failure_cause(success: bool, first_grasp: str, target_held: bool, error: str | None = None) -> str | None:
+    """The cause of a failed episode (module docstring), None for a success.
+
+    ``target_held``: the instructed object is in the gripper at the end; ``error``: the cause already set when the
+    agent or the simulator raised (it wins over everything else).
+    """
+    if error is not None:
+        return error
+    if success:
+        return None
+    if first_grasp not in FIRST_GRASP:
+        raise ValueError(f"first_grasp must be one of {FIRST_GRASP}, got {first_grasp!r}")
+    if first_grasp == "other":
+        return "wrong_object"
+    if first_grasp == "none":
+        return "no_grasp"
+    return "timeout" if target_held else "dropped"
