@@ -131,7 +131,7 @@ class ScaledClock:
         self._wall_sleep(seconds * self.slowdown)
 
 
-class _TimedClient:
+class TimedClient:
     """The loop's plan client: scales deadlines from loop seconds to wall seconds; times each call (wall)."""
 
     def __init__(self, client, slowdown: float) -> None:
@@ -263,7 +263,7 @@ class LocalServer:
         self.exit_code = proc.returncode
 
 
-def _connect(target: str, token: str | None, started_here: bool):
+def connect(target: str, token: str | None, started_here: bool):
     """Client of ``target`` after checking health and reading GetInfo; DemoError names --server otherwise."""
     import grpc
     from vidplan_client import ClientConfig, VidPlanClient
@@ -286,7 +286,7 @@ def _connect(target: str, token: str | None, started_here: bool):
 
 
 # ---------------------------------------------------------------------------------------- video
-def _heatmaps_by_frame(response) -> dict[int, dict[str, np.ndarray]]:
+def heatmaps_by_frame(response) -> dict[int, dict[str, np.ndarray]]:
     from vidplan_client.convert import decode_image
 
     out: dict[int, dict[str, np.ndarray]] = {}
@@ -313,7 +313,7 @@ def _video_frames(views: list[dict[str, np.ndarray]], records, responses: dict[i
         if shown is not None:
             seq, frame = shown
             if seq not in decoded:
-                decoded[seq] = _heatmaps_by_frame(responses[seq])
+                decoded[seq] = heatmaps_by_frame(responses[seq])
             heatmaps = decoded[seq].get(frame)
         frames.append(compose_frame(seen, heatmaps, label, rec.kind == "hold", scale, cameras))
     return np.stack(frames)
@@ -341,7 +341,7 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
             max_rotation_per_step_rad=info.limits.max_rotation_per_step_rad or 0.15,
             options=plan_options(num_proposals=args.proposals, refine_iters=args.refine_iters,
                                  flow_steps=args.flow_steps, seed=args.seed, return_heatmaps=True))
-        env, timed = _RecordingEnv(sim), _TimedClient(client, args.slowdown)
+        env, timed = _RecordingEnv(sim), TimedClient(client, args.slowdown)
         clock = ScaledClock(args.slowdown)
         wall_start = time.monotonic()
         with RobotLoop(env, timed, config, clock=clock, sleep=clock.sleep) as loop:
@@ -413,7 +413,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             print(f"vidplan demo: started vidplan serve at {server.target} (pid {server.proc.pid}, "
                   f"log {out / 'server.log'})", file=sys.stderr)
         target = args.server or server.target
-        client, info = _connect(target, token, started_here=server is not None)
+        client, info = connect(target, token, started_here=server is not None)
         with client:
             report = run_episode(client, info, args, out)
     report.update(server=target, server_started_here=server is not None,

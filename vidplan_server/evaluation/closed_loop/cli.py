@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from vidplan_server.argtypes import non_negative_int, positive_int
+from vidplan_server.argtypes import non_negative_int, positive_float, positive_int
 
 DESCRIPTION = (
     "Closed-loop benchmark in the simulated DROID scene: each agent drives the robot at 15 Hz and is asked for a new "
@@ -19,7 +19,8 @@ DESCRIPTION = (
     "episodes (three views, and the executed plan's heatmaps when the agent sends them), and OUT/closed_loop.json, "
     "OUT/closed_loop.md and OUT/closed_loop.png over every episode in OUT: success with a Wilson 95 % interval, the "
     "paired difference to 'policy' (Newcombe's interval), instruction following (the first object grasped was the "
-    "instructed one), failure causes, per split and task kind."
+    "instructed one), failure causes, per split and task kind. --realtime runs vidplan through the real robot client "
+    "and a planning server instead, so that planning latency costs simulated time."
 )
 
 
@@ -79,6 +80,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mp4s of the first K episodes per split and agent (default 2; 0: none)")
     p.add_argument("--video-scale", type=positive_int, default=3, metavar="S",
                    help="each view enlarged S times in the videos (default 3)")
+    p.add_argument("--realtime", action="store_true",
+                   help="drive the robot through the real robot client (RobotLoop, 15 Hz, plans in the background) "
+                   "against a planning server, as `vidplan demo` does, so planning latency costs simulated time; "
+                   "runs agent vidplan (the server's default planning), recorded as vidplan@realtime "
+                   "(vidplan@realtime-xF at --slowdown F); one episode at a time")
+    p.add_argument("--server", default=None, metavar="ADDR",
+                   help="--realtime: host:port of a running `vidplan serve` (default: start one here with --ckpt "
+                   "and --device, on free localhost ports, and stop it at the end)")
+    p.add_argument("--slowdown", type=positive_float, default=1.0, metavar="F",
+                   help="--realtime: wall seconds per simulated second; 1 = real time, the robot sees the server's "
+                   "true latency; 5 makes the server look 5 times faster (default 1)")
+    p.add_argument("--plan-timeout", type=positive_float, default=1.0, metavar="SECONDS",
+                   help="--realtime: deadline of one plan in simulated seconds (default 1.0)")
+    p.add_argument("--token", default=None,
+                   help="--realtime: bearer token of the server (default: the VIDPLAN_TOKEN environment variable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -110,8 +126,22 @@ def run(args: argparse.Namespace) -> int:
             history_steps=args.history_steps, success_hold_steps=args.success_hold_steps, resolution=resolution,
             ckpt=str(args.ckpt) if args.ckpt is not None else None, device=args.device, videos=args.videos,
             video_scale=args.video_scale)
-        run_closed_loop(args.out, splits, {a: args.episodes for a in agents}, config, workers=args.workers,
-                        progress=not args.quiet)
+        if args.realtime:
+            from vidplan_server.evaluation.closed_loop.realtime import RealtimeConfig, run_realtime
+
+            if args.workers > 1:
+                raise CliError("--workers: --realtime runs one episode at a time (parallel episodes would share the "
+                               "server and distort its latency)")
+            token = args.token if args.token is not None else (os.environ.get("VIDPLAN_TOKEN") or None)
+            rt = RealtimeConfig(server=args.server, slowdown=args.slowdown, plan_timeout_s=args.plan_timeout,
+                                token=token)
+            run_realtime(args.out, splits, {a: args.episodes for a in agents}, config, rt, progress=not args.quiet)
+        else:
+            for name in ("server", "token"):
+                if getattr(args, name) is not None:
+                    raise CliError(f"--{name} is only used with --realtime")
+            run_closed_loop(args.out, splits, {a: args.episodes for a in agents}, config, workers=args.workers,
+                            progress=not args.quiet)
         summary = write_report(args.out, load_all_episodes(args.out))
     except ClosedLoopError as exc:
         raise CliError(str(exc)) from None
