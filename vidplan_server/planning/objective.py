@@ -45,12 +45,14 @@ from vidplan_server.models.heads import UQHead, ValueHead
 from vidplan_server.models.semantic import SemanticBackend
 
 WEIGHTINGS = ("exp", "linear", "none")
+SEMANTIC_TERMS = ("relevance", "frame")
 DECODE_CHUNK = 32
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     weighting: str = "exp"  # w(h): "exp" = exp(-beta h), "linear" = 1 - h, "none" = 1
+    semantic_term: str = "relevance"  # r_s: "relevance" (size of the relevant region) or "frame" (global score)
     beta: float = 3.0
     centre_weight: float = 0.5  # lambda on the centring distance
     centre_view: str = "wrist_image_left"
@@ -59,6 +61,8 @@ class ScoreConfig:
     confidence_eps: float = 0.5  # confidence = mean P(|latent error| <= eps) over the returned rollout
 
     def __post_init__(self) -> None:
+        if self.semantic_term not in SEMANTIC_TERMS:
+            raise ValueError(f"semantic_term must be one of {SEMANTIC_TERMS}, got {self.semantic_term!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         unknown = [v for v in (self.centre_view, *self.semantic_views) if v not in CAMERA_NAMES]
@@ -120,34 +124,85 @@ def uq_maps(uq: UQHead, pred: torch.Tensor, history: torch.Tensor, eps: float):
     return ERROR_BINS.summaries(uq(pred, history), eps)
 
 
+@dataclass
+class FrameTerms:
+    """The selection score's parts for a batch of rollouts, each (B, H) unless noted."""
+
+    score: torch.Tensor  # (B,) max over frames of the weighted terms
+    terms: torch.Tensor  # weighted per-frame terms
+    semantic: torch.Tensor  # r_s,t
+    centre_distance: torch.Tensor  # d(c, c_r,t) in [0, 1]
+    region_uncertainty: torch.Tensor  # h_t (zeros without an entropy map)
+
+
+@torch.no_grad()
+def score_frames(frames: torch.Tensor, view_ids: list[int], names: list[str], text: torch.Tensor,
+                 semantic: SemanticBackend, cfg: ScoreConfig, entropy: torch.Tensor | None = None,
+                 relevance: torch.Tensor | None = None) -> FrameTerms:
+    """The selection score of frames (B, H, n, 3, h, w) in [0, 1] showing views ``view_ids`` (indices into
+    ``names``, the model's view order); ``entropy`` (B, H, C, V*h, w) is the UQ head's normalised entropy map
+    (None: no uncertainty, h = 0). ``relevance`` (B, H, gh, gw) replaces the encoder's relevance map of the
+    centre view (the diagnostic's ground-truth masks): its centroid is the mask's centre of mass, and a frame
+    whose map is empty gets the largest distance, 1."""
+    B, H = frames.shape[:2]
+    sem_ids = [names.index(v) for v in cfg.semantic_views]
+    c_id = names.index(cfg.centre_view)
+    flat = frames.flatten(0, 2)
+    scores = semantic.score(flat, text.reshape(1, -1).expand(len(flat), -1))
+    n = len(view_ids)
+    frame = scores.frame.float().reshape(B, H, n)
+    k = view_ids.index(c_id)
+    centre = torch.tensor(cfg.centre_xy, device=frames.device)
+    if relevance is None:
+        centroid = scores.centroid.float().reshape(B, H, n, 2)[:, :, k]
+        rel = scores.relevance.float().reshape(B, H, n, *scores.relevance.shape[-2:])[:, :, k]
+        dist = (centroid - centre).norm(dim=-1) / math.sqrt(2.0)
+    else:
+        rel = relevance.float()
+        gh, gw = rel.shape[-2:]
+        ys = (torch.arange(gh, device=rel.device) + 0.5) / gh
+        xs = (torch.arange(gw, device=rel.device) + 0.5) / gw
+        mass = rel.sum((-2, -1))
+        cx = (rel * xs).sum((-2, -1)) / mass.clamp_min(1e-6)
+        cy = (rel * ys[:, None]).sum((-2, -1)) / mass.clamp_min(1e-6)
+        dist = (torch.stack([cx, cy], -1) - centre).norm(dim=-1) / math.sqrt(2.0)
+        dist = torch.where(mass > 0, dist, torch.ones_like(dist))
+    if cfg.semantic_term == "relevance":
+        r_s = rel.mean((-2, -1)).clamp_min(0).sqrt()
+    else:
+        r_s = frame[..., [view_ids.index(v) for v in sem_ids]].mean(-1)
+    if entropy is None:
+        h_region = torch.zeros_like(r_s)
+    else:
+        u_view = view_rows(entropy, c_id, len(names)).mean(2)  # (B, H, h, w)
+        r = F.interpolate(rel.flatten(0, 1)[:, None], size=u_view.shape[-2:], mode="bilinear",
+                          align_corners=False)[:, 0].reshape(u_view.shape).clamp_min(0)
+        h_region = (r * u_view).sum((-2, -1)) / r.sum((-2, -1)).clamp_min(1e-6)
+    terms = weighted(r_s - cfg.centre_weight * dist, weight(h_region, cfg))
+    return FrameTerms(terms.max(1).values, terms, r_s, dist, h_region)
+
+
+def scored_view_ids(names: list[str], cfg: ScoreConfig) -> list[int]:
+    """Indices of the views the score decodes, in model order: the centre view, and with ``semantic_term``
+    "frame" the semantic views."""
+    views = {names.index(cfg.centre_view)}
+    if cfg.semantic_term == "frame":
+        views |= {names.index(v) for v in cfg.semantic_views}
+    return sorted(views)
+
+
 @torch.no_grad()
 def judge(pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, uq: UQHead, semantic: SemanticBackend,
           codec: Codec, cfg: ScoreConfig) -> Judgement:
     """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding."""
-    B, H = pred.shape[:2]
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     names = list(codec.config.views)
-    sem_ids = [names.index(v) for v in cfg.semantic_views]
-    c_id = names.index(cfg.centre_view)
-    ids = sorted(set(sem_ids) | {c_id})
+    ids = scored_view_ids(names, cfg)
     frames = decode_views(codec, pred, ids)  # (B, H, n, 3, Hi, Wi)
-    flat = frames.flatten(0, 2)
-    scores = semantic.score(flat, text.reshape(1, -1).expand(len(flat), -1))
-    frame = scores.frame.float().reshape(B, H, len(ids))
-    r_s = frame[..., [ids.index(v) for v in sem_ids]].mean(-1)
-    k = ids.index(c_id)
-    centroid = scores.centroid.float().reshape(B, H, len(ids), 2)[:, :, k]
-    relevance = scores.relevance.float().reshape(B, H, len(ids), *scores.relevance.shape[-2:])[:, :, k]
-    centre = torch.tensor(cfg.centre_xy, device=centroid.device)
-    dist = (centroid - centre).norm(dim=-1) / math.sqrt(2.0)
-    u_view = view_rows(ent, c_id, len(names)).mean(2)  # (B, H, h, w)
-    rel = F.interpolate(relevance.flatten(0, 1)[:, None], size=u_view.shape[-2:], mode="bilinear",
-                        align_corners=False)[:, 0].reshape(u_view.shape).clamp_min(0)
-    h_region = (rel * u_view).sum((-2, -1)) / rel.sum((-2, -1)).clamp_min(1e-6)
-    terms = weighted(r_s - cfg.centre_weight * dist, weight(h_region, cfg))
+    t = score_frames(frames, ids, names, text, semantic, cfg, ent)
     return Judgement(
-        score=terms.max(1).values, frame_scores=terms, semantic=r_s, centre_distance=dist,
-        region_uncertainty=h_region, uncertainty=ent.mean((2, 3, 4)), expected_error=err.mean((2, 3, 4)),
+        score=t.score, frame_scores=t.terms, semantic=t.semantic, centre_distance=t.centre_distance,
+        region_uncertainty=t.region_uncertainty, uncertainty=ent.mean((2, 3, 4)), expected_error=err.mean((2, 3, 4)),
         confidence=ok.mean((2, 3, 4)), entropy_map=ent,
     )
 

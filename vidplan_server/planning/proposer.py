@@ -9,6 +9,10 @@ Two schemes (paper Section 3.4):
   keeps its orientation), integrated through the action adapter (velocity and joint limits), and mapped to
   ``cartesian_position`` actions by forward kinematics. A step whose pose would leave the workspace box
   holds the previous configuration instead: the proposal stops at the wall.
+- **Policy samples.** When the bundle holds a policy (:mod:`vidplan_server.models.policy`) and the request
+  carries no nominal chunk, the planner samples K chunks from it (different noise, so different modes) and
+  passes them here: each, and ``policy_perturbations`` ramp perturbations spread over them, made feasible
+  like a nominal chunk.
 - **Nominal.** When the robot's own policy sends a chunk, it and K perturbations of it. Decided: a
   perturbation adds a ramp ``(s + 1) / S * eps`` to positions, orientation (as a rotation vector) and
   gripper, with ``eps ~ N(0, diag(sigma^2))`` drawn once per proposal: it bends the chunk's direction
@@ -16,7 +20,8 @@ Two schemes (paper Section 3.4):
   its end offset has exactly the configured standard deviation. A ``joint_velocity`` nominal chunk goes
   through the same adapter as the basis proposals.
 
-Which proposals fill N: the nominal and its perturbations first (when given), then the basis bank in the
+Which proposals fill N: the policy samples and their perturbations, or the nominal and its perturbations,
+first (when given), then the basis bank in the
 order (gripper kept, speed 1x), (gripper toggled, 1x), (kept, 0.5x), (toggled, 0.5x), (kept, 2x),
 (toggled, 2x), six directions each. "Toggled" opens a closed gripper and closes an open one (threshold 0.5).
 """
@@ -150,16 +155,21 @@ class Proposer:
     # ---------------------------------------------------------------------------------------- all
     def propose(self, q0: np.ndarray, pose0: np.ndarray, gripper: float, steps: int, count: int,
                 rng: np.random.Generator, nominal: np.ndarray | None = None, nominal_space: str = "cartesian_position",
-                perturbations: int | None = None) -> Proposals:
-        """``count`` feasible proposals of ``steps`` control steps from the current state."""
+                perturbations: int | None = None, policy: np.ndarray | None = None,
+                policy_perturbations: int = 0) -> Proposals:
+        """``count`` feasible proposals of ``steps`` control steps from the current state. ``policy`` (K, steps, 7):
+        chunks sampled from the robot's policy (cartesian targets + gripper), used first."""
         if count < 1:
             raise PlanningError(f"num_proposals must be >= 1, got {count}")
         parts: list[Proposals] = []
-        if nominal is not None:
+        if policy is not None and len(policy):
+            parts.append(self._policy_part(policy, count, pose0, q0, rng, policy_perturbations))
+        room = count - sum(len(p) for p in parts)
+        if nominal is not None and room > 0:
             K = self.config.nominal_perturbations if perturbations is None else perturbations
             if K < 0:
                 raise PlanningError(f"nominal_perturbations must be >= 0, got {K}")
-            K = min(K, count - 1)
+            K = min(K, room - 1)
             targets = self.nominal_targets(nominal, nominal_space, q0, steps)
             all_targets = np.concatenate([targets[None], self.perturb(targets, K, rng)]) if K else targets[None]
             acts, qs = zip(*(self.adapter.feasible_cartesian(t, pose0, q0) for t in all_targets), strict=True)
@@ -170,6 +180,19 @@ class Proposer:
         props = Proposals(np.concatenate([p.actions for p in parts]), np.concatenate([p.joints for p in parts]),
                           [k for p in parts for k in p.kinds])
         return self._keep_feasible(props, pose0)
+
+    def _policy_part(self, samples: np.ndarray, count: int, pose0: np.ndarray, q0: np.ndarray,
+                     rng: np.random.Generator, perturbations: int) -> Proposals:
+        """The policy samples, then ``perturbations`` perturbed copies (sample i % K for the i-th), within count."""
+        K = min(len(samples), count)
+        P = max(0, min(perturbations, count - K))
+        targets = [np.asarray(a, dtype=np.float64) for a in samples[:K]]
+        kinds = [f"policy:{k}" for k in range(K)]
+        for i in range(P):
+            targets.append(self.perturb(targets[i % K], 1, rng)[0])
+            kinds.append(f"policy:{i % K}~{i // K + 1}")
+        acts, qs = zip(*(self.adapter.feasible_cartesian(t, pose0, q0) for t in targets), strict=True)
+        return Proposals(np.stack(acts), np.stack(qs), kinds)
 
     def _keep_feasible(self, props: Proposals, pose0: np.ndarray) -> Proposals:
         """Drop a proposal that still violates a limit (e.g. IK could not follow a nominal chunk)."""

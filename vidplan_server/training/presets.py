@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from vidplan_server.models.codec import CodecConfig
 from vidplan_server.models.heads import HeadNetConfig
+from vidplan_server.models.policy import PolicyConfig
 from vidplan_server.models.semantic import SemanticConfig
 from vidplan_server.models.video_net import VideoNetConfig
 from vidplan_server.training.loop import LoopConfig
@@ -116,4 +117,22 @@ SEMANTIC = {
     "base": SemanticPreset(SemanticConfig(channels=(64, 128), dim=128),
                            LoopConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=500, weight_decay=0.01,
                                       eval_every=2000, save_every=1000)),
+}
+
+
+@dataclass(frozen=True)
+class PolicyPreset:
+    model: PolicyConfig
+    loop: LoopConfig
+
+
+POLICY = {
+    "tiny": PolicyPreset(PolicyConfig(channels=(8, 8, 16, 16), text_dim=16, feature_dim=32, hidden=64, flow_steps=4),
+                         LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
+    "small": PolicyPreset(PolicyConfig(),
+                          LoopConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200, weight_decay=1e-4,
+                                     ema_decay=0.999, eval_every=1000, save_every=500)),
+    "base": PolicyPreset(PolicyConfig(channels=(64, 128, 192, 256), feature_dim=512, hidden=1024),
+                         LoopConfig(steps=60000, batch_size=256, lr=3e-4, warmup_steps=1000, weight_decay=1e-4,
+                                    ema_decay=0.9999, eval_every=5000, save_every=2500)),
 }

@@ -1,0 +1,221 @@
+"""The robot's own policy: language-conditioned behaviour cloning with a flow-matching action head.
+
+It stands in for pi0.5 in the paper: the baseline a user compares VidPlan against, and the proposer's source
+of candidate chunks (Section 3.4, "samples of the robot's own policy and perturbations of them").
+
+Inputs, for one observation (tensors enter :meth:`FlowPolicy.sample` / :meth:`FlowPolicy.loss`):
+
+- ``images`` (B, V, 3, H, W) float in [0, 1]: the current frame of the three DROID views (CAMERA_NAMES order)
+  at the policy's ``image_size``;
+- ``state`` (B, 7): TCP pose (x, y, z m; roll, pitch, yaw rad, extrinsic XYZ) + gripper in [0, 1];
+- ``tokens`` (B, max_words) word ids of the instruction (:class:`~vidplan_server.models.semantic.Tokenizer`;
+  the vocabulary is the ``train`` split's instruction words, unknown words share hashed buckets).
+
+Output: a chunk (B, S, 7) of DROID ``cartesian_position`` + gripper actions at the control rate (15 Hz),
+``S = chunk`` (15 by default: one second, the planner's horizon).
+
+Decisions:
+
+- **Action representation.** The head models the chunk relative to the current pose: position offsets
+  ``p_s - p_0``, orientation offsets ``wrap(rpy_s - rpy_0)`` (small over one second, and the wrap makes a
+  top-down roll near +-pi continuous), each divided by a per-dimension scale (the 99th percentile of its
+  absolute value in the training data, stored in the config), and the gripper as ``2 g - 1``. Relative
+  targets make one chunk mean the same motion wherever the arm is.
+- **Vision.** One small CNN shared by the views (plus a learned per-view embedding), FiLM-conditioned on the
+  instruction in every block so that *which* object the features keep depends on the words, flattened at
+  4 x 4 so the layout (where the object is) survives.
+- **Flow matching** (as pi0 / pi0.5): ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)`` noise at t = 0 and
+  the data ``x_1`` at t = 1 (the project's flow-time direction, see ``models/flow_map.py``); the network
+  regresses the velocity ``x_1 - x_0``; sampling integrates ``flow_steps`` Euler steps from the noise.
+  Different noise gives different chunks (multi-modal: e.g. two objects that match the words), and the same
+  noise the same chunk, so a seeded request is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.models.semantic import SemanticConfig, Tokenizer
+
+ACTION_DIM = 7
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    vocab: tuple[str, ...] = ()  # instruction words of the training split
+    oov_buckets: int = 16
+    max_words: int = 12
+    image_size: tuple[int, int] = (64, 64)  # (H, W) per view
+    views: tuple[str, ...] = CAMERA_NAMES
+    chunk: int = 15  # control steps per chunk
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # CNN blocks, each halves the resolution
+    text_dim: int = 64
+    feature_dim: int = 256
+    hidden: int = 512  # width of the velocity MLP
+    flow_steps: int = 10  # Euler steps when sampling
+    # Offsets of the chunk from the current pose are divided by these (x, y, z m; roll, pitch, yaw rad).
+    delta_scale: tuple[float, ...] = (0.2, 0.2, 0.2, 0.5, 0.5, 0.5)
+    position_mean: tuple[float, float, float] = (0.5, 0.0, 0.25)  # TCP position normalisation (m)
+    position_std: tuple[float, float, float] = (0.1, 0.15, 0.1)
+
+    def __post_init__(self) -> None:
+        if len(self.delta_scale) != 6 or min(self.delta_scale) <= 0:
+            raise ValueError(f"delta_scale must be 6 positive numbers, got {self.delta_scale}")
+        if self.chunk < 1 or self.flow_steps < 1:
+            raise ValueError("chunk and flow_steps must be >= 1")
+        if min(self.image_size) < 2 ** len(self.channels):
+            raise ValueError(f"image_size {self.image_size} is too small for {len(self.channels)} blocks")
+
+
+def wrap_angle(a: torch.Tensor) -> torch.Tensor:
+    """Angles (any shape, rad) wrapped to [-pi, pi)."""
+    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+class ChunkCodec:
+    """Absolute chunks <-> the head's normalised relative representation (see the module docstring)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.scale = torch.tensor(config.delta_scale, dtype=torch.float32)
+
+    def encode(self, chunk: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """chunk (B, S, 7) absolute, state (B, 7) -> (B, S, 7) normalised."""
+        scale = self.scale.to(chunk.device)
+        pos = (chunk[..., :3] - state[:, None, :3]) / scale[:3]
+        rot = wrap_angle(chunk[..., 3:6] - state[:, None, 3:6]) / scale[3:]
+        grip = chunk[..., 6:7] * 2.0 - 1.0
+        return torch.cat([pos, rot, grip], -1)
+
+    def decode(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """(B, S, 7) normalised, state (B, 7) -> absolute chunk (B, S, 7); gripper clipped to [0, 1]."""
+        scale = self.scale.to(x.device)
+        pos = state[:, None, :3] + x[..., :3] * scale[:3]
+        rot = wrap_angle(state[:, None, 3:6] + x[..., 3:6] * scale[3:])
+        grip = ((x[..., 6:7] + 1.0) / 2.0).clamp(0.0, 1.0)
+        return torch.cat([pos, rot, grip], -1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
+    """t (B,) in [0, 1] -> (B, dim) sinusoidal features."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(1000.0) / half))
+    arg = t[:, None].float() * 1000.0 * freqs[None]
+    return torch.cat([arg.sin(), arg.cos()], -1)
+
+
+class _FiLMBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, text_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm = nn.GroupNorm(8, c_out)
+        self.film = nn.Linear(text_dim, 2 * c_out)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.conv1(x))
+        gamma, beta = self.film(text)[:, :, None, None].chunk(2, 1)
+        return F.silu(self.norm(self.conv2(x)) * (1 + gamma) + beta) + x
+
+
+class FlowPolicy(nn.Module):
+    """Observation encoder + flow-matching velocity MLP over the whole chunk."""
+
+    def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = Tokenizer(SemanticConfig(vocab=config.vocab, oov_buckets=config.oov_buckets,
+                                                  max_words=config.max_words))
+        self.chunk_codec = ChunkCodec(config)
+        self.words = nn.Embedding(self.tokenizer.size, config.text_dim, padding_idx=0)
+        self.text_mlp = nn.Sequential(nn.Linear(config.text_dim, config.text_dim), nn.SiLU(),
+                                      nn.Linear(config.text_dim, config.text_dim))
+        chans = (3, *config.channels)
+        self.blocks = nn.ModuleList(_FiLMBlock(a, b, config.text_dim) for a, b in zip(chans[:-1], chans[1:],
+                                                                                     strict=True))
+        self.view_embed = nn.Parameter(torch.zeros(len(config.views), config.channels[-1], 1, 1))
+        h, w = (s // 2 ** len(config.channels) for s in config.image_size)
+        flat = len(config.views) * config.channels[-1] * h * w
+        self.register_buffer("pos_mean", torch.tensor(config.position_mean), persistent=False)
+        self.register_buffer("pos_std", torch.tensor(config.position_std), persistent=False)
+        self.obs = nn.Sequential(nn.Linear(flat + 10 + config.text_dim, config.feature_dim), nn.SiLU(),
+                                 nn.LayerNorm(config.feature_dim))
+        d = config.chunk * ACTION_DIM
+        self.velocity = nn.Sequential(
+            nn.Linear(d + 32 + config.feature_dim, config.hidden), nn.SiLU(),
+            nn.Linear(config.hidden, config.hidden), nn.SiLU(),
+            nn.Linear(config.hidden, config.hidden), nn.SiLU(),
+            nn.Linear(config.hidden, d),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.words.weight.device
+
+    def encode_text(self, instructions: list[str]) -> torch.Tensor:
+        """(B, text_dim): mean of the instruction's word embeddings through an MLP."""
+        ids = self.tokenizer(instructions).to(self.device)
+        mask = (ids > 0).float()[..., None]
+        pooled = (self.words(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.text_mlp(pooled)
+
+    def encode_obs(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """images (B, V, 3, H, W) in [0, 1], state (B, 7), text (B, text_dim) -> features (B, feature_dim)."""
+        B, V = images.shape[:2]
+        x = images.flatten(0, 1) * 2.0 - 1.0
+        t = text.repeat_interleave(V, 0)
+        for block in self.blocks:
+            x = block(x, t)
+        x = x.unflatten(0, (B, V)) + self.view_embed
+        pos = (state[:, :3] - self.pos_mean) / self.pos_std
+        rot = torch.cat([state[:, 3:6].sin(), state[:, 3:6].cos()], -1)
+        s = torch.cat([pos, rot, state[:, 6:7] * 2.0 - 1.0], -1)
+        return self.obs(torch.cat([x.flatten(1), s, text], -1))
+
+    def velocity_at(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """x (B, S, 7) at flow time t (B,) -> velocity (B, S, 7)."""
+        inp = torch.cat([x.flatten(1), timestep_embedding(t), features], -1)
+        return self.velocity(inp).view_as(x)
+
+    def loss(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str], chunk: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow-matching loss of absolute target chunks (B, S, 7)."""
+        x1 = self.chunk_codec.encode(chunk, state)
+        B = len(x1)
+        x0 = torch.randn(x1.shape, generator=generator).to(x1.device)
+        t = torch.rand(B, generator=generator).to(x1.device)
+        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
+        features = self.encode_obs(images, state, self.encode_text(instructions))
+        return F.mse_loss(self.velocity_at(xt, t, features), x1 - x0)
+
+    def sample(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
+               noise: torch.Tensor) -> torch.Tensor:
+        """One chunk per noise draw. images (B, V, 3, H, W), state (B, 7), noise (B, K, S, 7) -> (B, K, S, 7).
+
+        The observation is encoded once and shared by its K draws.
+        """
+        B, K = noise.shape[:2]
+        features = self.encode_obs(images, state, self.encode_text(instructions))
+        features = features.repeat_interleave(K, 0)
+        x = noise.flatten(0, 1).to(features.device)
+        n = self.config.flow_steps
+        for i in range(n):
+            t = torch.full((len(x),), i / n, device=x.device)
+            x = x + self.velocity_at(x, t, features) / n
+        return self.chunk_codec.decode(x, state.repeat_interleave(K, 0)).unflatten(0, (B, K))
+
+
+def fit_delta_scale(chunks: np.ndarray, states: np.ndarray) -> tuple[float, ...]:
+    """Per-dimension 99th percentile of |chunk - current pose| (N, S, 7) vs (N, 7), floored at 1 mm / 0.01 rad."""
+    d = chunks[..., :6] - states[:, None, :6]
+    d[..., 3:] = (d[..., 3:] + np.pi) % (2 * np.pi) - np.pi
+    q = np.percentile(np.abs(d).reshape(-1, 6), 99, axis=0)
+    return tuple(float(max(v, 1e-3 if i < 3 else 1e-2)) for i, v in enumerate(q))
