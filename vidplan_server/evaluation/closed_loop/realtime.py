@@ -160,8 +160,7 @@ def run_realtime_episode(client, info, scene: SimScene, job: Job, config: Closed
     answered = [timed.wall_ms[p.sequence] for p in plans if p.sequence in timed.wall_ms]
     responses = [timed.responses[p.sequence] for p in plans if p.sequence in timed.responses]
     server_ms = [r.timings_ms["total"] for r in responses if "total" in r.timings_ms]
-    kinds = Counter(r.proposal_kinds[r.winner].split("~")[0].split(":")[0] for r in responses
-                    if r.winner < len(r.proposal_kinds))
+    kinds = Counter(r.proposal_kinds[r.winner] for r in responses if r.winner < len(r.proposal_kinds))
     confidences = [r.confidence for r in responses if len(r.chunk)]
     outcomes = Counter(p.outcome for p in plans)
     return {
