@@ -75,6 +75,22 @@ class LiveServer:
                 self.thread.join(10)
 
 
+@pytest.fixture
+def serve(stub):
+    """``serve(max_queue=..., wait=..., service={ServiceConfig fields}, **ServerConfig fields)`` -> a started
+    LiveServer on the stub; closed after the test."""
+    made = []
+
+    def make(max_queue: int = 4, wait: bool = True, service: dict | None = None, **config) -> LiveServer:
+        server = LiveServer(PlanService(stub, ServiceConfig(max_queue=max_queue, **(service or {}))), **config)
+        made.append(server)
+        return server.wait_started() if wait else server
+
+    yield make
+    for server in made:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def planner():
     """The real planner on the bundled default checkpoint (CPU), loaded once."""

@@ -26,11 +26,13 @@ class StubPlanner:
     """The :class:`~vidplan_server.planning.planner.Planner` interface, without a model.
 
     ``gate`` (when set) makes ``plan`` wait until it opens; ``warmup_gate`` does the same for ``warmup``.
-    ``unsafe`` makes the next plan raise :class:`UnsafePlanError`.
+    ``unsafe`` makes the next plan raise :class:`UnsafePlanError`. ``stages_ms`` (optional) are the stage
+    timings it reports, as the real planner does (encode, propose, rollout, score).
     """
 
-    def __init__(self, plan_s: float = 0.0) -> None:
+    def __init__(self, plan_s: float = 0.0, stages_ms: dict[str, float] | None = None) -> None:
         self.plan_s = plan_s
+        self.stages_ms = stages_ms
         self.requests: list[PlanRequest] = []
         self.gate: threading.Event | None = None
         self.warmup_gate: threading.Event | None = None
@@ -85,8 +87,8 @@ class StubPlanner:
             self.gate.wait(10)
         if self.plan_s:
             time.sleep(self.plan_s)
-        if request.options.num_proposals is not None and request.options.num_proposals > 64:
-            raise PlanningError("options.num_proposals: must be an integer in [1, 64]")
+        if request.instruction == "planner refuses":  # what only the planner checks (its workspace box)
+            raise PlanningError("state.cartesian_position: the robot is outside the safety limits (stub)")
         if self.unsafe:
             self.unsafe = False
             raise UnsafePlanError(["step 3: z below workspace"])
@@ -107,7 +109,7 @@ class StubPlanner:
             winner=0,
             refinement=[],
             refined=False,
-            timings_ms={"total": self.plan_s * 1000.0},
+            timings_ms={**(self.stages_ms or {}), "total": self.plan_s * 1000.0},
         )
 
 

@@ -37,8 +37,20 @@ def test_truncated_jpeg_header_is_refused():
 
 
 def test_absurd_declared_size_is_refused():
-    with pytest.raises(InvalidArgument, match=r"^cam.height: 100000 is outside"):
+    with pytest.raises(InvalidArgument, match=r"^cam.height: 100000 is outside \[0, 1280\]"):
         decode_image(Image(data=b"x", encoding="raw", height=100000, width=1), (64, 64), "cam")
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png", "raw"])
+def test_images_up_to_720p_either_way_are_accepted_and_larger_ones_refused(encoding):
+    for h, w in ((720, 1280), (1280, 720)):
+        assert decode_image(encode_image(np.zeros((h, w, 3), np.uint8), encoding), (64, 64), "f").shape == (64, 64, 3)
+    for h, w in ((721, 1280), (720, 1281), (1281, 16)):
+        with pytest.raises(InvalidArgument, match="larger than the server's limit of 1280x720|outside"):
+            decode_image(encode_image(np.zeros((h, w, 3), np.uint8), encoding), (64, 64), "f")
+    # a smaller configured limit
+    with pytest.raises(InvalidArgument, match="limit of 320x180"):
+        decode_image(encode_image(np.zeros((181, 320, 3), np.uint8), encoding), (64, 64), "f", max_size=(180, 320))
 
 
 def test_a_huge_declared_image_is_refused_before_decoding():
@@ -54,7 +66,7 @@ def test_a_huge_declared_image_is_refused_before_decoding():
         return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
                 + chunk(b"IEND", b""))
 
-    for h, w in ((5000, 64), (30000, 30000)):  # over our side limit; over Pillow's own bomb guard too
-        with pytest.raises(InvalidArgument, match="more than 4096 on a side") as info:
+    for h, w in ((5000, 64), (30000, 30000)):  # over our size limit; over Pillow's own bomb guard too
+        with pytest.raises(InvalidArgument, match="limit of 1280x720") as info:
             decode_image(Image(data=png(h, w), encoding="png"), (64, 64), "observation.frames[0]")
         assert info.value.field == "observation.frames[0].data"

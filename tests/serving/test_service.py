@@ -69,7 +69,7 @@ BAD_CALLS = {
     ),
     "declared size differs": (
         _with_frame(WRIST, replace(JPEG, height=100)),
-        "observation.frames[wrist_image_left].height: decoded size 180x320",
+        "observation.frames[wrist_image_left].height: the image is 180x320, the declared size 100x320",
     ),
     "unspecified encoding": (
         _with_frame(WRIST, replace(JPEG, encoding="unspecified")),
@@ -93,7 +93,7 @@ BAD_CALLS = {
     ),
     "nominal width": (call(nominal=[[0.0] * 6] * 3), "nominal: shape (3, 6), expected (steps, 7)"),
     "nominal nan": (call(nominal=[[0.0] * 7, [float("nan")] * 7]), "nominal: element [1, 0]"),
-    "nominal space": (call(nominal=[[0.0] * 7], nominal_space="joint_torque"), "nominal_space"),
+    "nominal space": (call(nominal=[[0.0] * 7], nominal_space="joint_torque"), "nominal.space"),
     "history after observation": (
         call(t=1.0, history=[Observation(frames=frames(), timestamp_s=2.0)]),
         "history[0].timestamp_s",
@@ -102,18 +102,41 @@ BAD_CALLS = {
         call(t=1.0, history=[Observation(frames={}, timestamp_s=0.5)]),
         "history[0].frames: missing camera",
     ),
-    "option below range": (call(options=Options(num_proposals=0)), "options.num_proposals"),
-    "option above planner range": (call(options=Options(num_proposals=1000)), "options.num_proposals"),
+    "option below range": (call(options=Options(num_proposals=0)), "options.num_proposals: 0 is outside [1, 64]"),
+    "option above planner range": (call(options=Options(num_proposals=1000)), "options.num_proposals: 1000 is outside"),
+    "gripper above 1": (_with_state(gripper_position=1.01),
+                        "observation.state.gripper_position: 1.01 is outside [0, 1]"),
+    "absurd joint": (_with_state(joint_position=[0.0, -0.35, 0, -2.3, 0, 1.95, 1e308]),
+                     "observation.state.joint_position: element 6 is 1e+308, outside [-2.9973, 2.9973]"),
+    "joint velocity nominal": (call(nominal=[[0.0] * 8, [0, 0, 1.5, 0, 0, 0, 0, 0]], nominal_space="joint_velocity"),
+                               "nominal: element [1, 2] is 1.5, outside [-1, 1] (joint_velocity)"),
+    "nominal gripper": (call(nominal=[[0.45, 0, 0.38, 3.14, 0, 0, 1.5]]),
+                        "nominal: element [0, 6] is 1.5, outside [0, 1] (cartesian_position)"),
+    "long session id": (call(session_id="s" * 129), "session_id: 129 characters, at most 128"),
+    "unprintable session id": (call(session_id="robot\n1"), "session_id: 'robot\\n1' has characters other than"),
+    "negative timestamp": (call(t=-1.0), "observation.timestamp_s: -1.0 is outside [0, 1e+10]"),
+    "long instruction": (call(instruction="x" * 1001), "instruction: 1001 characters, at most 1000"),
+    "too much history": (
+        call(t=5.0, history=[Observation(frames=frames(), timestamp_s=4.0 + k / 15) for k in range(7)]),
+        "history: 7 observations, at most 6",
+    ),
+    "image over the size limit": (_with_frame(WRIST, Image(data=bytes(3 * 1281), encoding="raw", height=1, width=1281)),
+                                  "observation.frames[wrist_image_left].width: 1281 is outside [0, 1280]"),
+    "image over the size limit, either way": (
+        _with_frame(WRIST, encode_image(np.zeros((721, 721, 3), np.uint8), "png")),
+        "observation.frames[wrist_image_left].data: 721x721 pixels, larger than the server's limit of 1280x720"),
+    "planner refuses": (call(instruction="planner refuses"),
+                        "observation.state.cartesian_position: the robot is outside the safety limits"),
 }
 
-PLANNER_REFUSED = {"option above planner range"}  # the planner owns the upper limits of options
+PLANNER_REFUSED = {"planner refuses"}  # what only the planner knows (its workspace check) comes after the session
 
 
 @pytest.mark.parametrize("name", list(BAD_CALLS))
 def test_bad_field_is_named_and_next_good_request_succeeds(make_service, stub, name):
     service = make_service()
     bad, expected = BAD_CALLS[name]
-    bad = replace(bad, session_id="robot-1", sequence=1)
+    bad = replace(bad, session_id=bad.session_id or "robot-1", sequence=1)
 
     async def scenario():
         with pytest.raises(InvalidArgument) as info:
@@ -127,6 +150,8 @@ def test_bad_field_is_named_and_next_good_request_succeeds(make_service, stub, n
     reply = asyncio.run(scenario())
     assert reply.result.actions.shape == (15, 7)
     assert service.worker.waiting == 0 and service.in_flight == 0
+    if name not in PLANNER_REFUSED:
+        assert len(stub.requests) == 1  # refused before planning
 
 
 def test_out_of_order_sequence_and_time_are_refused(make_service):

@@ -14,30 +14,12 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.serving.conftest import LiveServer
 from tests.serving.doubles import json_request, pb_request
-from vidplan_server.serving.config import ServiceConfig
-from vidplan_server.serving.service import PlanService
 from vidplan_server.serving.wire import vidplan_pb2 as pb
 from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def serve(stub):
-    """``serve(max_queue=..., warmup=..., **ServerConfig fields)`` -> a started LiveServer on the stub."""
-    made = []
-
-    def make(max_queue: int = 4, wait: bool = True, **config) -> LiveServer:
-        server = LiveServer(PlanService(stub, ServiceConfig(max_queue=max_queue)), **config)
-        made.append(server)
-        return server.wait_started() if wait else server
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def _health(channel, service: str = "") -> int:
@@ -262,11 +244,11 @@ def test_a_stream_refuses_another_session_and_goes_on(serve, stub):
 
 def test_large_raw_messages_fit(serve, stub):
     server = serve()
-    request = pb_request(encoding="raw", t=10.0)
-    for k in range(8):  # 9 observations of three raw 180x320 views: 4.7 MB, above gRPC's 4 MB default
+    request = pb_request(encoding="raw", t=10.0, size=(360, 640))
+    for k in range(6):  # 7 observations of three raw 360x640 views: 14.5 MB, above gRPC's 4 MB default
         past = request.history.add()
         past.CopyFrom(request.observation)
-        past.timestamp_s = 10.0 - 0.2 * (8 - k)
+        past.timestamp_s = 10.0 - (6 - k) / 15
         past.ClearField("state")
     assert request.ByteSize() > 4 * 2**20
     with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:

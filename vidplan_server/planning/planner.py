@@ -63,7 +63,9 @@ from vidplan_server.planning.limits import SafetyLimits, check_chunk, project_kn
 from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
 from vidplan_server.planning.proposer import Proposer, ProposerConfig
 from vidplan_server.planning.types import (
+    NOMINAL_RANGES,
     NOMINAL_SPACES,
+    STATE_RANGES,
     PlanningError,
     PlanRequest,
     PlanResult,
@@ -223,9 +225,9 @@ class Planner:
                 raise PlanningError(f"state.{name}: expected {n} values, got shape {a.shape}")
             if not np.isfinite(a).all():
                 raise PlanningError(f"state.{name}: contains NaN or infinite values")
-        g = float(s.gripper_position)
-        if not math.isfinite(g) or not -0.05 <= g <= 1.05:
-            raise PlanningError(f"state.gripper_position: must be in [0, 1], got {g}")
+        for name, value in (*((n, v) for n, v, _ in vectors), ("gripper_position", s.gripper_position)):
+            if (problem := STATE_RANGES[name].violation(value)) is not None:
+                raise PlanningError(f"state.{name}: {problem}")
         o, c = req.options, self.config
         N = c.num_proposals if o.num_proposals is None else o.num_proposals
         iters = c.refine_iters if o.refine_iters is None else o.refine_iters
@@ -241,6 +243,11 @@ class Planner:
             raise PlanningError(f"options.deadline_s: must be a finite number >= 0, got {o.deadline_s}")
         if req.nominal is not None and req.nominal_space not in NOMINAL_SPACES:
             raise PlanningError(f"nominal_space: must be one of {NOMINAL_SPACES}, got {req.nominal_space!r}")
+        if req.nominal is not None:
+            nominal, bounds = np.asarray(req.nominal, dtype=np.float64), NOMINAL_RANGES[req.nominal_space]
+            if nominal.ndim == 2 and nominal.shape[1] == len(bounds.low) and np.isfinite(nominal).all():
+                if (problem := bounds.violation(nominal)) is not None:
+                    raise PlanningError(f"nominal: {problem} ({req.nominal_space})")
         return N, iters, k
 
     # ------------------------------------------------------------------------------------ stages

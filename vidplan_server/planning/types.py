@@ -15,12 +15,69 @@ Units and conventions (``../shared/DESIGN.md``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER
+
 #: Action spaces a nominal chunk may come in.
 NOMINAL_SPACES = ("cartesian_position", "joint_velocity")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid closed interval of a numeric field, per element when ``low`` / ``high`` are tuples."""
+
+    low: float | tuple[float, ...]
+    high: float | tuple[float, ...]
+
+    def violation(self, values) -> str | None:
+        """Why ``values`` (a number or a vector) is out of range, naming the first bad element; None if fine."""
+        arr = np.asarray(values, dtype=np.float64)
+        width = arr.shape[-1:] if arr.ndim else ()
+        lo, hi = np.broadcast_to(self.low, width), np.broadcast_to(self.high, width)
+        bad = ~((arr >= lo) & (arr <= hi))  # NaN is bad too
+        if not bad.any():
+            return None
+        if not arr.ndim:
+            return f"{float(arr)!r} is outside [{_num(self.low)}, {_num(self.high)}]"
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        col = idx[-1]
+        where = f"element {idx[0]}" if len(idx) == 1 else f"element [{idx[0]}, {col}]"
+        return f"{where} is {float(arr[idx])!r}, outside [{_num(lo[col])}, {_num(hi[col])}]"
+
+    def text(self) -> str:
+        """The range as the proto's comments write it: ``[0, 1]``, or one interval per element of a vector."""
+        if not isinstance(self.low, tuple) and not isinstance(self.high, tuple):
+            return f"[{_num(self.low)}, {_num(self.high)}]"
+        n = max(len(b) for b in (self.low, self.high) if isinstance(b, tuple))
+        lo, hi = np.broadcast_to(self.low, (n,)), np.broadcast_to(self.high, (n,))
+        return ", ".join(f"[{_num(a)}, {_num(b)}]" for a, b in zip(lo, hi, strict=True))
+
+
+def _num(x) -> str:
+    return f"{float(x):g}"
+
+
+_TWO_PI = round(2 * math.pi, 4)
+#: The valid range of every number the planner takes with a request, defined once: ``Planner._validate`` checks
+#: against it, and so does the serving layer (its table in ``serving/validation.py`` maps these onto wire fields
+#: before anything is stored); ``proto/vidplan/v1/vidplan.proto`` states the same numbers. Joints: the Panda's
+#: limits widened by 0.1 rad (readings just past a limit are real; degrees or garbage are not); positions: 2 m
+#: (the Panda reaches 0.855 m); Euler angles within one turn either way; gripper 0 (open) to 1 (closed);
+#: DROID's normalised joint velocities in [-1, 1].
+STATE_RANGES = {
+    "joint_position": Range(tuple(round(float(x) - 0.1, 4) for x in JOINT_LOWER),
+                            tuple(round(float(x) + 0.1, 4) for x in JOINT_UPPER)),
+    "cartesian_position": Range((-2.0,) * 3 + (-_TWO_PI,) * 3, (2.0,) * 3 + (_TWO_PI,) * 3),
+    "gripper_position": Range(0.0, 1.0),
+}
+NOMINAL_RANGES = {  # per column of a nominal chunk's rows
+    "cartesian_position": Range((-2.0,) * 3 + (-_TWO_PI,) * 3 + (0.0,), (2.0,) * 3 + (_TWO_PI,) * 3 + (1.0,)),
+    "joint_velocity": Range((-1.0,) * 7 + (0.0,), (1.0,) * 8),
+}
 
 
 class PlanningError(ValueError):

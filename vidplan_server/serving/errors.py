@@ -9,8 +9,15 @@ mistake. Planner exceptions (:class:`~vidplan_server.planning.types.PlanningErro
 from __future__ import annotations
 
 import hmac
+import re
 
 from vidplan_server.planning.types import PlanningError, UnsafePlanError
+
+
+def show(value: object, limit: int = 40) -> str:
+    """A client-supplied value for a message or a log line: repr'd (so control characters are escaped), cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
 class ServingError(Exception):
@@ -68,7 +75,8 @@ def bearer_token_matches(header: str | bytes | None, token: str) -> bool:
 
 
 class DeadlineExceeded(ServingError):
-    """The request's deadline passed before the planner could start on it."""
+    """The request's deadline passed (in the queue, or while its images were decoded), or it is shorter than
+    the planner's minimum informed pass."""
 
     code = "DEADLINE_EXCEEDED"
     http_status = 504
@@ -92,18 +100,37 @@ class NoSafePlan(ServingError):
         self.violations = list(violations or [])
 
 
-#: The planner names request fields by its own types; on the wire the robot state sits inside the observation.
-_WIRE_PATHS = (("state.", "observation.state."),)
+#: The planner names request fields by its own types; on the wire the robot state sits inside the observation,
+#: the options' names sit in ``options`` and the nominal chunk's action space is ``nominal.space``.
+_WIRE_PATHS = (
+    ("state.", "observation.state."),
+    ("nominal_space", "nominal.space"),
+    ("num_proposals", "options.num_proposals"),
+    ("nominal_perturbations", "options.nominal_perturbations"),
+    ("options.deadline_s", "deadline"),
+)
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def wire_field(planner_path: str) -> str:
+    """A planner's field path (``state.gripper_position``) as the wire names it
+    (``observation.state.gripper_position``)."""
+    for planner, wire in _WIRE_PATHS:
+        if planner_path == planner or planner_path.startswith(planner) and planner.endswith("."):
+            return wire + planner_path[len(planner):]
+    return planner_path
 
 
 def from_planner_error(exc: Exception) -> ServingError | None:
-    """The serving error for a planner exception, or ``None`` when it is not a known planner error."""
+    """The serving error for a planner exception, or ``None`` when it is not a known planner error.
+
+    A planner message starts with the field it is about (``state.gripper_position: ...``); that becomes the
+    error's ``field``, in the wire's names."""
     if isinstance(exc, PlanningError):
-        message = str(exc)
-        for planner_path, wire_path in _WIRE_PATHS:
-            if message.startswith(planner_path):
-                message = wire_path + message[len(planner_path) :]
-        return InvalidArgument(message)
+        match = _FIELD_PREFIX.match(str(exc))
+        if match is None:
+            return InvalidArgument(str(exc))
+        return InvalidArgument(match.group(2), field=wire_field(match.group(1)))
     if isinstance(exc, UnsafePlanError):
         return NoSafePlan(str(exc), violations=exc.violations)
     return None

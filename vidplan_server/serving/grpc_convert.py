@@ -139,7 +139,9 @@ def error_response(sequence: int, session_id: str, error: ServingError) -> pb.Pl
 
 
 def info_response(info: dict[str, Any]) -> pb.InfoResponse:
+    """GetInfo's reply from :meth:`PlanService.describe` (the planner's info and the serving limits)."""
     limits = info.get("limits", {})
+    serving = info.get("serving", {})
     gripper = limits.get("gripper_range", (0.0, 1.0))
     return pb.InfoResponse(
         model_version=str(info.get("model_version", "")),
@@ -163,6 +165,9 @@ def info_response(info: dict[str, Any]) -> pb.InfoResponse:
             gripper_max=float(gripper[1]),
         ),
         server_version=server_version(),
+        request_limits=pb.RequestLimits(
+            **{k: v for k, v in serving.items() if k in pb.RequestLimits.DESCRIPTOR.fields_by_name and v is not None}
+        ),
     )
 
 

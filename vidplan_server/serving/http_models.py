@@ -3,6 +3,10 @@
 Differences from the protobuf JSON mapping, chosen for hand-written clients: enums are short lower-case
 names (``"jpeg"``, ``"cartesian_position"``), image bytes are standard base64 strings. Floats reject NaN
 and infinity (``allow_inf_nan=False``) and unknown fields are refused, so typos do not pass silently.
+
+Only types are checked here. Ranges and sizes are checked by the service from its one table
+(:mod:`~vidplan_server.serving.validation`), so a bad value gets the same message over HTTP as over gRPC;
+:func:`~vidplan_server.serving.http_app.create_app` writes the same ranges into the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -17,17 +21,18 @@ _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 class CameraFrame(BaseModel):
     model_config = _STRICT
 
-    camera: str = Field(description="DROID camera name, e.g. exterior_image_1_left")
+    camera: str = Field(description="one of the cameras GET /v1/info lists (DROID names)")
     encoding: Literal["jpeg", "png", "raw"] = Field(description="raw: height * width * 3 bytes, RGB, row-major")
-    width: int = Field(0, ge=0, description="pixels; required for raw, checked against the decoded image")
-    height: int = Field(0, ge=0, description="pixels; required for raw, checked against the decoded image")
-    data: str = Field(description="the encoded image, base64")
+    width: int = Field(0, description="pixels; required for raw, else 0 or the image's own width")
+    height: int = Field(0, description="pixels; required for raw, else 0 or the image's own height")
+    data: str = Field(description="the encoded image, standard base64; at most the server's image size "
+                      "(GET /v1/info: serving.max_image_long_side x max_image_short_side, either orientation)")
 
 
 class RobotState(BaseModel):
     model_config = _STRICT
 
-    joint_position: list[float] = Field(description="7 values, rad")
+    joint_position: list[float] = Field(description="7 values, rad; the Panda's limits widened by 0.1 rad")
     cartesian_position: list[float] = Field(description="x, y, z m; roll, pitch, yaw rad (extrinsic XYZ)")
     gripper_position: float = Field(description="[0, 1], 1 = closed")
 
@@ -51,24 +56,27 @@ class NominalChunk(BaseModel):
 class PlanOptions(BaseModel):
     model_config = _STRICT
 
-    num_proposals: int | None = Field(None, ge=1, description="candidate chunks rolled out in one batch")
-    refine_iters: int | None = Field(None, ge=0, description="gradient steps on the winner; 0 = selection only")
-    flow_steps: int | None = Field(None, ge=1, description="network evaluations per rollout")
-    deadline_ms: int | None = Field(None, ge=0, description="wall-clock budget from arrival, ms")
-    seed: int = Field(0, ge=0, le=2**64 - 1)  # uint64, as on the wire
+    num_proposals: int | None = Field(None, description="candidate chunks rolled out in one batch")
+    refine_iters: int | None = Field(None, description="gradient steps on the winner; 0 = selection only")
+    flow_steps: int | None = Field(None, description="network evaluations per rollout")
+    deadline_ms: int | None = Field(None, description="wall-clock budget from arrival, ms, decoding and queueing "
+                                    "included; shorter than serving.min_deadline_ms (GET /v1/info) is 504 at once")
+    seed: int = Field(0, description="uint64, as on the wire")
     return_heatmaps: bool = False
-    nominal_perturbations: int | None = Field(None, ge=0)
+    nominal_perturbations: int | None = Field(None)
 
 
 class PlanRequest(BaseModel):
     model_config = _STRICT
 
-    session_id: str = Field("", description="one robot episode; the server keeps its frame history")
-    sequence: int = Field(0, ge=0, description="strictly increasing per session; echoed")
-    instruction: str = Field(description="language task, e.g. 'put the red cube in the tray'")
+    session_id: str = Field("", description="one robot episode; the server keeps its frame history; printable "
+                            "ASCII")
+    sequence: int = Field(0, description="strictly increasing per session; echoed")
+    instruction: str = Field(description="language task, e.g. 'put the red cube in the tray'; not blank")
     observation: Observation
     history: list[Observation] = Field(
-        default_factory=list, description="earlier observations, oldest first; replaces the session history"
+        default_factory=list, description="earlier observations, oldest first; replaces the session history; "
+        "at most serving.max_history (GET /v1/info), of which only those the model sees are decoded"
     )
     nominal: NominalChunk | None = None
     options: PlanOptions = Field(default_factory=PlanOptions)
@@ -127,3 +135,14 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str] = Field(description="why not ready: model not warmed up, shutting down, queue saturated")
+    queue_depth: int
+    max_queue: int

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidplan_server.planning.types import PlanResult
-from vidplan_server.serving.errors import InvalidArgument
+from vidplan_server.serving.errors import InvalidArgument, show
 
 #: Encodings an image may arrive in. ``raw`` is packed RGB ``uint8`` rows (height * width * 3 bytes).
 ENCODINGS = ("jpeg", "png", "raw")
@@ -55,12 +55,17 @@ class Observation:
     state: State | None = None
 
 
+def camera_key(camera: str) -> str:
+    """A camera name as it appears in a field path: itself when short and printable, else bounded and escaped."""
+    return camera if len(camera) <= 64 and camera.isprintable() and "]" not in camera else show(camera)
+
+
 def frames_by_camera(pairs: Iterable[tuple[str, Image]], field: str) -> dict[str, Image]:
     """Map camera name -> image from a wire list, refusing a camera that appears twice."""
     out: dict[str, Image] = {}
     for camera, image in pairs:
         if camera in out:
-            raise InvalidArgument(f"camera {camera!r} appears more than once", field=field)
+            raise InvalidArgument(f"camera {show(camera)} appears more than once", field=field)
         out[camera] = image
     return out
 

@@ -44,7 +44,8 @@ class VidPlanServer:
         self.grpc = GrpcServer(service, config) if config.grpc_port >= 0 else None
         self.grpc_port = self.grpc.port if self.grpc else None
         # base64 JSON is 4/3 of the binary frames gRPC carries: the same images fit both transports
-        self.app = create_app(service, config.token, max_body_bytes=config.max_message_bytes * 4 // 3)
+        self.app = create_app(service, config.token, max_body_bytes=config.max_message_bytes * 4 // 3,
+                              public_metrics=config.metrics_public)
         self._http: _EmbeddedUvicorn | None = None
         self._http_socket: socket.socket | None = None
         self.http_port: int | None = None

@@ -4,25 +4,35 @@ The gRPC servicer and the HTTP app convert wire messages to :class:`PlanCall` an
 :meth:`PlanService.plan` (or :meth:`PlanService.open_stream`); every rule about requests lives here.
 Request life cycle and the ``timings_ms`` it reports::
 
-    arrive ─► check fields ─► reserve a queue slot (or Overloaded) ─► decode + resize images  [decode]
-           ─► session ring buffer ─► pick T frames by timestamp ─► wait for the planner thread  [queue]
-           ─► deadline still ahead? ─► planner.plan                                            [plan]
-           ─► stamp t0, i0, dt, sequence                                                       [total]
+    arrive ─► check every field (nothing stored yet) ─► deadline shorter than the minimum informed pass?
+           ─► reserve a queue slot (or Overloaded)
+           ─► pick the T history frames by timestamp ─► decode + resize only those          [decode]
+           ─► record the observation in its session
+           ─► wait for the planner thread, at most until the deadline                      [queue]
+           ─► enough time left for an informed pass? ─► planner.plan                       [plan]
+           ─► stamp t0, i0, dt, sequence                                                   [total]
+
+Work per request is bounded: images larger than ``max_image_size`` are refused from their headers, carried
+history is capped at what the model can use and only the frames it uses are decoded, and the deadline
+counts from arrival, decoding included. A call whose deadline passes while it waits, or whose client goes
+away, leaves the queue at once (:mod:`.worker`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from vidplan_server.planning.types import PlanRequest, PlanResult
+from vidplan_server.planning.types import PlanOptions, PlanRequest, PlanResult
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import (
     DeadlineExceeded,
@@ -35,11 +45,12 @@ from vidplan_server.serving.errors import (
     from_planner_error,
 )
 from vidplan_server.serving.history import select_history
-from vidplan_server.serving.images import decode_image
-from vidplan_server.serving.messages import Image, PlanCall, PlanReply
+from vidplan_server.serving.images import check_image, decode_image
+from vidplan_server.serving.logs import RateLimitedLog
+from vidplan_server.serving.messages import Image, Observation, PlanCall, PlanReply
 from vidplan_server.serving.metrics import ServingMetrics
 from vidplan_server.serving.sessions import SessionStore, StoredFrame
-from vidplan_server.serving.validation import CheckedCall, check_call
+from vidplan_server.serving.validation import DEFAULT_OPTION_MAX, CheckedCall, Limits, check_call
 from vidplan_server.serving.worker import PlannerWorker, Slot
 
 log = logging.getLogger(__name__)
@@ -55,13 +66,47 @@ class PlannerLike(Protocol):
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated, decoded call and the frames its history may be drawn from."""
+    """A validated, decoded call and its history, ready for the planner."""
 
     call: PlanCall
     checked: CheckedCall
-    pool: list[StoredFrame]  # candidates for the history, the observation itself included
+    history: np.ndarray  # (T, V, h, w, 3) uint8, oldest first, the observation last
+    history_timestamps_s: list[float]
     arrived: float  # server perf_counter (s) when the call arrived
+    deadline_at: float | None  # server perf_counter (s) by which the answer is due
+    effort: tuple[int, int]  # (proposals, flow steps) the plan will use
     decode_ms: float
+
+
+class InformedPass:
+    """The planner's minimum informed pass (encode + propose + rollout + score), learned from its own timings.
+
+    Each stage is normalised by what it grows with (propose and score: the proposals N; rollout: N times the
+    flow steps k; encode: neither); a request's estimate is the smallest normalised value of each stage over
+    the last ``window`` plans, scaled back to its N and k: a lower bound of what the pass costs, so a request
+    refused for it could not have had an informed answer in time. None until a plan has been timed.
+    """
+
+    STAGES = ("encode", "propose", "rollout", "score")
+
+    def __init__(self, window: int = 16) -> None:
+        self._samples: deque[tuple[float, float, float, float]] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def observe(self, timings_ms: Mapping[str, float], proposals: int, flow_steps: int) -> None:
+        if not all(stage in timings_ms for stage in self.STAGES):
+            return
+        n, k = max(proposals, 1), max(flow_steps, 1)
+        e, p, r, s = (float(timings_ms[stage]) for stage in self.STAGES)
+        with self._lock:
+            self._samples.append((e, p / n, r / (n * k), s / n))
+
+    def estimate_ms(self, proposals: int, flow_steps: int) -> float | None:
+        with self._lock:
+            if not self._samples:
+                return None
+            e, p, r, s = (min(column) for column in zip(*self._samples, strict=True))
+        return e + proposals * (p + s) + proposals * flow_steps * r
 
 
 _OUTCOMES: dict[type[ServingError], str] = {
@@ -95,14 +140,20 @@ class PlanService:
         self.frame_stride = int(self.info["frame_stride"])
         self.dt_s = float(self.info["dt_s"])
         self.spacing_s = self.frame_stride * self.dt_s  # time between history frames (s)
+        self.limits = Limits.build(config, self.info, option_maxima(planner))
+        defaults = self.info.get("defaults", {})
+        self.default_effort = (int(defaults.get("num_proposals", 1)), int(defaults.get("flow_steps", 1)))
         self.sessions = SessionStore(
             capacity=config.session_frames,
             ttl_s=config.session_ttl_s,
             max_sessions=config.max_sessions,
             # One spacing more than the history spans, so that the nearest frame to the oldest target survives.
             keep_s=self.history_len * self.spacing_s,
+            max_bytes=config.max_session_bytes,
         )
         self.worker = PlannerWorker(config.max_queue, on_depth=self.metrics.queue_depth.set)
+        self.informed_pass = InformedPass()
+        self.log = RateLimitedLog(log)
         self._decoder = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="vidplan-decode")
         self.warmed_up = False
         self.accepting = True
@@ -142,8 +193,15 @@ class PlanService:
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self.worker.shutdown()
 
+    def min_deadline_ms(self, proposals: int | None = None, flow_steps: int | None = None) -> float | None:
+        """The shortest deadline that can get an informed plan (at the planner's defaults unless given), as
+        measured so far; None before the first plan."""
+        n, k = self.default_effort
+        return self.informed_pass.estimate_ms(proposals or n, flow_steps or k)
+
     def describe(self) -> dict[str, Any]:
         """The planner's info plus the serving limits (GetInfo, ``GET /v1/info``)."""
+        min_deadline = self.min_deadline_ms()
         return {
             **self.info,
             "serving": {
@@ -151,6 +209,8 @@ class PlanService:
                 "session_ttl_s": self.config.session_ttl_s,
                 "max_sessions": self.config.max_sessions,
                 "history_spacing_s": self.spacing_s,
+                "min_deadline_ms": None if min_deadline is None else round(min_deadline, 1),
+                **self.limits.as_dict(),
             },
         }
 
@@ -165,8 +225,10 @@ class PlanService:
             self._enter()
             try:
                 checked = self._check(call)
+                effort = self._effort(checked.options)
+                deadline_at = self._deadline_at(call, arrived, effort)
                 with self.worker.reserve() as slot:
-                    prepared = await self._prepare(call, checked, arrived)
+                    prepared = await self._prepare(call, checked, arrived, deadline_at, effort)
                     reply = await self._execute(prepared, slot)
             finally:
                 self._leave()
@@ -202,66 +264,125 @@ class PlanService:
         self.metrics.in_flight.set(self._in_flight)
 
     def _check(self, call: PlanCall) -> CheckedCall:
-        checked = check_call(call, self.cameras, self.config)
+        """Every field, then the session's order; nothing is stored."""
+        checked = check_call(call, self.limits)
         if call.session_id:
             self.sessions.check(call.session_id, call.sequence, call.observation.timestamp_s)
         return checked
 
-    async def _prepare(self, call: PlanCall, checked: CheckedCall, arrived: float) -> Prepared:
-        """Decode the observation and carried history and record the observation in its session.
+    def _effort(self, options: PlanOptions) -> tuple[int, int]:
+        n, k = self.default_effort
+        return (options.num_proposals or n, options.flow_steps or k)
 
-        The history pool is the carried history when the call has one (any replica can answer it), else the
-        session's frames; the observation itself is always in it.
-        """
+    def _deadline_at(self, call: PlanCall, arrived: float, effort: tuple[int, int]) -> float | None:
+        """When the answer is due (perf_counter s); refuses at once a budget shorter than the informed pass."""
+        if call.deadline_s is None:
+            return None
+        need_ms = self.informed_pass.estimate_ms(*effort)
+        if need_ms is not None and call.deadline_s * 1000.0 < need_ms:
+            raise DeadlineExceeded(
+                f"a budget of {call.deadline_s * 1000.0:.0f} ms is shorter than the planner's minimum informed pass "
+                f"(about {need_ms:.0f} ms for {effort[0]} proposals and {effort[1]} flow step(s): encode + propose + "
+                "rollout + score); ask for more time or fewer proposals",
+                field="deadline",
+            )
+        return arrived + call.deadline_s
+
+    async def _prepare(self, call: PlanCall, checked: CheckedCall, arrived: float, deadline_at: float | None,
+                       effort: tuple[int, int]) -> Prepared:
+        """Decode what the model will see and record the observation in its session, within the deadline."""
+        if deadline_at is None:
+            return await self._decode(call, checked, arrived, deadline_at, effort)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline_at - time.perf_counter())):
+                return await self._decode(call, checked, arrived, deadline_at, effort)
+        except TimeoutError:
+            raise DeadlineExceeded("passed while the request's images were decoded", field="deadline") from None
+
+    async def _decode(self, call: PlanCall, checked: CheckedCall, arrived: float, deadline_at: float | None,
+                      effort: tuple[int, int]) -> Prepared:
+        """The history pool is the carried history when the call has one (any replica can answer it), else the
+        session's frames; the observation itself is always in it. Only the T frames picked from it are decoded
+        (carried observations the model does not use are checked from their headers only), and the observation
+        joins its session only after all of that passed."""
         t = time.perf_counter()
         loop = asyncio.get_running_loop()
-        views = [(call.observation.frames, "observation.frames")]
-        views += [(past.frames, f"history[{i}].frames") for i, past in enumerate(call.history)]
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(self._decoder, self._decode_views, frames, field) for frames, field in views)
-        )
-        current = StoredFrame(
-            frames=decoded[0], timestamp_s=float(call.observation.timestamp_s), sequence=call.sequence
-        )
+        t0_s = float(call.observation.timestamp_s)
+
+        def run(fn, *args):
+            return loop.run_in_executor(self._decoder, fn, *args)
+
+        if call.history:
+            times = [float(past.timestamp_s) for past in call.history] + [t0_s]
+            picks = select_history(times, t0_s, self.history_len, self.spacing_s)
+            observations: list[Observation] = [*call.history, call.observation]
+            fields = [f"history[{i}].frames" for i in range(len(call.history))] + ["observation.frames"]
+            used = sorted(set(picks))
+            unused = [i for i in range(len(observations)) if i not in set(used)]
+            jobs = [run(self._decode_views, observations[i].frames, fields[i]) for i in used]
+            jobs.append(run(self._check_views, [(observations[i].frames, fields[i]) for i in unused]))
+            *decoded, _ = await asyncio.gather(*jobs)
+            by_index = dict(zip(used, decoded, strict=True))
+            current_frames = by_index[len(observations) - 1]
+            pool = [StoredFrame(by_index[i], times[i], -1) for i in picks]
+            picks = list(range(len(pool)))
+        else:
+            current_frames = await run(self._decode_views, call.observation.frames, "observation.frames")
+        current = StoredFrame(frames=current_frames, timestamp_s=t0_s, sequence=call.sequence)
         session_frames = [current]
         if call.session_id:
             session_frames = self.sessions.append(call.session_id, current)
             self.metrics.sessions.set(len(self.sessions))
-        if call.history:
-            pool = [
-                StoredFrame(frames=d, timestamp_s=float(past.timestamp_s), sequence=-1)
-                for d, past in zip(decoded[1:], call.history, strict=True)
-            ] + [current]
-        else:
-            pool = session_frames
-        return Prepared(call, checked, pool, arrived, (time.perf_counter() - t) * 1000.0)
+        if not call.history:
+            pool = [f for f in session_frames if f.timestamp_s <= t0_s]
+            picks = select_history([f.timestamp_s for f in pool], t0_s, self.history_len, self.spacing_s)
+        return Prepared(
+            call=call,
+            checked=checked,
+            history=np.stack([pool[i].frames for i in picks]),
+            history_timestamps_s=[pool[i].timestamp_s for i in picks],
+            arrived=arrived,
+            deadline_at=deadline_at,
+            effort=effort,
+            decode_ms=(time.perf_counter() - t) * 1000.0,
+        )
 
     def _decode_views(self, frames: Mapping[str, Image], field: str) -> np.ndarray:
         """``(V, h, w, 3)`` uint8 in the model's camera order."""
-        return np.stack([decode_image(frames[cam], self.image_size, f"{field}[{cam}]") for cam in self.cameras])
+        size = self.config.max_image_size
+        return np.stack([decode_image(frames[cam], self.image_size, f"{field}[{cam}]", size) for cam in self.cameras])
+
+    def _check_views(self, views: Sequence[tuple[Mapping[str, Image], str]]) -> None:
+        for frames, field in views:
+            for cam in self.cameras:
+                check_image(frames[cam], f"{field}[{cam}]", self.config.max_image_size)
 
     async def _execute(self, prepared: Prepared, slot: Slot) -> PlanReply:
         call, checked = prepared.call, prepared.checked
-        t0_s = float(call.observation.timestamp_s)
-        pool = [f for f in prepared.pool if f.timestamp_s <= t0_s]
-        picks = select_history([f.timestamp_s for f in pool], t0_s, self.history_len, self.spacing_s)
-        history = np.stack([pool[i].frames for i in picks])  # (T, V, h, w, 3) oldest first
         request = PlanRequest(
             instruction=checked.instruction,
-            history=history,
+            history=prepared.history,
             state=checked.state,
             nominal=checked.nominal,
             nominal_space=call.nominal_space,
             options=checked.options,
         )
-        deadline_at = None if call.deadline_s is None else prepared.arrived + call.deadline_s
+        deadline_at = prepared.deadline_at
         stamps: dict[str, float] = {"queued": time.perf_counter()}
+        if deadline_at is not None and deadline_at <= stamps["queued"]:
+            raise DeadlineExceeded("passed before the request reached the planner's queue", field="deadline")
 
         def run() -> PlanResult:
             stamps["started"] = time.perf_counter()
-            return self._run_plan(request, deadline_at)
+            return self._run_plan(request, deadline_at, prepared.effort)
 
-        result = await slot.run(run)
+        def expired() -> DeadlineExceeded:
+            waited_ms = (time.perf_counter() - stamps["queued"]) * 1000.0
+            return DeadlineExceeded(f"passed while the request waited for the planner ({waited_ms:.0f} ms in the "
+                                    "queue); it left the queue unplanned", field="deadline")
+
+        result = await slot.run(run, deadline_at, expired)
         done = time.perf_counter()
         timings = {
             "decode": prepared.decode_ms,
@@ -275,22 +396,32 @@ class PlanService:
             result=result,
             sequence=call.sequence,
             session_id=call.session_id,
-            t0_s=t0_s,
+            t0_s=float(call.observation.timestamp_s),
             i0=1,
             dt_s=float(result.dt_s),
             model_version=str(self.info.get("model_version", "")),
-            history_timestamps_s=[pool[i].timestamp_s for i in picks],
+            history_timestamps_s=prepared.history_timestamps_s,
             timings_ms=timings,
         )
 
-    def _run_plan(self, request: PlanRequest, deadline_at: float | None) -> PlanResult:
-        """On the planner thread: refuse if the deadline already passed, else plan within what is left."""
+    def _run_plan(self, request: PlanRequest, deadline_at: float | None, effort: tuple[int, int]) -> PlanResult:
+        """On the planner thread: refuse if the deadline leaves no time for an informed pass, else plan within
+        what is left."""
         if deadline_at is not None:
             remaining_s = deadline_at - time.perf_counter() - self.config.deadline_margin_s
             if remaining_s <= 0:
                 raise DeadlineExceeded("passed while the request waited for the planner", field="deadline")
+            need_ms = self.informed_pass.estimate_ms(*effort)
+            if need_ms is not None and remaining_s * 1000.0 < need_ms:
+                raise DeadlineExceeded(
+                    f"{remaining_s * 1000.0:.0f} ms were left when the planner reached the request, less than its "
+                    f"minimum informed pass (about {need_ms:.0f} ms: encode + propose + rollout + score)",
+                    field="deadline",
+                )
             request = replace(request, options=replace(request.options, deadline_s=remaining_s))
-        return self.planner.plan(request)
+        result = self.planner.plan(request)
+        self.informed_pass.observe(result.timings_ms, *effort)
+        return result
 
     def _as_serving_error(self, exc: BaseException) -> ServingError | None:
         """The error to report for ``exc``; None for cancellation (the client went away)."""
@@ -301,5 +432,15 @@ class PlanService:
         converted = from_planner_error(exc) if isinstance(exc, Exception) else None
         if converted is not None:
             return converted
-        log.exception("plan failed", exc_info=exc)
-        return ServingError(f"internal error: {type(exc).__name__}: {exc}")
+        self.log.log(logging.ERROR, "internal", f"plan failed: {type(exc).__name__}: {str(exc)[:300]}", exc_info=exc)
+        return ServingError(f"internal error: {type(exc).__name__}")
+
+
+def option_maxima(planner: object) -> dict[str, int]:
+    """The planner's upper limits of the per-request options (``PlannerConfig.max_*``), or the defaults."""
+    config = getattr(planner, "config", None)
+    return {
+        "num_proposals": int(getattr(config, "max_proposals", DEFAULT_OPTION_MAX["num_proposals"])),
+        "refine_iters": int(getattr(config, "max_refine_iters", DEFAULT_OPTION_MAX["refine_iters"])),
+        "flow_steps": int(getattr(config, "max_flow_steps", DEFAULT_OPTION_MAX["flow_steps"])),
+    }

@@ -4,7 +4,8 @@ Every observation that arrives is validated, decoded and stored in the stream's 
 so the history stays dense. Only one plan per stream runs at a time; observations that arrive during
 it wait in a one-element slot, and a newer one replaces an older one there (the older is *dropped* as
 stale and listed in the next reply's ``dropped_sequences``). A bad observation yields a
-:class:`StreamError` for its sequence and the stream goes on.
+:class:`StreamError` for its sequence and the stream goes on. A pending observation whose ``deadline_ms``
+passes while the stream's previous plan runs is answered DEADLINE_EXCEEDED when that plan ends, unplanned.
 
 A stream belongs to one session, the one its first accepted request names (or an anonymous one). Decided:
 a later request naming another session is an error (``session_id``: unknown on this stream) rather than a
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from vidplan_server.serving.errors import InvalidArgument, ServingError
 from vidplan_server.serving.messages import PlanCall, PlanReply
 from vidplan_server.serving.service import PlanService, Prepared, outcome_of
+from vidplan_server.serving.validation import check_session_id
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class PlanStream:
     def fail(self, sequence: int, session_id: str, error: ServingError) -> None:
         """Report a request the transport could not even convert (it never reaches the session)."""
         self._service.count(self._transport, "stream", outcome_of(error))
-        self._errors.append(StreamError(sequence, session_id, error))
+        self._errors.append(StreamError(sequence, self._echo(session_id), error))
         self._wake.set()
 
     async def submit(self, call: PlanCall) -> None:
@@ -64,14 +66,17 @@ class PlanStream:
             call = replace(call, session_id=self._anonymous_session)
         try:
             service._check_accepting()
+            checked = service._check(call)  # the session id too, so the message below quotes a bounded one
             if self._session is not None and client_session != self._session:
-                raise InvalidArgument(f"session_id: {client_session!r} is unknown on this stream, which belongs to "
-                                      f"session {self._session!r}; open a new stream for another session")
-            prepared = await service._prepare(call, service._check(call), arrived)
+                raise InvalidArgument(f"{client_session!r} is unknown on this stream, which belongs to session "
+                                      f"{self._session!r}; open a new stream for another session", field="session_id")
+            effort = service._effort(checked.options)
+            prepared = await service._prepare(call, checked, arrived, service._deadline_at(call, arrived, effort),
+                                              effort)
         except Exception as exc:
             error = service._as_serving_error(exc) or ServingError(str(exc))
             service.count(self._transport, "stream", outcome_of(error))
-            self._errors.append(StreamError(call.sequence, client_session, error))
+            self._errors.append(StreamError(call.sequence, self._echo(client_session), error))
         else:
             self._session = client_session
             if self._pending is not None:
@@ -126,3 +131,10 @@ class PlanStream:
 
     def _client_session(self, session_id: str) -> str:
         return "" if session_id == self._anonymous_session else session_id
+
+    def _echo(self, session_id: str) -> str:
+        """The session id to echo in an error reply: "" when it is itself what was wrong (too long, unprintable)."""
+        try:
+            return check_session_id(session_id, self._service.limits)
+        except InvalidArgument:
+            return ""

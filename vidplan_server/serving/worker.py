@@ -1,9 +1,14 @@
-"""The planner's single worker thread with bounded admission.
+"""The planner's single worker thread with bounded admission and deadlines kept in the queue.
 
 The planner is not thread-safe and saturates the device, so every plan runs on one thread, in arrival
 order. Requests reserve a slot first (:meth:`PlannerWorker.reserve`): when ``max_queue`` requests are
 already waiting, the reservation fails at once with :class:`Overloaded`, which keeps latency bounded
 instead of letting a queue grow behind a busy planner.
+
+A queued call leaves the queue, and gives its slot back, the moment its deadline passes or its caller is
+cancelled (the client went away): :meth:`Slot.run` withdraws it, so it never runs and holds nothing while
+the planner is busy with something else. A call that has already started runs to its end (the planner is
+anytime and keeps to the deadline it was given).
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ import asyncio
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from typing import Generic, TypeVar
 
 from vidplan_server.serving.errors import Overloaded
 
 T = TypeVar("T")
+
+
+class _Job(Generic[T]):
+    __slots__ = ("fn", "future", "holds_slot")
+
+    def __init__(self, fn: Callable[[], T], holds_slot: bool) -> None:
+        self.fn = fn
+        self.future: Future[T] = Future()
+        self.holds_slot = holds_slot  # a reserved queue slot, given back when the job leaves the queue
 
 
 class PlannerWorker:
@@ -28,12 +43,15 @@ class PlannerWorker:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         self.max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidplan-planner")
-        self._lock = threading.Lock()
-        self._waiting = 0
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._waiting = 0  # reserved slots: queued jobs plus reservations not submitted yet
         self._running = 0
+        self._stopping = False
         self._on_depth = on_depth or (lambda depth: None)
         self.mean_run_s = 0.5  # running mean of call durations (s), for Retry-After estimates
+        self._thread = threading.Thread(target=self._loop, name="vidplan-planner", daemon=True)
+        self._thread.start()
 
     @property
     def waiting(self) -> int:
@@ -50,7 +68,7 @@ class PlannerWorker:
 
     def reserve(self) -> Slot:
         """Take a queue slot now or raise :class:`Overloaded`. Use as a context manager."""
-        with self._lock:
+        with self._cond:
             if self._waiting >= self.max_queue:
                 retry_after_s = (self._waiting + self._running) * self.mean_run_s
                 raise Overloaded(
@@ -64,39 +82,77 @@ class PlannerWorker:
 
     def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker thread now and wait (startup work such as warm-up; no admission)."""
-        return self._executor.submit(fn).result()
+        job = _Job(fn, holds_slot=False)
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future.result()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Cancel what is still queued, let the running call finish, end the thread."""
+        with self._cond:
+            self._stopping = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self._cond.notify()
+        for job in dropped:
+            job.future.cancel()
+            if job.holds_slot:
+                self._release()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
 
-    # -- used by Slot
-    def _submit(self, fn: Callable[[], T]) -> Future[T]:
-        def job() -> T:
-            with self._lock:
-                self._waiting -= 1
-                self._running += 1
-                depth = self._waiting
-            self._on_depth(depth)
+    # -- the thread
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+                admitted = job.future.set_running_or_notify_cancel()
+                self._running += admitted
+            if job.holds_slot:
+                self._release()
+            if not admitted:
+                continue
             start = time.perf_counter()
             try:
-                return fn()
+                job.future.set_result(job.fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                job.future.set_exception(exc)
             finally:
+                job = None  # drop the request's arrays before waiting for the next job
                 elapsed = time.perf_counter() - start
-                with self._lock:
+                with self._cond:
                     self._running -= 1
                     self.mean_run_s = 0.8 * self.mean_run_s + 0.2 * elapsed
 
-        future = self._executor.submit(job)
+    # -- used by Slot
+    def _submit(self, fn: Callable[[], T]) -> _Job[T]:
+        """Queue ``fn`` in a reserved slot; the slot stays taken until the job starts or is withdrawn."""
+        job = _Job(fn, holds_slot=True)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the planner worker has shut down")
+            self._queue.append(job)
+            self._cond.notify()
+        return job
 
-        def on_done(f: Future[T]) -> None:
-            if f.cancelled():  # cancelled while still queued: job() never ran, so give its slot back
-                self._release()
-
-        future.add_done_callback(on_done)
-        return future
+    def _withdraw(self, job: _Job) -> bool:
+        """Take ``job`` out of the queue if it has not started; True when it was (its slot is given back)."""
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+            job.future.cancel()
+        self._release()
+        return True
 
     def _release(self) -> None:
-        with self._lock:
+        with self._cond:
             self._waiting -= 1
             depth = self._waiting
         self._on_depth(depth)
@@ -117,9 +173,29 @@ class Slot:
             self._used = True
             self._worker._release()
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker thread; cancelling the await while it still waits removes it from the queue."""
+    async def run(self, fn: Callable[[], T], deadline_at: float | None = None,
+                  on_expired: Callable[[], BaseException] | None = None) -> T:
+        """Run ``fn`` on the worker thread and return its result.
+
+        While the call waits in the queue, reaching ``deadline_at`` (``time.perf_counter`` seconds) withdraws
+        it and raises ``on_expired()``, and cancelling the await withdraws it too; either way its slot is free
+        at once. A call that has started is awaited to its end.
+        """
         if self._used:
             raise RuntimeError("a slot runs one call")
         self._used = True
-        return await asyncio.wrap_future(self._worker._submit(fn))
+        worker = self._worker
+        job = worker._submit(fn)
+        result = asyncio.wrap_future(job.future)
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody awaits it
+        try:
+            if deadline_at is not None:
+                left = deadline_at - time.perf_counter()
+                if left > 0:
+                    await asyncio.wait({result}, timeout=left)
+                if not result.done() and worker._withdraw(job):
+                    raise on_expired() if on_expired else TimeoutError("deadline passed in the queue")
+            return await asyncio.shield(result)
+        except asyncio.CancelledError:
+            worker._withdraw(job)  # still queued: never runs; running: finishes, its result is dropped
+            raise

@@ -236,7 +236,7 @@ class SafetyLimits(_message.Message):
     def __init__(self, workspace_min_m: _Optional[_Iterable[float]] = ..., workspace_max_m: _Optional[_Iterable[float]] = ..., max_translation_per_step_m: _Optional[float] = ..., max_rotation_per_step_rad: _Optional[float] = ..., joint_lower_rad: _Optional[_Iterable[float]] = ..., joint_upper_rad: _Optional[_Iterable[float]] = ..., gripper_min: _Optional[float] = ..., gripper_max: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version")
+    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version", "request_limits")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMERAS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class InfoResponse(_message.Message):
     CHUNK_STEPS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_LIMITS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     cameras: _containers.RepeatedScalarFieldContainer[str]
     image_height: int
@@ -261,4 +262,29 @@ class InfoResponse(_message.Message):
     chunk_steps: int
     limits: SafetyLimits
     server_version: str
-    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    request_limits: RequestLimits
+    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ..., request_limits: _Optional[_Union[RequestLimits, _Mapping]] = ...) -> None: ...
+
+class RequestLimits(_message.Message):
+    __slots__ = ("max_history", "max_image_short_side", "max_image_long_side", "max_instruction_chars", "max_session_id_chars", "max_nominal_steps", "max_num_proposals", "max_refine_iters", "max_flow_steps", "min_deadline_ms")
+    MAX_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_SHORT_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTRUCTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSION_ID_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NOMINAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REFINE_ITERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FLOW_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    max_history: int
+    max_image_short_side: int
+    max_image_long_side: int
+    max_instruction_chars: int
+    max_session_id_chars: int
+    max_nominal_steps: int
+    max_num_proposals: int
+    max_refine_iters: int
+    max_flow_steps: int
+    min_deadline_ms: float
+    def __init__(self, max_history: _Optional[int] = ..., max_image_short_side: _Optional[int] = ..., max_image_long_side: _Optional[int] = ..., max_instruction_chars: _Optional[int] = ..., max_session_id_chars: _Optional[int] = ..., max_nominal_steps: _Optional[int] = ..., max_num_proposals: _Optional[int] = ..., max_refine_iters: _Optional[int] = ..., max_flow_steps: _Optional[int] = ..., min_deadline_ms: _Optional[float] = ...) -> None: ...
