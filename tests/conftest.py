@@ -66,3 +66,26 @@ def tiny_heads_bundle(tmp_path_factory, tiny_bundle, tiny_dataset):
                      "--steps", "4", "--quiet"])
         assert code == 0, stage
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory, short_episodes):
+    """The two short episodes marked successful: demonstrations the policy may learn from."""
+    from tests.helpers import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("demos") / "ds", [replace(ep, success=True) for ep in short_episodes])
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_bundle(tmp_path_factory, tiny_heads_bundle, demo_dataset):
+    """A copy of ``tiny_heads_bundle`` with a policy trained for a few steps (tiny preset)."""
+    import shutil
+
+    from vidplan_server.cli import main
+
+    out = tmp_path_factory.mktemp("policy") / "ckpt"
+    shutil.copytree(tiny_heads_bundle, out)
+    code = main(["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny",
+                 "--steps", "4", "--quiet"])
+    assert code == 0
+    return out

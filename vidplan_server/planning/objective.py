@@ -6,12 +6,19 @@ Shapes: predicted latents ``(B, H, C, V*h, w)`` (the three views stacked along t
 
 **Selection score** of a rollout: ``max_t w(h_t) * (r_s,t - lambda * d(c, c_r,t))``, where
 
-- ``r_s,t`` is the semantic frame score (cosine similarity in [-1, 1]) averaged over ``semantic_views``
-  (decided: the wrist view only by default -- the semantic reward needs decoded frames, and decoding all
-  three views of 12 proposals x 5 frames took ~0.6-1.5 s on 2 CPU cores against ~0.2 s for one view);
-- ``c_r,t`` is the centroid of the most relevant region in ``centre_view`` (the wrist camera by default)
-  and ``c`` the desired centre (that view's centre by default); ``d`` is their Euclidean distance in
-  image coordinates divided by the largest possible one (sqrt 2), so it lies in [0, 1];
+- ``r_s,t`` is the semantic relevancy of frame t. Decided (``semantic_term`` "relevance", the default): the
+  square root of the mean of the instruction's relevance map over ``centre_view`` (the wrist camera), i.e. the
+  linear size of the region the words point at. Measured on the ``train`` split's simulator masks at approach
+  steps: the instructed object's area in the wrist view has Spearman 0.85 with closeness of the hand to it,
+  while the encoder's global frame score (the paper's CLIP frame similarity, ``semantic_term`` "frame",
+  averaged over ``semantic_views``) barely changes between proposals of one step -- the planning-signal
+  diagnostic (``vidplan eval planning-signal``) measured that score at chance even with the simulator as world
+  model. Only the centre view is decoded for "relevance" (decoding is the scoring's main cost);
+- ``c_r,t`` is the centroid of the most relevant region in ``centre_view`` and ``c`` the desired centre:
+  decided (0.5, 0.65), where the target sits in the wrist view when the gripper closes on it (median of the
+  ``train`` split's grasp frames, 0.51 / 0.70: the camera looks past the fingers); ``d`` is their Euclidean
+  distance in image coordinates divided by the largest possible one (sqrt 2), so it lies in [0, 1]. Its weight
+  ``lambda`` = 0.1 (0.05-0.25 all within 0.01 of the best within-episode Spearman on those masks; 0.5 lost 0.04);
 - ``h_t`` is the uncertainty over the relevant region: the UQ head's normalised entropy, averaged over
   latent channels, then averaged over ``centre_view``'s latent grid weighted by the relevance map
   (resized to that grid);
@@ -54,9 +61,9 @@ class ScoreConfig:
     weighting: str = "exp"  # w(h): "exp" = exp(-beta h), "linear" = 1 - h, "none" = 1
     semantic_term: str = "relevance"  # r_s: "relevance" (size of the relevant region) or "frame" (global score)
     beta: float = 3.0
-    centre_weight: float = 0.5  # lambda on the centring distance
+    centre_weight: float = 0.1  # lambda on the centring distance
     centre_view: str = "wrist_image_left"
-    centre_xy: tuple[float, float] = (0.5, 0.5)  # desired centre c, (x, y) in [0, 1] image coordinates
+    centre_xy: tuple[float, float] = (0.5, 0.65)  # desired centre c, (x, y) in [0, 1] image coordinates
     semantic_views: tuple[str, ...] = ("wrist_image_left",)  # decoding is the cost: 1 view ~4x cheaper than 3
     confidence_eps: float = 0.5  # confidence = mean P(|latent error| <= eps) over the returned rollout
 

@@ -1,0 +1,81 @@
+"""The planner with a policy in the bundle: policy samples as proposals, the policy-only baseline mode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from vidplan_server.planning.limits import check_chunk
+from vidplan_server.planning.offline import request_from_episode
+from vidplan_server.planning.planner import Planner, PlannerConfig
+from vidplan_server.planning.types import PlanningError, PlanOptions
+
+FAST = PlanOptions(num_proposals=8, refine_iters=0)
+
+
+@pytest.fixture(scope="module")
+def planner(tiny_policy_bundle):
+    return Planner.load(tiny_policy_bundle, config=PlannerConfig(policy_samples=3))
+
+
+@pytest.fixture(scope="module")
+def request0(planner, short_episodes):
+    return request_from_episode(short_episodes[0], 9, planner.history_len, planner.frame_stride, FAST)
+
+
+def opts(req, **kw):
+    return replace(req, options=replace(req.options, **kw))
+
+
+def test_proposals_mix_policy_samples_then_the_basis(planner, request0):
+    r = planner.plan(request0)
+    assert r.proposal_kinds[:3] == ["policy:0", "policy:1", "policy:2"]
+    assert all(k.startswith("basis:") for k in r.proposal_kinds[3:]) and len(r.proposal_kinds) == 8
+    assert planner.info()["modes"] == ["plan", "policy"]
+
+
+def test_per_request_mix_and_perturbations(planner, request0):
+    r = planner.plan(opts(request0, policy_samples=2, policy_perturbations=3))
+    assert r.proposal_kinds[:5] == ["policy:0", "policy:1", "policy:0~1", "policy:1~1", "policy:0~2"]
+    r0 = planner.plan(opts(request0, policy_samples=0))
+    assert all(k.startswith("basis:") for k in r0.proposal_kinds)
+
+
+def test_a_nominal_chunk_replaces_the_policy_samples(planner, request0):
+    pose = np.r_[request0.state.cartesian_position, 0.0]
+    nominal = np.repeat(pose[None], 15, 0)
+    r = planner.plan(replace(opts(request0, nominal_perturbations=2), nominal=nominal))
+    assert r.proposal_kinds[:3] == ["nominal", "nominal~1", "nominal~2"]
+    assert not any(k.startswith("policy") for k in r.proposal_kinds)
+
+
+def test_policy_mode_is_the_baseline_without_the_world_model(planner, request0):
+    a = planner.plan(opts(request0, mode="policy", seed=3))
+    b = planner.plan(opts(request0, mode="policy", seed=3))
+    c = planner.plan(opts(request0, mode="policy", seed=4))
+    assert a.actions.shape == (planner.chunk_steps, 7) and np.array_equal(a.actions, b.actions)
+    assert not np.array_equal(a.actions, c.actions)
+    assert a.proposal_kinds == ["policy:0"] and a.uncertainty.shape == (0,) and a.timings_ms["rollout"] == 0
+    assert check_chunk(a.actions, request0.state.cartesian_position, planner.config.limits, a.joint_positions,
+                       planner.kinematics) == []
+    # The same seed's first policy sample is the plan's first proposal before feasibility projection.
+    sample = planner.policy_chunks(opts(request0, seed=3), 1)[0]
+    assert np.allclose(a.actions[:, 6], np.clip(sample[:, 6], 0, 1), atol=1e-6)
+
+
+def test_bad_mode_and_mix_name_the_field(planner, request0):
+    with pytest.raises(PlanningError, match="options.mode"):
+        planner.plan(opts(request0, mode="dream"))
+    with pytest.raises(PlanningError, match="options.policy_samples"):
+        planner.plan(opts(request0, policy_samples=-1))
+
+
+def test_policy_mode_needs_a_policy(tiny_heads_bundle, short_episodes):
+    planner = Planner.load(tiny_heads_bundle)
+    req = request_from_episode(short_episodes[0], 9, planner.history_len, planner.frame_stride,
+                               PlanOptions(mode="policy"))
+    with pytest.raises(PlanningError, match="options.mode.*policy module"):
+        planner.plan(req)
+    assert planner.info()["modes"] == ["plan"]
