@@ -56,13 +56,15 @@ from vidplan_server.data.schema import CAMERA_NAMES, DT_S
 from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_manifest
 from vidplan_server.models.heads import UQHead, ValueHead, load_uq_head, load_value_head
 from vidplan_server.models.heatmaps import LatentColormap, load_colormap, overlay
+from vidplan_server.models.policy import FlowPolicy, load_policy
 from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
 from vidplan_server.planning.limits import SafetyLimits, check_chunk, project_knots, solve_joint_positions
 from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
-from vidplan_server.planning.proposer import Proposer, ProposerConfig
+from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
 from vidplan_server.planning.types import (
+    MODES,
     NOMINAL_RANGES,
     NOMINAL_SPACES,
     STATE_RANGES,
@@ -89,6 +91,8 @@ class PlannerConfig:
     max_flow_steps: int = 16
     autocast_bf16: bool = True  # on CUDA only
     text_cache: int = 64  # instruction embeddings kept
+    policy_samples: int = 6  # K chunks from the bundle's policy per plan (when it has one and no nominal is sent)
+    policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     limits: SafetyLimits = field(default_factory=SafetyLimits)
@@ -111,7 +115,8 @@ class Planner:
 
     def __init__(self, world: WorldModel, uq: UQHead, value: ValueHead, semantic: SemanticBackend,
                  colormap: LatentColormap | None = None, config: PlannerConfig = PlannerConfig(),
-                 model_version: str = "unversioned", clock: Callable[[], float] = time.perf_counter) -> None:
+                 model_version: str = "unversioned", clock: Callable[[], float] = time.perf_counter,
+                 policy: FlowPolicy | None = None) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
         if tuple(world.codec.config.views) != CAMERA_NAMES:
@@ -124,6 +129,7 @@ class Planner:
         self.value = value
         self.semantic = semantic
         self.colormap = colormap
+        self.policy = policy.eval().requires_grad_(False) if policy is not None else None
         self.config = config
         self.model_version = model_version
         self.clock = clock
@@ -156,7 +162,8 @@ class Planner:
         value = load_value_head(ckpt).to(device)
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
-        return cls(world, uq, value, semantic, colormap, config, _model_version(ckpt))
+        policy = load_policy(ckpt).to(device) if "policy" in modules else None
+        return cls(world, uq, value, semantic, colormap, config, _model_version(ckpt), policy=policy)
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -195,6 +202,7 @@ class Planner:
             "dt_s": DT_S,
             "action_space": "cartesian_position",
             "nominal_spaces": list(NOMINAL_SPACES),
+            "modes": list(MODES) if self.policy is not None else ["plan"],
             "device": str(self.device),
             "defaults": {"num_proposals": self.config.num_proposals, "refine_iters": self.config.refine_iters,
                          "flow_steps": self.config.flow_steps},
@@ -241,6 +249,15 @@ class Planner:
             raise PlanningError(f"options.seed: must be an integer in [0, 2**64), got {o.seed!r}")
         if o.deadline_s is not None and not (math.isfinite(o.deadline_s) and o.deadline_s >= 0):
             raise PlanningError(f"options.deadline_s: must be a finite number >= 0, got {o.deadline_s}")
+        if o.mode not in MODES:
+            raise PlanningError(f"options.mode: must be one of {MODES}, got {o.mode!r}")
+        if o.mode == "policy" and self.policy is None:
+            raise PlanningError("options.mode: 'policy' needs a checkpoint with a policy module "
+                                "(train one with `vidplan train policy`)")
+        for name in ("policy_samples", "policy_perturbations"):
+            v = getattr(o, name)
+            if v is not None and (not isinstance(v, int) or not 0 <= v <= c.max_proposals):
+                raise PlanningError(f"options.{name}: must be an integer in [0, {c.max_proposals}], got {v!r}")
         if req.nominal is not None and req.nominal_space not in NOMINAL_SPACES:
             raise PlanningError(f"nominal_space: must be one of {NOMINAL_SPACES}, got {req.nominal_space!r}")
         if req.nominal is not None:
@@ -274,6 +291,47 @@ class Planner:
         while len(self._text) > self.config.text_cache:
             self._text.popitem(last=False)
         return emb
+
+    def policy_chunks(self, req: PlanRequest, count: int) -> np.ndarray:
+        """``count`` chunks (count, S, 7) sampled from the bundle's policy for the request's current frame, state
+        and instruction; the noise comes from a generator seeded with ``options.seed`` (its own stream, apart
+        from the rollout noise), so a seeded request is reproducible."""
+        pol = self.policy
+        if pol is None:
+            raise PlanningError("options.mode: this checkpoint has no policy module (train one with "
+                                "`vidplan train policy`)")
+        h, w = pol.config.image_size
+        frames = req.history[-1]
+        if frames.shape[1:3] != (h, w):
+            area = frames.shape[1] * frames.shape[2] > h * w
+            frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+                               for f in frames])
+        images = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2)[None].float() / 255.0
+        s = req.state
+        state = torch.tensor([[*np.asarray(s.cartesian_position, dtype=np.float64),
+                               float(np.clip(s.gripper_position, 0.0, 1.0))]], dtype=torch.float32, device=self.device)
+        gen = torch.Generator().manual_seed(int(req.options.seed) + 7919)
+        noise = torch.randn((1, count, pol.config.chunk, 7), generator=gen)
+        with torch.no_grad():
+            chunks = pol.sample(images, state, [req.instruction], noise)[0].double().cpu().numpy()
+        S = self.chunk_steps
+        return chunks[:, np.minimum(np.arange(S), chunks.shape[1] - 1)]
+
+    def propose(self, req: PlanRequest, count: int, rng: np.random.Generator) -> Proposals:
+        """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
+        request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy,
+        then the Jacobian basis."""
+        s, o, c = req.state, req.options, self.config
+        policy = None
+        if req.nominal is None and self.policy is not None:
+            K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
+            if K > 0:
+                policy = self.policy_chunks(req, K)
+        P = c.policy_perturbations if o.policy_perturbations is None else o.policy_perturbations
+        return self.proposer.propose(np.asarray(s.joint_position, dtype=np.float64),
+                                     np.asarray(s.cartesian_position, dtype=np.float64),
+                                     float(np.clip(s.gripper_position, 0.0, 1.0)), self.chunk_steps, count, rng,
+                                     req.nominal, req.nominal_space, o.nominal_perturbations, policy, P)
 
     def knots(self, actions: np.ndarray) -> torch.Tensor:
         """Control-rate chunks (N, S, 7) -> the model's actions (N, H, 7): steps stride-1, 2*stride-1, ..."""
@@ -378,14 +436,15 @@ class Planner:
             raise PlanningError("state.cartesian_position: the robot is outside the safety limits (" +
                                 "; ".join(problems) + ")")
 
+        if o.mode == "policy":
+            return self._policy_only(req, q0, pose0, timings, t_start)
+
         t = clock()
         history = self.encode_history(req.history)
         text = self.text_embedding(req.instruction)
         t = lap("encode", t)
 
-        rng = np.random.default_rng(o.seed)
-        props = self.proposer.propose(q0, pose0, g0, self.chunk_steps, N, rng, req.nominal, req.nominal_space,
-                                      o.nominal_perturbations)
+        props = self.propose(req, N, np.random.default_rng(o.seed))
         knots = self.knots(props.actions)
         t = lap("propose", t)
 
@@ -461,6 +520,26 @@ class Planner:
             notes=notes,
             predicted_frames=predicted,
             heatmaps=heat,
+        )
+
+    def _policy_only(self, req: PlanRequest, q0: np.ndarray, pose0: np.ndarray, timings: dict[str, float],
+                     t_start: float) -> PlanResult:
+        """The baseline: one chunk of the bundle's policy (seeded), made feasible and checked like any plan, with
+        no world model involved. Per-frame model outputs are empty and confidence is 0 (nothing judged it)."""
+        t = self.clock()
+        chunk = self.policy_chunks(req, 1)[0]
+        actions, joints = self.adapter.feasible_cartesian(chunk, pose0, q0)
+        problems = check_chunk(actions, pose0, self.config.limits, joints, self.kinematics)
+        if problems:
+            raise UnsafePlanError(problems)
+        timings["propose"] = (self.clock() - t) * 1e3
+        timings["total"] = (self.clock() - t_start) * 1e3
+        empty = np.zeros(0)
+        return PlanResult(
+            actions=actions, joint_positions=joints, dt_s=DT_S, frame_stride=self.frame_stride, uncertainty=empty,
+            expected_error=empty, semantic_reward=empty, value=empty, confidence=0.0,
+            proposal_scores=np.zeros(1), proposal_kinds=["policy:0"], winner=0, refinement=[], refined=False,
+            timings_ms=timings, notes=["mode policy: the policy's own chunk, not judged by the world model"],
         )
 
     @torch.no_grad()

@@ -22,6 +22,9 @@ import numpy as np
 
 from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER
 
+#: What a request asks for: a VidPlan plan, or the bundle's policy alone (the baseline).
+MODES = ("plan", "policy")
+
 #: Action spaces a nominal chunk may come in.
 NOMINAL_SPACES = ("cartesian_position", "joint_velocity")
 
@@ -103,6 +106,9 @@ class PlanOptions:
     seed: int = 0  # proposal noise and rollout noise; same request + same seed -> same plan
     return_heatmaps: bool = False  # decode the winner's predicted frames and uncertainty heatmaps
     nominal_perturbations: int | None = None  # K perturbations of a nominal chunk
+    policy_samples: int | None = None  # chunks sampled from the bundle's policy (used when no nominal is sent)
+    policy_perturbations: int | None = None  # ramp perturbations of those samples
+    mode: str = "plan"  # "plan" (VidPlan) or "policy" (the bundle's policy alone: the baseline, no world model)
 
 
 @dataclass(frozen=True)
