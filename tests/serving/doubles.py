@@ -54,6 +54,7 @@ class StubPlanner:
             "chunk_steps": 15,
             "dt_s": DT_S,
             "action_space": "cartesian_position",
+            "defaults": {"num_proposals": 6, "refine_iters": 0, "flow_steps": 1},
             "limits": {
                 "workspace_min_m": [0.1, -0.4, -0.05],
                 "workspace_max_m": [1.0, 0.4, 1.0],
