@@ -52,9 +52,9 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
     nominal, nominal_space = None, "cartesian_position"
     if request.HasField("nominal") and request.nominal.rows:
         if request.nominal.space not in SPACE_NAMES:
-            raise InvalidArgument(
-                f"{pb.ActionSpace.Name(request.nominal.space)} is not a valid action space", field="nominal.space"
-            )
+            space = request.nominal.space  # proto3 enums are open: a number without a name arrives as it is
+            name = pb.ActionSpace.Name(space) if space in pb.ActionSpace.values() else str(space)
+            raise InvalidArgument(f"{name} is not a valid action space", field="nominal.space")
         nominal_space = SPACE_NAMES[request.nominal.space]
         nominal = [list(row.values) for row in request.nominal.rows]
     option_deadline_s = o.deadline_ms / 1000.0 if o.HasField("deadline_ms") else None
