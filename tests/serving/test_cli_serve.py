@@ -12,6 +12,7 @@ import time
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.serving.doubles import pb_request
@@ -33,8 +34,33 @@ def test_every_serve_option_is_explained():
         "--token",
         "--tls-cert",
         "--tls-key",
+        "--public-metrics",
+        "--max-image-size",
+        "--max-session-mb",
     } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
+
+
+def test_hostile_client_settings_reach_the_configs(capsys):
+    from vidplan_server.serving.cli_serve import configs_from_args
+
+    parser = build_parser()
+    server, service = configs_from_args(parser.parse_args(["serve"]))
+    assert server.public_metrics is None and server.metrics_public
+    assert service.max_image_size == (720, 1280) and service.max_session_bytes == 256 * 2**20
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t", "--max-image-size", "320x180",
+                              "--max-session-mb", "64"])
+    server, service = configs_from_args(args)
+    assert not server.metrics_public  # on the network with a token: metrics, docs and reflection need it too
+    assert service.max_image_size == (180, 320) and service.max_session_bytes == 64 * 2**20
+    server, _ = configs_from_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t",
+                                                     "--public-metrics"]))
+    assert server.metrics_public
+    server, _ = configs_from_args(parser.parse_args(["serve", "--token", "t", "--no-public-metrics"]))
+    assert not server.metrics_public
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["serve", "--max-image-size", "big"])
+    assert info.value.code == 2 and "--max-image-size: expected WIDTHxHEIGHT" in capsys.readouterr().err
 
 
 def test_bad_options_exit_2_with_the_option_named(capsys):

@@ -16,9 +16,21 @@ DESCRIPTION = (
     "server reflection) and HTTP (POST /v1/plan, GET /v1/info, /livez, /readyz, /metrics, OpenAPI docs at /docs) "
     "in one process and one event loop. The model loads and warms up before health reports SERVING and /readyz "
     "200. Plans run one at a time on a single planner thread; past --max-queue waiting requests new ones are "
-    "refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After). SIGTERM or Ctrl-C shuts down "
-    "gracefully: health goes NOT_SERVING, new requests are refused, in-flight ones finish."
+    "refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After); a request whose deadline passes while it "
+    "waits leaves the queue then (DEADLINE_EXCEEDED, HTTP 504). SIGTERM or Ctrl-C shuts down gracefully: health goes "
+    "NOT_SERVING, new requests are refused, in-flight ones finish."
 )
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (either orientation) -> (shorter side, longer side)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1280x720, got {text!r}") from None
+    if min(width, height) < 1:
+        raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
+    return min(width, height), max(width, height)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,9 +82,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token",
         default=None,
-        help="require 'authorization: Bearer TOKEN' on plan and info calls of both transports "
-        "(health, readiness, metrics and reflection stay open); default: the VIDPLAN_TOKEN "
-        "environment variable if set, else no authentication",
+        help="require 'authorization: Bearer TOKEN' on plan and info calls of both transports, checked before "
+        "the request is parsed (health and readiness stay open; metrics, docs and reflection see "
+        "--public-metrics); default: the VIDPLAN_TOKEN environment variable if set, else no authentication",
+    )
+    p.add_argument(
+        "--public-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --token: whether /metrics, the OpenAPI docs (/docs, /redoc, /openapi.json) and gRPC reflection "
+        "stay open without it (they never show session ids or instructions); default: open when --host is a "
+        "loopback address, protected otherwise",
     )
     p.add_argument(
         "--tls-cert",
@@ -87,6 +107,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.max_message_bytes / 2**20,
         help="largest gRPC message in MiB, both directions (default 32: room for raw 180x320 "
         "views plus carried history)",
+    )
+    p.add_argument(
+        "--max-image-size",
+        type=image_size,
+        default=s.max_image_size,  # (shorter side, longer side), as image_size returns it
+        metavar="WxH",
+        help="largest camera image accepted, either orientation, refused from its header before decoding "
+        f"(default {s.max_image_size[1]}x{s.max_image_size[0]}: DROID's 720p; the model sees 64x64)",
+    )
+    p.add_argument(
+        "--max-session-mb",
+        type=positive_float,
+        default=s.max_session_bytes / 2**20,
+        help="memory all robot sessions together may hold (frames and ids, MiB); past it the least recently used "
+        f"sessions are dropped (default {s.max_session_bytes / 2**20:g})",
     )
     p.add_argument(
         "--shutdown-grace",
@@ -124,8 +159,11 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceCo
         max_message_bytes=int(args.max_message_mb * 2**20),
         shutdown_grace_s=args.shutdown_grace,
         log_level=args.log_level,
+        public_metrics=args.public_metrics,
     )
-    service = ServiceConfig(max_queue=args.max_queue, session_ttl_s=args.session_ttl, max_sessions=args.max_sessions)
+    service = ServiceConfig(max_queue=args.max_queue, session_ttl_s=args.session_ttl, max_sessions=args.max_sessions,
+                            max_image_size=tuple(args.max_image_size),
+                            max_session_bytes=int(args.max_session_mb * 2**20))
     return server, service
 
 
