@@ -140,3 +140,11 @@ def test_response_errors_raise():
         response_to_plan(bad)
     with pytest.raises(WireError, match="no chunk"):
         response_to_plan(pb.PlanResponse(stamp=pb.ChunkStamp(dt_s=0.1)))
+
+
+def test_a_session_id_the_server_would_refuse_is_refused_here():
+    obs = make_observation({c: smooth_image() for c in CAMERA_NAMES}, make_state(JOINTS, POSE, 0.0), 1.0)
+    assert make_request("r" * 128, 1, "pick", obs).session_id == "r" * 128
+    for bad in ("r" * 129, "robot\n1", "röbot"):
+        with pytest.raises(WireError, match="session_id must be at most 128 printable ASCII"):
+            make_request(bad, 1, "pick", obs)

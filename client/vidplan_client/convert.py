@@ -23,6 +23,8 @@ ENCODINGS = {"jpeg": pb.IMAGE_ENCODING_JPEG, "png": pb.IMAGE_ENCODING_PNG, "raw"
 ACTION_SPACES = {"cartesian_position": pb.ACTION_SPACE_CARTESIAN_POSITION,
                  "joint_velocity": pb.ACTION_SPACE_JOINT_VELOCITY}
 _ROW_WIDTH = {"cartesian_position": 7, "joint_velocity": 8}
+#: The server stores session ids, so it bounds them (GetInfo ``request_limits.max_session_id_chars``).
+MAX_SESSION_ID_CHARS = 128
 
 
 class WireError(ValueError):
@@ -133,6 +135,9 @@ def make_request(session_id: str, sequence: int, instruction: str, observation: 
     """
     if not instruction.strip():
         raise WireError("instruction must not be empty")
+    if len(session_id) > MAX_SESSION_ID_CHARS or not all(" " <= c <= "~" for c in session_id):
+        raise WireError(f"session_id must be at most {MAX_SESSION_ID_CHARS} printable ASCII characters, got "
+                        f"{session_id[:40]!r}{'...' if len(session_id) > 40 else ''} ({len(session_id)} characters)")
     request = pb.PlanRequest(session_id=session_id, sequence=int(sequence), instruction=instruction,
                              observation=observation, history=list(history), options=options)
     if nominal is not None:
