@@ -107,6 +107,8 @@ def test_refused_requests_keep_no_state(make_service, stub):
 
     asyncio.run(scenario())
     assert len(service.sessions) == 0 and service.sessions.nbytes == 0 and not stub.requests
+    asyncio.run(service.plan(call(session="robot-1")))
+    assert service.metrics.registry.get_sample_value("vidplan_session_bytes") == service.sessions.nbytes > 0
 
 
 def test_sessions_are_bounded_in_bytes_and_the_current_one_survives():

@@ -4,11 +4,12 @@
 ``service``            PlanService: validate, decode, sessions, history, bounded planner queue
 ``stream``             PlanStream: bidirectional planning on the newest observation
 ``messages``           transport-free request / reply dataclasses
-``validation``         field checks (messages name the field)
+``validation``         the one table of valid ranges and the field checks (messages name the field)
 ``images``             JPEG / PNG / raw decoding and resizing (OpenCV)
 ``history``            picking the T history frames by timestamp
 ``sessions``           per-robot ring buffers with idle expiry
-``worker``             the planner's single thread with bounded admission
+``worker``             the planner's single thread with bounded admission; deadlines kept in the queue
+``logs``               rate-limited log lines about refused requests
 ``metrics``            Prometheus metrics
 ``errors``             the exception hierarchy both transports map once
 ``grpc_server``        grpc.aio servicer, auth interceptor, health, reflection

@@ -72,6 +72,10 @@ class ServingMetrics:
             "vidplan_in_flight", "Requests admitted and not yet answered (waiting + running).", registry=self.registry
         )
         self.sessions = Gauge("vidplan_sessions", "Live robot sessions.", registry=self.registry)
+        self.session_bytes = Gauge(
+            "vidplan_session_bytes", "Bytes all sessions hold (frames and ids); bounded by --max-session-mb.",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "vidplan_ready",
             "1 when the model is loaded and warmed up and the server accepts work.",

@@ -334,6 +334,7 @@ class PlanService:
         if call.session_id:
             session_frames = self.sessions.append(call.session_id, current)
             self.metrics.sessions.set(len(self.sessions))
+            self.metrics.session_bytes.set(self.sessions.nbytes)
         if not call.history:
             pool = [f for f in session_frames if f.timestamp_s <= t0_s]
             picks = select_history([f.timestamp_s for f in pool], t0_s, self.history_len, self.spacing_s)
