@@ -1,6 +1,7 @@
 """`vidplan` command line: one entry point, one subcommand group per part of the product.
 
     vidplan sim record   --episodes N --out DIR [--seed S] [--split train|val|ood] [--resolution HxW] [--workers W]
+    vidplan sim captions --out DIR --images N [--seed S] [--workers W]
     vidplan sim preview  DIR --episode K --out sheet.png
     vidplan data info    DIR [--json]
     vidplan train codec|world|flowmap --data DIR --out CKPT [--preset tiny|small|base] [--steps N] [--resume]
@@ -48,6 +49,23 @@ def _cmd_sim_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_captions(args: argparse.Namespace) -> int:
+    from vidplan_server.data.sim.captions import CaptionConfig, generate_captions
+    from vidplan_server.data.sim.record import parse_resolution
+
+    try:
+        resolution = parse_resolution(args.resolution)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    summary = generate_captions(args.out, args.images, seed=args.seed, cfg=CaptionConfig(resolution=resolution),
+                                workers=args.workers, progress=not args.quiet)
+    print(f"{args.out}: rendered {summary.rendered} captioned image(s), {summary.skipped} already present, "
+          f"in {summary.seconds / 60:.1f} min")
+    return 0
+
+
 def _cmd_sim_preview(args: argparse.Namespace) -> int:
     from vidplan_server.data.preview import write_preview
     from vidplan_server.data.reader import EpisodeDataset
@@ -88,6 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
     if args.extra_data and args.stage != "value":
         raise CliError(f"--extra-data is only used by `train value`, not `train {args.stage}`")
+    if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
+        raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     opts = commands.TrainOptions(
@@ -106,6 +126,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.stage == "value":
         result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
                                       extra_data=tuple(args.extra_data))
+    elif args.captions is not None:
+        from vidplan_server.training.caption_stage import CaptionTrainConfig
+
+        cfg = CaptionTrainConfig(robot_share=args.robot_share, codec_share=args.codec_share)
+        result = commands.train_semantic_captions(opts, args.captions, frame_step=args.frame_step, cfg=cfg)
     else:
         result = commands.train_semantic(opts, frame_step=args.frame_step)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
@@ -154,6 +179,11 @@ def _cmd_eval_reward(args: argparse.Namespace) -> int:
     result = run_reward_eval(model, value, semantic, args.data, args.out, progress=not args.quiet)
     print(format_reward(result))
     print(f"wrote {args.out / 'reward.json'}")
+    if args.ood is not None:
+        result = run_reward_eval(model, value, semantic, args.ood, args.out, progress=not args.quiet,
+                                 filename="reward_ood.json")
+        print("ood:\n" + format_reward(result))
+        print(f"wrote {args.out / 'reward_ood.json'}")
     return 0
 
 
@@ -210,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
 
-    sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes")
-    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,preview}")
+    sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes, captioned renders")
+    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,captions,preview}")
 
     rec = sim_cmds.add_parser(
         "record",
@@ -251,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=_cmd_sim_record)
+
+    cap = sim_cmds.add_parser(
+        "captions",
+        help="captioned renders of every object and colour (no robot actions) for the semantic encoder",
+        description="Render scenes of every split's objects and colours (1-6 objects and a container), each in "
+        "several random arm poses whose wrist camera looks down from the heights and angles of a top-down "
+        "approach, with the two exterior views, per-object masks and the entities to caption them "
+        "('<colour> <object>', the instruction forms). The semantic encoder trains on them with `vidplan train "
+        "semantic --captions DIR`; the policy, world model and value head never see them. Resumable: re-running "
+        "with the same arguments renders only missing shards; shards are written atomically.",
+    )
+    cap.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
+    cap.add_argument("--images", type=positive_int, required=True,
+                     help="total number of images (arm poses, three views each) the folder should hold")
+    cap.add_argument("--seed", type=int, default=0, help="base seed; shard k uses a seed derived from it (default 0)")
+    cap.add_argument("--resolution", default="64x64", help="per-view HxW (default 64x64, the encoder's input)")
+    cap.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)),
+                     help="parallel simulator processes (default: number of cores, at most 4)")
+    cap.add_argument("--quiet", action="store_true", help="no progress bar")
+    cap.set_defaults(func=_cmd_sim_captions)
 
     prev = sim_cmds.add_parser(
         "preview",
@@ -316,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "episodes like --data); never the data you evaluate on")
     tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
+    tr.add_argument("--captions", type=Path, default=None, metavar="DIR",
+                    help="semantic: train on the captioned renders of `vidplan sim captions` (every object and "
+                    "colour of the simulator, the CLIP stand-in's data); --data then only adds train-split robot "
+                    "frames (--robot-share of each batch) and their held-out episodes for evaluation")
+    tr.add_argument("--robot-share", type=fraction, default=0.25,
+                    help="semantic with --captions: share of each batch drawn from --data's robot frames "
+                    "(0: renders only) (default 0.25)")
+    tr.add_argument("--codec-share", type=fraction, default=0.35,
+                    help="semantic with --captions: share of each batch passed through the bundle's codec "
+                    "(encode + decode), as the planner scores decoded frames (default 0.35)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
 
@@ -345,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True, help="folder for the JSON and PNG results")
         p.add_argument("--device", default=None, help="torch device (default cpu)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-    cal.add_argument("--ood", type=Path, default=None,
-                     help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood'")
+    for p in (cal, rew):
+        p.add_argument("--ood", type=Path, default=None,
+                       help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood' "
+                       "(reward: written to OUT/reward_ood.json)")
     cal.add_argument("--windows", type=positive_int, default=256, help="windows per split (default 256)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
     cal.set_defaults(func=_cmd_eval_calibration)

@@ -30,12 +30,17 @@ def test_eval_calibration_writes_json_and_reliability_pngs(tmp_path, tiny_heads_
     assert "ECE" in capsys.readouterr().out
 
 
-def test_eval_reward_writes_the_named_metrics(tmp_path, tiny_heads_bundle, tiny_dataset):
+def test_eval_reward_writes_the_named_metrics(tmp_path, tiny_heads_bundle, tiny_dataset, capsys):
     out = tmp_path / "rew"
-    code = main(["eval", "reward", "--ckpt", str(tiny_heads_bundle), "--data", str(tiny_dataset), "--out",
-                 str(out), "--quiet"])
+    code = main(["eval", "reward", "--ckpt", str(tiny_heads_bundle), "--data", str(tiny_dataset), "--ood",
+                 str(tiny_dataset), "--out", str(out), "--quiet"])
     assert code == 0
     result = json.loads((out / "reward.json").read_text())
+    ood = json.loads((out / "reward_ood.json").read_text())
+    assert ood["semantic"] == result["semantic"]  # the same episodes as --ood: the same figures
+    assert set(result["semantic"]["decoded_per_view"]) == {"exterior_image_1_left", "exterior_image_2_left",
+                                                           "wrist_image_left"}
+    assert "ood:" in capsys.readouterr().out
     assert {"value_kendall_tau", "success_auroc", "centroid_hit_rate"} <= set(result)
     assert 0.0 <= result["centroid_hit_rate"] <= 1.0
     assert result["semantic"]["visible_frames"] > 0

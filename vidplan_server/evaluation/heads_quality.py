@@ -274,7 +274,8 @@ def semantic_quality(model: WorldModel, semantic: SemanticBackend, data: Path, s
 
 
 def run_reward_eval(model: WorldModel, value: ValueHead, semantic: SemanticBackend, data: Path, out: Path,
-                    cfg: RewardEvalConfig = RewardEvalConfig(), progress: bool = True) -> dict:
+                    cfg: RewardEvalConfig = RewardEvalConfig(), progress: bool = True,
+                    filename: str = "reward.json") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     split = split_data(model, data, progress)
     dataset = EpisodeDataset(data)
@@ -283,7 +284,7 @@ def run_reward_eval(model: WorldModel, value: ValueHead, semantic: SemanticBacke
     s = semantic_quality(model, semantic, data, split, cfg, progress)
     result = {**{k: v[k] for k in ("value_kendall_tau", "success_auroc")}, "centroid_hit_rate": s["rendered"],
               "value": v, "semantic": s, "data": str(data), "gamma": value.config.gamma}
-    (out / "reward.json").write_text(json.dumps(result, indent=1))
+    (out / filename).write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -298,4 +299,5 @@ def format_reward(result: dict) -> str:
         f"({s['visible_frames']} visible frames)",
         "          by target size: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_by_target_size"].items()),
         "          per view: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_per_view"].items()),
+        "          through the codec: " + ", ".join(f"{k} {val:.3f}" for k, val in s["decoded_per_view"].items()),
     ])

@@ -241,6 +241,57 @@ def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int],
                           list(instructions))
 
 
+def train_semantic_captions(opts: TrainOptions, captions: Path, frame_step: int = 4, cfg=None) -> TrainResult:
+    """The semantic encoder on ``vidplan sim captions`` renders (+ ``train``-split robot frames of ``opts.data``,
+    ``cfg.robot_share`` of each batch), with the vocabulary of every simulator word; see
+    :mod:`vidplan_server.training.caption_stage`. The codec of the augmentation is ``opts.out``'s (the bundle
+    the planner will decode with), else the default bundle's."""
+    from dataclasses import asdict
+
+    from vidplan_server.data.reader import EpisodeDataset
+    from vidplan_server.data.sim.caption_text import simulator_vocabulary
+    from vidplan_server.data.sim.captions import load_captions
+    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
+    from vidplan_server.training.caption_stage import (
+        CaptionSemanticStage,
+        CaptionTrainConfig,
+        CaptionViews,
+        attach_codec,
+        split_images,
+    )
+
+    cfg = cfg or CaptionTrainConfig()
+    preset = presets.SEMANTIC[opts.preset]
+    data = load_captions(captions, opts.progress)
+    train_img, held_img = split_images(data, opts.held_out_fraction)
+    held_img = held_img[: cfg.eval_images]
+    vocab = set(simulator_vocabulary())
+    robot = robot_held = None
+    n_train = n_held = 0
+    if cfg.robot_share > 0:
+        dataset = EpisodeDataset(opts.data)
+        train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
+        held_idx = held_idx or train_idx[:1]
+        n_train, n_held = len(train_idx), len(held_idx)
+        size, grid = preset.model.image_size, preset.model.image_size[0] // 4
+        robot = semantic_frames(opts.data, train_idx, size, grid, frame_step, opts.progress)
+        robot_held = semantic_frames(opts.data, held_idx, size, grid, frame_step, opts.progress)
+        vocab |= {w for t in robot.instructions for w in words(t)}
+    config = replace(preset.model, vocab=tuple(sorted(vocab)))
+    codec_ckpt = opts.out if (opts.out / "codec.safetensors").is_file() else DEFAULT_CHECKPOINT
+    codec = load_codec(codec_ckpt)
+    train_v, held_v = CaptionViews.from_captions(data, train_img), CaptionViews.from_captions(data, held_img)
+    cache = opts.out / "training" / "semantic_codec"
+    attach_codec(train_v, codec, codec_ckpt / "codec.safetensors", cfg.codec_fraction, cache, opts.seed, opts.progress)
+    attach_codec(held_v, codec, codec_ckpt / "codec.safetensors", 1.0, cache, opts.seed, opts.progress)
+    stage = CaptionSemanticStage(config, train_v, held_v, cfg, robot, robot_held)
+    meta = {**_meta(opts, n_train, n_held), "captions": str(captions), "caption_images": len(train_img),
+            "caption_held_out_images": len(held_img), "robot_frames": len(robot.images) if robot else 0,
+            "frame_step": frame_step, "codec_from": str(codec_ckpt), "caption_training": asdict(cfg)}
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress, extra_meta=meta)
+
+
 def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
     from vidplan_server.data.reader import EpisodeDataset
 
