@@ -96,13 +96,52 @@ def test_only_the_relevant_region_counts(codec):
 
 
 def test_centring_term(codec):
+    """The desired centre is where the object sits in the wrist view at a grasp, (0.5, 0.65) by default."""
     pred = torch.zeros(1, 5, 4, 48, 16)
     hist = torch.zeros(1, 2, 4, 48, 16)
     uq = ConstantUQ(torch.full((1,), 50.0))
-    centred = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig())
+    centred = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(10, 8)), codec, ScoreConfig())
+    middle = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig())
     corner = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(2, 2)), codec, ScoreConfig())
     assert float(centred.centre_distance.max()) < 0.05
-    assert float(corner.score[0]) < float(centred.score[0])
+    assert float(corner.score[0]) < float(middle.score[0]) < float(centred.score[0])
+    image_centre = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec,
+                         ScoreConfig(centre_xy=(0.5, 0.5)))
+    assert float(image_centre.centre_distance.max()) < 0.05
+
+
+class SizedSemantic(FixedSemantic):
+    """A relevance blob of a given half-size (in patches) and a given frame score."""
+
+    def __init__(self, half: int, frame: float = 0.5):
+        super().__init__(frame, where=(10, 8))
+        self.half = half
+
+    def score(self, images, text):
+        out = super().score(images, text)
+        rel = torch.zeros_like(out.relevance)
+        y, x = self.where
+        rel[:, y - self.half:y + self.half + 1, x - self.half:x + self.half + 1] = 1.0
+        return SemanticScores(out.frame, rel, out.centroid)
+
+
+def test_relevance_term_prefers_a_bigger_instructed_region_and_frame_term_reads_the_frame_score(codec):
+    """r_s = sqrt(mean relevance): the object the words name filling more of the wrist view scores higher (the hand
+    is nearer); with semantic_term "frame" the encoder's global frame score is r_s instead."""
+    pred = torch.zeros(1, 5, 4, 48, 16)
+    hist = torch.zeros(1, 2, 4, 48, 16)
+    uq = ConstantUQ(torch.full((1,), 50.0))
+    small = judge(pred, hist, torch.ones(4), uq, SizedSemantic(1), codec, ScoreConfig())
+    big = judge(pred, hist, torch.ones(4), uq, SizedSemantic(3), codec, ScoreConfig())
+    assert torch.allclose(small.semantic, torch.full((1, 5), (9 / 256) ** 0.5), atol=1e-4)
+    assert torch.allclose(big.semantic, torch.full((1, 5), (49 / 256) ** 0.5), atol=1e-4)
+    assert float(big.score[0]) > float(small.score[0])
+    frame = ScoreConfig(semantic_term="frame")
+    low = judge(pred, hist, torch.ones(4), uq, SizedSemantic(3, frame=0.1), codec, frame)
+    high = judge(pred, hist, torch.ones(4), uq, SizedSemantic(1, frame=0.6), codec, frame)
+    assert torch.allclose(high.semantic, torch.full((1, 5), 0.6)) and float(high.score[0]) > float(low.score[0])
+    with pytest.raises(ValueError, match="semantic_term"):
+        ScoreConfig(semantic_term="vibes")
 
 
 def test_value_objective_is_differentiable_and_weighted():
