@@ -20,6 +20,12 @@ class ActionSpace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_SPACE_UNSPECIFIED: _ClassVar[ActionSpace]
     ACTION_SPACE_CARTESIAN_POSITION: _ClassVar[ActionSpace]
     ACTION_SPACE_JOINT_VELOCITY: _ClassVar[ActionSpace]
+
+class PlanMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_MODE_UNSPECIFIED: _ClassVar[PlanMode]
+    PLAN_MODE_PLAN: _ClassVar[PlanMode]
+    PLAN_MODE_POLICY: _ClassVar[PlanMode]
 IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
 IMAGE_ENCODING_JPEG: ImageEncoding
 IMAGE_ENCODING_PNG: ImageEncoding
@@ -27,6 +33,9 @@ IMAGE_ENCODING_RAW_RGB: ImageEncoding
 ACTION_SPACE_UNSPECIFIED: ActionSpace
 ACTION_SPACE_CARTESIAN_POSITION: ActionSpace
 ACTION_SPACE_JOINT_VELOCITY: ActionSpace
+PLAN_MODE_UNSPECIFIED: PlanMode
+PLAN_MODE_PLAN: PlanMode
+PLAN_MODE_POLICY: PlanMode
 
 class CameraFrame(_message.Message):
     __slots__ = ("camera", "encoding", "width", "height", "data")
@@ -77,7 +86,7 @@ class NominalChunk(_message.Message):
     def __init__(self, space: _Optional[_Union[ActionSpace, str]] = ..., rows: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ...) -> None: ...
 
 class PlanOptions(_message.Message):
-    __slots__ = ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "return_heatmaps", "nominal_perturbations")
+    __slots__ = ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "return_heatmaps", "nominal_perturbations", "policy_samples", "policy_perturbations", "mode")
     NUM_PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     REFINE_ITERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +94,9 @@ class PlanOptions(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETURN_HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     NOMINAL_PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     num_proposals: int
     refine_iters: int
     flow_steps: int
@@ -92,7 +104,10 @@ class PlanOptions(_message.Message):
     seed: int
     return_heatmaps: bool
     nominal_perturbations: int
-    def __init__(self, num_proposals: _Optional[int] = ..., refine_iters: _Optional[int] = ..., flow_steps: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., seed: _Optional[int] = ..., return_heatmaps: _Optional[bool] = ..., nominal_perturbations: _Optional[int] = ...) -> None: ...
+    policy_samples: int
+    policy_perturbations: int
+    mode: PlanMode
+    def __init__(self, num_proposals: _Optional[int] = ..., refine_iters: _Optional[int] = ..., flow_steps: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., seed: _Optional[int] = ..., return_heatmaps: _Optional[bool] = ..., nominal_perturbations: _Optional[int] = ..., policy_samples: _Optional[int] = ..., policy_perturbations: _Optional[int] = ..., mode: _Optional[_Union[PlanMode, str]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ("session_id", "sequence", "instruction", "observation", "history", "nominal", "options")
@@ -236,7 +251,7 @@ class SafetyLimits(_message.Message):
     def __init__(self, workspace_min_m: _Optional[_Iterable[float]] = ..., workspace_max_m: _Optional[_Iterable[float]] = ..., max_translation_per_step_m: _Optional[float] = ..., max_rotation_per_step_rad: _Optional[float] = ..., joint_lower_rad: _Optional[_Iterable[float]] = ..., joint_upper_rad: _Optional[_Iterable[float]] = ..., gripper_min: _Optional[float] = ..., gripper_max: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version", "request_limits")
+    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version", "request_limits", "modes")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMERAS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +265,7 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    MODES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     cameras: _containers.RepeatedScalarFieldContainer[str]
     image_height: int
@@ -263,7 +279,8 @@ class InfoResponse(_message.Message):
     limits: SafetyLimits
     server_version: str
     request_limits: RequestLimits
-    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ..., request_limits: _Optional[_Union[RequestLimits, _Mapping]] = ...) -> None: ...
+    modes: _containers.RepeatedScalarFieldContainer[PlanMode]
+    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ..., request_limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., modes: _Optional[_Iterable[_Union[PlanMode, str]]] = ...) -> None: ...
 
 class RequestLimits(_message.Message):
     __slots__ = ("max_history", "max_image_short_side", "max_image_long_side", "max_instruction_chars", "max_session_id_chars", "max_nominal_steps", "max_num_proposals", "max_refine_iters", "max_flow_steps", "min_deadline_ms")
