@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, DT_S
-from vidplan_server.planning.types import PlanningError, PlanRequest, PlanResult, UnsafePlanError
+from vidplan_server.planning.types import MODES, PlanningError, PlanOptions, PlanRequest, PlanResult, UnsafePlanError
 from vidplan_server.serving.images import encode_image
 from vidplan_server.serving.messages import Image, Observation, Options, PlanCall, State
 
@@ -27,13 +27,18 @@ class StubPlanner:
 
     ``gate`` (when set) makes ``plan`` wait until it opens; ``warmup_gate`` does the same for ``warmup``.
     ``unsafe`` makes the next plan raise :class:`UnsafePlanError`. ``stages_ms`` (optional) are the stage
-    timings it reports, as the real planner does (encode, propose, rollout, score).
+    timings it reports, as the real planner does (encode, propose, rollout, score). ``policy``: whether its
+    bundle has a policy; without one it offers mode "plan" only and refuses "policy" as the planner does. In mode
+    "policy" it answers as the real planner does (one "policy:0" chunk, per-frame fields empty, confidence 0).
+    ``options`` records the PlanOptions of every request it got.
     """
 
-    def __init__(self, plan_s: float = 0.0, stages_ms: dict[str, float] | None = None) -> None:
+    def __init__(self, plan_s: float = 0.0, stages_ms: dict[str, float] | None = None, policy: bool = False) -> None:
         self.plan_s = plan_s
         self.stages_ms = stages_ms
+        self.policy = policy
         self.requests: list[PlanRequest] = []
+        self.options: list[PlanOptions] = []
         self.gate: threading.Event | None = None
         self.warmup_gate: threading.Event | None = None
         self.started = threading.Event()  # set when a plan begins
@@ -54,6 +59,7 @@ class StubPlanner:
             "chunk_steps": 15,
             "dt_s": DT_S,
             "action_space": "cartesian_position",
+            "modes": list(MODES) if self.policy else ["plan"],
             "defaults": {"num_proposals": 6, "refine_iters": 0, "flow_steps": 1},
             "limits": {
                 "workspace_min_m": [0.1, -0.4, -0.05],
@@ -83,6 +89,7 @@ class StubPlanner:
     def _plan(self, request: PlanRequest) -> PlanResult:
         self.threads.add(threading.current_thread().name)
         self.requests.append(request)
+        self.options.append(request.options)
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)
@@ -90,11 +97,22 @@ class StubPlanner:
             time.sleep(self.plan_s)
         if request.instruction == "planner refuses":  # what only the planner checks (its workspace box)
             raise PlanningError("state.cartesian_position: the robot is outside the safety limits (stub)")
+        if request.options.mode == "policy" and not self.policy:
+            raise PlanningError("options.mode: 'policy' needs a checkpoint with a policy module (stub)")
         if self.unsafe:
             self.unsafe = False
             raise UnsafePlanError(["step 3: z below workspace"])
         pose = np.r_[request.state.cartesian_position, request.state.gripper_position]
         steps = 15
+        if request.options.mode == "policy":
+            empty = np.zeros(0)
+            return PlanResult(
+                actions=np.tile(pose, (steps, 1)), joint_positions=np.tile(request.state.joint_position, (steps, 1)),
+                dt_s=DT_S, frame_stride=3, uncertainty=empty, expected_error=empty, semantic_reward=empty,
+                value=empty, confidence=0.0, proposal_scores=np.zeros(1), proposal_kinds=["policy:0"], winner=0,
+                refinement=[], refined=False, timings_ms={"propose": 0.1, "total": self.plan_s * 1000.0},
+                notes=["mode policy: the policy's own chunk, not judged by the world model"],
+            )
         return PlanResult(
             actions=np.tile(pose, (steps, 1)),
             joint_positions=np.tile(request.state.joint_position, (steps, 1)),

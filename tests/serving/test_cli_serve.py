@@ -37,6 +37,8 @@ def test_every_serve_option_is_explained():
         "--public-metrics",
         "--max-image-size",
         "--max-session-mb",
+        "--policy-samples",
+        "--policy-perturbations",
     } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
 
@@ -63,11 +65,34 @@ def test_hostile_client_settings_reach_the_configs(capsys):
     assert info.value.code == 2 and "--max-image-size: expected WIDTHxHEIGHT" in capsys.readouterr().err
 
 
+def test_the_proposal_mix_reaches_the_planner_config(capsys):
+    from vidplan_server.planning.planner import PlannerConfig
+    from vidplan_server.serving import cli_serve
+
+    parser = build_parser()
+    defaults = PlannerConfig()
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve"])) == defaults
+    # --help states the planner's own defaults and range without importing torch.
+    assert (cli_serve.DEFAULT_POLICY_SAMPLES, cli_serve.DEFAULT_POLICY_PERTURBATIONS, cli_serve.MAX_PROPOSALS) == (
+        defaults.policy_samples, defaults.policy_perturbations, defaults.max_proposals)
+    config = cli_serve.planner_config_from_args(
+        parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"]))
+    assert (config.policy_samples, config.policy_perturbations) == (0, 4)
+    assert config.num_proposals == defaults.num_proposals
+    with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):
+        cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-samples", "65"]))
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["serve", "--policy-perturbations", "-1"])
+    assert info.value.code == 2 and "--policy-perturbations: expected an integer >= 0" in capsys.readouterr().err
+
+
 def test_bad_options_exit_2_with_the_option_named(capsys):
     from vidplan_server.cli import main
 
     assert main(["serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]) == 2
     assert "--tls-cert /nonexistent.pem: no such file" in capsys.readouterr().err
+    assert main(["serve", "--policy-samples", "65"]) == 2
+    assert "--policy-samples: must be in [0, 64], got 65" in capsys.readouterr().err
 
 
 class _Logs:

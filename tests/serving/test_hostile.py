@@ -371,6 +371,8 @@ SETTERS = {
     "options.deadline_ms": (*_set_option("deadline_ms"), None),
     "options.seed": (*_set_option("seed"), None),
     "options.nominal_perturbations": (*_set_option("nominal_perturbations"), None),
+    "options.policy_samples": (*_set_option("policy_samples"), None),
+    "options.policy_perturbations": (*_set_option("policy_perturbations"), None),
 }
 
 
@@ -458,7 +460,8 @@ PROTO_FIELDS = {
     "nominal.rows (cartesian_position)": ("enum", "ActionSpace", "ACTION_SPACE_CARTESIAN_POSITION"),
     "nominal.rows (joint_velocity)": ("enum", "ActionSpace", "ACTION_SPACE_JOINT_VELOCITY"),
     **{f"options.{name}": ("message", "PlanOptions", name) for name in
-       ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "nominal_perturbations")},
+       ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "nominal_perturbations",
+        "policy_samples", "policy_perturbations")},
 }
 
 

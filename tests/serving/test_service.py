@@ -125,6 +125,14 @@ BAD_CALLS = {
     "image over the size limit, either way": (
         _with_frame(WRIST, encode_image(np.zeros((721, 721, 3), np.uint8), "png")),
         "observation.frames[wrist_image_left].data: 721x721 pixels, larger than the server's limit of 1280x720"),
+    "policy mode without a policy": (call(options=Options(mode="policy")),
+                                     "options.mode: 'policy' is not offered by this server (its model bundle has no "
+                                     "policy; GetInfo modes: plan)"),
+    "unknown mode": (call(options=Options(mode="dream")), "options.mode: 'dream' is not one of plan, policy"),
+    "policy samples above range": (call(options=Options(policy_samples=65)),
+                                   "options.policy_samples: 65 is outside [0, 64]"),
+    "policy perturbations below range": (call(options=Options(policy_perturbations=-1)),
+                                         "options.policy_perturbations: -1 is outside [0, 64]"),
     "planner refuses": (call(instruction="planner refuses"),
                         "observation.state.cartesian_position: the robot is outside the safety limits"),
 }
@@ -152,6 +160,39 @@ def test_bad_field_is_named_and_next_good_request_succeeds(make_service, stub, n
     assert service.worker.waiting == 0 and service.in_flight == 0
     if name not in PLANNER_REFUSED:
         assert len(stub.requests) == 1  # refused before planning
+
+
+def test_mode_and_proposal_mix_reach_the_planner(make_service, stub):
+    """Per-request policy_samples / policy_perturbations / mode arrive in the planner's PlanOptions (unset = None,
+    the planner's configured default); mode "policy" answers with the policy's own chunk and is not held to the
+    informed pass's minimum deadline (it runs none)."""
+    from vidplan_server.planning.types import PlanningError
+    from vidplan_server.serving.errors import from_planner_error
+
+    stub.policy = True
+    stub.stages_ms = {"encode": 400.0, "propose": 1.0, "rollout": 5.0, "score": 1.0}
+    service = make_service()
+    assert service.describe()["modes"] == ["plan", "policy"]
+
+    async def scenario():
+        await service.plan(call(t=0.0, options=Options(policy_samples=3, policy_perturbations=2)))
+        plain = await service.plan(call(t=0.1))
+        baseline = await service.plan(call(t=0.2, deadline_s=0.3, options=Options(mode="policy", seed=4)))
+        return plain, baseline
+
+    plain, baseline = asyncio.run(scenario())
+    first, second, third = stub.options
+    assert (first.mode, first.policy_samples, first.policy_perturbations) == ("plan", 3, 2)
+    assert (second.mode, second.policy_samples, second.policy_perturbations) == ("plan", None, None)
+    assert (third.mode, third.seed, third.policy_samples) == ("policy", 4, None)
+    assert 0 < third.deadline_s <= 0.3  # a budget below the measured pass (407 ms) still reaches the planner
+    assert plain.result.confidence == 1.0
+    r = baseline.result
+    assert r.proposal_kinds == ["policy:0"] and r.confidence == 0.0 and r.uncertainty.size == 0
+    assert service.min_deadline_ms(6, 1) == pytest.approx(407.0)  # the policy-only plan taught the estimate nothing
+    # What the planner itself says about the mode keeps its field on the wire.
+    error = from_planner_error(PlanningError("options.mode: 'policy' needs a checkpoint with a policy module"))
+    assert isinstance(error, InvalidArgument) and error.field == "options.mode"
 
 
 def test_out_of_order_sequence_and_time_are_refused(make_service):

@@ -283,6 +283,61 @@ def test_info_metrics_docs_and_reflection(serve):
         assert "/v1/plan" in http.get("/openapi.json").json()["paths"]
 
 
+def test_policy_mode_and_proposal_mix_on_both_transports(serve, stub):
+    """A bundle with a policy: GetInfo / /v1/info list both modes; mode policy answers with the policy's own chunk
+    (per-frame fields empty, confidence 0) and the proposal mix reaches the planner, unset = the server's default."""
+    stub.policy = True
+    server = serve()
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        vidplan = pb_grpc.VidPlanStub(channel)
+        assert list(vidplan.GetInfo(pb.InfoRequest(), timeout=5).modes) == [pb.PLAN_MODE_PLAN, pb.PLAN_MODE_POLICY]
+        reply = vidplan.Plan(pb_request(mode=pb.PLAN_MODE_POLICY, policy_samples=3, seed=5), timeout=10)
+        assert list(reply.proposal_kinds) == ["policy:0"] and reply.confidence == 0.0 and len(reply.chunk) == 15
+        assert not reply.uncertainty and not reply.value and "mode policy" in reply.notes[0]
+        vidplan.Plan(pb_request(policy_samples=0, policy_perturbations=4), timeout=10)
+        vidplan.Plan(pb_request(), timeout=10)  # mode unset = plan; counts unset = the server's defaults
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.get("/v1/info").json()["modes"] == ["plan", "policy"]
+        r = http.post("/v1/plan", json=json_request(mode="policy", policy_perturbations=2))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["proposal_kinds"] == ["policy:0"] and body["confidence"] == 0.0 and body["value"] == []
+        assert http.post("/v1/plan", json=json_request(mode="plan", policy_samples=64)).status_code == 200
+        schema = http.get("/openapi.json").json()["components"]["schemas"]["PlanOptions"]["properties"]
+        assert schema["mode"]["enum"] == ["plan", "policy"]
+        assert next(a for a in schema["policy_samples"]["anyOf"] if a["type"] == "integer")["maximum"] == 64
+    got = [(o.mode, o.policy_samples, o.policy_perturbations, o.seed) for o in stub.options]
+    assert got == [("policy", 3, None, 5), ("plan", 0, 4, 0), ("plan", None, None, 0), ("policy", None, 2, 0),
+                   ("plan", 64, None, 0)]
+
+
+def test_policy_mode_without_a_policy_is_invalid_argument_on_both_transports(serve, stub):
+    server = serve()
+    expected = ("options.mode: 'policy' is not offered by this server (its model bundle has no policy; GetInfo "
+                "modes: plan)")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        vidplan = pb_grpc.VidPlanStub(channel)
+        assert list(vidplan.GetInfo(pb.InfoRequest(), timeout=5).modes) == [pb.PLAN_MODE_PLAN]
+        with pytest.raises(grpc.RpcError) as info:
+            vidplan.Plan(pb_request(mode=pb.PLAN_MODE_POLICY), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.value.details() == expected
+        with pytest.raises(grpc.RpcError) as info:
+            vidplan.Plan(pb_request(mode=7), timeout=10)  # proto3 enums are open: a number without a name
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "options.mode: 7 is not a valid PlanMode"
+        assert vidplan.Plan(pb_request(mode=pb.PLAN_MODE_PLAN), timeout=10).proposal_kinds == ["stub"]
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.get("/v1/info").json()["modes"] == ["plan"]
+        r = http.post("/v1/plan", json=json_request(mode="policy"))
+        assert r.status_code == 400 and r.json()["error"] == {"code": "INVALID_ARGUMENT", "message": expected,
+                                                              "field": "options.mode", "violations": []}
+        r = http.post("/v1/plan", json=json_request(mode="dream"))
+        assert r.status_code == 400 and r.json()["error"]["field"] == "options.mode"
+        schema = http.get("/openapi.json").json()["components"]["schemas"]["PlanOptions"]["properties"]
+        assert schema["mode"]["enum"] == ["plan"]
+    assert [o.mode for o in stub.options] == ["plan"]  # refused before the planner
+
+
 def _self_signed(tmp_path):
     """A throw-away certificate for 127.0.0.1, made with the openssl command line tool."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

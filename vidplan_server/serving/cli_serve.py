@@ -6,10 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from vidplan_server.argtypes import non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
+
+#: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
+DEFAULT_POLICY_SAMPLES = 6
+DEFAULT_POLICY_PERTURBATIONS = 0
+MAX_PROPOSALS = 64
 
 DESCRIPTION = (
     "Serve the planner over gRPC (service vidplan.v1.VidPlan: Plan, StreamPlan, GetInfo, plus grpc.health.v1 and "
@@ -18,7 +24,9 @@ DESCRIPTION = (
     "200. Plans run one at a time on a single planner thread; past --max-queue waiting requests new ones are "
     "refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After); a request whose deadline passes while it "
     "waits leaves the queue then (DEADLINE_EXCEEDED, HTTP 504). SIGTERM or Ctrl-C shuts down gracefully: health goes "
-    "NOT_SERVING, new requests are refused, in-flight ones finish."
+    "NOT_SERVING, new requests are refused, in-flight ones finish. With a bundle that has a policy, proposals "
+    "include --policy-samples chunks of it, and a request may ask for options.mode policy: the policy's own chunk "
+    "(safety-checked, no world model), the baseline to compare plans against."
 )
 
 
@@ -44,6 +52,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: the bundled checkpoint)",
     )
     p.add_argument("--device", default="cpu", help="torch device for the planner, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument(
+        "--policy-samples",
+        type=non_negative_int,
+        default=None,
+        metavar="K",
+        help="proposals sampled from the bundle's policy per plan when a request sends no nominal chunk and leaves "
+        f"options.policy_samples unset; the Jacobian basis bank fills the rest of the N (0-{MAX_PROPOSALS}; "
+        f"default {DEFAULT_POLICY_SAMPLES}; ignored by a bundle without a policy)",
+    )
+    p.add_argument(
+        "--policy-perturbations",
+        type=non_negative_int,
+        default=None,
+        metavar="P",
+        help="perturbed copies of those policy samples, within the N, when a request leaves "
+        f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
+        "samples already differ)",
+    )
     p.add_argument("--host", default=d.host,
                    help=f"address both servers bind (default {d.host}: this machine only; use 0.0.0.0 for robots "
                    "on the network, together with --token and TLS)")
@@ -138,6 +164,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def planner_config_from_args(args: argparse.Namespace):
+    """The :class:`~vidplan_server.planning.planner.PlannerConfig` of ``vidplan serve`` (imports torch); ValueError
+    names a bad option."""
+    from vidplan_server.planning.planner import PlannerConfig
+
+    config = PlannerConfig()
+    changes = {}
+    for flag, name in (("--policy-samples", "policy_samples"), ("--policy-perturbations", "policy_perturbations")):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not 0 <= value <= config.max_proposals:
+            raise ValueError(f"{flag}: must be in [0, {config.max_proposals}], got {value}")
+        changes[name] = value
+    return replace(config, **changes)
+
+
 def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceConfig]:
     """Check the options (ValueError names the bad one) and build the configs."""
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -173,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         server_config, service_config = configs_from_args(args)
+        planner_config = planner_config_from_args(args)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     _check_device(args.device)
@@ -182,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     from vidplan_server.serving.server import VidPlanServer
     from vidplan_server.serving.service import PlanService
 
-    planner = Planner.load(args.ckpt, device=args.device)
+    planner = Planner.load(args.ckpt, device=args.device, config=planner_config)
     service = PlanService(planner, service_config)
 
     async def main() -> None:

@@ -23,6 +23,7 @@ from vidplan_server.serving.messages import (
     earliest_deadline,
     frames_by_camera,
 )
+from vidplan_server.serving.validation import OPTIONAL_COUNTS
 from vidplan_server.serving.wire import vidplan_pb2 as pb
 
 ENCODING_NAMES = {pb.IMAGE_ENCODING_JPEG: "jpeg", pb.IMAGE_ENCODING_PNG: "png", pb.IMAGE_ENCODING_RAW_RGB: "raw"}
@@ -32,6 +33,8 @@ SPACE_NAMES = {
     pb.ACTION_SPACE_JOINT_VELOCITY: "joint_velocity",
 }
 SPACE_ENUMS = {name: enum for enum, name in SPACE_NAMES.items()}
+MODE_NAMES = {pb.PLAN_MODE_UNSPECIFIED: "plan", pb.PLAN_MODE_PLAN: "plan", pb.PLAN_MODE_POLICY: "policy"}
+MODE_ENUMS = {"plan": pb.PLAN_MODE_PLAN, "policy": pb.PLAN_MODE_POLICY}
 
 
 def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None) -> PlanCall:
@@ -41,13 +44,13 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
     if transport_deadline_s is not None and transport_deadline_s <= 0:
         raise DeadlineExceeded("the call's deadline passed before it reached the planner", field="deadline")
     o = request.options
+    if o.mode not in MODE_NAMES:
+        raise InvalidArgument(f"{o.mode} is not a valid PlanMode", field="options.mode")  # open enum: any number
     options = Options(
-        num_proposals=o.num_proposals if o.HasField("num_proposals") else None,
-        refine_iters=o.refine_iters if o.HasField("refine_iters") else None,
-        flow_steps=o.flow_steps if o.HasField("flow_steps") else None,
-        nominal_perturbations=o.nominal_perturbations if o.HasField("nominal_perturbations") else None,
+        **{name: getattr(o, name) if o.HasField(name) else None for name in OPTIONAL_COUNTS},
         seed=o.seed,
         return_heatmaps=o.return_heatmaps,
+        mode=MODE_NAMES[o.mode],
     )
     nominal, nominal_space = None, "cartesian_position"
     if request.HasField("nominal") and request.nominal.rows:
@@ -168,6 +171,7 @@ def info_response(info: dict[str, Any]) -> pb.InfoResponse:
         request_limits=pb.RequestLimits(
             **{k: v for k, v in serving.items() if k in pb.RequestLimits.DESCRIPTOR.fields_by_name and v is not None}
         ),
+        modes=[MODE_ENUMS[mode] for mode in info.get("modes", ("plan",)) if mode in MODE_ENUMS],
     )
 
 

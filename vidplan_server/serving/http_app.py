@@ -56,7 +56,7 @@ from vidplan_server.serving.messages import (
     frames_by_camera,
 )
 from vidplan_server.serving.service import PlanService, outcome_of
-from vidplan_server.serving.validation import FIELD_RANGES, IntRange, Limits, check_range
+from vidplan_server.serving.validation import FIELD_RANGES, OPTIONAL_COUNTS, IntRange, Limits, check_range
 
 #: Paths that need the token when one is configured; with private metrics also METRICS_AND_DOCS.
 API_PREFIX = "/v1/"
@@ -317,10 +317,11 @@ def _openapi(app: FastAPI, limits: Limits, token: bool, public_metrics: bool) ->
     props["NominalChunk"]["rows"].update(maxItems=limits.max_nominal_steps,
                                          items={"type": "array", "items": {"type": "number"},
                                                 "minItems": min(widths), "maxItems": max(widths)})
-    for name in ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "nominal_perturbations"):
+    for name in (*OPTIONAL_COUNTS, "deadline_ms", "seed"):
         option = props["PlanOptions"][name]
         target = next((a for a in option.get("anyOf", ()) if a.get("type") == "integer"), option)
         target.update(_bounds(r[f"options.{name}"]))
+    props["PlanOptions"]["mode"].update(enum=list(limits.modes))  # "policy" only when the bundle has a policy
     schema["components"]["schemas"]["PlanRequest"]["examples"] = [_example(limits)]
     if token:
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -411,12 +412,10 @@ def plan_call(body: m.PlanRequest) -> PlanCall:
         nominal=body.nominal.rows if body.nominal is not None and body.nominal.rows else None,
         nominal_space=body.nominal.space if body.nominal is not None else "cartesian_position",
         options=Options(
-            num_proposals=o.num_proposals,
-            refine_iters=o.refine_iters,
-            flow_steps=o.flow_steps,
-            nominal_perturbations=o.nominal_perturbations,
+            **{name: getattr(o, name) for name in OPTIONAL_COUNTS},
             seed=o.seed,
             return_heatmaps=o.return_heatmaps,
+            mode=o.mode,
         ),
         deadline_s=None if o.deadline_ms is None else o.deadline_ms / 1000.0,
     )

@@ -63,7 +63,15 @@ class PlanOptions(BaseModel):
                                     "included; shorter than serving.min_deadline_ms (GET /v1/info) is 504 at once")
     seed: int = Field(0, description="uint64, as on the wire")
     return_heatmaps: bool = False
-    nominal_perturbations: int | None = Field(None)
+    nominal_perturbations: int | None = Field(None, description="perturbations of the nominal chunk")
+    policy_samples: int | None = Field(None, description="chunks sampled from the bundle's policy as proposals when "
+                                       "no nominal is sent (0 = none); unset = the server's --policy-samples")
+    policy_perturbations: int | None = Field(None, description="perturbed copies of the policy samples, within "
+                                             "num_proposals; unset = the server's --policy-perturbations")
+    mode: Literal["plan", "policy"] = Field("plan", description="plan: VidPlan; policy: the bundle's policy alone "
+                                            "(the baseline): one seeded chunk, feasible and safety-checked, no world "
+                                            "model, per-frame fields empty and confidence 0; only when GET /v1/info "
+                                            "lists it in `modes`, else 400 naming options.mode")
 
 
 class PlanRequest(BaseModel):

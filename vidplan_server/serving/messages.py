@@ -86,6 +86,9 @@ class Options:
     nominal_perturbations: int | None = None
     seed: int = 0
     return_heatmaps: bool = False
+    policy_samples: int | None = None  # proposals sampled from the bundle's policy (when no nominal is sent)
+    policy_perturbations: int | None = None  # perturbed copies of those samples
+    mode: str = "plan"  # one of planning.types.MODES: "plan", or "policy" (the bundle's policy alone, the baseline)
 
 
 @dataclass(frozen=True)

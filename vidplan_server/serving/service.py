@@ -102,8 +102,9 @@ class InformedPass:
             self._samples.append((e, p / n, r / (n * k), s / n))
 
     def estimate_ms(self, proposals: int, flow_steps: int) -> float | None:
+        """None before the first timed plan, and for 0 proposals (mode "policy": no informed pass)."""
         with self._lock:
-            if not self._samples:
+            if not self._samples or proposals < 1:
                 return None
             e, p, r, s = (min(column) for column in zip(*self._samples, strict=True))
         return e + proposals * (p + s) + proposals * flow_steps * r
@@ -204,6 +205,7 @@ class PlanService:
         min_deadline = self.min_deadline_ms()
         return {
             **self.info,
+            "modes": list(self.limits.modes),
             "serving": {
                 "max_queue": self.config.max_queue,
                 "session_ttl_s": self.config.session_ttl_s,
@@ -271,6 +273,9 @@ class PlanService:
         return checked
 
     def _effort(self, options: PlanOptions) -> tuple[int, int]:
+        """(proposals, flow steps) of the informed pass the plan runs; (0, 0) in mode "policy", which runs none."""
+        if options.mode == "policy":
+            return (0, 0)
         n, k = self.default_effort
         return (options.num_proposals or n, options.flow_steps or k)
 

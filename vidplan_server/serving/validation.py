@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from vidplan_server.planning.types import NOMINAL_RANGES, NOMINAL_SPACES, STATE_RANGES, PlanOptions, Range, RobotState
+from vidplan_server.planning.types import (
+    MODES,
+    NOMINAL_RANGES,
+    NOMINAL_SPACES,
+    STATE_RANGES,
+    PlanOptions,
+    Range,
+    RobotState,
+)
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import InvalidArgument, show
 from vidplan_server.serving.messages import Image, PlanCall
@@ -70,11 +78,16 @@ def field_ranges(option_max: Mapping[str, int] = DEFAULT_OPTION_MAX,
         "options.deadline_ms": IntRange(0, UINT32_MAX),
         "options.seed": IntRange(0, UINT64_MAX),
         "options.nominal_perturbations": IntRange(0, n_max - 1),
+        "options.policy_samples": IntRange(0, n_max),
+        "options.policy_perturbations": IntRange(0, n_max),
     }
 
 
 #: The table at the default settings (what the proto's comments state).
 FIELD_RANGES = field_ranges()
+#: The optional counts of PlanOptions (unset = the server's default), each a row ``options.<name>`` of the table.
+OPTIONAL_COUNTS = ("num_proposals", "refine_iters", "flow_steps", "nominal_perturbations", "policy_samples",
+                   "policy_perturbations")
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class Limits:
     max_instruction_chars: int
     max_session_id_chars: int
     max_nominal_steps: int
+    modes: tuple[str, ...] = ("plan",)  # what ``options.mode`` may ask for: "policy" only with a policy
 
     @classmethod
     def build(cls, config: ServiceConfig, info: Mapping[str, Any], option_max: Mapping[str, int]) -> Limits:
@@ -102,6 +116,7 @@ class Limits:
             max_instruction_chars=config.max_instruction_chars,
             max_session_id_chars=config.max_session_id_chars,
             max_nominal_steps=config.max_nominal_steps,
+            modes=tuple(info.get("modes", ("plan",))),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -185,7 +200,7 @@ def check_call(call: PlanCall, limits: Limits) -> CheckedCall:
             )
         previous = ts
     return CheckedCall(instruction=instruction, state=state, nominal=_nominal(call, limits),
-                       options=_options(call, ranges))
+                       options=_options(call, limits))
 
 
 def check_frames(frames: Mapping[str, Image], limits: Limits, field: str) -> None:
@@ -262,13 +277,18 @@ def _nominal(call: PlanCall, limits: Limits) -> np.ndarray | None:
     return arr
 
 
-def _options(call: PlanCall, ranges: Mapping[str, Range | IntRange]) -> PlanOptions:
-    o = call.options
-    for name in ("num_proposals", "refine_iters", "flow_steps", "nominal_perturbations"):
+def _options(call: PlanCall, limits: Limits) -> PlanOptions:
+    o, ranges = call.options, limits.ranges
+    for name in OPTIONAL_COUNTS:
         value = getattr(o, name)
         if value is not None:
             check_range(value, ranges[f"options.{name}"], f"options.{name}")
     check_range(o.seed, ranges["options.seed"], "options.seed")
+    if o.mode not in MODES:
+        raise InvalidArgument(f"{show(o.mode)} is not one of {', '.join(MODES)}", field="options.mode")
+    if o.mode not in limits.modes:
+        raise InvalidArgument(f"{o.mode!r} is not offered by this server (its model bundle has no policy; "
+                              f"GetInfo modes: {', '.join(limits.modes)})", field="options.mode")
     return PlanOptions(
         num_proposals=o.num_proposals,
         refine_iters=o.refine_iters,
@@ -276,4 +296,7 @@ def _options(call: PlanCall, ranges: Mapping[str, Range | IntRange]) -> PlanOpti
         nominal_perturbations=o.nominal_perturbations,
         seed=int(o.seed),
         return_heatmaps=bool(o.return_heatmaps),
+        policy_samples=o.policy_samples,
+        policy_perturbations=o.policy_perturbations,
+        mode=o.mode,
     )
