@@ -8,6 +8,7 @@ import cv2
 import pytest
 from fakes import FakeEnv
 from vidplan_client.cli import main
+from vidplan_client.wire import vidplan_pb2 as pb
 
 STATE = {"joint_positions": [0, -0.5, 0, -2, 0, 1.5, 0.8], "cartesian_position": [0.5, 0, 0.3, 3.1, 0, 0],
          "gripper_position": 0.0}
@@ -38,6 +39,24 @@ def test_plan_prints_the_chunk(config, servicer, frames, capsys):
     assert [(f.camera, f.width, f.height) for f in sent.observation.frames] == [
         ("exterior_image_1_left", 32, 24), ("exterior_image_2_left", 32, 24), ("wrist_image_left", 32, 24)]
     assert servicer.metadata[0]["authorization"] == "Bearer t0k"
+
+
+def test_plan_asks_for_the_policy_baseline(config, servicer, frames, capsys):
+    code = run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "pick it up",
+               "--mode", "policy", "--policy-samples", "4", "--policy-perturbations", "2")
+    assert code == 0, capsys.readouterr().err
+    sent = servicer.calls[0].options
+    assert sent.mode == pb.PLAN_MODE_POLICY and (sent.policy_samples, sent.policy_perturbations) == (4, 2)
+    assert run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go") == 0
+    default = servicer.calls[1].options
+    assert default.mode == pb.PLAN_MODE_PLAN and not default.HasField("policy_samples")
+    with pytest.raises(SystemExit):
+        run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go",
+            "--mode", "dream")
+    assert "invalid choice: 'dream'" in capsys.readouterr().err
+    assert run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go",
+               "--policy-samples", "-1") == 2
+    assert "policy_samples must be >= 0" in capsys.readouterr().err
 
 
 def test_plan_reads_state_from_a_file_and_prints_json(config, servicer, frames, tmp_path, capsys):

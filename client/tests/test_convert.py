@@ -87,6 +87,20 @@ def test_request_round_trip_through_bytes():
     assert not parsed.options.HasField("flow_steps") and not parsed.options.HasField("deadline_ms")
 
 
+def test_mode_and_policy_proposals_go_into_the_options():
+    options = pb.PlanOptions.FromString(plan_options(mode="policy", policy_samples=3, policy_perturbations=0,
+                                                     seed=2).SerializeToString())
+    assert options.mode == pb.PLAN_MODE_POLICY and options.seed == 2
+    assert options.policy_samples == 3 and options.HasField("policy_perturbations")  # 0 is sent, not "default"
+    plain = plan_options()
+    assert plain.mode == pb.PLAN_MODE_PLAN
+    assert not plain.HasField("policy_samples") and not plain.HasField("policy_perturbations")  # server's defaults
+    with pytest.raises(WireError, match="mode must be one of"):
+        plan_options(mode="dream")
+    with pytest.raises(WireError, match="policy_samples must be >= 0"):
+        plan_options(policy_samples=-1)
+
+
 def test_joint_velocity_nominal_needs_eight_columns():
     obs = make_observation(FakeEnv().images, make_state(JOINTS, POSE, 0.0), 0.0)
     request = make_request("s", 1, "go", obs, nominal=np.zeros((4, 8)), nominal_space="joint_velocity")

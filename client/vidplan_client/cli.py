@@ -4,6 +4,7 @@
     vidplan-client health
     vidplan-client plan --frames ext1.png ext2.png wrist.png --state-json state.json \\
         --instruction "put the red cube in the tray"
+    vidplan-client plan ... --mode policy     # the bundle's policy alone: the baseline, same API
 
 Exit status: 0 on success, 1 when the server is not SERVING (``health``), 2 on an error (message on stderr).
 """
@@ -28,6 +29,7 @@ from vidplan_client.client import VidPlanClient
 from vidplan_client.convert import (
     CAMERA_NAMES,
     ENCODINGS,
+    MODES,
     PlanFailed,
     WireError,
     decode_image,
@@ -80,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="gradient refinement steps, 0 = selection only (default: server's)")
     plan.add_argument("--flow-steps", type=int, help="network evaluations per rollout (default: server's)")
     plan.add_argument("--deadline-ms", type=int, help="planner's own time budget in ms (default: server's)")
+    plan.add_argument("--mode", choices=sorted(MODES), default="plan",
+                      help="plan: VidPlan (default); policy: the server bundle's policy alone, the baseline to "
+                           "compare against (no world model; only when `info` lists PLAN_MODE_POLICY in modes)")
+    plan.add_argument("--policy-samples", type=int, metavar="K",
+                      help="proposals sampled from the bundle's policy, 0 = none (default: server's)")
+    plan.add_argument("--policy-perturbations", type=int, metavar="P",
+                      help="perturbed copies of the policy samples (default: server's)")
     plan.add_argument("--seed", type=int, default=0,
                       help="planner seed; same input + same seed = same plan (default 0)")
     plan.add_argument("--encoding", choices=[e for e in ENCODINGS if e != "raw"], default="jpeg",
@@ -173,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         options = plan_options(num_proposals=args.num_proposals, refine_iters=args.refine_iters,
                                flow_steps=args.flow_steps, deadline_ms=args.deadline_ms, seed=args.seed,
-                               return_heatmaps=args.heatmaps_out is not None)
+                               return_heatmaps=args.heatmaps_out is not None, policy_samples=args.policy_samples,
+                               policy_perturbations=args.policy_perturbations, mode=args.mode)
         observation = make_observation(images, state, time.time(), encoding=args.encoding)
         request = make_request(args.session_id or uuid.uuid4().hex, 1, args.instruction, observation, options=options)
     except WireError as e:

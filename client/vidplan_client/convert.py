@@ -23,6 +23,8 @@ ENCODINGS = {"jpeg": pb.IMAGE_ENCODING_JPEG, "png": pb.IMAGE_ENCODING_PNG, "raw"
 ACTION_SPACES = {"cartesian_position": pb.ACTION_SPACE_CARTESIAN_POSITION,
                  "joint_velocity": pb.ACTION_SPACE_JOINT_VELOCITY}
 _ROW_WIDTH = {"cartesian_position": 7, "joint_velocity": 8}
+#: PlanOptions.mode: a VidPlan plan, or the bundle's policy alone (the baseline; GetInfo ``modes`` says if offered).
+MODES = {"plan": pb.PLAN_MODE_PLAN, "policy": pb.PLAN_MODE_POLICY}
 #: The server stores session ids, so it bounds them (GetInfo ``request_limits.max_session_id_chars``).
 MAX_SESSION_ID_CHARS = 128
 
@@ -115,14 +117,24 @@ def make_observation(images: Mapping[str, np.ndarray], state: pb.RobotState, tim
 
 def plan_options(num_proposals: int | None = None, refine_iters: int | None = None, flow_steps: int | None = None,
                  deadline_ms: int | None = None, seed: int = 0, return_heatmaps: bool = False,
-                 nominal_perturbations: int | None = None) -> pb.PlanOptions:
-    """PlanOptions; ``None`` leaves a field unset, which means the server's default."""
+                 nominal_perturbations: int | None = None, policy_samples: int | None = None,
+                 policy_perturbations: int | None = None, mode: str = "plan") -> pb.PlanOptions:
+    """PlanOptions; ``None`` leaves a field unset, which means the server's default.
+
+    ``policy_samples`` / ``policy_perturbations``: the proposals sampled from the server bundle's policy and their
+    perturbed copies (when no nominal chunk is sent). ``mode``: "plan" (VidPlan), or "policy": the bundle's policy
+    alone, the baseline to compare against (one safety-checked chunk, no world model; per-frame fields empty,
+    confidence 0), only on a server whose GetInfo ``modes`` lists PLAN_MODE_POLICY.
+    """
     given = {"num_proposals": num_proposals, "refine_iters": refine_iters, "flow_steps": flow_steps,
-             "deadline_ms": deadline_ms, "nominal_perturbations": nominal_perturbations}
+             "deadline_ms": deadline_ms, "nominal_perturbations": nominal_perturbations,
+             "policy_samples": policy_samples, "policy_perturbations": policy_perturbations}
     for name, value in given.items():
         if value is not None and value < 0:
             raise WireError(f"{name} must be >= 0, got {value}")
-    return pb.PlanOptions(seed=seed, return_heatmaps=return_heatmaps,
+    if mode not in MODES:
+        raise WireError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    return pb.PlanOptions(seed=seed, return_heatmaps=return_heatmaps, mode=MODES[mode],
                           **{k: int(v) for k, v in given.items() if v is not None})
 
 
