@@ -104,3 +104,16 @@ def test_missing_module_lists_what_the_bundle_has(bundle):
         from vidplan_server.models.world_model import load_codec
 
         load_codec(bundle)
+
+
+def test_copy_module_assembles_a_bundle_from_separate_folders(bundle, tiny_policy_bundle):
+    from vidplan_server.models.checkpoint import copy_module
+    from vidplan_server.models.policy import load_policy
+
+    copy_module(tiny_policy_bundle, bundle, "policy")
+    assert set(read_manifest(bundle)["modules"]) == {"codec", "world", "flow_map", "policy"}
+    a, b = load_policy(tiny_policy_bundle), load_policy(bundle)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    WorldModel.load(bundle)  # the other modules are untouched
+    with pytest.raises(CheckpointError, match="no module 'value'"):
+        copy_module(bundle, tiny_policy_bundle, "value")

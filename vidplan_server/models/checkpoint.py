@@ -155,6 +155,20 @@ def save_module(ckpt: str | Path, name: str, module: torch.nn.Module, config: An
     return ckpt / file
 
 
+def copy_module(src: str | Path, dst: str | Path, name: str) -> Path:
+    """Copy module ``name`` (weights file and ``config.json`` entry) from bundle ``src`` into bundle ``dst``,
+    replacing a module of that name there; ``dst``'s other modules are kept. Assembles a bundle from stages
+    trained into separate folders (e.g. a policy trained apart from the world model)."""
+    src, dst = Path(src), Path(dst)
+    entry = module_entry(src, name)
+    data = (src / entry["file"]).read_bytes()
+    manifest = read_manifest(dst)
+    _write_atomic(dst / entry["file"], lambda tmp: Path(tmp).write_bytes(data))
+    manifest["modules"][name] = entry
+    write_manifest(dst, manifest)
+    return dst / entry["file"]
+
+
 def module_entry(ckpt: str | Path, name: str) -> dict:
     manifest = read_manifest(ckpt)
     if name not in manifest["modules"]:
