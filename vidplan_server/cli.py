@@ -126,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.stage == "value":
         result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
                                       extra_data=tuple(args.extra_data))
+    elif args.stage == "policy":
+        result = commands.train_policy(opts)
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
 
@@ -184,6 +186,33 @@ def _cmd_eval_reward(args: argparse.Namespace) -> int:
                                  filename="reward_ood.json")
         print("ood:\n" + format_reward(result))
         print(f"wrote {args.out / 'reward_ood.json'}")
+    return 0
+
+
+def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vidplan_server.evaluation.planning_signal import SignalConfig, format_table, run_planning_signal
+    from vidplan_server.planning.objective import ScoreConfig
+    from vidplan_server.planning.planner import Planner, PlannerConfig
+
+    if not args.data.is_dir():
+        raise CliError(f"--data {args.data}: dataset folder does not exist")
+    try:
+        cfg = SignalConfig(steps_per_episode=args.steps_per_episode, max_episodes=args.episodes,
+                           num_proposals=args.proposals, seed=args.seed, variants=tuple(args.variants.split(",")))
+    except ValueError as exc:
+        raise CliError(f"--variants: {exc}") from None
+    try:
+        cx, cy = (float(v) for v in args.centre.split(","))
+        score = ScoreConfig(semantic_term=args.semantic_term, centre_weight=args.centre_weight, centre_xy=(cx, cy))
+    except ValueError as exc:
+        raise CliError(f"--centre / --semantic-term: {exc}") from None
+    planner = Planner.load(args.ckpt, device=_check_device(args.device) or "cpu", clip_folder=args.clip,
+                           config=replace(PlannerConfig(), score=score))
+    result = run_planning_signal(planner, args.data, args.out, cfg, progress=not args.quiet)
+    print(format_table(result["summary"]))
+    print(f"wrote {args.out / 'planning_signal.json'} and planning_signal.md")
     return 0
 
 
@@ -332,11 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         "video model; needs the codec), then flowmap (distils world into a few-step flow map); then the heads: "
         "uq (on the flow map's own samples of a calibration dataset the world model never saw; also stores "
         "the heatmap colour basis), value (discounted return per frame, on the training data) and semantic "
-        "(the instruction-frame dual encoder, on simulator episodes with target masks). Shows a progress bar "
-        "with the loss, evaluates on held-out episodes, saves resumable state "
+        "(the instruction-frame dual encoder, on simulator episodes with target masks); policy (the robot's own "
+        "language-conditioned behaviour-cloning policy with a flow-matching action head, on the successful nominal "
+        "episodes of a train-split recording: the baseline and the proposer's source of candidates). "
+        "Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
-    tr.add_argument("stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic"), help="what to train")
+    tr.add_argument("stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy"),
+                    help="what to train")
     tr.add_argument("--data", type=Path, required=True,
                     help="dataset folder (vidplan sim record, or a DROID port); for uq a calibration dataset "
                     "recorded apart from the world model's training data")
@@ -379,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
 
-    ev = groups.add_parser("eval", help="evaluate the UQ head's calibration and the reward heads")
-    ev_cmds = ev.add_subparsers(dest="command", required=True, metavar="{calibration,reward,closed-loop}")
+    ev = groups.add_parser("eval", help="evaluate the UQ head's calibration, the reward heads and the planning signal")
+    ev_cmds = ev.add_subparsers(dest="command", required=True,
+                                metavar="{calibration,reward,planning-signal,closed-loop}")
     cal = ev_cmds.add_parser(
         "calibration",
         help="ECE/MCE, reliability diagrams and uncertainty-error correlation of the UQ head",
@@ -421,6 +454,44 @@ def build_parser() -> argparse.ArgumentParser:
     rew.add_argument("--clip", type=Path, default=None,
                      help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
     rew.set_defaults(func=_cmd_eval_reward)
+    sig = ev_cmds.add_parser(
+        "planning-signal",
+        help="does the planner's score prefer proposals that move toward the instructed object? (with oracles)",
+        description="At approach steps of held-out recorded episodes (gripper open, target > 8 cm from the "
+        "hand), generate the planner's proposals and score them with the planner's pipeline and with oracle "
+        "stages swapped in: model (as planned), model-no-uq, value (the refinement objective), sim (the "
+        "simulator executes every proposal from the recorded state; frames through the codec), sim-raw (no "
+        "codec), sim-gt-relevance (the instructed object's mask as the relevance map). Reports the mean "
+        "Spearman correlation of score with -(distance of the chunk's end to the object) and how often the "
+        "winner is among the nearest third, with the true instruction and with one naming a distractor. "
+        "Writes OUT/planning_signal.json (every step's scores) and OUT/planning_signal.md.",
+    )
+    sig.add_argument("--data", type=Path, required=True,
+                     help="held-out episodes recorded by `vidplan sim record` (needs simulator seeds and poses)")
+    sig.add_argument("--out", type=Path, required=True, help="folder for planning_signal.json / .md")
+    sig.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
+    sig.add_argument("--episodes", type=positive_int, default=None, help="use the first N episodes (default all)")
+    sig.add_argument("--steps-per-episode", type=positive_int, default=3,
+                     help="approach steps probed per episode, spread over its approach phase (default 3)")
+    sig.add_argument("--proposals", type=positive_int, default=None,
+                     help="proposals per step (default: the planner's N)")
+    sig.add_argument("--variants", default=",".join(("model", "model-no-uq", "value", "sim", "sim-raw",
+                                                      "sim-gt-relevance")),
+                     help="comma-separated scoring variants to measure (default: all; the sim ones cost the most)")
+    sig.add_argument("--seed", type=int, default=0, help="proposal and rollout noise, distractor choice (default 0)")
+    sig.add_argument("--semantic-term", choices=("relevance", "frame"), default="relevance",
+                     help="r_s of the score: relevance (size of the region the words point at in the wrist view, "
+                     "the planner's default) or frame (the encoder's global frame similarity, as before)")
+    sig.add_argument("--centre-weight", type=float, default=0.1,
+                     help="lambda on the distance of the relevance centroid from the desired centre (default 0.1)")
+    sig.add_argument("--centre", default="0.5,0.65",
+                     help="desired centre c of the relevant region in the wrist view, x,y in [0, 1] "
+                     "(default 0.5,0.65)")
+    sig.add_argument("--clip", type=Path, default=None,
+                     help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
+    sig.add_argument("--device", default=None, help="torch device (default cpu)")
+    sig.add_argument("--quiet", action="store_true", help="no progress bar")
+    sig.set_defaults(func=_cmd_eval_planning_signal)
 
     plan = groups.add_parser(
         "plan",

@@ -310,3 +310,37 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
                  progress=opts.progress, extra_meta={**_meta(opts, len(train_idx), len(held_idx)),
                                                      "frames": len(train_f.images), "frame_step": frame_step})
+
+
+# ------------------------------------------------------------------------------------------ policy
+def train_policy(opts: TrainOptions) -> TrainResult:
+    """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split)."""
+    from vidplan_server.data.reader import EpisodeDataset
+    from vidplan_server.models.policy import fit_delta_scale
+    from vidplan_server.training.policy_stage import PolicyStage, policy_data
+
+    preset = presets.POLICY[opts.preset]
+    dataset = EpisodeDataset(opts.data)
+    train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
+    held_idx = held_idx or train_idx[:1]
+    state = opts.out / "training" / "policy" / "state.json"
+    if opts.resume and state.exists():
+        # Resuming: the vocabulary and normalisation the run started with.
+        from vidplan_server.models.policy import PolicyConfig
+
+        config = load_config(opts.out, "policy", PolicyConfig)
+    else:
+        config = preset.model
+    train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
+    held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
+    if not (opts.resume and state.exists()):
+        vocab = sorted({w for t in train_d.instructions for w in words(t)})
+        pos = train_d.state[:, :3]
+        config = replace(config, vocab=tuple(vocab), delta_scale=fit_delta_scale(train_d.chunk, train_d.state),
+                         position_mean=tuple(float(v) for v in pos.mean(0)),
+                         position_std=tuple(float(max(v, 1e-3)) for v in pos.std(0)))
+    stage = PolicyStage(config, train_d, held_d)
+    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
+                 progress=opts.progress,
+                 extra_meta={**_meta(opts, len(train_idx), len(held_idx)), "samples": len(train_d),
+                             "instructions": len(train_d.instructions)})
