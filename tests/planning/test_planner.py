@@ -15,7 +15,8 @@ from vidplan_server.planning.offline import request_from_episode
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanningError, PlanOptions, PlanRequest, RobotState
 
-FAST = PlanOptions(num_proposals=6, refine_iters=0, flow_steps=1)
+# The basis bank alone (its order: +x, -x, +y, -y, +z, -z); the policy samples are tested in test_planner_policy.
+FAST = PlanOptions(num_proposals=6, refine_iters=0, flow_steps=1, policy_samples=0)
 
 
 @pytest.fixture(scope="module")
