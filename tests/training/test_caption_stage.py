@@ -19,6 +19,8 @@ from vidplan_server.training.caption_stage import (
     CaptionSemanticStage,
     CaptionTrainConfig,
     CaptionViews,
+    dense_weights,
+    localisation_loss,
     split_images,
 )
 from vidplan_server.training.commands import semantic_frames
@@ -62,6 +64,29 @@ def test_batch_masks_and_positives_follow_the_captions(captions):
         assert all(((labels[b] == r).sum() >= 4) == v for r, v in zip(refs, visible, strict=True))
 
 
+def test_dense_weights_balance_each_caption_and_stress_hard_negatives():
+    masks, others = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
+    masks[0, 1, 1] = 1.0  # a one-patch object
+    masks[1, :2] = 0.5  # an object over eight patches
+    others[0, 2, 2] = others[2, 0, 0] = 1.0  # another entity of the image; caption 2's referent is hidden
+    w = dense_weights(masks, others, hard_negative_weight=3.0)
+    for c in (0, 1):  # small or large, the referent's patches weigh 0.5 in all, the rest 0.5
+        assert w[c][masks[c] > 0].sum().item() == pytest.approx(0.5)
+        assert w[c][masks[c] == 0].sum().item() == pytest.approx(0.5)
+    assert w[2].sum().item() == pytest.approx(1.0)  # hidden referent: only negatives
+    assert w[0, 2, 2].item() == pytest.approx(3.0 * w[0, 3, 3].item())
+
+
+def test_localisation_loss_is_low_when_the_peak_is_on_the_referent():
+    masks = torch.zeros(1, 4, 4)
+    masks[0, 1, 1] = 1.0
+    on, off, flat = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+    on[0, 1, 1] = off[0, 3, 3] = 5.0
+    assert localisation_loss(on, masks) < 0.1 < localisation_loss(flat, masks) < localisation_loss(off, masks)
+    assert localisation_loss(flat, masks).item() == pytest.approx(np.log(16))  # uniform over 16 patches
+    assert localisation_loss(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4)).item() == 0.0
+
+
 def test_tiny_stage_lowers_its_loss(captions, tiny_dataset):
     robot = semantic_frames(tiny_dataset, [0, 1], (64, 64), 16, 6, progress=False)
     stage = _stage(captions, robot)
@@ -73,7 +98,7 @@ def test_tiny_stage_lowers_its_loss(captions, tiny_dataset):
     losses = []
     for _ in range(40):
         loss, parts = stage.loss(stage.model, batch, g)
-        assert set(parts) == {"clip", "dense", "region"} and torch.isfinite(loss)
+        assert set(parts) == {"clip", "dense", "region", "loc"} and torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
         opt.step()

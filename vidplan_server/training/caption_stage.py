@@ -11,9 +11,11 @@ Loss, per batch of B views and C captions:
 - frame InfoNCE (CLIP's, symmetric): a view and a caption are a positive pair when the caption's referent
   is visible in the view, whichever image the caption was drawn for (several positives -> soft targets);
 - dense term: per-patch binary cross-entropy of ``sigmoid(a cos(patch, text) + b)`` against the referent's
-  coverage of the 16 x 16 patch grid, positives and negatives weighted to equal shares as before, and the
-  patches of *other* entities of the same image (the hard negatives: "the red cube" must not light up
-  the red duck beside it) weighted ``hard_negative_weight`` times more than the table;
+  coverage of the 16 x 16 patch grid, balanced per caption (:func:`dense_weights`), with the patches of
+  *other* entities of the same image (the hard negatives: "the red cube" must not light up the red duck
+  beside it) weighted ``hard_negative_weight`` times more than the table;
+- localisation term (:func:`localisation_loss`): the softmax of the dense logits over the grid against the
+  referent's coverage, so the map's peak, which the relevance centroid follows, sits on the referent;
 - region InfoNCE: the referent-weighted mean patch embedding of every visible entity against the
   "<colour> <noun>" descriptions of all entities of its image, again the hard negatives.
 
@@ -75,6 +77,7 @@ class CaptionTrainConfig:
     dense_weight: float = 2.0
     region_weight: float = 0.5
     hard_negative_weight: float = 3.0
+    localise_weight: float = 1.0
     eval_pairs: int = 768  # held-out (view, visible object) pairs scored by evaluate
     eval_images: int = 256  # held-out images (three views each) kept for evaluate, all with their codec round trip
 
@@ -167,6 +170,29 @@ def attach_codec(views: CaptionViews, codec: Codec, codec_file: Path, fraction: 
         trips = codec_round_trip(codec, views.images[chosen], progress=progress)
         _write_atomic(path, lambda tmp: save_file({"images": torch.from_numpy(trips).contiguous()}, tmp))
     views.codec[chosen] = trips
+
+
+def dense_weights(masks: torch.Tensor, others: torch.Tensor, hard_negative_weight: float) -> torch.Tensor:
+    """Per-patch weights (C, g, g) of the dense term for referent coverages ``masks`` (C, g, g) and the coverage
+    of the image's other entities ``others``: per caption, the referent's patches share a weight of 0.5 and
+    the rest 0.5 (1 when the referent is hidden), other entities' patches ``hard_negative_weight`` times the
+    table's. Balanced per caption, so a 3-pixel object in an exterior view counts as much as the tray filling
+    the wrist view."""
+    pos = (masks > 0).float()
+    neg = (1 - pos) * torch.where(others > 0, hard_negative_weight, 1.0)
+    n_pos = pos.flatten(1).sum(1)[:, None, None]
+    n_neg = neg.flatten(1).sum(1)[:, None, None]
+    return 0.5 * pos / n_pos.clamp(min=1) + (1 - 0.5 * (n_pos > 0).float()) * neg / n_neg.clamp(min=1e-6)
+
+
+def localisation_loss(dense: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the softmax over the patch grid of dense logits (C, g, g) against the referent's
+    normalised coverage ``masks`` (C, g, g): the peak of the relevance map, which the centroid follows, on the
+    referent, whatever its size (0 for no captions)."""
+    if not len(dense):
+        return dense.sum() * 0.0
+    target = masks.flatten(1) / masks.flatten(1).sum(1, keepdim=True).clamp(min=1e-6)
+    return -(target * dense.flatten(1).log_softmax(1)).sum(1).mean()
 
 
 def _grid_coverage(labels: torch.Tensor, grid: int) -> torch.Tensor:
@@ -295,10 +321,11 @@ class CaptionSemanticStage(Stage):
             others = torch.cat([others, torch.zeros_like(batch["robot_mask"])])
             vb = torch.cat([vb, torch.arange(B, B + n_robot, device=img.device)])
         dense = model.dense_logits(patches[vb], t_all)
-        pos_frac = (masks > 0).float().mean().clamp(1e-3, 1 - 1e-3)
-        weight = torch.where(masks > 0, 0.5 / pos_frac, 0.5 / (1 - pos_frac))
-        weight = weight * torch.where((masks <= 0) & (others > 0), cfg.hard_negative_weight, 1.0)
-        l_dense = F.binary_cross_entropy_with_logits(dense, masks.clamp(0, 1), weight=weight)
+        weight = dense_weights(masks, others, cfg.hard_negative_weight)
+        bce = F.binary_cross_entropy_with_logits(dense, masks.clamp(0, 1), reduction="none")
+        l_dense = (bce * weight).sum((1, 2)).mean()
+        visible = masks.flatten(1).sum(1) * self.px_per_cell >= cfg.min_visible_px
+        l_loc = localisation_loss(dense[visible], masks[visible])
 
         # region InfoNCE among the entities of the same image
         if len(batch["region"]):
@@ -309,8 +336,8 @@ class CaptionSemanticStage(Stage):
             l_region = F.cross_entropy(rl, batch["region_target"].to(img.device))
         else:
             l_region = patches.sum() * 0.0
-        loss = l_clip + cfg.dense_weight * l_dense + cfg.region_weight * l_region
-        return loss, {"clip": l_clip.item(), "dense": l_dense.item(), "region": l_region.item()}
+        loss = l_clip + cfg.dense_weight * l_dense + cfg.region_weight * l_region + cfg.localise_weight * l_loc
+        return loss, {"clip": l_clip.item(), "dense": l_dense.item(), "region": l_region.item(), "loc": l_loc.item()}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: SimDualEncoder, device):
