@@ -79,3 +79,8 @@ def test_policy_mode_needs_a_policy(tiny_heads_bundle, short_episodes):
     with pytest.raises(PlanningError, match="options.mode.*policy module"):
         planner.plan(req)
     assert planner.info()["modes"] == ["plan"]
+
+
+def test_policy_sampling_takes_every_valid_seed(planner, request0):
+    r = planner.plan(opts(request0, mode="policy", seed=2**64 - 1))
+    assert np.isfinite(r.actions).all()

@@ -310,7 +310,7 @@ class Planner:
         s = req.state
         state = torch.tensor([[*np.asarray(s.cartesian_position, dtype=np.float64),
                                float(np.clip(s.gripper_position, 0.0, 1.0))]], dtype=torch.float32, device=self.device)
-        gen = torch.Generator().manual_seed(int(req.options.seed) + 7919)
+        gen = torch.Generator().manual_seed((int(req.options.seed) + 7919) % 2**64)  # own stream, any valid seed
         noise = torch.randn((1, count, pol.config.chunk, 7), generator=gen)
         with torch.no_grad():
             chunks = pol.sample(images, state, [req.instruction], noise)[0].double().cpu().numpy()
