@@ -66,6 +66,26 @@ def _cmd_sim_captions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_dagger(args: argparse.Namespace) -> int:
+    from vidplan_server.data.sim.record import parse_resolution
+    from vidplan_server.training.dagger import DaggerConfig, DaggerError, collect
+
+    if not args.ckpt.is_dir():
+        raise CliError(f"--ckpt {args.ckpt}: checkpoint folder does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    try:
+        config = DaggerConfig(seed=args.seed, beta=args.beta, open_loop_horizon=args.open_loop_horizon,
+                              max_steps=args.max_steps, resolution=parse_resolution(args.resolution))
+        s = collect(args.ckpt, args.out, args.episodes, config, workers=args.workers, progress=not args.quiet)
+    except (DaggerError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.out}: {s['new']} new episode(s) of {s['episodes']} ({s['successes']} ended in success, "
+          f"{s['samples']} labelled steps) in {s['seconds'] / 60:.1f} min; train on them with `vidplan train policy "
+          f"--extra-data {args.out}`")
+    return 0
+
+
 def _cmd_sim_preview(args: argparse.Namespace) -> int:
     from vidplan_server.data.preview import write_preview
     from vidplan_server.data.reader import EpisodeDataset
@@ -104,8 +124,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage != "value":
-        raise CliError(f"--extra-data is only used by `train value`, not `train {args.stage}`")
+    if args.extra_data and args.stage not in ("value", "policy"):
+        raise CliError(f"--extra-data is only used by `train value` and `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
         raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
@@ -127,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
                                       extra_data=tuple(args.extra_data))
     elif args.stage == "policy":
-        result = commands.train_policy(opts)
+        result = commands.train_policy(opts, dagger=tuple(args.extra_data))
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
 
@@ -270,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
 
     sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes, captioned renders")
-    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,captions,preview}")
+    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,captions,dagger,preview}")
 
     rec = sim_cmds.add_parser(
         "record",
@@ -330,6 +350,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel simulator processes (default: number of cores, at most 4)")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=_cmd_sim_captions)
+
+    dag = sim_cmds.add_parser(
+        "dagger",
+        help="run the bundle's policy in train-split scenes and record the scripted expert's labels (DAgger)",
+        description="DAgger data for the policy: drive the simulated robot with the bundle's policy (a chunk "
+        "every --open-loop-horizon steps; with probability --beta the expert's chunk instead) in train-split "
+        "scenes, and at every step record the three views, the state and what the noise-free scripted expert "
+        "would do from there (its next chunk). Train on it with `vidplan train policy --extra-data OUT`. "
+        "Resumable: re-running with the same arguments runs only the missing episodes.",
+    )
+    dag.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder with a policy module")
+    dag.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
+    dag.add_argument("--episodes", type=positive_int, required=True, help="total episodes the folder should hold")
+    dag.add_argument("--beta", type=fraction, default=0.3,
+                     help="probability that an executed chunk is the expert's, not the policy's (default 0.3)")
+    dag.add_argument("--seed", type=int, default=500,
+                     help="base seed of the train-split scenes (default 500, apart from recordings and benchmark)")
+    dag.add_argument("--open-loop-horizon", type=positive_int, default=8,
+                     help="policy rows executed before re-planning (default 8)")
+    dag.add_argument("--max-steps", type=positive_int, default=240, help="control steps per episode (default 240)")
+    dag.add_argument("--resolution", default="64x64", help="per-view HxW of the renders (default 64x64)")
+    dag.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)),
+                     help="parallel simulator processes, one torch thread each (default: cores, at most 4)")
+    dag.add_argument("--quiet", action="store_true", help="no progress bar")
+    dag.set_defaults(func=_cmd_sim_dagger)
 
     prev = sim_cmds.add_parser(
         "preview",
@@ -395,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="value: discount per control step of the Monte-Carlo return (default 0.99)")
     tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
                     help="value: more episode folders to train on (each split into training and held-out "
-                    "episodes like --data); never the data you evaluate on")
+                    "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
+                    "sim dagger`, every labelled step added to the training samples (a round: --resume --steps N)")
     tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--captions", type=Path, default=None, metavar="DIR",

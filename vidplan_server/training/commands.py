@@ -313,11 +313,13 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def train_policy(opts: TrainOptions) -> TrainResult:
-    """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split)."""
+def train_policy(opts: TrainOptions, dagger: tuple[Path, ...] = ()) -> TrainResult:
+    """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
+    every labelled step of the ``dagger`` folders (``vidplan sim dagger``; training only, the held-out samples
+    stay the demonstrations'). A DAgger round continues the run: ``--resume --steps`` with the folders added."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.policy import fit_delta_scale
-    from vidplan_server.training.policy_stage import PolicyStage, policy_data
+    from vidplan_server.training.policy_stage import PolicyData, PolicyStage, policy_data
 
     preset = presets.POLICY[opts.preset]
     dataset = EpisodeDataset(opts.data)
@@ -333,6 +335,12 @@ def train_policy(opts: TrainOptions) -> TrainResult:
         config = preset.model
     train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
     held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
+    demos = len(train_d)
+    if dagger:
+        from vidplan_server.training.dagger import dagger_samples
+
+        train_d = PolicyData.concat([train_d, *(dagger_samples(d, config.image_size, config.chunk, opts.progress)
+                                                for d in dagger)])
     if not (opts.resume and state.exists()):
         vocab = sorted({w for t in train_d.instructions for w in words(t)})
         pos = train_d.state[:, :3]
@@ -343,4 +351,5 @@ def train_policy(opts: TrainOptions) -> TrainResult:
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
                  progress=opts.progress,
                  extra_meta={**_meta(opts, len(train_idx), len(held_idx)), "samples": len(train_d),
+                             "demonstration_samples": demos, "dagger": [str(d) for d in dagger],
                              "instructions": len(train_d.instructions)})

@@ -47,6 +47,17 @@ class PolicyData:
     def __len__(self) -> int:
         return len(self.frames)
 
+    @staticmethod
+    def concat(parts: list[PolicyData]) -> PolicyData:
+        """The samples of all ``parts`` in one set (instruction indices remapped to one list)."""
+        instructions: dict[str, int] = {}
+        texts = []
+        for d in parts:
+            remap = np.array([instructions.setdefault(t, len(instructions)) for t in d.instructions])
+            texts.append(remap[d.text])
+        return PolicyData(np.concatenate([d.frames for d in parts]), np.concatenate([d.state for d in parts]),
+                          np.concatenate([d.chunk for d in parts]), np.concatenate(texts), list(instructions))
+
 
 def is_demonstration(success: bool, metadata: dict) -> bool:
     """A successful episode that ran no scripted failure mode."""

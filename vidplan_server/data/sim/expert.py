@@ -63,6 +63,7 @@ class ScriptedExpert:
             self.obj = scene.objects[1 + int(rng.integers(len(scene.objects) - 1))]
         self._pose = scene.kin.fk(scene.joint_positions())
         self._gripper = 0.0
+        self._yaw: float | None = None
 
     # ------------------------------------------------------------------ helpers
     def _noisy(self, T: np.ndarray, gripper: float) -> np.ndarray:
@@ -117,15 +118,63 @@ class ScriptedExpert:
     # ------------------------------------------------------------------ script
     def actions(self) -> Iterator[np.ndarray]:
         """Yield ``(7,)`` actions until the script ends (the caller enforces the step limit)."""
+        yield from self._reach_and_grasp()
+        yield from self._transport()
+
+    def resume(self, done: bool = False) -> Iterator[np.ndarray]:
+        """The nominal script continued from the simulator's current state: the expert's answer to a state it
+        did not make (DAgger relabelling, :mod:`vidplan_server.training.dagger`).
+
+        Decided phases, read from the simulator: when the task is ``done``, rise above the current position
+        and hold (gripper as it is for a pick, open after a place); when the target is between both fingers,
+        or it hangs in the air within 5 cm of the hand, hold the grasp a few steps if it still rests on the table
+        (the fingers may be closing), then the transport part of the script
+        (lift, carry, release); when the hand is at the grasp (within 1.5 cm of the target's centre line and of
+        the grasp height), close and lift; otherwise the reach-and-grasp part, which opens the gripper on the way
+        (letting go of a distractor) and skips the climb to the approach height when the hand is already over the
+        target (within 1.5 cm) and below that height, so it descends straight away.
+        """
+        if self.mode is not None:
+            raise ValueError("resume() continues the nominal script; construct the expert with mode=None")
+        if done:
+            grip = 1.0 if self.task.kind == "pick" else 0.0
+            up = self._pose.copy()
+            up[2, 3] = max(up[2, 3], self.cfg.carry_height_m)
+            yield from self._move(up, gripper=grip, speed=0.15)
+            while True:
+                yield from self._hold(1, grip)
+        pos, _ = self.scene.object_pose(self.obj)
+        lifted = pos[2] - self.obj.half_extents[2] > 0.01 and np.linalg.norm(pos - self._pose[:3, 3]) < 0.05
+        # Held: both fingers touch it, or it hangs in the air at the hand (contacts flicker during a carry).
+        if self.scene.in_gripper(self.obj) or lifted:
+            self._gripper = 1.0
+            if not lifted:  # still on the table: the fingers may be closing
+                yield from self._hold(self.cfg.close_steps // 2, 1.0)
+            yield from self._transport(resumed=True)
+            return
+        pos, _ = self.scene.object_pose(self.obj)
+        top = pos[2] + self.obj.half_extents[2]
+        tcp = self._pose[:3, 3]
+        over = np.linalg.norm(tcp[:2] - pos[:2]) < 0.015
+        if over and tcp[2] < max(pos[2], 0.018) + 0.015:  # at the grasp: close, then lift
+            self._yaw = float(np.arctan2(self._pose[1, 0], self._pose[0, 0]))
+            yield from self._hold(self.cfg.close_steps, 1.0)
+            yield from self._transport(resumed=True)
+            return
+        yield from self._reach_and_grasp(skip_approach=over and tcp[2] < top + self.cfg.approach_height_m)
+        yield from self._transport(resumed=True)
+
+    def _reach_and_grasp(self, skip_approach: bool = False) -> Iterator[np.ndarray]:
         cfg, scene, obj = self.cfg, self.scene, self.obj
         pos, _ = scene.object_pose(obj)
-        yaw = self._grasp_yaw(obj)
+        yaw = self._yaw = self._grasp_yaw(obj)
         xy = pos[:2].copy()
         if self.mode == "miss":
             angle = self.rng.uniform(0, 2 * np.pi)
             xy += self.rng.uniform(0.04, 0.06) * np.array([np.cos(angle), np.sin(angle)])
         top = pos[2] + obj.half_extents[2]
-        yield from self._move(self._pose_at(xy, top + cfg.approach_height_m, yaw), gripper=0.0)
+        if not skip_approach:
+            yield from self._move(self._pose_at(xy, top + cfg.approach_height_m, yaw), gripper=0.0)
         if self.mode == "timeout":
             while True:  # hesitate above the object until the step limit ends the episode
                 yield from self._hold(1, 0.0)
@@ -133,17 +182,29 @@ class ScriptedExpert:
         if self.mode != "miss":
             xy = pos[:2]
         grasp_z = max(pos[2], 0.018)
-        yield from self._move(self._pose_at(xy, grasp_z, yaw), speed=0.12)
+        yield from self._move(self._pose_at(xy, grasp_z, yaw), gripper=0.0, speed=0.12)
         yield from self._hold(cfg.close_steps, 1.0)
         yield from self._move(self._pose_at(xy, cfg.carry_height_m, yaw), speed=0.15)
 
+    def _transport(self, resumed: bool = False) -> Iterator[np.ndarray]:
+        """From a grasp at carry height: finish the pick or the place. ``resumed`` (:meth:`resume`, the object in
+        the gripper anywhere): lift to the carry height first, except over the container (within 2 cm), where the
+        release descent continues."""
+        cfg, scene, obj = self.cfg, self.scene, self.obj
+        # The grasp's yaw; resumed mid-grasp, the hand's own (its x axis is (cos yaw, sin yaw) when top-down).
+        yaw = self._yaw if self._yaw is not None else float(np.arctan2(self._pose[1, 0], self._pose[0, 0]))
+        c_pos, _ = scene.container_pose()
+        over_container = np.linalg.norm(self._pose[:2, 3] - c_pos[:2]) < 0.02 and self.task.kind == "place"
+        if resumed and not over_container and self._pose[2, 3] < cfg.carry_height_m - 0.01:
+            lift = self._pose.copy()
+            lift[2, 3] = cfg.carry_height_m
+            yield from self._move(lift, gripper=1.0, speed=0.15)
         if self.task.kind == "pick":
             if self.mode == "drop":
                 yield from self._hold(cfg.open_steps, 0.0)
             yield from self._hold(10, self._gripper)
             return
 
-        c_pos, _ = scene.container_pose()
         above = self._pose_at(c_pos[:2], cfg.carry_height_m, yaw)
         if self.mode == "drop":
             mid = self._pose.copy()
@@ -151,7 +212,8 @@ class ScriptedExpert:
             mid[:3, 3] = (1 - frac) * self._pose[:3, 3] + frac * above[:3, 3]
             yield from self._move(mid)
             yield from self._hold(cfg.open_steps, 0.0)
-        yield from self._move(above)
+        if not over_container:
+            yield from self._move(above)
         release_z = scene.container.asset.rim_height_m + obj.half_extents[2] + 0.04
         yield from self._move(self._pose_at(c_pos[:2], release_z, yaw), speed=0.12)
         yield from self._hold(cfg.open_steps, 0.0)

@@ -1,0 +1,109 @@
+"""DAgger: the resumed expert labels states it did not make; the collector records them; training reads them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vidplan_server.data.sim.episode import episode_seed
+from vidplan_server.data.sim.expert import ScriptedExpert
+from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.training.dagger import (
+    DaggerConfig,
+    DaggerError,
+    collect,
+    dagger_samples,
+    expert_chunk,
+    run_dagger_episode,
+)
+
+
+def _first_seed(kind: str, env: SimRobotEnv) -> int:
+    for i in range(40):
+        seed = episode_seed(500, "train", i)
+        env.reset(seed)
+        if env.task.kind == kind:
+            return seed
+    raise AssertionError(f"no {kind} task among 40 seeds")
+
+
+@pytest.mark.parametrize("kind", ["pick", "place"])
+def test_relabelled_expert_finishes_the_task_when_replanning_every_8_steps(sim_scene, kind):
+    """Executing only the resumed expert's chunks, 8 rows each, must do the task: every phase resumes."""
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    seed = _first_seed(kind, env)
+    never_expert = lambda obs, instruction: (_ for _ in ()).throw(AssertionError("beta=1 never asks the policy"))
+    arrays = run_dagger_episode(env, never_expert, seed, DaggerConfig(beta=1.0, max_steps=200), chunk=15)
+    assert bool(arrays["success"]), kind
+    T = len(arrays["frames"])
+    assert arrays["frames"].shape == (T, 3, 64, 64, 3) and arrays["chunk"].shape == (T, 15, 7)
+    assert arrays["state"].shape == (T, 7)
+
+
+def test_resumed_expert_keeps_a_held_object_and_releases_a_wrong_one(sim_scene):
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    env.reset(_first_seed("place", env))
+    script = ScriptedExpert(env.scene, env.task, np.random.default_rng(0)).actions()
+    for _ in range(200):  # the nominal script until the target hangs in the gripper at carry height
+        env.update_robot(next(script))
+        if env.scene.object_pose(env.scene.objects[0])[0][2] > 0.15:
+            break
+    else:
+        raise AssertionError("the nominal script never lifted the target")
+    held = expert_chunk(env, 15)
+    assert np.all(held[:, 6] == 1.0), "a held target stays gripped"
+    assert env.scene.objects  # the scene still has its objects
+    # A chunk asked at the episode's start reaches for the target with the gripper open.
+    env.reset(_first_seed("place", env))
+    start = expert_chunk(env, 15)
+    assert np.all(start[:, 6] == 0.0)
+    target = env.scene.object_pose(env.scene.objects[0])[0]
+    tcp0 = env.scene.kin.fk(env.scene.joint_positions())[:3, 3]
+    assert np.linalg.norm(start[-1, :2] - target[:2]) < np.linalg.norm(tcp0[:2] - target[:2])
+
+
+def test_resume_refuses_a_failure_mode(sim_scene):
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    env.reset(episode_seed(500, "train", 0))
+    with pytest.raises(ValueError, match="nominal"):
+        next(ScriptedExpert(env.scene, env.task, np.random.default_rng(0), mode="drop").resume())
+
+
+def test_collect_writes_resumable_episodes_that_training_reads(tmp_path, tiny_policy_bundle):
+    out = tmp_path / "dagger"
+    config = DaggerConfig(max_steps=12, beta=0.5)
+    s = collect(tiny_policy_bundle, out, 2, config, workers=1, progress=False)
+    assert s["new"] == 2 and s["samples"] == 24
+    files = sorted((out / "episodes").glob("*.npz"))
+    assert [f.name for f in files] == ["00000.npz", "00001.npz"]
+    assert json.loads((out / "dagger.json").read_text())["beta"] == 0.5
+    again = collect(tiny_policy_bundle, out, 3, config, workers=1, progress=False)
+    assert again["new"] == 1  # only the missing episode runs
+    with pytest.raises(DaggerError, match="beta"):
+        collect(tiny_policy_bundle, out, 3, DaggerConfig(max_steps=12, beta=0.1), progress=False)
+    data = dagger_samples(out, (32, 32), 10, progress=False)
+    assert data.frames.shape == (36, 3, 32, 32, 3) and data.chunk.shape == (36, 10, 7)
+    assert len(data.instructions) >= 1 and data.text.max() < len(data.instructions)
+
+
+def test_collect_needs_a_policy(tmp_path, tiny_heads_bundle):
+    with pytest.raises(DaggerError, match="no policy"):
+        collect(tiny_heads_bundle, tmp_path / "d", 1, progress=False)
+
+
+def test_train_policy_adds_dagger_samples(tmp_path, tiny_policy_bundle, demo_dataset):
+    import shutil
+
+    from vidplan_server.cli import main
+
+    dag = tmp_path / "dagger"
+    collect(tiny_policy_bundle, dag, 1, DaggerConfig(max_steps=6), progress=False)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_policy_bundle, ckpt)
+    code = main(["train", "policy", "--data", str(demo_dataset), "--out", str(ckpt), "--preset", "tiny",
+                 "--steps", "6", "--resume", "--extra-data", str(dag), "--quiet"])
+    assert code == 0
+    meta = json.loads((ckpt / "config.json").read_text())["modules"]["policy"]["meta"]
+    assert meta["samples"] == meta["demonstration_samples"] + 6 and meta["dagger"] == [str(dag)]
