@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.episode import EpisodeConfig, run_episode
+from vidplan_server.sim.episode import EpisodeConfig, run_episode
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
 from vidplan_server.serving.config import ServerConfig, ServiceConfig

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vidplan_server.data.sim.episode import EpisodeConfig, episode_seed, run_episode
-from vidplan_server.data.sim.record import record
-from vidplan_server.data.sim.scene import SimScene
+from vidplan_server.sim.episode import EpisodeConfig, episode_seed, run_episode
+from vidplan_server.sim.record import record
+from vidplan_server.sim.scene import SimScene
 
 
 def expert_success(split: str, n: int, seed: int) -> dict:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vidplan_server.data.sim.episode import EpisodeConfig, run_episode
-from vidplan_server.data.sim.scene import SimScene
+from vidplan_server.sim.episode import EpisodeConfig, run_episode
+from vidplan_server.sim.scene import SimScene
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n 2` on 2 cores: one intra-op thread per worker. Two workers with two spinning OpenMP

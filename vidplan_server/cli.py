@@ -31,8 +31,8 @@ class CliError(Exception):
 
 # ---------------------------------------------------------------------------------------- sim
 def _cmd_sim_record(args: argparse.Namespace) -> int:
-    from vidplan_server.data.sim.episode import EpisodeConfig
-    from vidplan_server.data.sim.record import parse_resolution, record
+    from vidplan_server.sim.episode import EpisodeConfig
+    from vidplan_server.sim.record import parse_resolution, record
 
     try:
         resolution = parse_resolution(args.resolution)
@@ -50,8 +50,8 @@ def _cmd_sim_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_captions(args: argparse.Namespace) -> int:
-    from vidplan_server.data.sim.captions import CaptionConfig, generate_captions
-    from vidplan_server.data.sim.record import parse_resolution
+    from vidplan_server.sim.captions import CaptionConfig, generate_captions
+    from vidplan_server.sim.record import parse_resolution
 
     try:
         resolution = parse_resolution(args.resolution)
@@ -67,7 +67,7 @@ def _cmd_sim_captions(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_dagger(args: argparse.Namespace) -> int:
-    from vidplan_server.data.sim.record import parse_resolution
+    from vidplan_server.sim.record import parse_resolution
     from vidplan_server.training.dagger import DaggerConfig, DaggerError, collect
 
     if not args.ckpt.is_dir():

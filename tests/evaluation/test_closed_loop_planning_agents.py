@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.evaluation.closed_loop.agents import AgentUnavailable, build_agent
 from vidplan_server.evaluation.closed_loop.planning_agents import PLANNING_AGENTS, request_from_history
 from vidplan_server.evaluation.closed_loop.runner import ClosedLoopConfig, Job, run_episode

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vidplan_server.cli import main
-from vidplan_server.data.sim.caption_text import simulator_vocabulary
-from vidplan_server.data.sim.captions import CaptionConfig, generate_captions, load_captions
+from vidplan_server.sim.caption_text import simulator_vocabulary
+from vidplan_server.sim.captions import CaptionConfig, generate_captions, load_captions
 from vidplan_server.training import presets
 from vidplan_server.training.caption_stage import (
     MAX_ENTITIES,

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from vidplan_server.data.sim.episode import episode_seed
-from vidplan_server.data.sim.expert import ScriptedExpert
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.episode import episode_seed
+from vidplan_server.sim.expert import ScriptedExpert
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.training.dagger import (
     DaggerConfig,
     DaggerError,

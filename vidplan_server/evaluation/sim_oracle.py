@@ -5,7 +5,7 @@ would roll out in its model are executed in the simulator from the recorded stat
 are scored instead of the predicted ones.
 
 Rebuilding step K of a recorded episode: the scene is sampled from the episode's seed and split exactly as
-the recorder sampled it (:func:`~vidplan_server.data.sim.tasks.sample_task` is the first use of the episode's
+the recorder sampled it (:func:`~vidplan_server.sim.tasks.sample_task` is the first use of the episode's
 generator), then the arm's joints, the fingers and every object's pose are set to the values recorded at K
 (velocities zero). A grasped object would not be held by a reset, so the diagnostic only uses approach steps
 (gripper open, target away from the hand). Each proposal starts from a saved PyBullet state.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
-from vidplan_server.data.sim.bullet import p
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
-from vidplan_server.data.sim.scene import ARM_JOINTS, FINGER_JOINTS
+from vidplan_server.sim.bullet import p
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.scene import ARM_JOINTS, FINGER_JOINTS
 from vidplan_server.robot.panda import FINGER_MAX_WIDTH_M
 
 

@@ -1,6 +1,6 @@
 """``vidplan demo``: one simulated episode driven through the thin robot client against a planning server.
 
-The simulated scene (:class:`~vidplan_server.data.sim.robot_env.SimRobotEnv`, DROID's ``RobotEnv`` interface) is
+The simulated scene (:class:`~vidplan_server.sim.robot_env.SimRobotEnv`, DROID's ``RobotEnv`` interface) is
 driven by the very code a real robot runs: ``vidplan_client``'s :class:`~vidplan_client.VidPlanClient` and
 :class:`~vidplan_client.RobotLoop` (15 Hz, plans requested in the background, hold when there is no valid chunk).
 The server is ``--server ADDR``, or a ``vidplan serve`` the demo starts itself as a subprocess on free localhost
@@ -324,7 +324,7 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
     """Drive one simulated episode through RobotLoop against ``client``; write the video; return the report."""
     from vidplan_client import CAMERA_NAMES, LoopConfig, RobotLoop, plan_options
 
-    from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
+    from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
     from vidplan_server.data.video import encode_video
 
     sim = SimRobotEnv(SimEnvConfig(split=args.split, resolution=(info.image_height or 64, info.image_width or 64)))

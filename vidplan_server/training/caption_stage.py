@@ -1,9 +1,9 @@
 """Semantic encoder on captioned renders (``vidplan train semantic --captions DIR``): the CLIP stand-in.
 
 Data: the single views of ``vidplan sim captions`` images (every object and colour of the simulator, see
-:mod:`vidplan_server.data.sim.captions`), optionally mixed with ``train``-split robot frames and their
+:mod:`vidplan_server.sim.captions`), optionally mixed with ``train``-split robot frames and their
 instruction (``robot_share`` of every batch). Every rendered view gets ``captions_per_view`` captions
-(:func:`~vidplan_server.data.sim.caption_text.sample_caption`) of entities visible in it (at least
+(:func:`~vidplan_server.sim.caption_text.sample_caption`) of entities visible in it (at least
 ``min_visible_px`` pixels; a view showing none gets captions of hidden entities, whose masks are empty).
 
 Loss, per batch of B views and C captions:
@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.assets import (
+from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
     OOD_COLOURS,
@@ -53,13 +53,13 @@ from vidplan_server.data.sim.assets import (
     TRAIN_COLOURS,
     TRAIN_OBJECTS,
 )
-from vidplan_server.data.sim.caption_text import (
+from vidplan_server.sim.caption_text import (
     Entity,
     description,
     is_novel_entity,
     sample_caption,
 )
-from vidplan_server.data.sim.captions import CaptionSet
+from vidplan_server.sim.captions import CaptionSet
 from vidplan_server.models.checkpoint import _write_atomic, save_module
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder

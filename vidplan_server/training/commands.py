@@ -249,8 +249,8 @@ def train_semantic_captions(opts: TrainOptions, captions: Path, frame_step: int 
     from dataclasses import asdict
 
     from vidplan_server.data.reader import EpisodeDataset
-    from vidplan_server.data.sim.caption_text import simulator_vocabulary
-    from vidplan_server.data.sim.captions import load_captions
+    from vidplan_server.sim.caption_text import simulator_vocabulary
+    from vidplan_server.sim.captions import load_captions
     from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
     from vidplan_server.training.caption_stage import (
         CaptionSemanticStage,

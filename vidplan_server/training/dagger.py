@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.episode import episode_seed
-from vidplan_server.data.sim.expert import ExpertConfig, ScriptedExpert
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
-from vidplan_server.data.sim.scene import SimScene
+from vidplan_server.sim.episode import episode_seed
+from vidplan_server.sim.expert import ExpertConfig, ScriptedExpert
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.scene import SimScene
 
 MANIFEST = "dagger.json"
 

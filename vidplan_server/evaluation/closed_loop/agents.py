@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from vidplan_server.data.sim.expert import ScriptedExpert
+from vidplan_server.sim.expert import ScriptedExpert
 
 if TYPE_CHECKING:
-    from vidplan_server.data.sim.robot_env import SimRobotEnv
+    from vidplan_server.sim.robot_env import SimRobotEnv
 
 AGENT_NAMES = ("expert", "policy", "vidplan", "vidplan-no-uq", "vidplan-basis")
 PLANNING_AGENTS_MODULE = "vidplan_server.evaluation.closed_loop.planning_agents"

@@ -101,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``vidplan eval closed-loop``."""
     from vidplan_server.cli import CliError
-    from vidplan_server.data.sim.record import parse_resolution
+    from vidplan_server.sim.record import parse_resolution
     from vidplan_server.evaluation.closed_loop.report import format_table, write_report
     from vidplan_server.evaluation.closed_loop.runner import (
         ClosedLoopConfig,

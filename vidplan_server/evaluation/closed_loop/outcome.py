@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vidplan_server.data.sim.scene import SimScene
+from vidplan_server.sim.scene import SimScene
 
 GRASP_LIFT_M = 0.02
 FIRST_GRASP = ("target", "other", "none")

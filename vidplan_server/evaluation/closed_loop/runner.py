@@ -37,9 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.episode import episode_seed
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
-from vidplan_server.data.sim.scene import SimScene
+from vidplan_server.sim.episode import episode_seed
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.scene import SimScene
 from vidplan_server.evaluation.closed_loop.agents import Agent, AgentStep, build_agent, check_agent
 from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo

@@ -3,8 +3,8 @@ from dataclasses import replace
 import numpy as np
 
 from vidplan_server.data.reader import EpisodeDataset
-from vidplan_server.data.sim.episode import EpisodeConfig
-from vidplan_server.data.sim.record import parse_resolution, record
+from vidplan_server.sim.episode import EpisodeConfig
+from vidplan_server.sim.record import parse_resolution, record
 
 
 def test_parallel_recording_matches_serial_and_resumes(tmp_path):

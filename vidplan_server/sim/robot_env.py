@@ -1,7 +1,7 @@
 """The simulated scene behind DROID's ``RobotEnv`` interface, so the robot loop runs unchanged against it.
 
-``SimRobotEnv`` wraps a :class:`~vidplan_server.data.sim.scene.SimScene` and a task sampled as
-:func:`~vidplan_server.data.sim.episode.run_episode` samples it:
+``SimRobotEnv`` wraps a :class:`~vidplan_server.sim.scene.SimScene` and a task sampled as
+:func:`~vidplan_server.sim.episode.run_episode` samples it:
 
 - ``reset(seed)`` samples a scene and an instruction (same seed -> same scene) and returns the instruction;
 - ``get_observation()`` renders the three views and reads the robot state into DROID's dict layout
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, DT_S
-from vidplan_server.data.sim.scene import SimScene
-from vidplan_server.data.sim.tasks import DistractorCounts, Task, is_success, sample_task
+from vidplan_server.sim.scene import SimScene
+from vidplan_server.sim.tasks import DistractorCounts, Task, is_success, sample_task
 from vidplan_server.robot.panda import matrix_to_pose
 
 ACTION_SPACE = "cartesian_position"  # the only action space the scene executes

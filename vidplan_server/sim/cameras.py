@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.bullet import p
+from vidplan_server.sim.bullet import p
 
 # Exterior cameras: eye and look-at point in the robot base frame (m).
 _EXTERIOR_NOMINAL = {

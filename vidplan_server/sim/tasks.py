@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidplan_server.data.sim.assets import (
+from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
     colours_for,
     is_novel,
     objects_for,
 )
-from vidplan_server.data.sim.cameras import CameraRig
-from vidplan_server.data.sim.scene import ObjectSpec, SceneSpec, SimScene
+from vidplan_server.sim.cameras import CameraRig
+from vidplan_server.sim.scene import ObjectSpec, SceneSpec, SimScene
 from vidplan_server.robot.panda import Q_HOME
 
 TASK_KINDS = ("place", "pick")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.assets import OOD_COLOURS, OOD_OBJECTS, TRAIN_COLOURS, TRAIN_OBJECTS
-from vidplan_server.data.sim.episode import EpisodeConfig, episode_seed, run_episode
-from vidplan_server.data.sim.tasks import sample_task
+from vidplan_server.sim.assets import OOD_COLOURS, OOD_OBJECTS, TRAIN_COLOURS, TRAIN_OBJECTS
+from vidplan_server.sim.episode import EpisodeConfig, episode_seed, run_episode
+from vidplan_server.sim.tasks import sample_task
 
 
 @pytest.mark.parametrize("resolution", [(64, 64), (180, 320)])
@@ -55,7 +55,7 @@ def test_expert_succeeds_on_nominal_episodes(sim_scene):
 
 @pytest.mark.parametrize("mode", ["wrong_target", "miss", "timeout", "drop"])
 def test_failure_modes_fail(sim_scene, mode, monkeypatch):
-    import vidplan_server.data.sim.episode as episode_mod
+    import vidplan_server.sim.episode as episode_mod
 
     monkeypatch.setattr(episode_mod, "FAILURE_MODES", (mode,))
     # A dropped object can land in the container by chance; on a pick task a drop always fails.

@@ -12,7 +12,7 @@ from vidplan_client.robot_loop import LoopConfig, RobotLoop
 from vidplan_client.wire import vidplan_pb2 as pb
 
 from vidplan_server.data.schema import CAMERA_NAMES, DT_S
-from vidplan_server.data.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 
 
 class LiftClient:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vidplan_server.data.errors import DatasetError
-from vidplan_server.data.sim.assets import (
+from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
     OOD_COLOURS,
@@ -18,15 +18,15 @@ from vidplan_server.data.sim.assets import (
     TRAIN_COLOURS,
     TRAIN_OBJECTS,
 )
-from vidplan_server.data.sim.caption_text import (
+from vidplan_server.sim.caption_text import (
     Entity,
     is_novel_entity,
     referent_mask,
     sample_caption,
     simulator_vocabulary,
 )
-from vidplan_server.data.sim.captions import CaptionConfig, generate_captions, load_captions
-from vidplan_server.data.sim.tasks import sample_task
+from vidplan_server.sim.captions import CaptionConfig, generate_captions, load_captions
+from vidplan_server.sim.tasks import sample_task
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer, words
 
 TINY = replace(CaptionConfig(), images_per_shard=1, poses_per_scene=1)

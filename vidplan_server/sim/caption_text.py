@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vidplan_server.data.sim.assets import (
+from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
     OOD_COLOURS,

@@ -4,7 +4,7 @@ Real VidPlan scores with a CLIP that saw the internet, objects the robot data ne
 stand-in sees every object and colour of the simulator -- ``train`` and ``ood`` ones -- in these renders,
 while the policy, the world model and the value head only see ``train``-split robot episodes.
 
-A scene is a task scene of :func:`~vidplan_server.data.sim.tasks.sample_task` (1-6 objects, a container, a
+A scene is a task scene of :func:`~vidplan_server.sim.tasks.sample_task` (1-6 objects, a container, a
 jittered camera rig), drawn from the ``ood`` split (a novel target, other objects from every split) with
 odds ``ood_scene_fraction`` and from the ``train`` split otherwise; every object of it is captioned, not only
 the task's target. Decided: 0.75, which puts each ``ood`` colour on about 10 % of the objects against 15 %
@@ -38,10 +38,10 @@ from tqdm import tqdm
 
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.data.sim.bullet import p
-from vidplan_server.data.sim.caption_text import Entity
-from vidplan_server.data.sim.scene import ARM_JOINTS, FINGER_JOINTS, SimScene
-from vidplan_server.data.sim.tasks import OBJECT_REGION, DistractorCounts, sample_task
+from vidplan_server.sim.bullet import p
+from vidplan_server.sim.caption_text import Entity
+from vidplan_server.sim.scene import ARM_JOINTS, FINGER_JOINTS, SimScene
+from vidplan_server.sim.tasks import OBJECT_REGION, DistractorCounts, sample_task
 from vidplan_server.models.checkpoint import _write_atomic
 from vidplan_server.robot.panda import Q_HOME, matrix_to_pose
 
