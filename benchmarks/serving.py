@@ -37,9 +37,10 @@ import grpc
 import httpx
 import numpy as np
 import torch
+from vidplan_client.wire import vidplan_pb2 as pb
+from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
 from vidplan_server.data.schema import CAMERA_NAMES
-from vidplan_server.sim.episode import EpisodeConfig, run_episode
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
@@ -48,8 +49,7 @@ from vidplan_server.serving.images import decode_image, encode_image
 from vidplan_server.serving.messages import Observation, PlanCall, State
 from vidplan_server.serving.server import VidPlanServer
 from vidplan_server.serving.service import PlanService
-from vidplan_server.serving.wire import vidplan_pb2 as pb
-from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+from vidplan_server.sim.episode import EpisodeConfig, run_episode
 
 STEP = 9  # observation step of the simulated episode; the history frame is STEP - frame_stride
 

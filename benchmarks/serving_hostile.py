@@ -162,9 +162,8 @@ class Client:
     def __init__(self, ports: dict) -> None:
         import grpc
         import httpx
-
-        from vidplan_server.serving.wire import vidplan_pb2 as pb
-        from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
+        from vidplan_client.wire import vidplan_pb2 as pb
+        from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
         self.pb, self.grpc = pb, grpc
         opts = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 64 * 2**20)]

@@ -1,15 +1,14 @@
 """Generate the Python code of the wire contract (``proto/vidplan/v1/vidplan.proto``).
 
-    python scripts/gen_proto.py            # rewrite both committed copies
-    python scripts/gen_proto.py --check    # exit 1 when a committed copy is out of date
+    python scripts/gen_proto.py            # rewrite the committed copy
+    python scripts/gen_proto.py --check    # exit 1 when the committed copy is out of date
     python scripts/gen_proto.py --out DIR  # write one copy into DIR instead (tests use this)
 
 One protoc run (grpcio-tools, pinned in the ``[dev]`` extra) makes ``vidplan_pb2.py``, ``vidplan_pb2.pyi``
-and ``vidplan_pb2_grpc.py``; the same files are written into the server's package
-(``vidplan_server/serving/wire``) and the client's (``client/vidplan_client/wire``), so neither imports
-the other. protoc writes ``from vidplan.v1 import vidplan_pb2`` into the gRPC module; that one line is
-rewritten to a relative import so the module works from inside either package, and the ``.pyi`` stub gets a
-``# ruff: noqa`` first line (generated code is not linted).
+and ``vidplan_pb2_grpc.py`` into the client package (``client/vidplan_client/wire``), their one home: the
+server depends on the client and imports them from there. protoc writes ``from vidplan.v1 import vidplan_pb2``
+into the gRPC module; that one line is rewritten to a relative import so the module works from inside the
+package, and the ``.pyi`` stub gets a ``# ruff: noqa`` first line (generated code is not linted).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PROTO = Path("vidplan/v1/vidplan.proto")  # relative to PROTO_ROOT; also the descriptor's file name
-TARGETS = (ROOT / "vidplan_server" / "serving" / "wire", ROOT / "client" / "vidplan_client" / "wire")
+TARGETS = (ROOT / "client" / "vidplan_client" / "wire",)
 INIT = '"""Generated from proto/vidplan/v1/vidplan.proto by scripts/gen_proto.py; do not edit."""\n'
 _ABSOLUTE_IMPORT = re.compile(r"^from vidplan\.v1 import vidplan_pb2 as ", re.MULTILINE)
 
@@ -65,8 +64,8 @@ def stale(files: dict[str, str], target: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed copy is stale")
-    parser.add_argument("--out", type=Path, help="write one copy into this folder instead of the two packages")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the committed copy is stale")
+    parser.add_argument("--out", type=Path, help="write one copy into this folder instead of the client package")
     args = parser.parse_args(argv)
 
     files = render()

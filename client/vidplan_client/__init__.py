@@ -5,23 +5,35 @@
 - :mod:`vidplan_client.robot_loop`: the 15 Hz DROID loop (:class:`RobotLoop`), holding position without a plan;
 - ``vidplan-client`` (:mod:`vidplan_client.cli`): ``info``, ``health``, ``plan`` for operators.
 
-The wire messages are in :mod:`vidplan_client.wire` (generated from ``proto/vidplan/v1/vidplan.proto``).
+This package owns the contracts the server imports from it: the wire messages in :mod:`vidplan_client.wire`
+(generated from ``proto/vidplan/v1/vidplan.proto``), the camera names, control rate and per-step limits in
+:mod:`vidplan_client.contract`, and the keys of DROID's ``RobotEnv`` in :mod:`vidplan_client.droid`.
+
+The names below load on first use, so ``import vidplan_client.contract`` does not import grpc or opencv.
 """
 
-from vidplan_client.channel import ClientConfig
-from vidplan_client.client import AsyncVidPlanClient, VidPlanClient
-from vidplan_client.convert import (
-    CAMERA_NAMES,
-    Plan,
-    PlanFailed,
-    WireError,
-    make_observation,
-    make_request,
-    make_state,
-    plan_options,
-    response_to_plan,
-)
-from vidplan_client.robot_loop import LoopConfig, RobotLoop, StepRecord
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "ClientConfig": "vidplan_client.channel",
+    "AsyncVidPlanClient": "vidplan_client.client",
+    "VidPlanClient": "vidplan_client.client",
+    "CAMERA_NAMES": "vidplan_client.contract",
+    "Plan": "vidplan_client.convert",
+    "PlanFailed": "vidplan_client.convert",
+    "WireError": "vidplan_client.convert",
+    "make_observation": "vidplan_client.convert",
+    "make_request": "vidplan_client.convert",
+    "make_state": "vidplan_client.convert",
+    "plan_options": "vidplan_client.convert",
+    "response_to_plan": "vidplan_client.convert",
+    "LoopConfig": "vidplan_client.robot_loop",
+    "RobotLoop": "vidplan_client.robot_loop",
+    "StepRecord": "vidplan_client.robot_loop",
+}
 
 __all__ = [
     "CAMERA_NAMES", "AsyncVidPlanClient", "ClientConfig", "LoopConfig", "Plan", "PlanFailed", "RobotLoop",
@@ -29,3 +41,32 @@ __all__ = [
     "response_to_plan",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from vidplan_client.channel import ClientConfig
+    from vidplan_client.client import AsyncVidPlanClient, VidPlanClient
+    from vidplan_client.contract import CAMERA_NAMES
+    from vidplan_client.convert import (
+        Plan,
+        PlanFailed,
+        WireError,
+        make_observation,
+        make_request,
+        make_state,
+        plan_options,
+        response_to_plan,
+    )
+    from vidplan_client.robot_loop import LoopConfig, RobotLoop, StepRecord
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vidplan_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vidplan_client.contract import CAMERA_NAMES
 from vidplan_client.wire import vidplan_pb2 as pb
-
-#: DROID camera names, in the model's order.
-CAMERA_NAMES = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
 
 ENCODINGS = {"jpeg": pb.IMAGE_ENCODING_JPEG, "png": pb.IMAGE_ENCODING_PNG, "raw": pb.IMAGE_ENCODING_RAW_RGB}
 ACTION_SPACES = {"cartesian_position": pb.ACTION_SPACE_CARTESIAN_POSITION,

@@ -28,14 +28,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vidplan_client.convert import CAMERA_NAMES
+from vidplan_client.contract import ACTION_SPACE, CAMERA_NAMES
 
 IMAGE_KEY = "image"
 STATE_KEY = "robot_state"
 JOINT_POSITIONS_KEY = "joint_positions"
 CARTESIAN_POSITION_KEY = "cartesian_position"
 GRIPPER_POSITION_KEY = "gripper_position"
-ACTION_SPACE = "cartesian_position"  # the action space the loop commands (DROID's name)
+TIMESTAMP_KEY = "timestamp"  # not read by the loop; the simulated env puts its step and time there
 
 
 class RobotEnvLike(Protocol):
@@ -82,6 +82,22 @@ def pose_step(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     relative = euler_xyz_to_matrix(a[3:6]).T @ euler_xyz_to_matrix(b[3:6])
     rotation = float(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)))
     return translation, rotation
+
+
+def observation_dict(images: Mapping[str, np.ndarray], joint_positions: np.ndarray, cartesian_position: np.ndarray,
+                     gripper_position: float, timestamp: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The DROID observation dict :func:`read_observation` reads (what a ``RobotEnv`` stand-in returns)."""
+    obs: dict[str, Any] = {
+        IMAGE_KEY: dict(images),
+        STATE_KEY: {
+            JOINT_POSITIONS_KEY: joint_positions,
+            CARTESIAN_POSITION_KEY: cartesian_position,
+            GRIPPER_POSITION_KEY: gripper_position,
+        },
+    }
+    if timestamp is not None:
+        obs[TIMESTAMP_KEY] = dict(timestamp)
+    return obs
 
 
 def read_observation(obs: Mapping[str, Any], camera_keys: Mapping[str, str] | None = None,

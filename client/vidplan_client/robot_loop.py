@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from vidplan_client.contract import DT_S, MAX_ROTATION_PER_STEP_RAD, MAX_TRANSLATION_PER_STEP_M
 from vidplan_client.convert import (
     Plan,
     PlanFailed,
@@ -85,7 +86,7 @@ class LoopConfig:
     instruction: str  # the language task sent with every request
     session_id: str = ""  # "" = a fresh random id per loop
     open_loop_steps: int = 8  # rows of a chunk (counted from its row 0) that may be executed at most
-    dt_s: float = 1.0 / 15.0  # control period (DROID: 15 Hz)
+    dt_s: float = DT_S  # control period (DROID: 15 Hz)
     plan_timeout_s: float = 0.5  # deadline of one Plan call; the robot keeps executing or holding meanwhile
     lead_steps: int | None = None  # send the next request when <= this many rows remain; None: from latency
     history_frames: int = 1  # earlier observations sent with each request (the model's T - 1)
@@ -96,8 +97,8 @@ class LoopConfig:
     options: pb.PlanOptions | None = field(default=None, compare=False)  # per-request planner knobs
     # Largest step from the last commanded target to the next one (DROID's limits; GetInfo's `limits` has the
     # server's): translation of the TCP in m, geodesic rotation in rad.
-    max_translation_per_step_m: float = 0.075
-    max_rotation_per_step_rad: float = 0.15
+    max_translation_per_step_m: float = MAX_TRANSLATION_PER_STEP_M
+    max_rotation_per_step_rad: float = MAX_ROTATION_PER_STEP_RAD
 
     def __post_init__(self) -> None:
         if not self.instruction.strip():

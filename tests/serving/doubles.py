@@ -175,8 +175,9 @@ def pb_request(
     **options,
 ):
     """A protobuf PlanRequest with three flat views; ``options`` go into PlanOptions."""
+    from vidplan_client.wire import vidplan_pb2 as pb
+
     from vidplan_server.serving.grpc_convert import ENCODING_ENUMS
-    from vidplan_server.serving.wire import vidplan_pb2 as pb
 
     fr = []
     for cam, img in frames(value, size, encoding).items():

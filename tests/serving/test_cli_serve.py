@@ -14,10 +14,10 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
 from tests.serving.doubles import pb_request
 from vidplan_server.cli import build_parser
-from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
 
 
 def test_every_serve_option_is_explained():

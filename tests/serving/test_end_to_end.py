@@ -16,12 +16,12 @@ import grpc
 import httpx
 import numpy as np
 from scipy.spatial.transform import Rotation
+from vidplan_client.wire import vidplan_pb2 as pb
+from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
 from tests.serving.doubles import POSE_HOME, Q_HOME, json_request, pb_request
 from vidplan_server.planning.limits import SafetyLimits, check_chunk
 from vidplan_server.robot.panda import PandaKinematics
-from vidplan_server.serving.wire import vidplan_pb2 as pb
-from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
 
 _KINEMATICS = PandaKinematics()
 

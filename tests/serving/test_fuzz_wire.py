@@ -15,6 +15,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vidplan_client.wire import vidplan_pb2 as pb
 
 from tests.serving.doubles import StubPlanner, pb_request
 from vidplan_server.serving import grpc_convert
@@ -22,7 +23,6 @@ from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import ServingError
 from vidplan_server.serving.grpc_server import parse
 from vidplan_server.serving.service import PlanService
-from vidplan_server.serving.wire import vidplan_pb2 as pb
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

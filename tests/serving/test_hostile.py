@@ -17,6 +17,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from vidplan_client.wire import vidplan_pb2 as pb
+from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
 from tests.serving.doubles import call, frames, json_request, pb_request
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
@@ -26,8 +28,6 @@ from vidplan_server.serving.logs import RateLimitedLog
 from vidplan_server.serving.messages import Image, Observation
 from vidplan_server.serving.sessions import SessionStore, StoredFrame
 from vidplan_server.serving.validation import FIELD_RANGES
-from vidplan_server.serving.wire import vidplan_pb2 as pb
-from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "vidplan" / "v1" / "vidplan.proto"
 STAGES_MS = {"encode": 10.0, "propose": 10.0, "rollout": 60.0, "score": 20.0}  # 100 ms at 6 proposals, 1 flow step

@@ -13,10 +13,10 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vidplan_client.wire import vidplan_pb2 as pb
+from vidplan_client.wire import vidplan_pb2_grpc as pb_grpc
 
 from tests.serving.doubles import json_request, pb_request
-from vidplan_server.serving.wire import vidplan_pb2 as pb
-from vidplan_server.serving.wire import vidplan_pb2_grpc as pb_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("grpc_tools", reason="grpcio-tools is in the [dev] extra")
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = (ROOT / "vidplan_server" / "serving" / "wire", ROOT / "client" / "vidplan_client" / "wire")
+COMMITTED = (ROOT / "client" / "vidplan_client" / "wire",)  # the one copy; the server imports it
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def fresh(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("target", COMMITTED, ids=["server", "client"])
+@pytest.mark.parametrize("target", COMMITTED, ids=["client"])
 def test_committed_code_is_up_to_date(fresh, target):
     names = sorted(p.name for p in fresh.iterdir())
     assert names == ["__init__.py", "vidplan_pb2.py", "vidplan_pb2.pyi", "vidplan_pb2_grpc.py"]
@@ -51,10 +51,14 @@ def test_check_flag_reports_a_stale_copy(fresh, tmp_path):
     assert done.returncode == 1 and "vidplan_pb2.py" in done.stderr
 
 
-def test_server_and_client_copies_share_one_contract():
+def test_server_uses_the_clients_copy_of_the_contract():
     from vidplan_client.wire import vidplan_pb2 as client_pb2  # `pip install -e ./client`
 
-    from vidplan_server.serving.wire import vidplan_pb2 as server_pb2
+    from vidplan_server.serving import grpc_convert, grpc_server
+
+    server_pb2 = grpc_convert.pb
+    assert server_pb2 is client_pb2 and grpc_server.pb is client_pb2
+    assert not (ROOT / "vidplan_server" / "serving" / "wire").exists(), "the stubs have one home: the client"
 
     service = server_pb2.DESCRIPTOR.services_by_name["VidPlan"]
     assert [m.name for m in service.methods] == ["Plan", "StreamPlan", "GetInfo"]

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from vidplan_client.contract import CAMERA_NAMES, CONTROL_HZ, DT_S  # the DROID contract's owner is the client
 
 from vidplan_server.data.errors import DatasetError
 
-CAMERA_NAMES = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
-CONTROL_HZ = 15
-DT_S = 1.0 / CONTROL_HZ
+__all__ = ["CAMERA_NAMES", "CONTROL_HZ", "DT_S", "STEP_FIELDS", "Episode", "FieldSpec", "GroundTruth", "SchemaError"]
 
 
 @dataclass(frozen=True)

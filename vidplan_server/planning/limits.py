@@ -4,7 +4,8 @@ Defaults come from the real stack:
 
 - workspace box [0.1, -0.4, -0.05] to [1.0, 0.4, 1.0] m in the robot base frame (Polymetis' Franka config);
 - at most 0.075 m of translation and 0.15 rad of rotation per 15 Hz control step (DROID's
-  ``RobotIKSolver``: ``max_lin_delta``, ``max_rot_delta``), the first step measured from the current pose;
+  ``RobotIKSolver``: ``max_lin_delta``, ``max_rot_delta``), the first step measured from the current pose; the
+  numbers live in :mod:`vidplan_client.contract`, which the robot loop checks every command against too;
 - the Panda's joint limits (checked on the inverse kinematics of every step, solved from the current
   configuration so consecutive solutions stay on one branch);
 - gripper in [0, 1].
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
+from vidplan_client.contract import MAX_ROTATION_PER_STEP_RAD, MAX_TRANSLATION_PER_STEP_M
 
 from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER, PandaKinematics
 
@@ -30,8 +32,8 @@ from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER, PandaKinematics
 class SafetyLimits:
     workspace_min_m: tuple[float, float, float] = (0.1, -0.4, -0.05)
     workspace_max_m: tuple[float, float, float] = (1.0, 0.4, 1.0)
-    max_translation_per_step_m: float = 0.075
-    max_rotation_per_step_rad: float = 0.15
+    max_translation_per_step_m: float = MAX_TRANSLATION_PER_STEP_M
+    max_rotation_per_step_rad: float = MAX_ROTATION_PER_STEP_RAD
     joint_lower_rad: tuple[float, ...] = field(default_factory=lambda: tuple(map(float, JOINT_LOWER)))
     joint_upper_rad: tuple[float, ...] = field(default_factory=lambda: tuple(map(float, JOINT_UPPER)))
     gripper_range: tuple[float, float] = (0.0, 1.0)

@@ -10,6 +10,7 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+from vidplan_client.wire import vidplan_pb2 as pb
 
 from vidplan_server.serving.errors import DeadlineExceeded, InvalidArgument, ServingError
 from vidplan_server.serving.images import encode_rollout
@@ -24,7 +25,6 @@ from vidplan_server.serving.messages import (
     frames_by_camera,
 )
 from vidplan_server.serving.validation import OPTIONAL_COUNTS
-from vidplan_server.serving.wire import vidplan_pb2 as pb
 
 ENCODING_NAMES = {pb.IMAGE_ENCODING_JPEG: "jpeg", pb.IMAGE_ENCODING_PNG: "png", pb.IMAGE_ENCODING_RAW_RGB: "raw"}
 ENCODING_ENUMS = {name: enum for enum, name in ENCODING_NAMES.items()}

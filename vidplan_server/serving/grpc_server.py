@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from vidplan_client.wire import vidplan_pb2 as pb
 
 from vidplan_server.serving import grpc_convert as convert
 from vidplan_server.serving.config import ServerConfig
@@ -34,7 +35,6 @@ from vidplan_server.serving.errors import (
 )
 from vidplan_server.serving.service import PlanService, outcome_of
 from vidplan_server.serving.stream import StreamError
-from vidplan_server.serving.wire import vidplan_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VidPlan"].full_name  # "vidplan.v1.VidPlan"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # always open: load balancers must not need the token

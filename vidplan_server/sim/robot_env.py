@@ -5,8 +5,7 @@
 
 - ``reset(seed)`` samples a scene and an instruction (same seed -> same scene) and returns the instruction;
 - ``get_observation()`` renders the three views and reads the robot state into DROID's dict layout
-  (the field names the client reads, ``vidplan_client/droid.py``; repeated here because the server package does
-  not depend on the client)::
+  (built by the client's :func:`vidplan_client.droid.observation_dict`, the owner of DROID's keys)::
 
       {"image": {camera name: (H, W, 3) uint8 RGB},
        "robot_state": {"joint_positions": (7,) rad, "cartesian_position": (6,) m / rad, "gripper_position": float},
@@ -29,13 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from vidplan_client.contract import ACTION_SPACE, CAMERA_NAMES, DT_S  # the only action space the scene executes
+from vidplan_client.droid import observation_dict
 
-from vidplan_server.data.schema import CAMERA_NAMES, DT_S
+from vidplan_server.robot.panda import matrix_to_pose
 from vidplan_server.sim.scene import SimScene
 from vidplan_server.sim.tasks import DistractorCounts, Task, is_success, sample_task
-from vidplan_server.robot.panda import matrix_to_pose
-
-ACTION_SPACE = "cartesian_position"  # the only action space the scene executes
 
 
 @dataclass(frozen=True)
@@ -77,15 +75,9 @@ class SimRobotEnv:
         tcp_T = self.scene.kin.fk(q)
         h, w = self.config.resolution
         images, _ = self.scene.render(h, w, tcp_T)
-        return {
-            "image": {c: images[c] for c in CAMERA_NAMES},
-            "robot_state": {
-                "joint_positions": q,
-                "cartesian_position": matrix_to_pose(tcp_T),
-                "gripper_position": float(self.scene.gripper_position()),
-            },
-            "timestamp": {"step": self.steps, "sim_time_s": self.clock()},
-        }
+        return observation_dict({c: images[c] for c in CAMERA_NAMES}, q, matrix_to_pose(tcp_T),
+                                float(self.scene.gripper_position()),
+                                timestamp={"step": self.steps, "sim_time_s": self.clock()})
 
     def update_robot(self, action, action_space: str = ACTION_SPACE, blocking: bool = False) -> dict:
         """Execute one control step toward ``action`` (7,): TCP pose (m, rad) + gripper [0, 1].
