@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,29 @@ def test_episodes_shorter_than_a_window_are_a_clear_error(tmp_path, tiny_dataset
             "--horizon", "9"]
     assert main(args) == 2
     assert "no training window" in capsys.readouterr().err
+
+
+def test_action_gain_is_zero_when_actions_change_nothing_and_positive_when_they_explain_the_future():
+    from vidplan_server.training.world_stages import action_gain
+
+    g = torch.Generator().manual_seed(0)
+    fut = torch.randn(8, 5, 4, 6, 2, generator=g)
+    own = fut + 0.1 * torch.randn(fut.shape, generator=g)
+    mse = ((own - fut) ** 2).mean().item()
+    assert action_gain(mse, own, fut)["action_gain"] == 0.0
+    worse = action_gain(mse, fut + torch.randn(fut.shape, generator=g), fut)
+    assert worse["action_gain"] > 10 and worse["mse_shuffled_actions"] > mse
+
+
+def test_world_and_flow_map_evaluations_report_the_action_gain(tiny_bundle, tiny_dataset):
+    opts = TrainOptions(data=tiny_dataset, out=tiny_bundle, progress=False)
+    config = load_config(tiny_bundle, "world", WorldConfig)
+    train_w, held_w, _, _, _ = _windows(opts, 2, 5, 3, config.actions)
+    denoiser, _ = load_denoiser(tiny_bundle)
+    world = WorldStage(config, train_w, held_w)
+    world.model = denoiser
+    flow = FlowMapStage(FlowConfig(world=config), denoiser, train_w, held_w)
+    with torch.no_grad():
+        for stage in (world, flow):
+            metrics = stage.evaluate(stage.model, torch.device("cpu"))
+            assert np.isfinite(metrics["action_gain"]) and metrics["mse_shuffled_actions"] > 0

@@ -38,6 +38,15 @@ class _WindowStage(Stage):
         return self.train_windows.gather(idx, device)
 
 
+def action_gain(mse: float, shuffled: torch.Tensor, fut: torch.Tensor) -> dict[str, float]:
+    """How much the model's prediction depends on the actions: the held-out MSE with every window's actions
+    replaced by another window's (same history, same noise) minus the MSE with its own, as a share of the
+    latter. 0: the model ignores the actions (it predicts one future per history whatever the robot does,
+    and a planner cannot tell its proposals apart); the more positive, the more the actions explain."""
+    mse_shuffled = ((shuffled.float() - fut) ** 2).mean().item()
+    return {"mse_shuffled_actions": mse_shuffled, "action_gain": (mse_shuffled - mse) / max(mse, 1e-12)}
+
+
 class WorldStage(_WindowStage):
     name = "world"
 
@@ -55,8 +64,11 @@ class WorldStage(_WindowStage):
         hist, act, fut = self.held_out.gather(self.held_out.spread(EVAL_WINDOWS), device)
         g = torch.Generator().manual_seed(0)
         loss = sum(edm_loss(model, fut, hist, act, g).item() for _ in range(4)) / 4
-        pred = heun_sample(model, hist, act, steps=8, noise=_fixed_noise(fut.shape).to(device))
-        return {"loss": loss, "mse_heun": ((pred.float() - fut) ** 2).mean().item()}
+        noise = _fixed_noise(fut.shape).to(device)
+        pred = heun_sample(model, hist, act, steps=8, noise=noise)
+        mse = ((pred.float() - fut) ** 2).mean().item()
+        shuffled = heun_sample(model, hist, act.roll(1, dims=0), steps=8, noise=noise)
+        return {"loss": loss, "mse_heun": mse, **action_gain(mse, shuffled, fut)}
 
     def export(self, model, ckpt: Path, meta: dict) -> None:
         save_module(ckpt, "world", model, self.config, meta)
@@ -97,6 +109,7 @@ class FlowMapStage(_WindowStage):
         for k in (1, 2, 4):
             pred = model.sample(hist, act, steps=k, noise=noise)
             out[f"mse_k{k}"] = ((pred.float() - fut) ** 2).mean().item()
+        out.update(action_gain(out["mse_k1"], model.sample(hist, act.roll(1, dims=0), steps=1, noise=noise), fut))
         t = torch.linspace(model.t_min, model.t_max, fut.shape[0], device=device)
         out["flow_loss"] = flow_loss(lambda x, s, e: model.velocity(x, s, e, hist, act), fut, noise, t).item()
         return out
