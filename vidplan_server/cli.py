@@ -126,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
     if args.extra_data and args.stage not in ("value", "policy"):
         raise CliError(f"--extra-data is only used by `train value` and `train policy`, not `train {args.stage}`")
+    if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
+        raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
         raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
@@ -138,7 +140,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.stage == "codec":
         result = commands.train_codec(opts)
     elif args.stage == "world":
-        result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride)
+        result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride,
+                                      init_from=args.init_from)
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts)
     elif args.stage == "uq":
@@ -433,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="world: predicted frames per chunk (default 5)")
     tr.add_argument("--frame-stride", type=positive_int, default=3,
                     help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
+    tr.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                    help="world: start from this bundle's world module (weights, architecture, action statistics) "
+                    "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
+                    "codec (default: random initialisation)")
     tr.add_argument("--flow-steps", type=positive_int, default=1, metavar="K",
                     help="uq, value: flow-map steps of the samples the head learns from; use the planner's k "
                     "(default 1)")

@@ -162,3 +162,26 @@ def test_world_and_flow_map_evaluations_report_the_action_gain(tiny_bundle, tiny
         for stage in (world, flow):
             metrics = stage.evaluate(stage.model, torch.device("cpu"))
             assert np.isfinite(metrics["action_gain"]) and metrics["mse_shuffled_actions"] > 0
+
+
+def test_world_training_can_start_from_a_bundles_world_module(tmp_path, tiny_bundle, tiny_dataset, capsys):
+    import shutil
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    shutil.copy(tiny_bundle / "codec.safetensors", out / "codec.safetensors")
+    shutil.copy(tiny_bundle / "config.json", out / "config.json")
+    args = ["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps", "1",
+            "--quiet", "--init-from", str(tiny_bundle)]
+    assert main(args) == 0
+    start, _ = load_denoiser(tiny_bundle)
+    tuned, _ = load_denoiser(out)
+    worst = max((a - b).abs().max().item() for a, b in zip(start.state_dict().values(),
+                                                            tuned.state_dict().values(), strict=True))
+    assert worst < 0.05  # one small step away from the bundle's weights, not a fresh initialisation
+    meta = json.loads((out / "config.json").read_text())["modules"]["world"]["meta"]
+    assert meta["init_from"] == str(tiny_bundle)
+    assert main(["train", "codec", "--data", str(tiny_dataset), "--out", str(tmp_path / "other"), "--preset",
+                 "tiny", "--steps", "1", "--quiet"]) == 0
+    assert main([*args[:5], str(tmp_path / "other"), *args[6:]]) == 2
+    assert "codec differs" in capsys.readouterr().err

@@ -121,12 +121,26 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
     return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx)), (train_eps, held_eps)
 
 
-def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3) -> TrainResult:
+def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3,
+                init_from: Path | None = None) -> TrainResult:
+    """The EDM video model on windows of ``opts.data``. ``init_from``: a bundle whose world module (weights,
+    architecture, action statistics) the run starts from -- a fine-tune, e.g. longer training or new data; its
+    codec must be the one in ``opts.out`` (the latent space the weights predict in)."""
     _require(opts.out, "codec", f"vidplan train codec --data {opts.data} --out {opts.out}")
     preset = presets.WORLD[opts.preset]
     net = replace(preset.net, history=history, horizon=horizon)
     state = opts.out / "training" / "world" / "state.json"
-    if opts.resume and state.exists():
+    init_weights = None
+    if init_from is not None and not (opts.resume and state.exists()):
+        _require(init_from, "world", f"vidplan train world --out {init_from}")
+        if (Path(init_from) / "codec.safetensors").read_bytes() != (opts.out / "codec.safetensors").read_bytes():
+            raise CheckpointError(f"--init-from {init_from}: its codec differs from {opts.out}'s; the world "
+                                  "weights predict in their own codec's latent space (copy that codec first)")
+        denoiser, config = load_denoiser(init_from)
+        init_weights = denoiser.state_dict()
+        train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
+                                                 config.actions)
+    elif opts.resume and state.exists():
         # Resuming: keep the statistics the run started with, whatever the dataset holds now.
         config = load_config(opts.out, "world", WorldConfig)
         train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon,
@@ -138,8 +152,11 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
         config = WorldConfig(actions=stats, net=net, frame_stride=frame_stride,
                              edm=EDMConfig(sigma_data=round(sigma_data, 4)))
     stage = WorldStage(config, train_w, held_w)
+    if init_weights is not None:
+        stage.model.load_state_dict(init_weights)
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
+                                                     "init_from": str(init_from) if init_from else None})
 
 
 def train_flowmap(opts: TrainOptions) -> TrainResult:
