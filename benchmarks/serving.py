@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "requests": args.requests,
         "options": "planner defaults",
-        "defaults": planner.info()["defaults"],
+        "defaults": planner.info().defaults.as_dict(),
         "image": "3 x 180x320 JPEG q90",
         "request_bytes": {"grpc": proto.ByteSize(), "http": len(json.dumps(body))},
-        "model_version": planner.info()["model_version"],
+        "model_version": planner.info().model_version,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidplan_server.planning.limits import SafetyLimits, check_chunk, project_knots, solve_joint_positions
+from vidplan_server.planning.limits import SafetyLimits, check_chunk, solve_joint_positions
+from vidplan_server.planning.refine import project_knots
 from vidplan_server.robot.panda import Q_HOME, PandaKinematics
 
 

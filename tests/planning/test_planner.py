@@ -186,7 +186,7 @@ def test_bad_requests_name_the_field(planner, request0, change, field):
 
 
 def test_info_describes_the_contract(planner):
-    info = planner.info()
+    info = planner.info().as_dict()
     assert info["cameras"] == ["exterior_image_1_left", "exterior_image_2_left", "wrist_image_left"]
     assert info["chunk_steps"] == info["horizon"] * info["frame_stride"]
     assert info["limits"]["max_translation_per_step_m"] == 0.075

@@ -33,7 +33,7 @@ def test_proposals_mix_policy_samples_then_the_basis(planner, request0):
     r = planner.plan(request0)
     assert r.proposal_kinds[:3] == ["policy:0", "policy:1", "policy:2"]
     assert all(k.startswith("basis:") for k in r.proposal_kinds[3:]) and len(r.proposal_kinds) == 8
-    assert planner.info()["modes"] == ["plan", "policy"]
+    assert planner.info().as_dict()["modes"] == ["plan", "policy"]
 
 
 def test_per_request_mix_and_perturbations(planner, request0):
@@ -78,7 +78,7 @@ def test_policy_mode_needs_a_policy(tiny_heads_bundle, short_episodes):
                                PlanOptions(mode="policy"))
     with pytest.raises(PlanningError, match="options.mode.*policy module"):
         planner.plan(req)
-    assert planner.info()["modes"] == ["plan"]
+    assert planner.info().as_dict()["modes"] == ["plan"]
 
 
 def test_policy_sampling_takes_every_valid_seed(planner, request0):

@@ -12,7 +12,17 @@ import time
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, DT_S
-from vidplan_server.planning.types import MODES, PlanningError, PlanOptions, PlanRequest, PlanResult, UnsafePlanError
+from vidplan_server.planning.limits import SafetyLimits
+from vidplan_server.planning.types import (
+    MODES,
+    ModelInfo,
+    OptionCounts,
+    PlanningError,
+    PlanOptions,
+    PlanRequest,
+    PlanResult,
+    UnsafePlanError,
+)
 from vidplan_server.serving.images import encode_image
 from vidplan_server.serving.messages import Image, Observation, Options, PlanCall, State
 
@@ -48,29 +58,18 @@ class StubPlanner:
         self.max_active = 0  # most plan() calls that ever overlapped
         self._lock = threading.Lock()
 
-    def info(self) -> dict:
-        return {
-            "model_version": "stub@0",
-            "cameras": list(CAMERA_NAMES),
-            "image_size": list(SIZE),
-            "history": 2,
-            "horizon": 5,
-            "frame_stride": 3,
-            "chunk_steps": 15,
-            "dt_s": DT_S,
-            "action_space": "cartesian_position",
-            "modes": list(MODES) if self.policy else ["plan"],
-            "defaults": {"num_proposals": 6, "refine_iters": 0, "flow_steps": 1},
-            "limits": {
-                "workspace_min_m": [0.1, -0.4, -0.05],
-                "workspace_max_m": [1.0, 0.4, 1.0],
-                "max_translation_per_step_m": 0.075,
-                "max_rotation_per_step_rad": 0.15,
-                "joint_lower_rad": [-2.9] * 7,
-                "joint_upper_rad": [2.9] * 7,
-                "gripper_range": [0.0, 1.0],
-            },
-        }
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model_version="stub@0",
+            image_size=SIZE,
+            history=2,
+            horizon=5,
+            frame_stride=3,
+            defaults=OptionCounts(num_proposals=6, refine_iters=0, flow_steps=1),
+            maxima=OptionCounts(num_proposals=64, refine_iters=50, flow_steps=16),
+            limits=SafetyLimits(joint_lower_rad=(-2.9,) * 7, joint_upper_rad=(2.9,) * 7),
+            modes=MODES if self.policy else ("plan",),
+        )
 
     def warmup(self) -> None:
         if self.warmup_gate is not None:

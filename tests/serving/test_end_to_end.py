@@ -52,11 +52,11 @@ def _rows(rows) -> np.ndarray:
 
 
 def test_grpc_plan_returns_a_safe_chunk(live, planner):
-    limits = planner.info()["limits"]
+    limits = planner.info().as_dict()["limits"]
     with grpc.insecure_channel(live.grpc_target) as channel:
         vidplan = pb_grpc.VidPlanStub(channel)
         info = vidplan.GetInfo(pb.InfoRequest(), timeout=10)
-        assert info.model_version == planner.info()["model_version"] and info.chunk_steps == 15
+        assert info.model_version == planner.info().model_version and info.chunk_steps == 15
         assert list(info.limits.workspace_min_m) == limits["workspace_min_m"]
         reply = vidplan.Plan(pb_request(sequence=3, t=100.0, session="grpc-e2e", return_heatmaps=True), timeout=60)
     assert not reply.HasField("error") and reply.sequence == 3 and reply.session_id == "grpc-e2e"
@@ -72,7 +72,7 @@ def test_grpc_plan_returns_a_safe_chunk(live, planner):
 
 
 def test_http_plan_returns_a_safe_chunk(live, planner):
-    limits = planner.info()["limits"]
+    limits = planner.info().as_dict()["limits"]
     with httpx.Client(base_url=live.http_url, timeout=60) as http:
         body = json_request(sequence=1, t=5.0, session="http-e2e", encoding="raw", return_heatmaps=True)
         r = http.post("/v1/plan", json=body)
@@ -80,7 +80,7 @@ def test_http_plan_returns_a_safe_chunk(live, planner):
     body = r.json()
     assert body["sequence"] == 1 and body["stamp"] == {"t0_s": 5.0, "i0": 1, "dt_s": 1 / 15}
     assert_safe_chunk(np.array(body["chunk"]), np.array(body["joint_positions"]), POSE_HOME, limits)
-    assert body["model_version"] == planner.info()["model_version"]
+    assert body["model_version"] == planner.info().model_version
     heat = body["heatmaps"][14]
     assert len(body["predicted_frames"]) == len(body["heatmaps"]) == 15 and heat["frame"] == 4
     png = cv2.imdecode(np.frombuffer(base64.b64decode(heat["image"]["data"]), np.uint8), cv2.IMREAD_UNCHANGED)

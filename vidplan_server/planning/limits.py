@@ -13,7 +13,8 @@ Defaults come from the real stack:
 Rotation change is the geodesic angle ``|log(R_prev^T R_next)|`` (what DROID's limit bounds, in a form that
 does not jump when roll wraps at +-pi). A chunk that violates any limit is rejected, never clipped here:
 callers that want a feasible chunk build one (:mod:`vidplan_server.planning.proposer`) or project onto
-the feasible set (:func:`project_knots`) before the check.
+the feasible set (:func:`vidplan_server.planning.refine.project_knots`) before the check. Plain numpy: the
+serving layer reads these limits without importing torch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.spatial.transform import Rotation
 from vidplan_client.contract import MAX_ROTATION_PER_STEP_RAD, MAX_TRANSLATION_PER_STEP_M
 
@@ -139,29 +139,3 @@ def solve_joint_positions(kinematics: PandaKinematics, actions: np.ndarray, q0: 
         q = kinematics.ik(a[:6], q if seeds is None else seeds[i]).q
         out[i] = q
     return out
-
-
-def project_knots(knots: torch.Tensor, start: torch.Tensor, limits: SafetyLimits, stride: int) -> torch.Tensor:
-    """Project model-rate positions + gripper onto the feasible set (no gradient).
-
-    knots (B, H, 4): x, y, z (m) and gripper of the model-rate actions; start (B, 4) the current position and
-    gripper. Between knots the control-rate chunk is linear over ``stride`` steps, so each knot may move at
-    most ``stride * max_translation_per_step_m`` from the previous one. Sequentially per knot: shrink the
-    step to that length, clamp into the workspace box (a convex set containing the previous knot, so the
-    step stays short), clamp the gripper to its range. Returns (B, H, 4).
-    """
-    lo = torch.tensor(limits.workspace_min_m, dtype=knots.dtype, device=knots.device)
-    hi = torch.tensor(limits.workspace_max_m, dtype=knots.dtype, device=knots.device)
-    max_step = stride * limits.max_translation_per_step_m * (1 - 1e-4)
-    g_lo, g_hi = limits.gripper_range
-    prev = start[:, :3]
-    out = []
-    for i in range(knots.shape[1]):  # H is 5: a loop over time, not over proposals
-        step = knots[:, i, :3] - prev
-        norm = step.norm(dim=-1, keepdim=True)
-        step = step * torch.clamp(max_step / norm.clamp_min(1e-12), max=1.0)
-        pos = torch.minimum(torch.maximum(prev + step, lo), hi)
-        grip = knots[:, i, 3:].clamp(g_lo, g_hi)
-        out.append(torch.cat([pos, grip], -1))
-        prev = pos
-    return torch.stack(out, 1)

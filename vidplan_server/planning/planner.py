@@ -40,7 +40,6 @@ same noise). On CUDA the networks run under bf16 autocast.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -60,24 +59,24 @@ from vidplan_server.models.policy import FlowPolicy, load_policy
 from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
-from vidplan_server.planning.limits import SafetyLimits, check_chunk, project_knots, solve_joint_positions
+from vidplan_server.planning.limits import SafetyLimits, check_chunk, solve_joint_positions
 from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
 from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
+from vidplan_server.planning.refine import REFINED_DIMS, project_knots
 from vidplan_server.planning.types import (
     MODES,
-    NOMINAL_RANGES,
-    NOMINAL_SPACES,
-    STATE_RANGES,
+    ModelInfo,
+    OptionCounts,
     PlanningError,
     PlanRequest,
     PlanResult,
     RefineStep,
     UnsafePlanError,
 )
+from vidplan_server.planning.validation import check_request
 from vidplan_server.robot.panda import PandaKinematics
 
 STAGES = ("encode", "propose", "rollout", "score", "refine", "decode")
-REFINED_DIMS = [0, 1, 2, 6]  # x, y, z, gripper: what refinement moves
 
 
 @dataclass(frozen=True)
@@ -190,82 +189,25 @@ class Planner:
     def image_size(self) -> tuple[int, int]:
         return tuple(self.world.codec.config.image_size)
 
-    def info(self) -> dict:
-        return {
-            "model_version": self.model_version,
-            "cameras": list(CAMERA_NAMES),
-            "image_size": list(self.image_size),
-            "history": self.history_len,
-            "horizon": self.horizon,
-            "frame_stride": self.frame_stride,
-            "chunk_steps": self.chunk_steps,
-            "dt_s": DT_S,
-            "action_space": "cartesian_position",
-            "nominal_spaces": list(NOMINAL_SPACES),
-            "modes": list(MODES) if self.policy is not None else ["plan"],
-            "device": str(self.device),
-            "defaults": {"num_proposals": self.config.num_proposals, "refine_iters": self.config.refine_iters,
-                         "flow_steps": self.config.flow_steps},
-            "limits": self.config.limits.as_dict(),
-        }
+    def info(self) -> ModelInfo:
+        c = self.config
+        return ModelInfo(
+            model_version=self.model_version,
+            image_size=self.image_size,
+            history=self.history_len,
+            horizon=self.horizon,
+            frame_stride=self.frame_stride,
+            defaults=OptionCounts(c.num_proposals, c.refine_iters, c.flow_steps),
+            maxima=OptionCounts(c.max_proposals, c.max_refine_iters, c.max_flow_steps),
+            limits=c.limits,
+            modes=MODES if self.policy is not None else ("plan",),
+            device=str(self.device),
+        )
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.autocast_bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
-
-    # ------------------------------------------------------------------------------------ validation
-    def _validate(self, req: PlanRequest) -> tuple[int, int, int]:
-        if not isinstance(req.instruction, str) or not req.instruction.strip():
-            raise PlanningError("instruction: must be a non-empty string")
-        hist = req.history
-        T, V = self.history_len, len(CAMERA_NAMES)
-        if not isinstance(hist, np.ndarray) or hist.dtype != np.uint8 or hist.ndim != 5:
-            raise PlanningError(f"history: must be a uint8 array (T, V, H, W, 3), got "
-                                f"{getattr(hist, 'dtype', type(hist).__name__)} {getattr(hist, 'shape', '')}")
-        if hist.shape[0] != T or hist.shape[1] != V or hist.shape[4] != 3 or min(hist.shape[2:4]) < 8:
-            raise PlanningError(f"history: expected ({T}, {V}, H, W, 3) with H, W >= 8, got {hist.shape}")
-        s = req.state
-        vectors = (("joint_position", s.joint_position, 7), ("cartesian_position", s.cartesian_position, 6))
-        for name, value, n in vectors:
-            a = np.asarray(value, dtype=np.float64)
-            if a.shape != (n,):
-                raise PlanningError(f"state.{name}: expected {n} values, got shape {a.shape}")
-            if not np.isfinite(a).all():
-                raise PlanningError(f"state.{name}: contains NaN or infinite values")
-        for name, value in (*((n, v) for n, v, _ in vectors), ("gripper_position", s.gripper_position)):
-            if (problem := STATE_RANGES[name].violation(value)) is not None:
-                raise PlanningError(f"state.{name}: {problem}")
-        o, c = req.options, self.config
-        N = c.num_proposals if o.num_proposals is None else o.num_proposals
-        iters = c.refine_iters if o.refine_iters is None else o.refine_iters
-        k = c.flow_steps if o.flow_steps is None else o.flow_steps
-        for name, v, hi in (("num_proposals", N, c.max_proposals), ("refine_iters", iters, c.max_refine_iters),
-                            ("flow_steps", k, c.max_flow_steps)):
-            if not isinstance(v, int) or not (0 if name == "refine_iters" else 1) <= v <= hi:
-                raise PlanningError(f"options.{name}: must be an integer in [{0 if name == 'refine_iters' else 1}, "
-                                    f"{hi}], got {v!r}")
-        if not isinstance(o.seed, int) or not 0 <= o.seed < 2**64:
-            raise PlanningError(f"options.seed: must be an integer in [0, 2**64), got {o.seed!r}")
-        if o.deadline_s is not None and not (math.isfinite(o.deadline_s) and o.deadline_s >= 0):
-            raise PlanningError(f"options.deadline_s: must be a finite number >= 0, got {o.deadline_s}")
-        if o.mode not in MODES:
-            raise PlanningError(f"options.mode: must be one of {MODES}, got {o.mode!r}")
-        if o.mode == "policy" and self.policy is None:
-            raise PlanningError("options.mode: 'policy' needs a checkpoint with a policy module "
-                                "(train one with `vidplan train policy`)")
-        for name in ("policy_samples", "policy_perturbations"):
-            v = getattr(o, name)
-            if v is not None and (not isinstance(v, int) or not 0 <= v <= c.max_proposals):
-                raise PlanningError(f"options.{name}: must be an integer in [0, {c.max_proposals}], got {v!r}")
-        if req.nominal is not None and req.nominal_space not in NOMINAL_SPACES:
-            raise PlanningError(f"nominal_space: must be one of {NOMINAL_SPACES}, got {req.nominal_space!r}")
-        if req.nominal is not None:
-            nominal, bounds = np.asarray(req.nominal, dtype=np.float64), NOMINAL_RANGES[req.nominal_space]
-            if nominal.ndim == 2 and nominal.shape[1] == len(bounds.low) and np.isfinite(nominal).all():
-                if (problem := bounds.violation(nominal)) is not None:
-                    raise PlanningError(f"nominal: {problem} ({req.nominal_space})")
-        return N, iters, k
 
     # ------------------------------------------------------------------------------------ stages
     def encode_history(self, history: np.ndarray) -> torch.Tensor:
@@ -416,7 +358,8 @@ class Planner:
     def plan(self, req: PlanRequest) -> PlanResult:
         clock = self.clock
         t_start = clock()
-        N, iters, k = self._validate(req)
+        counts = check_request(req, self.info())
+        N, iters, k = counts.num_proposals, counts.refine_iters, counts.flow_steps
         o = req.options
         deadline = None if o.deadline_s is None else t_start + o.deadline_s
         timings = dict.fromkeys(STAGES, 0.0)

@@ -1,10 +1,11 @@
 """What goes into the planner and what comes out: plain numpy, no torch, no transport.
 
-These are the planner's public contract; the serving layer maps its wire messages onto them.
+These are the planner's public contract; the serving layer maps its wire messages onto them. What a valid
+request is lives in :mod:`vidplan_server.planning.validation`; what a model offers is :class:`ModelInfo`.
 
 Units and conventions (``../shared/DESIGN.md``):
 
-- frames are RGB ``uint8`` ``(T, V, H, W, 3)``, views in :data:`~vidplan_server.data.schema.CAMERA_NAMES`
+- frames are RGB ``uint8`` ``(T, V, H, W, 3)``, views in :data:`~vidplan_client.contract.CAMERA_NAMES`
   order, history oldest first, the current frame last; history frames are ``frame_stride`` control steps
   apart (the world model's spacing, 0.2 s by default); any ``H x W`` (resized to the model's view size);
 - robot state: ``joint_position`` (7,) rad, ``cartesian_position`` (6,) m / rad (x, y, z, roll, pitch,
@@ -15,12 +16,12 @@ Units and conventions (``../shared/DESIGN.md``):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from vidplan_client.contract import ACTION_SPACE, CAMERA_NAMES, DT_S
 
-from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER
+from vidplan_server.planning.limits import SafetyLimits
 
 #: What a request asks for: a VidPlan plan, or the bundle's policy alone (the baseline).
 MODES = ("plan", "policy")
@@ -29,62 +30,17 @@ MODES = ("plan", "policy")
 NOMINAL_SPACES = ("cartesian_position", "joint_velocity")
 
 
-@dataclass(frozen=True)
-class Range:
-    """The valid closed interval of a numeric field, per element when ``low`` / ``high`` are tuples."""
-
-    low: float | tuple[float, ...]
-    high: float | tuple[float, ...]
-
-    def violation(self, values) -> str | None:
-        """Why ``values`` (a number or a vector) is out of range, naming the first bad element; None if fine."""
-        arr = np.asarray(values, dtype=np.float64)
-        width = arr.shape[-1:] if arr.ndim else ()
-        lo, hi = np.broadcast_to(self.low, width), np.broadcast_to(self.high, width)
-        bad = ~((arr >= lo) & (arr <= hi))  # NaN is bad too
-        if not bad.any():
-            return None
-        if not arr.ndim:
-            return f"{float(arr)!r} is outside [{_num(self.low)}, {_num(self.high)}]"
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        col = idx[-1]
-        where = f"element {idx[0]}" if len(idx) == 1 else f"element [{idx[0]}, {col}]"
-        return f"{where} is {float(arr[idx])!r}, outside [{_num(lo[col])}, {_num(hi[col])}]"
-
-    def text(self) -> str:
-        """The range as the proto's comments write it: ``[0, 1]``, or one interval per element of a vector."""
-        if not isinstance(self.low, tuple) and not isinstance(self.high, tuple):
-            return f"[{_num(self.low)}, {_num(self.high)}]"
-        n = max(len(b) for b in (self.low, self.high) if isinstance(b, tuple))
-        lo, hi = np.broadcast_to(self.low, (n,)), np.broadcast_to(self.high, (n,))
-        return ", ".join(f"[{_num(a)}, {_num(b)}]" for a, b in zip(lo, hi, strict=True))
-
-
-def _num(x) -> str:
-    return f"{float(x):g}"
-
-
-_TWO_PI = round(2 * math.pi, 4)
-#: The valid range of every number the planner takes with a request, defined once: ``Planner._validate`` checks
-#: against it, and so does the serving layer (its table in ``serving/validation.py`` maps these onto wire fields
-#: before anything is stored); ``proto/vidplan/v1/vidplan.proto`` states the same numbers. Joints: the Panda's
-#: limits widened by 0.1 rad (readings just past a limit are real; degrees or garbage are not); positions: 2 m
-#: (the Panda reaches 0.855 m); Euler angles within one turn either way; gripper 0 (open) to 1 (closed);
-#: DROID's normalised joint velocities in [-1, 1].
-STATE_RANGES = {
-    "joint_position": Range(tuple(round(float(x) - 0.1, 4) for x in JOINT_LOWER),
-                            tuple(round(float(x) + 0.1, 4) for x in JOINT_UPPER)),
-    "cartesian_position": Range((-2.0,) * 3 + (-_TWO_PI,) * 3, (2.0,) * 3 + (_TWO_PI,) * 3),
-    "gripper_position": Range(0.0, 1.0),
-}
-NOMINAL_RANGES = {  # per column of a nominal chunk's rows
-    "cartesian_position": Range((-2.0,) * 3 + (-_TWO_PI,) * 3 + (0.0,), (2.0,) * 3 + (_TWO_PI,) * 3 + (1.0,)),
-    "joint_velocity": Range((-1.0,) * 7 + (0.0,), (1.0,) * 8),
-}
-
-
 class PlanningError(ValueError):
-    """A request the planner cannot serve; the message names the offending field."""
+    """A request the planner cannot serve; the message starts with the offending field.
+
+    Raised with ``field`` (``PlanningError("is outside [0, 1]", field="state.gripper_position")``) it keeps the
+    field and the problem apart (``.field``, ``.problem``), so a transport can rename the field for its wire.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.problem = message
 
 
 class UnsafePlanError(RuntimeError):
@@ -159,3 +115,65 @@ class PlanResult:
     notes: list[str] = field(default_factory=list)  # why a fallback happened, in words
     predicted_frames: np.ndarray | None = None  # (H, V, h, w, 3) uint8 decoded winner rollout
     heatmaps: np.ndarray | None = None  # (H, V, h, w, 3) uint8 latent colour map overlay
+
+
+@dataclass(frozen=True)
+class OptionCounts:
+    """The planner's per-request counts: its defaults, or the most a request may ask for."""
+
+    num_proposals: int
+    refine_iters: int
+    flow_steps: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"num_proposals": self.num_proposals, "refine_iters": self.refine_iters,
+                "flow_steps": self.flow_steps}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a planner and its model bundle offer: the contract GetInfo / ``GET /v1/info`` report."""
+
+    model_version: str
+    image_size: tuple[int, int]  # (height, width) of each view the model sees
+    history: int  # T frames the model sees, ``frame_stride`` control steps apart
+    horizon: int  # H predicted frames
+    frame_stride: int  # control steps per model frame
+    defaults: OptionCounts  # what an unset option means
+    maxima: OptionCounts  # the most a request may ask for
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    modes: tuple[str, ...] = ("plan",)  # ``options.mode`` values offered ("policy" needs a policy module)
+    device: str = "cpu"
+    cameras: tuple[str, ...] = CAMERA_NAMES
+    dt_s: float = DT_S  # control period of a chunk's rows
+    action_space: str = ACTION_SPACE
+    nominal_spaces: tuple[str, ...] = NOMINAL_SPACES
+
+    @property
+    def chunk_steps(self) -> int:
+        """Rows of a chunk at the control rate."""
+        return self.horizon * self.frame_stride
+
+    @property
+    def spacing_s(self) -> float:
+        """Time between the model's history frames (s)."""
+        return self.frame_stride * self.dt_s
+
+    def as_dict(self) -> dict:
+        """JSON form (``GET /v1/info``)."""
+        return {
+            "model_version": self.model_version,
+            "cameras": list(self.cameras),
+            "image_size": list(self.image_size),
+            "history": self.history,
+            "horizon": self.horizon,
+            "frame_stride": self.frame_stride,
+            "chunk_steps": self.chunk_steps,
+            "dt_s": self.dt_s,
+            "action_space": self.action_space,
+            "nominal_spaces": list(self.nominal_spaces),
+            "modes": list(self.modes),
+            "device": self.device,
+            "defaults": self.defaults.as_dict(),
+            "limits": self.limits.as_dict(),
+        }

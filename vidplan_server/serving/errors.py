@@ -14,12 +14,6 @@ import re
 from vidplan_server.planning.types import PlanningError, UnsafePlanError
 
 
-def show(value: object, limit: int = 40) -> str:
-    """A client-supplied value for a message or a log line: repr'd (so control characters are escaped), cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'"
-
-
 class ServingError(Exception):
     """Base class. ``code`` is the gRPC status name; ``http_status`` its HTTP counterpart."""
 
@@ -127,6 +121,8 @@ def from_planner_error(exc: Exception) -> ServingError | None:
     A planner message starts with the field it is about (``state.gripper_position: ...``); that becomes the
     error's ``field``, in the wire's names."""
     if isinstance(exc, PlanningError):
+        if exc.field is not None:
+            return InvalidArgument(exc.problem, field=wire_field(exc.field))
         match = _FIELD_PREFIX.match(str(exc))
         if match is None:
             return InvalidArgument(str(exc))

@@ -6,12 +6,15 @@ an unset required message, an unspecified enum); everything else is validated by
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 from vidplan_client.wire import vidplan_pb2 as pb
 
+from vidplan_server.planning.types import ModelInfo
+from vidplan_server.planning.validation import OPTIONAL_COUNTS
 from vidplan_server.serving.errors import DeadlineExceeded, InvalidArgument, ServingError
 from vidplan_server.serving.images import encode_rollout
 from vidplan_server.serving.messages import (
@@ -24,7 +27,6 @@ from vidplan_server.serving.messages import (
     earliest_deadline,
     frames_by_camera,
 )
-from vidplan_server.serving.validation import OPTIONAL_COUNTS
 
 ENCODING_NAMES = {pb.IMAGE_ENCODING_JPEG: "jpeg", pb.IMAGE_ENCODING_PNG: "png", pb.IMAGE_ENCODING_RAW_RGB: "raw"}
 ENCODING_ENUMS = {name: enum for enum, name in ENCODING_NAMES.items()}
@@ -141,37 +143,36 @@ def error_response(sequence: int, session_id: str, error: ServingError) -> pb.Pl
     )
 
 
-def info_response(info: dict[str, Any]) -> pb.InfoResponse:
-    """GetInfo's reply from :meth:`PlanService.describe` (the planner's info and the serving limits)."""
-    limits = info.get("limits", {})
-    serving = info.get("serving", {})
-    gripper = limits.get("gripper_range", (0.0, 1.0))
+def info_response(model: ModelInfo, modes: Sequence[str], serving: Mapping[str, Any]) -> pb.InfoResponse:
+    """GetInfo's reply: what the model offers, the modes this server offers and its serving limits
+    (:meth:`PlanService.serving_info`)."""
+    limits = model.limits
     return pb.InfoResponse(
-        model_version=str(info.get("model_version", "")),
-        cameras=list(info["cameras"]),
-        image_height=int(info["image_size"][0]),
-        image_width=int(info["image_size"][1]),
-        history=int(info["history"]),
-        horizon=int(info["horizon"]),
-        frame_stride=int(info["frame_stride"]),
-        dt_s=float(info["dt_s"]),
-        action_space=SPACE_ENUMS.get(info.get("action_space", "cartesian_position"), pb.ACTION_SPACE_UNSPECIFIED),
-        chunk_steps=int(info.get("chunk_steps", int(info["horizon"]) * int(info["frame_stride"]))),
+        model_version=model.model_version,
+        cameras=list(model.cameras),
+        image_height=int(model.image_size[0]),
+        image_width=int(model.image_size[1]),
+        history=model.history,
+        horizon=model.horizon,
+        frame_stride=model.frame_stride,
+        dt_s=model.dt_s,
+        action_space=SPACE_ENUMS.get(model.action_space, pb.ACTION_SPACE_UNSPECIFIED),
+        chunk_steps=model.chunk_steps,
         limits=pb.SafetyLimits(
-            workspace_min_m=limits.get("workspace_min_m", []),
-            workspace_max_m=limits.get("workspace_max_m", []),
-            max_translation_per_step_m=limits.get("max_translation_per_step_m", 0.0),
-            max_rotation_per_step_rad=limits.get("max_rotation_per_step_rad", 0.0),
-            joint_lower_rad=limits.get("joint_lower_rad", []),
-            joint_upper_rad=limits.get("joint_upper_rad", []),
-            gripper_min=float(gripper[0]),
-            gripper_max=float(gripper[1]),
+            workspace_min_m=list(limits.workspace_min_m),
+            workspace_max_m=list(limits.workspace_max_m),
+            max_translation_per_step_m=limits.max_translation_per_step_m,
+            max_rotation_per_step_rad=limits.max_rotation_per_step_rad,
+            joint_lower_rad=list(limits.joint_lower_rad),
+            joint_upper_rad=list(limits.joint_upper_rad),
+            gripper_min=float(limits.gripper_range[0]),
+            gripper_max=float(limits.gripper_range[1]),
         ),
         server_version=server_version(),
         request_limits=pb.RequestLimits(
             **{k: v for k, v in serving.items() if k in pb.RequestLimits.DESCRIPTOR.fields_by_name and v is not None}
         ),
-        modes=[MODE_ENUMS[mode] for mode in info.get("modes", ("plan",)) if mode in MODE_ENUMS],
+        modes=[MODE_ENUMS[mode] for mode in modes if mode in MODE_ENUMS],
     )
 
 

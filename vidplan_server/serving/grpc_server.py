@@ -138,7 +138,8 @@ class VidPlanServicer:
         except InvalidArgument as exc:
             self._refused("info", exc, malformed=True)
             await abort(context, exc)
-        return convert.info_response(self.service.describe())
+        service = self.service
+        return convert.info_response(service.model, service.limits.modes, service.serving_info())
 
 
 def handlers(servicer: VidPlanServicer) -> grpc.GenericRpcHandler:

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vidplan_server.planning.types import Range
+from vidplan_server.planning.validation import OPTIONAL_COUNTS, IntRange, Range, show
 from vidplan_server.serving import http_models as m
 from vidplan_server.serving.errors import (
     InvalidArgument,
@@ -41,7 +41,6 @@ from vidplan_server.serving.errors import (
     TooLarge,
     Unauthenticated,
     bearer_token_matches,
-    show,
 )
 from vidplan_server.serving.grpc_convert import server_version
 from vidplan_server.serving.images import encode_rollout
@@ -56,7 +55,7 @@ from vidplan_server.serving.messages import (
     frames_by_camera,
 )
 from vidplan_server.serving.service import PlanService, outcome_of
-from vidplan_server.serving.validation import FIELD_RANGES, OPTIONAL_COUNTS, IntRange, Limits, check_range
+from vidplan_server.serving.validation import FIELD_RANGES, Limits, check_range
 
 #: Paths that need the token when one is configured; with private metrics also METRICS_AND_DOCS.
 API_PREFIX = "/v1/"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidplan_server.planning.types import PlanResult
-from vidplan_server.serving.errors import InvalidArgument, show
+from vidplan_server.planning.validation import show
+from vidplan_server.serving.errors import InvalidArgument
 
 #: Encodings an image may arrive in. ``raw`` is packed RGB ``uint8`` rows (height * width * 3 bytes).
 ENCODINGS = ("jpeg", "png", "raw")

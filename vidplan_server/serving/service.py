@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vidplan_server.planning.types import PlanOptions, PlanRequest, PlanResult
+from vidplan_server.planning.types import ModelInfo, PlanOptions, PlanRequest, PlanResult
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import (
     DeadlineExceeded,
@@ -50,7 +50,7 @@ from vidplan_server.serving.logs import RateLimitedLog
 from vidplan_server.serving.messages import Image, Observation, PlanCall, PlanReply
 from vidplan_server.serving.metrics import ServingMetrics
 from vidplan_server.serving.sessions import SessionStore, StoredFrame
-from vidplan_server.serving.validation import DEFAULT_OPTION_MAX, CheckedCall, Limits, check_call
+from vidplan_server.serving.validation import CheckedCall, Limits, check_call
 from vidplan_server.serving.worker import PlannerWorker, Slot
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class PlannerLike(Protocol):
     """What the service needs of :class:`vidplan_server.planning.planner.Planner`."""
 
     def plan(self, request: PlanRequest) -> PlanResult: ...
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> ModelInfo: ...
     def warmup(self) -> None: ...
 
 
@@ -134,16 +134,15 @@ class PlanService:
         self.planner = planner
         self.config = config
         self.metrics = metrics if metrics is not None else ServingMetrics()
-        self.info: dict[str, Any] = dict(planner.info())
-        self.cameras: tuple[str, ...] = tuple(self.info["cameras"])
-        self.image_size: tuple[int, int] = (int(self.info["image_size"][0]), int(self.info["image_size"][1]))
-        self.history_len = int(self.info["history"])
-        self.frame_stride = int(self.info["frame_stride"])
-        self.dt_s = float(self.info["dt_s"])
-        self.spacing_s = self.frame_stride * self.dt_s  # time between history frames (s)
-        self.limits = Limits.build(config, self.info, option_maxima(planner))
-        defaults = self.info.get("defaults", {})
-        self.default_effort = (int(defaults.get("num_proposals", 1)), int(defaults.get("flow_steps", 1)))
+        self.model: ModelInfo = planner.info()
+        self.cameras: tuple[str, ...] = tuple(self.model.cameras)
+        self.image_size: tuple[int, int] = tuple(self.model.image_size)
+        self.history_len = self.model.history
+        self.frame_stride = self.model.frame_stride
+        self.dt_s = self.model.dt_s
+        self.spacing_s = self.model.spacing_s  # time between history frames (s)
+        self.limits = Limits.build(config, self.model)
+        self.default_effort = (self.model.defaults.num_proposals, self.model.defaults.flow_steps)
         self.sessions = SessionStore(
             capacity=config.session_frames,
             ttl_s=config.session_ttl_s,
@@ -200,21 +199,22 @@ class PlanService:
         n, k = self.default_effort
         return self.informed_pass.estimate_ms(proposals or n, flow_steps or k)
 
-    def describe(self) -> dict[str, Any]:
-        """The planner's info plus the serving limits (GetInfo, ``GET /v1/info``)."""
+    def serving_info(self) -> dict[str, Any]:
+        """The serving limits and the measured minimum deadline (GetInfo ``request_limits``, ``/v1/info``
+        ``serving``)."""
         min_deadline = self.min_deadline_ms()
         return {
-            **self.info,
-            "modes": list(self.limits.modes),
-            "serving": {
-                "max_queue": self.config.max_queue,
-                "session_ttl_s": self.config.session_ttl_s,
-                "max_sessions": self.config.max_sessions,
-                "history_spacing_s": self.spacing_s,
-                "min_deadline_ms": None if min_deadline is None else round(min_deadline, 1),
-                **self.limits.as_dict(),
-            },
+            "max_queue": self.config.max_queue,
+            "session_ttl_s": self.config.session_ttl_s,
+            "max_sessions": self.config.max_sessions,
+            "history_spacing_s": self.spacing_s,
+            "min_deadline_ms": None if min_deadline is None else round(min_deadline, 1),
+            **self.limits.as_dict(),
         }
+
+    def describe(self) -> dict[str, Any]:
+        """The model's info plus the serving limits as JSON (``GET /v1/info``)."""
+        return {**self.model.as_dict(), "modes": list(self.limits.modes), "serving": self.serving_info()}
 
     def count(self, transport: str, call: str, outcome: str) -> None:
         self.metrics.requests.labels(transport=transport, call=call, outcome=outcome).inc()
@@ -405,7 +405,7 @@ class PlanService:
             t0_s=float(call.observation.timestamp_s),
             i0=1,
             dt_s=float(result.dt_s),
-            model_version=str(self.info.get("model_version", "")),
+            model_version=self.model.model_version,
             history_timestamps_s=prepared.history_timestamps_s,
             timings_ms=timings,
         )
@@ -441,12 +441,3 @@ class PlanService:
         self.log.log(logging.ERROR, "internal", f"plan failed: {type(exc).__name__}: {str(exc)[:300]}", exc_info=exc)
         return ServingError(f"internal error: {type(exc).__name__}")
 
-
-def option_maxima(planner: object) -> dict[str, int]:
-    """The planner's upper limits of the per-request options (``PlannerConfig.max_*``), or the defaults."""
-    config = getattr(planner, "config", None)
-    return {
-        "num_proposals": int(getattr(config, "max_proposals", DEFAULT_OPTION_MAX["num_proposals"])),
-        "refine_iters": int(getattr(config, "max_refine_iters", DEFAULT_OPTION_MAX["refine_iters"])),
-        "flow_steps": int(getattr(config, "max_flow_steps", DEFAULT_OPTION_MAX["flow_steps"])),
-    }
