@@ -86,6 +86,26 @@ def _cmd_sim_dagger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_branches(args: argparse.Namespace) -> int:
+    from vidplan_server.apps.branches import BranchConfig, BranchError, record_branches
+
+    if not args.data.is_dir():
+        raise CliError(f"--data {args.data}: dataset folder does not exist")
+    if args.ckpt is not None and not args.ckpt.is_dir():
+        raise CliError(f"--ckpt {args.ckpt}: checkpoint folder does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    try:
+        cfg = BranchConfig(states=args.states, proposals=args.proposals, policy_samples=args.policy_samples,
+                           seed=args.seed)
+        s = record_branches(args.data, args.ckpt, args.out, cfg, progress=not args.quiet)
+    except BranchError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.out}: {s['new']} new state(s) of {s['states']}, {s['branches']} branches in "
+          f"{s['seconds'] / 60:.1f} min; train on them with `vidplan train world --extra-data {args.out}`")
+    return 0
+
+
 def _cmd_sim_preview(args: argparse.Namespace) -> int:
     from vidplan_server.data.preview import write_preview
     from vidplan_server.data.reader import EpisodeDataset
@@ -124,8 +144,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage not in ("value", "policy"):
-        raise CliError(f"--extra-data is only used by `train value` and `train policy`, not `train {args.stage}`")
+    if args.extra_data and args.stage not in ("value", "policy", "world", "flowmap"):
+        raise CliError(f"--extra-data is only used by `train value`, `policy`, `world` and `flowmap`, not "
+                       f"`train {args.stage}`")
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
@@ -141,9 +162,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = commands.train_codec(opts)
     elif args.stage == "world":
         result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride,
-                                      init_from=args.init_from)
+                                      init_from=args.init_from, branches=tuple(args.extra_data))
     elif args.stage == "flowmap":
-        result = commands.train_flowmap(opts)
+        result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
     elif args.stage == "uq":
         result = commands.train_uq(opts, flow_steps=args.flow_steps)
     elif args.stage == "value":
@@ -293,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
 
     sim = groups.add_parser("sim", help="simulated DROID scene: record and preview episodes, captioned renders")
-    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,captions,dagger,preview}")
+    sim_cmds = sim.add_subparsers(dest="command", required=True, metavar="{record,captions,dagger,branches,preview}")
 
     rec = sim_cmds.add_parser(
         "record",
@@ -379,6 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
     dag.add_argument("--quiet", action="store_true", help="no progress bar")
     dag.set_defaults(func=_cmd_sim_dagger)
 
+    br = sim_cmds.add_parser(
+        "branches",
+        help="execute the planner's proposals from recorded states: action-diverse world-model data",
+        description="Online world-model data: pick --states recorded steps of a train-split recording (gripper "
+        "open, full history), rebuild each in the simulator, let the bundle's planner propose --proposals chunks "
+        "for it (--policy-samples from its policy, the rest from the Jacobian basis) and execute and render every "
+        "one from the same state. The world model trained on expert episodes alone ignores its actions (the next "
+        "frames follow from the history); branches show it what different actions do. Train on them with "
+        "`vidplan train world --extra-data OUT`. Resumable: re-running with the same arguments records only "
+        "missing states.",
+    )
+    br.add_argument("--data", type=Path, required=True, help="train-split recording (vidplan sim record)")
+    br.add_argument("--ckpt", type=Path, default=None, help="bundle whose planner proposes (default: the bundled one)")
+    br.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
+    br.add_argument("--states", type=positive_int, default=500, help="recorded states to branch from (default 500)")
+    br.add_argument("--proposals", type=positive_int, default=10, help="chunks executed per state (default 10)")
+    br.add_argument("--policy-samples", type=int, default=4,
+                    help="how many of them come from the bundle's policy, 0..--proposals (default 4)")
+    br.add_argument("--seed", type=int, default=0, help="picks the states and seeds the proposals (default 0)")
+    br.add_argument("--quiet", action="store_true", help="no progress bar")
+    br.set_defaults(func=_cmd_sim_branches)
+
     prev = sim_cmds.add_parser(
         "preview",
         help="contact sheet PNG + mp4 of one episode",
@@ -448,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
                     help="value: more episode folders to train on (each split into training and held-out "
                     "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
-                    "sim dagger`, every labelled step added to the training samples (a round: --resume --steps N)")
+                    "sim dagger`, every labelled step added to the training samples (a round: --resume --steps N). "
+                    "world, flowmap: branch folders of `vidplan sim branches` (the planner's proposals executed "
+                    "from recorded states), one window per branch, shards split like episodes")
     tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--captions", type=Path, default=None, metavar="DIR",

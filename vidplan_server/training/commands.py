@@ -92,9 +92,11 @@ def train_codec(opts: TrainOptions) -> TrainResult:
                  progress=opts.progress, extra_meta=_meta(opts, len(train_idx), len(held_idx)))
 
 
-def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None):
+def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None,
+             branches: tuple[Path, ...] = ()):
     """Latent windows (train, held-out), the action stats of the training episodes, the episode counts and
-    the (train, held-out) episodes themselves (without frames)."""
+    the (train, held-out) episodes themselves (without frames). ``branches``: branch folders (``vidplan sim
+    branches``) whose windows are added, their shards split into training and held-out like the episodes."""
     from vidplan_server.data.reader import EpisodeDataset
 
     codec = load_codec(opts.out)
@@ -118,11 +120,27 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
         return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride,
                                    [phases[ep.index] for ep in episodes])
 
-    return build(train_eps), build(held_eps), stats, (len(train_idx), len(held_idx)), (train_eps, held_eps)
+    train_w, held_w = build(train_eps), build(held_eps)
+    for folder in branches:
+        from vidplan_server.data.branches import branch_manifest, shard_files
+        from vidplan_server.training.windows import branch_windows
+
+        files = shard_files(folder)
+        recorded = branch_manifest(folder).get("frame_stride")
+        if recorded != stride:
+            raise DatasetError(f"--extra-data {folder}: recorded at frame stride {recorded}, the world model uses "
+                               f"{stride}")
+        b_train, b_held = split_episodes(len(files), opts.held_out_fraction, opts.seed)
+        parts = [branch_windows(codec, opts.out / "codec.safetensors", [files[i] for i in idx],
+                                opts.out / "training" / "latents", device, norm.normalize, history, horizon,
+                                opts.progress) if idx else None for idx in (b_train, b_held)]
+        train_w = LatentWindows.concat([train_w, parts[0]]) if parts[0] is not None else train_w
+        held_w = LatentWindows.concat([held_w, parts[1]]) if parts[1] is not None else held_w
+    return train_w, held_w, stats, (len(train_idx), len(held_idx)), (train_eps, held_eps)
 
 
 def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3,
-                init_from: Path | None = None) -> TrainResult:
+                init_from: Path | None = None, branches: tuple[Path, ...] = ()) -> TrainResult:
     """The EDM video model on windows of ``opts.data``. ``init_from``: a bundle whose world module (weights,
     architecture, action statistics) the run starts from -- a fine-tune, e.g. longer training or new data; its
     codec must be the one in ``opts.out`` (the latent space the weights predict in)."""
@@ -139,14 +157,14 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
         denoiser, config = load_denoiser(init_from)
         init_weights = denoiser.state_dict()
         train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
-                                                 config.actions)
+                                                 config.actions, branches)
     elif opts.resume and state.exists():
         # Resuming: keep the statistics the run started with, whatever the dataset holds now.
         config = load_config(opts.out, "world", WorldConfig)
         train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon,
-                                                 config.frame_stride, config.actions)
+                                                 config.frame_stride, config.actions, branches)
     else:
-        train_w, held_w, stats, counts, _ = _windows(opts, history, horizon, frame_stride)
+        train_w, held_w, stats, counts, _ = _windows(opts, history, horizon, frame_stride, branches=branches)
         rows = train_w.latents[train_w.index["future"].unique()].float()
         sigma_data = float(rows.std())
         config = WorldConfig(actions=stats, net=net, frame_stride=frame_stride,
@@ -156,18 +174,19 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
         stage.model.load_state_dict(init_weights)
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
                  progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
-                                                     "init_from": str(init_from) if init_from else None})
+                                                     "init_from": str(init_from) if init_from else None,
+                                                     "branches": [str(b) for b in branches]})
 
 
-def train_flowmap(opts: TrainOptions) -> TrainResult:
+def train_flowmap(opts: TrainOptions, branches: tuple[Path, ...] = ()) -> TrainResult:
     _require(opts.out, "world", f"vidplan train world --data {opts.data} --out {opts.out}")
     denoiser, world = load_denoiser(opts.out)
     train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
-                                             world.actions)
+                                             world.actions, branches)
     stage = FlowMapStage(FlowConfig(world=world), denoiser, train_w, held_w)
     return train(stage, _loop(presets.FLOWMAP[opts.preset], opts), opts.out, resume=opts.resume,
                  device=pick_device(opts.device), progress=opts.progress,
-                 extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+                 extra_meta={**_meta(opts, *counts), "windows": len(train_w), "branches": [str(b) for b in branches]})
 
 
 # ------------------------------------------------------------------------------------------- heads

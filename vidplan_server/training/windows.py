@@ -158,3 +158,37 @@ class LatentWindows:
     def spread(self, n: int) -> torch.Tensor:
         """``n`` window indices spread evenly over all windows (deterministic evaluation sets)."""
         return torch.linspace(0, len(self) - 1, min(n, len(self))).long()
+
+
+def branch_windows(codec: Codec, codec_file: Path, files: list[Path], cache_dir: Path, device: torch.device,
+                   normalize, history: int, horizon: int, progress: bool = True) -> LatentWindows:
+    """World-model windows of branch shards (:mod:`vidplan_server.data.branches`): one window per branch, its
+    T recorded history frames, its H rendered future frames and its H knot actions (normalised with
+    ``normalize``, the world model's action statistics). Latents are cached like :func:`cached_latents`."""
+    from vidplan_server.data.branches import read_branches
+
+    h = hashlib.sha256()
+    h.update(codec_file.read_bytes())
+    for f in files:
+        h.update(f"{Path(f).resolve()}:{Path(f).stat().st_size}".encode())
+    path = cache_dir / f"branches-{h.hexdigest()[:20]}.safetensors"
+    frames, knots = read_branches(files)
+    N, L = frames.shape[:2]
+    if L != history + horizon or knots.shape[1] != horizon:
+        raise DatasetError(f"branches hold {L} frames and {knots.shape[1]} actions per branch, the world model "
+                           f"needs {history} + {horizon}: record them with a bundle of the same history and horizon")
+    if path.is_file():
+        latents = load_file(str(path))["latents"]
+    else:
+        flat = frames.reshape(N * L, *frames.shape[2:])
+        parts = [encode_frames(codec.to(device).eval(), flat[i:i + 512], device)
+                 for i in tqdm(range(0, len(flat), 512), desc="encode branches", disable=not progress, leave=False)]
+        latents = torch.cat(parts)
+        _write_atomic(path, lambda tmp: save_file({"latents": latents.contiguous()}, tmp))
+    rows = torch.arange(N)[:, None] * L
+    future = rows + history + torch.arange(horizon)[None]
+    actions = torch.zeros((N * L, knots.shape[-1]), dtype=torch.float32)
+    actions[future.reshape(-1)] = normalize(torch.from_numpy(knots).reshape(-1, knots.shape[-1])).float()
+    index = {"history": rows + torch.arange(history)[None], "future": future, "action": future,
+             "episode": torch.arange(N)}
+    return LatentWindows(latents, actions, index)

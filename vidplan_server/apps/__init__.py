@@ -1,0 +1,1 @@
+"""Applications: what combines the parts (simulator, planner, models, transport) into one job."""
