@@ -86,7 +86,7 @@ def test_record_preview_info_resume(tmp_path, capsys):
         (["data", "info", "NOPE"], "NOPE: dataset folder not found"),
         (["sim", "preview", "NOPE", "--out", "sheet.xyz"], "must be a .png or .jpg"),
         (["train", "value", "--data", ".", "--out", "o", "--extra-data", "NOPE"], "--extra-data NOPE: dataset folder"),
-        (["train", "uq", "--data", ".", "--out", "o", "--extra-data", "."], "only used by `train value`"),
+        (["train", "codec", "--data", ".", "--out", "o", "--extra-data", "."], "not used by `train codec`"),
         (["eval", "reward", "--data", "NOPE", "--out", "o"], "--data NOPE: dataset folder does not exist"),
     ],
 )

@@ -144,9 +144,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage not in ("value", "policy", "world", "flowmap"):
-        raise CliError(f"--extra-data is only used by `train value`, `policy`, `world` and `flowmap`, not "
-                       f"`train {args.stage}`")
+    if args.extra_data and args.stage in ("codec", "semantic"):
+        raise CliError(f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
+                       "folders; world, flowmap, uq: branch folders)")
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
@@ -166,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
     elif args.stage == "uq":
-        result = commands.train_uq(opts, flow_steps=args.flow_steps)
+        result = commands.train_uq(opts, flow_steps=args.flow_steps, branches=tuple(args.extra_data))
     elif args.stage == "value":
         result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
                                       extra_data=tuple(args.extra_data))
@@ -492,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="value: more episode folders to train on (each split into training and held-out "
                     "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
                     "sim dagger`, every labelled step added to the training samples (a round: --resume --steps N). "
-                    "world, flowmap: branch folders of `vidplan sim branches` (the planner's proposals executed "
-                    "from recorded states), one window per branch, shards split like episodes")
+                    "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
+                    "from recorded states), one window per branch, shards split like episodes; for uq, branches "
+                    "of the calibration recording, which the world model never saw")
     tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--captions", type=Path, default=None, metavar="DIR",

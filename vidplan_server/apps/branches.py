@@ -10,7 +10,8 @@ read the actions; the planner, however, asks it about proposals the expert never
 samples). Branches break that correlation: from one recorded state, several different chunks, each with its
 real outcome -- the data "online world modeling" (arXiv 2512.09929) collects for the same train-test gap.
 
-One branch set (a ``train``-split recording only; never the data a model is evaluated on): a recorded episode
+One branch set (of the world model's training recording, or of the UQ head's calibration recording; never of
+the data a model is evaluated on, and ``ood`` recordings are refused): a recorded episode
 and a step t (t >= stride * (T - 1), so the T history frames are real; the gripper open, because a reset cannot
 rebuild a grasp) are rebuilt in the simulator (:class:`~vidplan_server.evaluation.sim_oracle.SimOracle`); the
 planner proposes ``proposals`` chunks for that step as it would when serving (the bundle's policy samples and
@@ -106,9 +107,9 @@ def record_branches(data: Path, ckpt: Path | str | None, out: Path, config: Bran
             raise BranchError(f"--out {out} holds branches recorded with other options ({'; '.join(diff)}); use "
                               "the same options to resume, or another --out")
     rows = [dataset.load_episode(k, images=False, ground_truth=False) for k in range(len(dataset))]
-    if rows and rows[0].metadata.get("split") not in (None, "train"):
-        raise BranchError(f"--data {data}: a {rows[0].metadata.get('split')!r} recording; branch only train-split "
-                          "data (the models are evaluated on val and ood)")
+    if rows and rows[0].metadata.get("split") == "ood":
+        raise BranchError(f"--data {data}: an 'ood' recording; branch the training recording (world model) or "
+                          "a calibration recording (UQ head), never the data the models are evaluated on")
     states = pick_states([len(r) for r in rows], [r.gripper_position.reshape(-1) for r in rows], config.states,
                          stride * (T - 1), config.seed)
     if not manifest.exists():

@@ -190,15 +190,16 @@ def train_flowmap(opts: TrainOptions, branches: tuple[Path, ...] = ()) -> TrainR
 
 
 # ------------------------------------------------------------------------------------------- heads
-def train_uq(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
+def train_uq(opts: TrainOptions, flow_steps: int = 1, branches: tuple[Path, ...] = ()) -> TrainResult:
     """UQ head on the flow map's own ``flow_steps``-step samples of ``opts.data`` (a calibration dataset the
-    world model was not trained on), then the heatmap colour basis of the bundle's codec."""
+    world model was not trained on) and of ``branches`` folders (branched from such a dataset: the errors of
+    the planner's own proposals), then the heatmap colour basis of the bundle's codec."""
     _require(opts.out, "flow_map", f"vidplan train flowmap --data TRAIN_DATA --out {opts.out}")
     flow_map, flow_cfg = load_flow_map(opts.out)
     world = flow_cfg.world
     device = pick_device(opts.device)
     train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
-                                             world.actions)
+                                             world.actions, branches)
     cache = opts.out / "training" / "rollouts"
     flow_file = opts.out / "flow_map.safetensors"
     preds = [flow_rollouts(flow_map, flow_file, w, flow_steps, cache, device, seed=opts.seed + i,
@@ -208,7 +209,8 @@ def train_uq(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
     config = UQHeadConfig(net=net, history=world.net.history, flow_steps=flow_steps)
     stage = UQStage(config, (train_w, preds[0]), (held_w, preds[1]))
     result = train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=device,
-                   progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w)})
+                   progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
+                                                       "branches": [str(b) for b in branches]})
     codec = load_codec(opts.out).to(device)
     basis = fit_colormap(codec)
     save_module(opts.out, "colormap", basis, basis.config, {"codec": "codec.safetensors"})
