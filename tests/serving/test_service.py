@@ -413,3 +413,28 @@ def test_an_expired_grpc_deadline_is_deadline_exceeded():
     with pytest.raises(DeadlineExceeded, match="deadline"):
         plan_call(pb_request(), transport_deadline_s=-0.01)
     assert plan_call(pb_request(), transport_deadline_s=0.5).deadline_s == pytest.approx(0.5)
+
+
+def test_the_public_pipeline_is_what_plan_runs(make_service):
+    """check -> schedule -> admission -> prepare -> execute, step by step, answers as ``plan`` does; the admission
+    counts the call in flight and holds a queue slot until its block ends."""
+    service = make_service(max_queue=1)
+
+    async def scenario():
+        c = call(sequence=1, t=0.5, session="robot-1")
+        checked = service.check(c)
+        scheduled = service.schedule(c, checked, time.perf_counter())
+        with service.admission() as slot:
+            assert service.in_flight == 1 and service.worker.saturated
+            with pytest.raises(Overloaded):
+                with service.admission():
+                    pass
+            prepared = await service.prepare(scheduled)
+            assert prepared.history.shape[0] == service.history_len
+            reply = await service.execute(prepared, slot)
+        assert service.in_flight == 0 and not service.worker.saturated
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply.sequence == 1 and reply.result.actions.shape == (15, 7)
+    assert service.serving_error(asyncio.CancelledError()) is None

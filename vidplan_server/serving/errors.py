@@ -130,3 +130,18 @@ def from_planner_error(exc: Exception) -> ServingError | None:
     if isinstance(exc, UnsafePlanError):
         return NoSafePlan(str(exc), violations=exc.violations)
     return None
+
+
+_OUTCOMES: dict[type[ServingError], str] = {
+    InvalidArgument: "invalid_argument",
+    Overloaded: "overloaded",
+    DeadlineExceeded: "deadline_exceeded",
+    NoSafePlan: "no_safe_plan",
+    Unauthenticated: "unauthenticated",
+    Unavailable: "unavailable",
+}
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The ``outcome`` label of ``vidplan_requests_total`` for an exception."""
+    return _OUTCOMES.get(type(exc), "error")

@@ -32,8 +32,9 @@ from vidplan_server.serving.errors import (
     ServingError,
     Unauthenticated,
     bearer_token_matches,
+    outcome_of,
 )
-from vidplan_server.serving.service import PlanService, outcome_of
+from vidplan_server.serving.service import PlanService
 from vidplan_server.serving.stream import StreamError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VidPlan"].full_name  # "vidplan.v1.VidPlan"

@@ -41,6 +41,7 @@ from vidplan_server.serving.errors import (
     TooLarge,
     Unauthenticated,
     bearer_token_matches,
+    outcome_of,
 )
 from vidplan_server.serving.grpc_convert import server_version
 from vidplan_server.serving.images import encode_rollout
@@ -54,7 +55,7 @@ from vidplan_server.serving.messages import (
     camera_key,
     frames_by_camera,
 )
-from vidplan_server.serving.service import PlanService, outcome_of
+from vidplan_server.serving.service import PlanService
 from vidplan_server.serving.validation import FIELD_RANGES, Limits, check_range
 
 #: Paths that need the token when one is configured; with private metrics also METRICS_AND_DOCS.

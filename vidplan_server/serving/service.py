@@ -25,8 +25,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -36,13 +37,10 @@ from vidplan_server.planning.types import ModelInfo, PlanOptions, PlanRequest, P
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import (
     DeadlineExceeded,
-    InvalidArgument,
-    NoSafePlan,
-    Overloaded,
     ServingError,
-    Unauthenticated,
     Unavailable,
     from_planner_error,
+    outcome_of,
 )
 from vidplan_server.serving.history import select_history
 from vidplan_server.serving.images import check_image, decode_image
@@ -62,6 +60,17 @@ class PlannerLike(Protocol):
     def plan(self, request: PlanRequest) -> PlanResult: ...
     def info(self) -> ModelInfo: ...
     def warmup(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A checked call with its budget: when it arrived, when its answer is due and the work it asks for."""
+
+    call: PlanCall
+    checked: CheckedCall
+    arrived: float  # server perf_counter (s) when the call arrived
+    deadline_at: float | None  # server perf_counter (s) by which the answer is due
+    effort: tuple[int, int]  # (proposals, flow steps) the plan will use
 
 
 @dataclass(frozen=True)
@@ -108,21 +117,6 @@ class InformedPass:
                 return None
             e, p, r, s = (min(column) for column in zip(*self._samples, strict=True))
         return e + proposals * (p + s) + proposals * flow_steps * r
-
-
-_OUTCOMES: dict[type[ServingError], str] = {
-    InvalidArgument: "invalid_argument",
-    Overloaded: "overloaded",
-    DeadlineExceeded: "deadline_exceeded",
-    NoSafePlan: "no_safe_plan",
-    Unauthenticated: "unauthenticated",
-    Unavailable: "unavailable",
-}
-
-
-def outcome_of(exc: BaseException) -> str:
-    """The ``outcome`` label of ``vidplan_requests_total`` for an exception."""
-    return _OUTCOMES.get(type(exc), "error")
 
 
 class PlanService:
@@ -224,18 +218,13 @@ class PlanService:
         """Answer one call; raises a :class:`ServingError` subclass on any failure."""
         arrived = time.perf_counter()
         try:
-            self._enter()
-            try:
-                checked = self._check(call)
-                effort = self._effort(checked.options)
-                deadline_at = self._deadline_at(call, arrived, effort)
-                with self.worker.reserve() as slot:
-                    prepared = await self._prepare(call, checked, arrived, deadline_at, effort)
-                    reply = await self._execute(prepared, slot)
-            finally:
-                self._leave()
+            checked = self.check(call)
+            scheduled = self.schedule(call, checked, arrived)
+            with self.admission() as slot:
+                prepared = await self.prepare(scheduled)
+                reply = await self.execute(prepared, slot)
         except BaseException as exc:
-            error = self._as_serving_error(exc)
+            error = self.serving_error(exc)
             self.count(transport, "plan", outcome_of(error) if error else "cancelled")
             if error is None or error is exc:
                 raise
@@ -249,28 +238,65 @@ class PlanService:
 
         return PlanStream(self, transport)
 
-    # ------------------------------------------------------------------ steps, shared with PlanStream
+    # ------------------------------------------------------------------ the pipeline, shared with PlanStream
+    # check -> schedule -> admission (in flight, a queue slot) -> prepare (decode, session) -> execute (plan)
+
+    def check(self, call: PlanCall) -> CheckedCall:
+        """Accepting calls? Then every field and the session's order; nothing is stored. Raises a ServingError."""
+        self._check_accepting()
+        checked = check_call(call, self.limits)
+        if call.session_id:
+            self.sessions.check(call.session_id, call.sequence, call.observation.timestamp_s)
+        return checked
+
+    def schedule(self, call: PlanCall, checked: CheckedCall, arrived: float) -> Scheduled:
+        """The work the call asks for and when its answer is due; refuses at once a budget shorter than the
+        planner's minimum informed pass (DeadlineExceeded)."""
+        effort = self._effort(checked.options)
+        return Scheduled(call, checked, arrived, self._deadline_at(call, arrived, effort), effort)
+
+    @contextmanager
+    def admission(self) -> Iterator[Slot]:
+        """A planner queue slot (Overloaded when the queue is full), counted in flight until the block ends."""
+        self._check_accepting()
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        try:
+            with self.worker.reserve() as slot:
+                yield slot
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+
+    async def prepare(self, scheduled: Scheduled) -> Prepared:
+        """Decode what the model will see and record the observation in its session, within the deadline."""
+        if scheduled.deadline_at is None:
+            return await self._decode(scheduled)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (scheduled.deadline_at - time.perf_counter())):
+                return await self._decode(scheduled)
+        except TimeoutError:
+            raise DeadlineExceeded("passed while the request's images were decoded", field="deadline") from None
+
+    def serving_error(self, exc: BaseException) -> ServingError | None:
+        """The error to report for ``exc``; None for cancellation (the client went away)."""
+        if isinstance(exc, ServingError):
+            return exc
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            return None
+        converted = from_planner_error(exc) if isinstance(exc, Exception) else None
+        if converted is not None:
+            return converted
+        self.log.log(logging.ERROR, "internal", f"plan failed: {type(exc).__name__}: {str(exc)[:300]}", exc_info=exc)
+        return ServingError(f"internal error: {type(exc).__name__}")
+
+    # ------------------------------------------------------------------ the pipeline's parts
     def _check_accepting(self) -> None:
         if not self.accepting:
             raise Unavailable("the server is shutting down")
         if not self.warmed_up:
             raise Unavailable("the model is still warming up")
-
-    def _enter(self) -> None:
-        self._check_accepting()
-        self._in_flight += 1
-        self.metrics.in_flight.set(self._in_flight)
-
-    def _leave(self) -> None:
-        self._in_flight -= 1
-        self.metrics.in_flight.set(self._in_flight)
-
-    def _check(self, call: PlanCall) -> CheckedCall:
-        """Every field, then the session's order; nothing is stored."""
-        checked = check_call(call, self.limits)
-        if call.session_id:
-            self.sessions.check(call.session_id, call.sequence, call.observation.timestamp_s)
-        return checked
 
     def _effort(self, options: PlanOptions) -> tuple[int, int]:
         """(proposals, flow steps) of the informed pass the plan runs; (0, 0) in mode "policy", which runs none."""
@@ -293,28 +319,15 @@ class PlanService:
             )
         return arrived + call.deadline_s
 
-    async def _prepare(self, call: PlanCall, checked: CheckedCall, arrived: float, deadline_at: float | None,
-                       effort: tuple[int, int]) -> Prepared:
-        """Decode what the model will see and record the observation in its session, within the deadline."""
-        if deadline_at is None:
-            return await self._decode(call, checked, arrived, deadline_at, effort)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(loop.time() + (deadline_at - time.perf_counter())):
-                return await self._decode(call, checked, arrived, deadline_at, effort)
-        except TimeoutError:
-            raise DeadlineExceeded("passed while the request's images were decoded", field="deadline") from None
-
-    async def _decode(self, call: PlanCall, checked: CheckedCall, arrived: float, deadline_at: float | None,
-                      effort: tuple[int, int]) -> Prepared:
+    async def _decode(self, scheduled: Scheduled) -> Prepared:
         """The history pool is the carried history when the call has one (any replica can answer it), else the
         session's frames; the observation itself is always in it. Only the T frames picked from it are decoded
         (carried observations the model does not use are checked from their headers only), and the observation
         joins its session only after all of that passed."""
+        call = scheduled.call
         t = time.perf_counter()
         loop = asyncio.get_running_loop()
         t0_s = float(call.observation.timestamp_s)
-
         def run(fn, *args):
             return loop.run_in_executor(self._decoder, fn, *args)
 
@@ -345,12 +358,12 @@ class PlanService:
             picks = select_history([f.timestamp_s for f in pool], t0_s, self.history_len, self.spacing_s)
         return Prepared(
             call=call,
-            checked=checked,
+            checked=scheduled.checked,
             history=np.stack([pool[i].frames for i in picks]),
             history_timestamps_s=[pool[i].timestamp_s for i in picks],
-            arrived=arrived,
-            deadline_at=deadline_at,
-            effort=effort,
+            arrived=scheduled.arrived,
+            deadline_at=scheduled.deadline_at,
+            effort=scheduled.effort,
             decode_ms=(time.perf_counter() - t) * 1000.0,
         )
 
@@ -364,7 +377,9 @@ class PlanService:
             for cam in self.cameras:
                 check_image(frames[cam], f"{field}[{cam}]", self.config.max_image_size)
 
-    async def _execute(self, prepared: Prepared, slot: Slot) -> PlanReply:
+    async def execute(self, prepared: Prepared, slot: Slot) -> PlanReply:
+        """Plan on the planner thread through ``slot`` (an :meth:`admission`'s), within the deadline; the reply
+        is stamped (t0, i0, dt, sequence) and timed."""
         call, checked = prepared.call, prepared.checked
         request = PlanRequest(
             instruction=checked.instruction,
@@ -428,16 +443,3 @@ class PlanService:
         result = self.planner.plan(request)
         self.informed_pass.observe(result.timings_ms, *effort)
         return result
-
-    def _as_serving_error(self, exc: BaseException) -> ServingError | None:
-        """The error to report for ``exc``; None for cancellation (the client went away)."""
-        if isinstance(exc, ServingError):
-            return exc
-        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-            return None
-        converted = from_planner_error(exc) if isinstance(exc, Exception) else None
-        if converted is not None:
-            return converted
-        self.log.log(logging.ERROR, "internal", f"plan failed: {type(exc).__name__}: {str(exc)[:300]}", exc_info=exc)
-        return ServingError(f"internal error: {type(exc).__name__}")
-

@@ -7,6 +7,10 @@ stale and listed in the next reply's ``dropped_sequences``). A bad observation y
 :class:`StreamError` for its sequence and the stream goes on. A pending observation whose ``deadline_ms``
 passes while the stream's previous plan runs is answered DEADLINE_EXCEEDED when that plan ends, unplanned.
 
+It runs :class:`~vidplan_server.serving.service.PlanService`'s public pipeline, the one unary calls run:
+``check`` and ``schedule`` and ``prepare`` when an observation arrives, ``admission`` and ``execute`` when it
+is planned on.
+
 A stream belongs to one session, the one its first accepted request names (or an anonymous one). Decided:
 a later request naming another session is an error (``session_id``: unknown on this stream) rather than a
 silent switch, since one stream's newest-first slot would otherwise drop one robot's observations for
@@ -20,11 +24,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from vidplan_server.serving.errors import InvalidArgument, ServingError
+from vidplan_server.serving.errors import InvalidArgument, ServingError, outcome_of
 from vidplan_server.serving.messages import PlanCall, PlanReply
-from vidplan_server.serving.service import PlanService, Prepared, outcome_of
 from vidplan_server.serving.validation import check_session_id
+
+if TYPE_CHECKING:
+    from vidplan_server.serving.service import PlanService, Prepared
 
 
 @dataclass(frozen=True)
@@ -65,16 +72,13 @@ class PlanStream:
             # The server keeps a stream's history even when the client names no session.
             call = replace(call, session_id=self._anonymous_session)
         try:
-            service._check_accepting()
-            checked = service._check(call)  # the session id too, so the message below quotes a bounded one
+            checked = service.check(call)  # the session id too, so the message below quotes a bounded one
             if self._session is not None and client_session != self._session:
                 raise InvalidArgument(f"{client_session!r} is unknown on this stream, which belongs to session "
                                       f"{self._session!r}; open a new stream for another session", field="session_id")
-            effort = service._effort(checked.options)
-            prepared = await service._prepare(call, checked, arrived, service._deadline_at(call, arrived, effort),
-                                              effort)
+            prepared = await service.prepare(service.schedule(call, checked, arrived))
         except Exception as exc:
-            error = service._as_serving_error(exc) or ServingError(str(exc))
+            error = service.serving_error(exc) or ServingError(str(exc))
             service.count(self._transport, "stream", outcome_of(error))
             self._errors.append(StreamError(call.sequence, self._echo(client_session), error))
         else:
@@ -114,14 +118,10 @@ class PlanStream:
     async def _plan(self, prepared: Prepared, dropped: list[int]) -> PlanReply | StreamError:
         service = self._service
         try:
-            service._enter()
-            try:
-                with service.worker.reserve() as slot:
-                    reply = await service._execute(prepared, slot)
-            finally:
-                service._leave()
+            with service.admission() as slot:
+                reply = await service.execute(prepared, slot)
         except Exception as exc:
-            error = service._as_serving_error(exc) or ServingError(str(exc))
+            error = service.serving_error(exc) or ServingError(str(exc))
             service.count(self._transport, "stream", outcome_of(error))
             return StreamError(prepared.call.sequence, self._client_session(prepared.call.session_id), error)
         service.count(self._transport, "stream", "ok")
