@@ -1,8 +1,29 @@
-"""argparse ``type=`` checkers shared by every ``vidplan`` command: a bad value names what was expected."""
+"""What every ``vidplan`` command shares: :class:`CliError`, argparse ``type=`` checkers (a bad value names what was
+expected) and :func:`check_device`. Imports nothing of the package, so any part's command module can use it."""
 
 from __future__ import annotations
 
 import argparse
+
+
+class CliError(Exception):
+    """Bad input on the command line; printed as ``vidplan: error: ...`` with exit status 2."""
+
+
+def check_device(name: str | None) -> str | None:
+    """``name`` when it is a usable torch device (``cpu``, ``cuda``, ``cuda:1``), None when not given; CliError
+    naming ``--device`` otherwise. Imports torch only when a device is named."""
+    if not name:
+        return None
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine")
+    return name
 
 
 def _number(text: str, kind: type, expected: str):

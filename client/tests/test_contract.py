@@ -38,3 +38,18 @@ def test_observation_dict_round_trips_through_read_observation():
     frame = droid.read_observation(obs)
     assert frame.gripper_position == 1.0 and frame.cartesian_position.tolist() == list(range(6))
     assert obs[droid.TIMESTAMP_KEY] == {"step": 3}
+
+
+def test_loop_config_follows_the_servers_info_and_falls_back_to_the_contract():
+    from vidplan_client.robot_loop import LoopConfig
+    from vidplan_client.wire import vidplan_pb2 as pb
+
+    info = pb.InfoResponse(dt_s=0.1, history=3, frame_stride=2,
+                           limits=pb.SafetyLimits(max_translation_per_step_m=0.05))
+    config = LoopConfig.for_server(info, "pick up the cube", open_loop_steps=4)
+    assert (config.dt_s, config.history_frames, config.frame_stride) == (0.1, 2, 2)
+    assert config.max_translation_per_step_m == 0.05
+    assert config.max_rotation_per_step_rad == contract.MAX_ROTATION_PER_STEP_RAD  # unset: DROID's
+    assert config.open_loop_steps == 4 and config.instruction == "pick up the cube"
+    bare = LoopConfig.for_server(pb.InfoResponse(), "x")
+    assert (bare.dt_s, bare.history_frames, bare.frame_stride) == (contract.DT_S, 0, 3)

@@ -112,6 +112,20 @@ class LoopConfig:
         if not (self.max_translation_per_step_m > 0 and self.max_rotation_per_step_rad > 0):
             raise ValueError("max_translation_per_step_m and max_rotation_per_step_rad must be > 0")
 
+    @classmethod
+    def for_server(cls, info: pb.InfoResponse, instruction: str, **settings: Any) -> LoopConfig:
+        """Settings that follow a server's GetInfo: its control period, the history its model sees (T - 1 earlier
+        observations, ``frame_stride`` steps apart) and its per-step limits; what it leaves unset keeps the
+        contract's defaults (:mod:`vidplan_client.contract`). ``settings`` set any other field, or override."""
+        derived = {
+            "dt_s": info.dt_s or DT_S,
+            "history_frames": max(int(info.history) - 1, 0),
+            "frame_stride": int(info.frame_stride) or cls.frame_stride,
+            "max_translation_per_step_m": info.limits.max_translation_per_step_m or MAX_TRANSLATION_PER_STEP_M,
+            "max_rotation_per_step_rad": info.limits.max_rotation_per_step_rad or MAX_ROTATION_PER_STEP_RAD,
+        }
+        return cls(instruction=instruction, **{**derived, **settings})
+
 
 @dataclass
 class StepRecord:

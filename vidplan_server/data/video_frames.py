@@ -26,3 +26,13 @@ def compose_frame(views: dict[str, np.ndarray], heatmaps: dict[str, np.ndarray] 
     colour = (255, 90, 90) if hold else (235, 235, 235)
     cv2.putText(header, label, (6, HEADER_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return np.concatenate([header, top, bottom], axis=0)
+
+
+def heatmaps_by_frame(response) -> dict[int, dict[str, np.ndarray]]:
+    """A ``PlanResponse``'s heatmaps decoded: predicted frame -> camera name -> ``(h, w, 3)`` uint8 RGB."""
+    from vidplan_client.convert import decode_image
+
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for item in response.heatmaps:
+        out.setdefault(int(item.frame), {})[item.image.camera] = decode_image(item.image)
+    return out

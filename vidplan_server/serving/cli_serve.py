@@ -9,7 +9,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from vidplan_server.argtypes import non_negative_int, port, positive_float, positive_int
+from vidplan_server.argtypes import CliError, check_device, non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
 
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
@@ -212,14 +212,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceCo
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``vidplan serve``: load, warm up, serve until SIGTERM / SIGINT."""
-    from vidplan_server.cli import CliError, _check_device
-
     try:
         server_config, service_config = configs_from_args(args)
         planner_config = planner_config_from_args(args)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    _check_device(args.device)
+    check_device(args.device)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from vidplan_server.planning.planner import Planner

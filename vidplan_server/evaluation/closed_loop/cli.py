@@ -100,8 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``vidplan eval closed-loop``."""
-    from vidplan_server.cli import CliError
-    from vidplan_server.sim.record import parse_resolution
+    from vidplan_server.argtypes import CliError
     from vidplan_server.evaluation.closed_loop.report import format_table, write_report
     from vidplan_server.evaluation.closed_loop.runner import (
         ClosedLoopConfig,
@@ -109,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         load_all_episodes,
         run_closed_loop,
     )
+    from vidplan_server.sim.record import parse_resolution
 
     splits = list(dict.fromkeys(s for group in args.split for s in group))
     agents = list(dict.fromkeys(a for group in args.agent for a in group))

@@ -4,7 +4,7 @@ The synchronous runner lets simulated time wait for the agent. Here the simulate
 robot runs (``vidplan_client``'s ``RobotLoop``: a command every 1/15 s, plans requested on a worker thread, holding
 when no chunk is usable) against ``vidplan serve`` (the one at ``server``, or one started here on free localhost
 ports and stopped at the end), so planning latency costs simulated time. The loop clock is wall time / ``slowdown``
-(``serving.demo.ScaledClock``): 1 is real time, the robot sees the server's true latency; 5 makes the server look 5
+(``sim.realtime.ScaledClock``): 1 is real time, the robot sees the server's true latency; 5 makes the server look 5
 times faster (a GPU standing in for this CPU). Plan deadlines are in simulated seconds.
 
 Decided: only ``vidplan`` runs here, as the server's default planning (its proposals, UQ weighting and refinement);
@@ -29,9 +29,6 @@ import numpy as np
 from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES, DT_S
-from vidplan_server.sim.episode import episode_seed
-from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
-from vidplan_server.sim.scene import SimScene
 from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
 from vidplan_server.evaluation.closed_loop.runner import (
     ClosedLoopConfig,
@@ -46,6 +43,9 @@ from vidplan_server.evaluation.closed_loop.runner import (
     write_json_atomic,
 )
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo
+from vidplan_server.sim.episode import episode_seed
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
+from vidplan_server.sim.scene import SimScene
 
 REALTIME_AGENTS = ("vidplan",)
 
@@ -87,7 +87,7 @@ class _Watched:
 
 def _heatmap_array(response) -> np.ndarray | None:
     """The response's heatmaps as ``(H, V, h, w, 3)`` uint8, views in CAMERA_NAMES order; None if incomplete."""
-    from vidplan_server.serving.demo import heatmaps_by_frame
+    from vidplan_server.data.video_frames import heatmaps_by_frame
 
     by_frame = heatmaps_by_frame(response)
     if not by_frame or any(set(v) != set(CAMERA_NAMES) for v in by_frame.values()):
@@ -100,7 +100,7 @@ def run_realtime_episode(client, info, scene: SimScene, job: Job, config: Closed
     """One episode through ``RobotLoop`` against ``client`` (a connected ``VidPlanClient``; ``info``: its GetInfo)."""
     from vidplan_client import LoopConfig, RobotLoop, plan_options
 
-    from vidplan_server.serving.demo import ScaledClock, TimedClient
+    from vidplan_server.sim.realtime import ScaledClock, TimedClient
 
     t_start = time.perf_counter()
     seed = episode_seed(config.seed, job.split, job.index)
@@ -190,7 +190,8 @@ def run_realtime(out: Path, splits: list[str], agents: dict[str, int], config: C
 
     Resumable like the synchronous runner; episodes are stored under ``realtime_name(agent, rt.slowdown)``.
     """
-    from vidplan_server.serving.demo import DemoError, LocalServer, connect
+    from vidplan_server.serving.local import LocalServer, connect
+    from vidplan_server.serving.local import LocalServerError as DemoError
 
     config, rt = config or ClosedLoopConfig(), rt or RealtimeConfig()
     bad = [a for a in agents if a not in REALTIME_AGENTS]

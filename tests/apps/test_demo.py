@@ -11,7 +11,8 @@ import pytest
 
 from vidplan_server.cli import build_parser, main
 from vidplan_server.data.video import decode_video
-from vidplan_server.serving.demo import ScaledClock, _free_ports
+from vidplan_server.serving.local import free_ports
+from vidplan_server.sim.realtime import ScaledClock
 
 
 def test_every_demo_option_is_explained():
@@ -25,7 +26,7 @@ def test_every_demo_option_is_explained():
 
 
 def test_an_unreachable_server_exits_2_naming_server(tmp_path, capsys):
-    (port,) = _free_ports(1)  # nothing listens there
+    (port,) = free_ports(1)  # nothing listens there
     assert main(["demo", "--server", f"127.0.0.1:{port}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"--server 127.0.0.1:{port}: not reachable" in err

@@ -1,0 +1,124 @@
+"""``vidplan train <stage>``: one training stage into a checkpoint bundle (``vidplan_server.training``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vidplan_server.argtypes import CliError, check_device, fraction, positive_int
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vidplan_server.training import commands
+
+    if not args.data.is_dir():
+        raise CliError(f"--data {args.data}: dataset folder does not exist")
+    for extra in args.extra_data:
+        if not extra.is_dir():
+            raise CliError(f"--extra-data {extra}: dataset folder does not exist")
+    if args.extra_data and args.stage in ("codec", "semantic"):
+        raise CliError(f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
+                       "folders; world, flowmap, uq: branch folders)")
+    if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
+        raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
+    if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
+        raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    opts = commands.TrainOptions(
+        data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
+        device=args.device, held_out_fraction=args.held_out_fraction, progress=not args.quiet,
+    )
+    check_device(args.device)
+    if args.stage == "codec":
+        result = commands.train_codec(opts)
+    elif args.stage == "world":
+        result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride,
+                                      init_from=args.init_from, branches=tuple(args.extra_data))
+    elif args.stage == "flowmap":
+        result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
+    elif args.stage == "uq":
+        result = commands.train_uq(opts, flow_steps=args.flow_steps, branches=tuple(args.extra_data))
+    elif args.stage == "value":
+        result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
+                                      extra_data=tuple(args.extra_data))
+    elif args.stage == "policy":
+        result = commands.train_policy(opts, dagger=tuple(args.extra_data))
+    elif args.captions is not None:
+        from vidplan_server.training.caption_stage import CaptionTrainConfig
+
+        cfg = CaptionTrainConfig(robot_share=args.robot_share, codec_share=args.codec_share)
+        result = commands.train_semantic_captions(opts, args.captions, frame_step=args.frame_step, cfg=cfg)
+    else:
+        result = commands.train_semantic(opts, frame_step=args.frame_step)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
+    print(f"{args.out}: {args.stage} trained to step {result.steps} in {result.seconds / 60:.1f} min; held-out {shown}")
+    return 0
+
+
+def register(groups) -> None:
+    """Add ``vidplan train`` to the top-level subparsers ``groups``."""
+    tr = groups.add_parser(
+        "train",
+        help="train the codec, world model, flow map and the UQ / value / semantic heads into a bundle",
+        description="Train one stage into the checkpoint folder --out, in order: codec, then world (the EDM "
+        "video model; needs the codec), then flowmap (distils world into a few-step flow map); then the heads: "
+        "uq (on the flow map's own samples of a calibration dataset the world model never saw; also stores "
+        "the heatmap colour basis), value (discounted return per frame, on the training data) and semantic "
+        "(the instruction-frame dual encoder, on simulator episodes with target masks); policy (the robot's own "
+        "language-conditioned behaviour-cloning policy with a flow-matching action head, on the successful nominal "
+        "episodes of a train-split recording: the baseline and the proposer's source of candidates). "
+        "Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
+        "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
+    )
+    tr.add_argument("stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy"),
+                    help="what to train")
+    tr.add_argument("--data", type=Path, required=True,
+                    help="dataset folder (vidplan sim record, or a DROID port); for uq a calibration dataset "
+                    "recorded apart from the world model's training data")
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder; stages add their module to it")
+    tr.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
+                    help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) "
+                    "(default small)")
+    tr.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the preset's)")
+    tr.add_argument("--resume", action="store_true", help="continue the run saved in --out/training/<stage>")
+    tr.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the held-out split (default 0)")
+    tr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")
+    tr.add_argument("--held-out-fraction", type=fraction, default=0.1,
+                    help="share of episodes held out for evaluation (default 0.1)")
+    tr.add_argument("--history", type=int, choices=range(1, 7), default=2, metavar="T",
+                    help="world: history frames the model sees, 1..6 (default 2)")
+    tr.add_argument("--horizon", type=positive_int, default=5, metavar="H",
+                    help="world: predicted frames per chunk (default 5)")
+    tr.add_argument("--frame-stride", type=positive_int, default=3,
+                    help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
+    tr.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                    help="world: start from this bundle's world module (weights, architecture, action statistics) "
+                    "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
+                    "codec (default: random initialisation)")
+    tr.add_argument("--flow-steps", type=positive_int, default=1, metavar="K",
+                    help="uq, value: flow-map steps of the samples the head learns from; use the planner's k "
+                    "(default 1)")
+    tr.add_argument("--gamma", type=fraction, default=0.99,
+                    help="value: discount per control step of the Monte-Carlo return (default 0.99)")
+    tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
+                    help="value: more episode folders to train on (each split into training and held-out "
+                    "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
+                    "sim dagger`, every labelled step added to the training samples (a round: --resume --steps N). "
+                    "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
+                    "from recorded states), one window per branch, shards split like episodes; for uq, branches "
+                    "of the calibration recording, which the world model never saw")
+    tr.add_argument("--frame-step", type=positive_int, default=4,
+                    help="semantic: use every N-th step of each episode (default 4)")
+    tr.add_argument("--captions", type=Path, default=None, metavar="DIR",
+                    help="semantic: train on the captioned renders of `vidplan sim captions` (every object and "
+                    "colour of the simulator, the CLIP stand-in's data); --data then only adds train-split robot "
+                    "frames (--robot-share of each batch) and their held-out episodes for evaluation")
+    tr.add_argument("--robot-share", type=fraction, default=0.25,
+                    help="semantic with --captions: share of each batch drawn from --data's robot frames "
+                    "(0: renders only) (default 0.25)")
+    tr.add_argument("--codec-share", type=fraction, default=0.35,
+                    help="semantic with --captions: share of each batch passed through the bundle's codec "
+                    "(encode + decode), as the planner scores decoded frames (default 0.35)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
