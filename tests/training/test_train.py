@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from vidplan_server.cli import main
+from vidplan_server.data.episodes import load_episodes
 from vidplan_server.models.checkpoint import CheckpointError
 from vidplan_server.models.codec import CodecConfig
 from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_config, load_denoiser
 from vidplan_server.training import presets
 from vidplan_server.training.codec_stage import CodecStage, CodecTrainConfig
 from vidplan_server.training.commands import TrainOptions, _windows
-from vidplan_server.training.episodes import load_episodes
 from vidplan_server.training.loop import LoopConfig, train
 from vidplan_server.training.world_stages import FlowMapStage, WorldStage
 

@@ -23,7 +23,7 @@ Output, resumable: ``OUT/branches.json`` (options; resuming with others is refus
 ``OUT/shards/<i>.npz`` per recorded state, written atomically: ``frames`` (K, T + H, V, h, w, 3) uint8 (history
 oldest first, then the future), ``actions`` (K, H, 7) float32, ``kinds`` (K,) str, ``episode``, ``step``.
 :func:`~vidplan_server.data.branches.read_branches` reads a folder back; ``vidplan train world --extra-data`` trains on it
-(:func:`~vidplan_server.training.windows.branch_windows`).
+(:func:`~vidplan_server.data.windows.branch_windows`).
 """
 
 from __future__ import annotations

@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidplan_server.data.episodes import EpisodeArrays, load_episodes
 from vidplan_server.data.reader import EpisodeDataset
 from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.data.windows import LatentWindows, encode_phase
 from vidplan_server.evaluation.calibration import CalibrationAccumulator, auroc, correlation, reliability_diagram
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.heads import UQHead, ValueHead, discounted_returns
 from vidplan_server.models.heatmaps import LatentColormap, overlay, pixel_heatmap
 from vidplan_server.models.semantic import SemanticBackend
 from vidplan_server.models.world_model import WorldModel
-from vidplan_server.training.episodes import EpisodeArrays, load_episodes
-from vidplan_server.training.windows import LatentWindows, encode_phase
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidplan_server.data.episodes import load_episodes
+from vidplan_server.data.windows import window_indices
 from vidplan_server.evaluation.video_metrics import masked_squared_error, moving_mask, psnr, psnr_from_sse, ssim
 from vidplan_server.models.world_model import WorldModel, network_evaluations
-from vidplan_server.training.episodes import load_episodes
-from vidplan_server.training.windows import window_indices
 
 
 @dataclass(frozen=True)

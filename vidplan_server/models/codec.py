@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_client.contract import CAMERA_NAMES
 
 
 @dataclass(frozen=True)

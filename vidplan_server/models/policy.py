@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vidplan_client.contract import CAMERA_NAMES
 
-from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer
 
 ACTION_DIM = 7

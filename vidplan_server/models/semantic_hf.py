@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vidplan_server.models.checkpoint import CheckpointError
-from vidplan_server.models.semantic import SemanticBackend, SemanticScores, relevance_centroid
+from vidplan_server.models.semantic_backend import SemanticBackend, SemanticScores, relevance_centroid
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -45,6 +45,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.models.checkpoint import _write_atomic, save_module
+from vidplan_server.models.codec import Codec
+from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder
 from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
@@ -60,9 +63,6 @@ from vidplan_server.sim.caption_text import (
     sample_caption,
 )
 from vidplan_server.sim.captions import CaptionSet
-from vidplan_server.models.checkpoint import _write_atomic, save_module
-from vidplan_server.models.codec import Codec
-from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder
 from vidplan_server.training.head_stages import SemanticFrames, centroid_hits, gaussian_blur
 from vidplan_server.training.loop import Stage
 

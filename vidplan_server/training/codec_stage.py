@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vidplan_server.data.episodes import EpisodeArrays
 from vidplan_server.models.checkpoint import save_module
 from vidplan_server.models.codec import Codec, CodecConfig
-from vidplan_server.training.episodes import EpisodeArrays
 from vidplan_server.training.loop import Stage
 
 

@@ -2,7 +2,7 @@
 
 All three write into one checkpoint bundle (``--out``): ``codec`` first, then ``world`` (needs the
 codec), then ``flowmap`` (needs codec and world). Episodes are split into training and held-out sets by
-:func:`~vidplan_server.training.episodes.split_episodes` with the run's seed, the same split for every
+:func:`~vidplan_server.data.episodes.split_episodes` with the run's seed, the same split for every
 stage of a bundle.
 """
 
@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidplan_server.data.episodes import load_episodes, split_episodes
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.data.windows import LatentWindows, cached_latents
 from vidplan_server.models.actions import ActionNormalizer, fit_action_stats
 from vidplan_server.models.checkpoint import CheckpointError, load_config, read_manifest, save_module
 from vidplan_server.models.edm import EDMConfig
@@ -28,7 +30,6 @@ from vidplan_server.models.semantic import words
 from vidplan_server.models.world_model import FlowConfig, WorldConfig, load_codec, load_denoiser, load_flow_map
 from vidplan_server.training import presets
 from vidplan_server.training.codec_stage import CodecStage, CodecTrainConfig
-from vidplan_server.training.episodes import load_episodes, split_episodes
 from vidplan_server.training.head_stages import (
     SemanticFrames,
     SemanticStage,
@@ -38,7 +39,6 @@ from vidplan_server.training.head_stages import (
     flow_rollouts,
 )
 from vidplan_server.training.loop import LoopConfig, TrainResult, pick_device, train
-from vidplan_server.training.windows import LatentWindows, cached_latents
 from vidplan_server.training.world_stages import FlowMapStage, WorldStage
 
 
@@ -123,7 +123,7 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
     train_w, held_w = build(train_eps), build(held_eps)
     for folder in branches:
         from vidplan_server.data.branches import branch_manifest, shard_files
-        from vidplan_server.training.windows import branch_windows
+        from vidplan_server.data.windows import branch_windows
 
         files = shard_files(folder)
         recorded = branch_manifest(folder).get("frame_stride")
@@ -287,9 +287,9 @@ def train_semantic_captions(opts: TrainOptions, captions: Path, frame_step: int 
     from dataclasses import asdict
 
     from vidplan_server.data.reader import EpisodeDataset
+    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
     from vidplan_server.sim.caption_text import simulator_vocabulary
     from vidplan_server.sim.captions import load_captions
-    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
     from vidplan_server.training.caption_stage import (
         CaptionSemanticStage,
         CaptionTrainConfig,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.data.windows import LatentWindows
 from vidplan_server.evaluation.calibration import calibration_errors
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.checkpoint import _write_atomic, save_module
@@ -44,7 +45,6 @@ from vidplan_server.models.flow_map import FlowMap
 from vidplan_server.models.heads import UQHead, UQHeadConfig, ValueHead, ValueHeadConfig
 from vidplan_server.models.semantic import SemanticConfig, SimDualEncoder, clip_loss
 from vidplan_server.training.loop import Stage
-from vidplan_server.training.windows import LatentWindows
 
 EVAL_WINDOWS = 64
 HL_GAUSS_SIGMA_BINS = 0.75  # value targets: Gaussian of 0.75 bin widths around the return

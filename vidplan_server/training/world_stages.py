@@ -1,6 +1,6 @@
 """World-model stages: the EDM video denoiser, then its flow-map distillation (Algorithm 2).
 
-Both read latent windows made by :mod:`vidplan_server.training.windows` with the bundle's codec.
+Both read latent windows made by :mod:`vidplan_server.data.windows` with the bundle's codec.
 Held-out metrics use fixed noise, so successive evaluations are comparable:
 
 - world:   ``loss`` (Eq. 2 at fixed sigmas and noise) and ``mse_heun`` (latent MSE of an 8-level
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
+from vidplan_server.data.windows import LatentWindows
 from vidplan_server.models.checkpoint import save_module
 from vidplan_server.models.edm import EDMDenoiser, edm_loss, heun_sample
 from vidplan_server.models.flow_map import FlowMap, flow_loss, sample_times, semigroup_loss
 from vidplan_server.models.world_model import FlowConfig, WorldConfig, build_denoiser, build_flow_map
 from vidplan_server.training.loop import Stage
-from vidplan_server.training.windows import LatentWindows
 
 EVAL_WINDOWS = 16
 

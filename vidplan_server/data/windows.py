@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.data.episodes import EpisodeArrays, load_episodes
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.reader import EpisodeDataset
 from vidplan_server.models.checkpoint import _write_atomic
 from vidplan_server.models.codec import Codec
-from vidplan_server.training.episodes import EpisodeArrays, load_episodes
 
 
 def window_indices(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vidplan_server.training.windows import window_indices
+from vidplan_server.data.windows import window_indices
 
 
 def test_window_indices_follow_the_timing_contract():
@@ -41,7 +41,7 @@ def test_phase_subsampling_keeps_one_offset_per_episode_and_reads_only_that_phas
 def test_concatenated_windows_gather_the_same_batches_as_their_parts():
     import torch
 
-    from vidplan_server.training.windows import LatentWindows
+    from vidplan_server.data.windows import LatentWindows
 
     def part(seed, lengths):
         g = torch.Generator().manual_seed(seed)
