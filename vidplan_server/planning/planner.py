@@ -104,6 +104,44 @@ class _Rollout:
     pred: torch.Tensor  # (1, H, C, V*h, w)
 
 
+@dataclass
+class _Call:
+    """One plan call in progress: the request, its counts, the clock and deadline, per-stage times and notes."""
+
+    req: PlanRequest
+    counts: OptionCounts
+    clock: Callable[[], float]
+    t_start: float
+    deadline: float | None
+    q0: np.ndarray  # (7,) current joints
+    pose0: np.ndarray  # (6,) current TCP pose
+    g0: float  # current gripper, clipped to [0, 1]
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    notes: list[str] = field(default_factory=list)
+    deadline_hit: bool = False
+    _mark: float = 0.0
+
+    def start_laps(self) -> None:
+        self._mark = self.clock()
+
+    def lap(self, stage: str) -> None:
+        """Record ``stage`` as the time since the previous lap (or since :meth:`start_laps`)."""
+        now = self.clock()
+        self.timings[stage] = (now - self._mark) * 1e3
+        self._mark = now
+
+
+@dataclass
+class _Chosen:
+    """What the plan returns: the rollout, the chunk and its joints, whether it is a refined iterate."""
+
+    rollout: _Rollout
+    actions: np.ndarray  # (S, 7)
+    joints: np.ndarray  # (S, 7)
+    refined: bool = False
+    trace: list[RefineStep] = field(default_factory=list)
+
+
 def _model_version(ckpt: Path) -> str:
     digest = hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()[:12]
     return f"{ckpt.name}@{digest}"
@@ -356,133 +394,157 @@ class Planner:
 
     # ------------------------------------------------------------------------------------ plan
     def plan(self, req: PlanRequest) -> PlanResult:
-        clock = self.clock
-        t_start = clock()
+        """One call of Algorithm 3 (module docstring), as named steps; the same request and seed give the same
+        plan."""
+        call = self._start(req)
+        if req.options.mode == "policy":
+            return self._policy_only(call)
+        history, text = self._encode(call)
+        props, knots = self._propose(call)
+        noise, pred = self._rollout(call, history, knots)
+        judged, winner = self._score(call, pred, history, text)
+        chosen = self._refine_safely(call, history, props, knots, pred, noise, winner)
+        report = judged if not chosen.refined else self.judge(chosen.rollout.pred, history, text)  # what is returned
+        call.lap("refine")
+        r = 0 if chosen.refined else winner
+        predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r:r + 1])
+        call.lap("decode")
+        return self._result(call, chosen, report, r, judged, props, winner, predicted, heat)
+
+    # -- the steps of plan(), in order
+    def _start(self, req: PlanRequest) -> _Call:
+        """Validate the request, start the clock and the deadline, refuse a robot outside the safety limits."""
+        t_start = self.clock()
         counts = check_request(req, self.info())
-        N, iters, k = counts.num_proposals, counts.refine_iters, counts.flow_steps
-        o = req.options
-        deadline = None if o.deadline_s is None else t_start + o.deadline_s
-        timings = dict.fromkeys(STAGES, 0.0)
-        notes: list[str] = []
-
-        def lap(stage: str, t: float) -> float:
-            now = clock()
-            timings[stage] = (now - t) * 1e3
-            return now
-
         state = req.state
-        q0 = np.asarray(state.joint_position, dtype=np.float64)
-        pose0 = np.asarray(state.cartesian_position, dtype=np.float64)
-        g0 = float(np.clip(state.gripper_position, 0.0, 1.0))
-        problems = check_chunk(np.r_[pose0, g0][None], pose0, self.config.limits)
+        call = _Call(req=req, counts=counts, clock=self.clock, t_start=t_start,
+                     deadline=None if req.options.deadline_s is None else t_start + req.options.deadline_s,
+                     q0=np.asarray(state.joint_position, dtype=np.float64),
+                     pose0=np.asarray(state.cartesian_position, dtype=np.float64),
+                     g0=float(np.clip(state.gripper_position, 0.0, 1.0)))
+        problems = check_chunk(np.r_[call.pose0, call.g0][None], call.pose0, self.config.limits)
         if problems:
             raise PlanningError("state.cartesian_position: the robot is outside the safety limits (" +
                                 "; ".join(problems) + ")")
+        call.start_laps()  # stage times count from here: validation is not a stage
+        return call
 
-        if o.mode == "policy":
-            return self._policy_only(req, q0, pose0, timings, t_start)
+    def _encode(self, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
+        """History latents (1, T, C, V*h, w) and the instruction's embedding."""
+        history = self.encode_history(call.req.history)
+        text = self.text_embedding(call.req.instruction)
+        call.lap("encode")
+        return history, text
 
-        t = clock()
-        history = self.encode_history(req.history)
-        text = self.text_embedding(req.instruction)
-        t = lap("encode", t)
-
-        props = self.propose(req, N, np.random.default_rng(o.seed))
+    def _propose(self, call: _Call) -> tuple[Proposals, torch.Tensor]:
+        """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
+        props = self.propose(call.req, call.counts.num_proposals, np.random.default_rng(call.req.options.seed))
         knots = self.knots(props.actions)
-        t = lap("propose", t)
+        call.lap("propose")
+        return props, knots
 
-        gen = torch.Generator().manual_seed(int(o.seed))
-        latent_shape = history.shape[2:]
-        noise = torch.randn((len(props), self.horizon, *latent_shape), generator=gen).to(self.device)
-        pred = self.rollout(history, knots, k, noise)
-        t = lap("rollout", t)
+    def _rollout(self, call: _Call, history: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seeded rollout noise (N, H, C, V*h, w) and all N predictions in one batched flow-map call."""
+        gen = torch.Generator().manual_seed(int(call.req.options.seed))
+        noise = torch.randn((len(knots), self.horizon, *history.shape[2:]), generator=gen).to(self.device)
+        pred = self.rollout(history, knots, call.counts.flow_steps, noise)
+        call.lap("rollout")
+        return noise, pred
 
-        j = self.judge(pred, history, text)
-        winner = int(torch.argmax(j.score))
-        t = lap("score", t)
+    def _score(self, call: _Call, pred: torch.Tensor, history: torch.Tensor,
+               text: torch.Tensor) -> tuple[Judgement, int]:
+        """Judge every proposal; the winner is the highest score."""
+        judged = self.judge(pred, history, text)
+        winner = int(torch.argmax(judged.score))
+        call.lap("score")
+        return judged, winner
 
-        chosen = _Rollout(knots[winner:winner + 1], pred[winner:winner + 1])
-        trace: list[RefineStep] = []
-        deadline_hit = False
-        refined = False
+    def _refine_safely(self, call: _Call, history: torch.Tensor, props: Proposals, knots: torch.Tensor,
+                       pred: torch.Tensor, noise: torch.Tensor, winner: int) -> _Chosen:
+        """Refine the winner, then return the best iterate that passes the full safety check (IK included), else
+        the selected proposal; UnsafePlanError when even that fails."""
+        chosen = _Chosen(_Rollout(knots[winner:winner + 1], pred[winner:winner + 1]), props.actions[winner],
+                         props.joints[winner])
+        iters = call.counts.refine_iters
         if iters > 0:
-            start_state = torch.tensor([[*pose0[:3], g0]], dtype=torch.float32, device=self.device)
-            better, trace, cut = self.refine(history, chosen.knots, start_state, noise[winner:winner + 1], k, iters,
-                                             deadline, timings["rollout"] / 1e3)
-            deadline_hit |= cut
+            start_state = torch.tensor([[*call.pose0[:3], call.g0]], dtype=torch.float32, device=self.device)
+            better, chosen.trace, cut = self.refine(history, chosen.rollout.knots, start_state,
+                                                    noise[winner:winner + 1], call.counts.flow_steps, iters,
+                                                    call.deadline, call.timings["rollout"] / 1e3)
+            call.deadline_hit |= cut
             if cut:
-                notes.append(f"deadline: refinement stopped after {max(len(trace) - 1, 0)} of {iters} iterations")
+                call.notes.append(f"deadline: refinement stopped after {max(len(chosen.trace) - 1, 0)} of {iters} "
+                                  "iterations")
             rejected = []
             for it in better:
-                candidate = self.control_chunk(it.knots[0].cpu().numpy(), props.actions[winner], pose0, g0)
-                joints = solve_joint_positions(self.kinematics, candidate, q0, props.joints[winner])
-                problems = check_chunk(candidate, pose0, self.config.limits, joints, self.kinematics)
+                candidate = self.control_chunk(it.knots[0].cpu().numpy(), props.actions[winner], call.pose0, call.g0)
+                joints = solve_joint_positions(self.kinematics, candidate, call.q0, props.joints[winner])
+                problems = check_chunk(candidate, call.pose0, self.config.limits, joints, self.kinematics)
                 if not problems:
-                    chosen, refined = it, True
-                    actions, joint_positions = candidate, joints
+                    chosen.rollout, chosen.actions, chosen.joints, chosen.refined = it, candidate, joints, True
                     break
                 rejected.append("; ".join(problems))
             if rejected:
-                notes.append(f"{len(rejected)} better refined iterate(s) failed the safety check (first: "
-                             f"{rejected[0]})" + ("" if refined else "; returning the selected proposal"))
-        if not refined:
-            actions, joint_positions = props.actions[winner], props.joints[winner]
-            problems = check_chunk(actions, pose0, self.config.limits, joint_positions, self.kinematics)
+                call.notes.append(f"{len(rejected)} better refined iterate(s) failed the safety check (first: "
+                                  f"{rejected[0]})" + ("" if chosen.refined else "; returning the selected proposal"))
+        if not chosen.refined:
+            problems = check_chunk(chosen.actions, call.pose0, self.config.limits, chosen.joints, self.kinematics)
             if problems:
                 raise UnsafePlanError(problems)
-        report = j if not refined else self.judge(chosen.pred, history, text)  # what is returned, judged
-        t = lap("refine", t)
+        return chosen
 
-        r = 0 if refined else winner
-        predicted = heat = None
-        if o.return_heatmaps:
-            if deadline is not None and clock() + timings["score"] / 1e3 >= deadline:
-                deadline_hit = True
-                notes.append("deadline: heatmaps skipped")
-            else:
-                predicted, heat = self.render(chosen.pred, report.entropy_map[r:r + 1])
-        lap("decode", t)
-        timings["total"] = (clock() - t_start) * 1e3
+    def _render_in_time(self, call: _Call, pred: torch.Tensor,
+                        entropy: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Decoded frames and heatmaps when asked for and when the time scoring took still fits the deadline."""
+        if not call.req.options.return_heatmaps:
+            return None, None
+        if call.deadline is not None and self.clock() + call.timings["score"] / 1e3 >= call.deadline:
+            call.deadline_hit = True
+            call.notes.append("deadline: heatmaps skipped")
+            return None, None
+        return self.render(pred, entropy)
+
+    def _result(self, call: _Call, chosen: _Chosen, report: Judgement, r: int, judged: Judgement,
+                props: Proposals, winner: int, predicted: np.ndarray | None, heat: np.ndarray | None) -> PlanResult:
+        call.timings["total"] = (self.clock() - call.t_start) * 1e3
         return PlanResult(
-            actions=np.asarray(actions, dtype=np.float64),
-            joint_positions=np.asarray(joint_positions, dtype=np.float64),
+            actions=np.asarray(chosen.actions, dtype=np.float64),
+            joint_positions=np.asarray(chosen.joints, dtype=np.float64),
             dt_s=DT_S,
             frame_stride=self.frame_stride,
             uncertainty=report.uncertainty[r].cpu().numpy().astype(np.float64),
             expected_error=report.expected_error[r].cpu().numpy().astype(np.float64),
             semantic_reward=report.semantic[r].cpu().numpy().astype(np.float64),
-            value=self._values(chosen.pred),
+            value=self._values(chosen.rollout.pred),
             confidence=float(report.confidence[r].mean()),
-            proposal_scores=j.score.cpu().numpy().astype(np.float64),
+            proposal_scores=judged.score.cpu().numpy().astype(np.float64),
             proposal_kinds=list(props.kinds),
             winner=winner,
-            refinement=trace,
-            refined=refined,
-            timings_ms=timings,
-            deadline_hit=deadline_hit,
-            notes=notes,
+            refinement=chosen.trace,
+            refined=chosen.refined,
+            timings_ms=call.timings,
+            deadline_hit=call.deadline_hit,
+            notes=call.notes,
             predicted_frames=predicted,
             heatmaps=heat,
         )
 
-    def _policy_only(self, req: PlanRequest, q0: np.ndarray, pose0: np.ndarray, timings: dict[str, float],
-                     t_start: float) -> PlanResult:
+    def _policy_only(self, call: _Call) -> PlanResult:
         """The baseline: one chunk of the bundle's policy (seeded), made feasible and checked like any plan, with
         no world model involved. Per-frame model outputs are empty and confidence is 0 (nothing judged it)."""
-        t = self.clock()
-        chunk = self.policy_chunks(req, 1)[0]
-        actions, joints = self.adapter.feasible_cartesian(chunk, pose0, q0)
-        problems = check_chunk(actions, pose0, self.config.limits, joints, self.kinematics)
+        chunk = self.policy_chunks(call.req, 1)[0]
+        actions, joints = self.adapter.feasible_cartesian(chunk, call.pose0, call.q0)
+        problems = check_chunk(actions, call.pose0, self.config.limits, joints, self.kinematics)
         if problems:
             raise UnsafePlanError(problems)
-        timings["propose"] = (self.clock() - t) * 1e3
-        timings["total"] = (self.clock() - t_start) * 1e3
+        call.lap("propose")
+        call.timings["total"] = (self.clock() - call.t_start) * 1e3
         empty = np.zeros(0)
         return PlanResult(
             actions=actions, joint_positions=joints, dt_s=DT_S, frame_stride=self.frame_stride, uncertainty=empty,
             expected_error=empty, semantic_reward=empty, value=empty, confidence=0.0,
             proposal_scores=np.zeros(1), proposal_kinds=["policy:0"], winner=0, refinement=[], refined=False,
-            timings_ms=timings, notes=["mode policy: the policy's own chunk, not judged by the world model"],
+            timings_ms=call.timings, notes=["mode policy: the policy's own chunk, not judged by the world model"],
         )
 
     @torch.no_grad()
