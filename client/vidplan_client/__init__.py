@@ -3,6 +3,7 @@
 - :class:`VidPlanClient` / :class:`AsyncVidPlanClient`: ``plan``, ``stream``, ``info``, ``health``;
 - :mod:`vidplan_client.convert`: numpy views + robot state -> ``PlanRequest``; ``PlanResponse`` -> :class:`Plan`;
 - :mod:`vidplan_client.robot_loop`: the 15 Hz DROID loop (:class:`RobotLoop`), holding position without a plan;
+  :mod:`vidplan_client.chunks`: its chunk scheduler (which row to command when), pure;
 - ``vidplan-client`` (:mod:`vidplan_client.cli`): ``info``, ``health``, ``plan`` for operators.
 
 This package owns the contracts the server imports from it: the wire messages in :mod:`vidplan_client.wire`

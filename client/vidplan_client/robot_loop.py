@@ -34,6 +34,9 @@ executed) and the row for now that is within both limits, and from then on runs 
 and the loop holds (the reason names the distance and the limit). The defaults are DROID's limits; a deployment can
 set them from ``GetInfo``'s ``limits`` (``max_translation_per_step_m``, ``max_rotation_per_step_rad``).
 
+Which row of which chunk to command (steps 1 and 3, the step limits) is :class:`~vidplan_client.chunks.ChunkScheduler`,
+pure and tested on its own; this loop adds the env, the requests and the records.
+
 ``clock`` and ``sleep`` are injectable and so is ``executor`` (``submit(fn, *args, **kwargs)`` returning an object
 with ``done()`` and ``result()``), so tests run deterministically without real time or threads. Every request,
 answer and cycle is recorded (:attr:`RobotLoop.plans`, :attr:`RobotLoop.records`).
@@ -54,9 +57,9 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from vidplan_client.chunks import ChunkScheduler
 from vidplan_client.contract import DT_S, MAX_ROTATION_PER_STEP_RAD, MAX_TRANSLATION_PER_STEP_M
 from vidplan_client.convert import (
-    Plan,
     PlanFailed,
     WireError,
     make_observation,
@@ -64,13 +67,12 @@ from vidplan_client.convert import (
     make_state,
     response_to_plan,
 )
-from vidplan_client.droid import ACTION_SPACE, DroidFrame, RobotEnvLike, pose_step, read_observation
+from vidplan_client.droid import ACTION_SPACE, DroidFrame, RobotEnvLike, read_observation
 from vidplan_client.wire import vidplan_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 _LATENCY_WINDOW = 3  # answers whose latency sets the automatic lead
-_LIMIT_SLACK = 1e-6  # numerical slack on the step limits (the server's check allows the same)
 
 
 class PlanClient(Protocol):
@@ -186,10 +188,10 @@ class RobotLoop:
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidplan-plan")
         self._in_flight: _InFlight | None = None
-        self._plan: Plan | None = None
-        self._plan_record: PlanRecord | None = None  # the request self._plan answers
-        self._last_row = -1  # last executed row of self._plan
-        self._lag = 0  # rows self._plan runs behind its time stamp (to stay within the step limits)
+        # The current chunk, its rows and the step limits: which row to command when (pure, tested on its own).
+        self.chunks = ChunkScheduler(config.open_loop_steps, config.max_translation_per_step_m,
+                                     config.max_rotation_per_step_rad)
+        self._plan_record: PlanRecord | None = None  # the request the current chunk answers
         self._target: np.ndarray | None = None  # (7,) the last chunk row commanded; what a hold commands
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._problem = ""  # why the last request brought no chunk; cleared by the next chunk
@@ -216,10 +218,10 @@ class RobotLoop:
             # Warn once when holding starts, not 15 times a second through an outage.
             log.log(logging.DEBUG if self._holding else logging.WARNING, "holding position: %s", reason)
         else:
+            sequence = self.chunks.plan.sequence
             if self._holding:
-                log.info("resuming with chunk %d after %d held cycles", self._plan.sequence, self._held_cycles())
-            self._last_row = row
-            record = StepRecord(len(self.records), t, "chunk", self._plan.chunk[row].copy(), self._plan.sequence, row,
+                log.info("resuming with chunk %d after %d held cycles", sequence, self._held_cycles())
+            record = StepRecord(len(self.records), t, "chunk", self.chunks.commit(row).copy(), sequence, row,
                                 sent=sent)
             self._target = record.action.copy()
         self.env.update_robot(record.action, action_space=ACTION_SPACE, blocking=False)
@@ -280,56 +282,18 @@ class RobotLoop:
 
     # -- chunks ------------------------------------------------------------------------------------------------------
 
-    def _row_for(self, plan: Plan, t: float, last_row: int, lag: int = 0) -> int | None:
-        """Row of ``plan`` to command at loop time ``t`` after ``last_row`` when it runs ``lag`` rows late, or None
-        once its horizon is used up. Time only: the step limits are :meth:`_select_row`'s."""
-        # The target commanded now should be reached at the next tick, t + dt.
-        row = math.floor((t + plan.dt_s - plan.t0_s) / plan.dt_s + 0.5) - plan.i0 - lag
-        row = max(row, last_row + 1, 0)
-        return row if row < self._horizon(plan) else None
-
-    def _horizon(self, plan: Plan) -> int:
-        return min(len(plan.chunk), self.config.open_loop_steps)
-
-    def _within_limits(self, reference: np.ndarray, target: np.ndarray) -> bool:
-        translation, rotation = pose_step(reference, target)
-        return (translation <= self.config.max_translation_per_step_m + _LIMIT_SLACK
-                and rotation <= self.config.max_rotation_per_step_rad + _LIMIT_SLACK)
-
     def _select_row(self, t: float, reference: np.ndarray) -> int | None:
-        """Row of the current chunk to command now, a step within the limits from ``reference``; None: hold.
-
-        Discards the chunk when its horizon is used up or when none of the rows it may still run is within reach;
-        makes it run late when only a row earlier than the one for now is. Calling it again in the same cycle gives
-        the same row.
-        """
-        plan = self._plan
-        if plan is None:
-            return None
-        row = self._row_for(plan, t, self._last_row, self._lag)
-        if row is None:  # horizon used up: this chunk is never looked at again
-            self._problem = self._problem or f"chunk {plan.sequence} used up its open-loop horizon"
-            self._plan = None
-            return None
-        lowest = self._last_row + 1  # row 0 of a fresh chunk; a row never runs twice
-        for candidate in range(row, lowest - 1, -1):
-            if self._within_limits(reference, plan.chunk[candidate]):
-                if candidate < row:
-                    self._lag += row - candidate
-                    log.warning("chunk %d: row %d is out of reach of the last commanded target; running row %d, "
-                                "%d rows late", plan.sequence, row, candidate, self._lag)
-                return candidate
-        cfg = self.config
-        translation, rotation = pose_step(reference, plan.chunk[lowest])
-        reason = (f"dropped chunk {plan.sequence}: rows {lowest}..{row} are all out of reach of the last commanded "
-                  f"target (row {lowest} is {translation:.3f} m and {rotation:.3f} rad away; limits "
-                  f"{cfg.max_translation_per_step_m} m and {cfg.max_rotation_per_step_rad} rad per step)")
-        log.warning(reason)
-        if self._last_row < 0 and self._plan_record is not None:  # not a row of it ran: the answer was unusable
-            self._plan_record.outcome, self._plan_record.reason = "dropped", reason
-        self._problem = reason
-        self._plan = None
-        return None
+        """The scheduler's row for now (None: hold); a chunk it discards or drops says why in the hold reason, and
+        an answer none of whose rows could run is recorded as dropped."""
+        selection = self.chunks.select(t, reference)
+        if selection.row is None and selection.reason:
+            if not selection.dropped:  # used up: the reason of an earlier problem, if any, stays the one shown
+                self._problem = self._problem or selection.reason
+            else:
+                if selection.unused and self._plan_record is not None:
+                    self._plan_record.outcome, self._plan_record.reason = "dropped", selection.reason
+                self._problem = selection.reason
+        return selection.row
 
     # -- requests ----------------------------------------------------------------------------------------------------
 
@@ -337,10 +301,9 @@ class RobotLoop:
         """Send the next request if it is time; returns its sequence number."""
         if self._in_flight is not None:
             return None
-        if self._plan is not None:
-            row = self._row_for(self._plan, t, self._last_row, self._lag)
-            if row is not None and self._horizon(self._plan) - row - 1 > self.lead_steps:
-                return None
+        left = self.chunks.rows_left(t)
+        if left is not None and left > self.lead_steps:
+            return None
         return self._send(t)
 
     def _send(self, t: float) -> int | None:
@@ -386,13 +349,11 @@ class RobotLoop:
         except (PlanFailed, WireError) as e:
             self._finish(record, t, "dropped", f"plan {sequence} unusable: {e}")
             return
-        if self._row_for(plan, t, -1) is None:
-            self._finish(record, t, "dropped",
-                         f"chunk {sequence} arrived too late: its rows within the horizon have passed")
+        too_late = self.chunks.offer(plan, t)
+        if too_late is not None:
+            self._finish(record, t, "dropped", too_late)
             return
-        if self._plan is not None:
-            log.debug("chunk %d replaces chunk %d after row %d", sequence, self._plan.sequence, self._last_row)
-        self._plan, self._plan_record, self._last_row, self._lag = plan, record, -1, 0
+        self._plan_record = record
         self.latest_response = response
         self._finish(record, t, "used", "")
 
