@@ -172,8 +172,7 @@ class SignalProbe:
         ids = scored_view_ids(self.names, score_cfg)
         model = sim = None
         if any(v in ("model", "model-no-uq", "value") for v in variants):
-            gen = torch.Generator().manual_seed(cfg.seed)
-            noise = torch.randn((len(props), pl.horizon, *history.shape[2:]), generator=gen).to(pl.device)
+            noise = pl.rollout_noise(len(props), tuple(history.shape[2:]), cfg.seed)  # as the planner rolls out
             pred = pl.rollout(history, pl.knots(props.actions), pl.config.flow_steps, noise)
             model = (pred, uq_maps(pl.uq, pred, hist, score_cfg.confidence_eps)[0],
                      decode_views(pl.world.codec, pred, ids))
