@@ -42,7 +42,7 @@ def dataset_summary(ds: EpisodeDataset, progress: bool = True) -> dict:
         "tasks": len(ds.tasks),
         "task_kinds": kinds,
         "episode_kinds": failures,
-        "split": ds.info.get("vidplan", {}).get("split"),
+        "split": ds.vidplan_info.get("split"),
         "action_stats": {
             name: {
                 "min": float(a[:, i].min()),

@@ -8,6 +8,15 @@ Layout written and read (as the public DROID port ``lerobot/droid_1.0.1``)::
     meta/episodes/chunk-XXX/file-XXX.parquet         one row per episode: length, file locations, stats
     data/chunk-XXX/file-XXX.parquet                  one row per frame
     videos/<video_key>/chunk-XXX/file-XXX.mp4        frames of one camera
+    meta/vidplan/info.json                           ours: recording options (split, ...)
+    meta/vidplan/episodes/chunk-XXX/file-XXX.json    ours: per-episode extras (seed, ground-truth object names, ...)
+
+LeRobot appends to such a dataset: its episode metadata rows have exactly LeRobot's columns (file locations and
+``stats/<feature>/<stat>`` for every feature but strings, in its shapes: see :mod:`vidplan_server.data.stats`),
+since LeRobot loads all ``meta/episodes`` files as one table and a column only some files have breaks that. Our
+own per-episode and per-dataset extras live under ``meta/vidplan/``, which LeRobot leaves alone (it rewrites
+``info.json`` without keys it does not know). Older VidPlan datasets kept them as episode-metadata columns and in
+``info.json["vidplan"]``; the reader reads both.
 
 VidPlan writes one episode per data / video / episode-metadata file (file index = episode
 index mod 1000). The format allows several episodes per file (LeRobot concatenates them); the
@@ -32,6 +41,8 @@ TASKS_PATH = "meta/tasks.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+VIDPLAN_INFO_PATH = "meta/vidplan/info.json"
+VIDPLAN_EPISODES_PATH = "meta/vidplan/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.json"
 
 # Our camera name -> the droid_1.0.1 port's video key (which we also write).
 VIDEO_KEYS = {

@@ -74,6 +74,8 @@ class EpisodeDataset:
         self.video_keys = self._resolve_video_keys()
         self.episodes = self._load_episode_rows()
         self.tasks = self._load_tasks()
+        #: Our recording options (split, ...): meta/vidplan/info.json, or info.json["vidplan"] in older datasets.
+        self.vidplan_info = read_vidplan_info(self.root, self.info)
         self._table_cache: tuple[Path, pa.Table] | None = None
 
     # ------------------------------------------------------------------ metadata
@@ -97,6 +99,8 @@ class EpisodeDataset:
             rows = read_episode_rows(self.root)
             if not rows:
                 raise DatasetError(f"{self.root / 'meta' / 'episodes'}: no episode metadata files")
+            extras = read_episode_extras(self.root)
+            rows = [{**extras.get(int(row["episode_index"]), {}), **row} for row in rows]
         else:
             path = self.root / "meta" / "episodes.jsonl"
             if not path.is_file():
@@ -318,6 +322,31 @@ def read_episode_rows(root: Path) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - any parquet failure means the same thing here
             raise DatasetError(f"{path}: unreadable episode metadata ({exc})") from exc
     return rows
+
+
+def read_episode_extras(root: Path) -> dict[int, dict]:
+    """Our per-episode extras (``meta/vidplan/episodes/*/*.json``: ``success``, ``vidplan/<key>``,
+    ``ground_truth/...``) by episode index; empty for other datasets and for our older ones, whose episode
+    metadata rows carry the same keys as columns."""
+    extras: dict[int, dict] = {}
+    for path in sorted((Path(root) / "meta" / "vidplan" / "episodes").glob("chunk-*/file-*.json")):
+        try:
+            extra = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{path}: unreadable episode extras ({exc})") from exc
+        extras[int(extra.pop("episode_index"))] = extra
+    return extras
+
+
+def read_vidplan_info(root: Path, info: dict) -> dict:
+    """Our recording options of a dataset: ``meta/vidplan/info.json``, else (older datasets) ``info["vidplan"]``."""
+    path = Path(root) / fmt.VIDPLAN_INFO_PATH
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    return dict(info.get("vidplan", {}))
 
 
 def vector_column(table: pa.Table, name: str, dim: int, path: Path) -> np.ndarray:

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 
 from vidplan_server.data import lerobot_format as fmt
 from vidplan_server.data.errors import DatasetError
-from vidplan_server.data.reader import read_episode_rows, vector_column
+from vidplan_server.data.reader import read_episode_rows, read_vidplan_info, vector_column
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
-from vidplan_server.data.stats import array_stats, image_stats, merge_image_stats
+from vidplan_server.data.stats import array_stats, image_stats, merge_image_stats, merge_stats
 from vidplan_server.data.video import VideoConfig, encode_video
 
 STAGING_DIR = ".staging"
@@ -54,6 +54,8 @@ LOWDIM_DIMS = {
     "discount": 1,
 }
 LOWDIM_STATS_FEATURES = tuple(LOWDIM_DIMS)
+# Per-frame columns whose stats are only known at commit (they depend on the episode's place in the dataset).
+INDEX_STATS_FEATURES = fmt.INDEX_COLUMNS
 
 
 @dataclass
@@ -67,7 +69,7 @@ class StagedEpisode:
     success: bool
     video_files: dict[str, Path]  # video key -> staged mp4
     stats: dict[str, dict]
-    extra: dict[str, Any] = field(default_factory=dict)  # episode-level metadata columns
+    extra: dict[str, Any] = field(default_factory=dict)  # ours, per episode: meta/vidplan/episodes
 
 
 def stage_episode(
@@ -121,8 +123,12 @@ def stage_episode(
             columns[fmt.GT_MASK_KEYS[cam]] = [_png(m) for m in gt.target_masks[cam]]
         extra["ground_truth/object_names"] = list(gt.object_names)
         extra["ground_truth/target_index"] = int(gt.target_index)
-    for key in LOWDIM_STATS_FEATURES:
-        stats[key] = array_stats(np.asarray(columns[key], np.float64).reshape(T, -1))
+        for cam in CAMERA_NAMES:
+            stats[fmt.GT_MASK_KEYS[cam]] = image_stats(gt.target_masks[cam].astype(np.uint8) * 255)
+    # LeRobot keeps statistics of every feature but strings (flags and ground truth too).
+    for key, values in columns.items():
+        if key != "language_instruction" and not key.startswith("ground_truth.target_mask."):
+            stats[key] = array_stats(np.asarray(values, np.float64).reshape(T, -1))
     return StagedEpisode(folder, columns, T, episode.language_instruction, bool(episode.success), videos, stats, extra)
 
 
@@ -223,6 +229,11 @@ class DatasetWriter:
     def num_episodes(self) -> int:
         return len(self.episodes)
 
+    @property
+    def features(self) -> dict:
+        """info.json ``features`` of this dataset (the order of the episode-metadata stats columns)."""
+        return fmt.feature_spec(self.height, self.width, self.video.info(self.height, self.width, self.fps))
+
     def _check_compatible(self, info: dict) -> None:
         where = self.root / fmt.INFO_PATH
         if info.get("codebase_version") != fmt.CODEBASE_VERSION:
@@ -234,9 +245,10 @@ class DatasetWriter:
         shape = info.get("features", {}).get(fmt.VIDEO_KEYS[CAMERA_NAMES[0]], {}).get("shape")
         if shape != [self.height, self.width, 3]:
             raise DatasetError(f"{where}: resolution {shape} differs from the requested {[self.height, self.width, 3]}")
+        recorded = read_vidplan_info(self.root, info)
         for key, value in self.info_extra.items():
-            if key in info.get("vidplan", {}) and info["vidplan"][key] != value:
-                raise DatasetError(f"{where}: vidplan.{key} is {info['vidplan'][key]!r}, this run asks for {value!r}")
+            if key in recorded and recorded[key] != value:
+                raise DatasetError(f"{where}: vidplan.{key} is {recorded[key]!r}, this run asks for {value!r}")
 
     def _load_committed(self) -> list[dict]:
         rows = read_episode_rows(self.root)
@@ -266,6 +278,7 @@ class DatasetWriter:
         cols["task_index"] = np.full(T, task_index, np.int64)
         table = pa.table({name: _to_arrow(name, v) for name, v in cols.items()})
         _atomic_write_parquet(table, self.root / fmt.DATA_PATH.format(**loc))
+        # One row of episode metadata with exactly LeRobot's columns, in its order.
         row: dict[str, Any] = {
             "episode_index": index,
             "tasks": [staged.instruction],
@@ -287,11 +300,16 @@ class DatasetWriter:
                     f"videos/{key}/to_timestamp": T / self.fps,
                 }
             )
+        stats = dict(staged.stats)
+        for key in INDEX_STATS_FEATURES:
+            stats[key] = array_stats(np.asarray(cols[key], np.float64).reshape(T, -1))
+        for feat in self.features:
+            for stat, value in stats.get(feat, {}).items():
+                row[f"stats/{feat}/{stat}"] = value
         row.update({"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file})
-        row.update(staged.extra)
-        for feat, st in staged.stats.items():
-            for stat, value in st.items():
-                row[f"stats/{feat}/{stat}"] = np.ravel(value).tolist()
+        # Ours (seed, ground-truth names, ...) beside LeRobot's metadata, written before the commit point.
+        _atomic_write_text(self.root / fmt.VIDPLAN_EPISODES_PATH.format(**loc),
+                           json.dumps({"episode_index": index, **staged.extra}, default=_json_value))
         # Commit point: the episode exists once its metadata file does.
         _atomic_write_parquet(pa.Table.from_pylist([row]), self.root / fmt.EPISODES_PATH.format(**loc))
         shutil.rmtree(staged.folder, ignore_errors=True)
@@ -323,15 +341,24 @@ class DatasetWriter:
             "splits": {"train": f"0:{n}"},
             "data_path": fmt.DATA_PATH,
             "video_path": fmt.VIDEO_PATH,
-            "features": fmt.feature_spec(self.height, self.width, self.video.info(self.height, self.width, self.fps)),
-            "vidplan": self.info_extra,
+            "features": self.features,
         }
         _atomic_write_text(self.root / fmt.INFO_PATH, json.dumps(info, indent=2))
+        _atomic_write_text(self.root / fmt.VIDPLAN_INFO_PATH, json.dumps(self.info_extra, indent=2))
 
     def finalize(self) -> None:
-        """Write ``meta/stats.json``: exact low-dim stats over all frames, pooled image stats."""
+        """Write ``meta/stats.json``: every feature's episode stats merged as LeRobot merges them, and exact
+        low-dimensional stats over all frames (their q01 / q99 normalise the world model's actions)."""
         if not self.episodes:
             return
+        stats: dict[str, dict] = {}
+        for feat, spec in self.features.items():
+            parts = [_row_stats(row, feat) for row in self.episodes]
+            parts = [p for p in parts if p is not None]
+            if parts and spec["dtype"] in ("video", "image"):
+                stats[feat] = merge_image_stats(parts)
+            elif parts:
+                stats[feat] = merge_stats(parts)
         columns: dict[str, list[np.ndarray]] = {k: [] for k in LOWDIM_STATS_FEATURES}
         for row in self.episodes:
             path = self.root / fmt.DATA_PATH.format(
@@ -340,12 +367,22 @@ class DatasetWriter:
             table = pq.read_table(path, columns=list(LOWDIM_STATS_FEATURES))
             for key in LOWDIM_STATS_FEATURES:
                 columns[key].append(vector_column(table, key, LOWDIM_DIMS[key], path))
-        stats: dict[str, dict] = {k: array_stats(np.concatenate(v)) for k, v in columns.items()}
-        for cam in CAMERA_NAMES:
-            key = fmt.VIDEO_KEYS[cam]
-            parts = [
-                {s: row[f"stats/{key}/{s}"] for s in ("min", "max", "mean", "std", "count")} for row in self.episodes
-            ]
-            stats[key] = merge_image_stats(parts)
+        stats.update({k: array_stats(np.concatenate(v)) for k, v in columns.items()})
         _atomic_write_text(self.root / fmt.STATS_PATH, json.dumps(stats, indent=2))
         self._write_info()
+
+
+def _row_stats(row: dict, feature: str) -> dict | None:
+    """The stats of ``feature`` in an episode-metadata row (None when the row has none, e.g. an older layout)."""
+    prefix = f"stats/{feature}/"
+    found = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
+    return found if {"min", "max", "mean", "std", "count"} <= set(found) else None
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays in episode metadata, for json.dumps."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
