@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
+from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
+from vidplan_server.robot.panda import Q_HOME, matrix_to_pose
 from vidplan_server.sim.assets import CONTAINERS, TRAIN_COLOURS, TRAIN_OBJECTS
 from vidplan_server.sim.bullet import p
 from vidplan_server.sim.cameras import CameraRig
 from vidplan_server.sim.expert import top_down
 from vidplan_server.sim.scene import ARM_JOINTS, ObjectSpec, SceneSpec
-from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
-from vidplan_server.robot.panda import Q_HOME, matrix_to_pose
 
 CUBE = TRAIN_OBJECTS[0]
 

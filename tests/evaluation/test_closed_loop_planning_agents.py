@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.evaluation.closed_loop.agents import AgentUnavailable, build_agent
 from vidplan_server.evaluation.closed_loop.planning_agents import PLANNING_AGENTS, request_from_history
 from vidplan_server.evaluation.closed_loop.runner import ClosedLoopConfig, Job, run_episode
 from vidplan_server.planning.types import PlanOptions
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 
 FAST = {"num_proposals": 4, "refine_iters": 1, "policy_samples": 2}
 

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.data.video import decode_video
 from vidplan_server.data.video_frames import HEADER_PX
 from vidplan_server.evaluation.closed_loop import agents as agents_mod
@@ -19,6 +18,7 @@ from vidplan_server.evaluation.closed_loop.runner import (
     run_episode,
 )
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo, plan_frame
+from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 
 
 class LiftAgent:

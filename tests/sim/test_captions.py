@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vidplan_server.data.errors import DatasetError
+from vidplan_server.models.semantic import SemanticConfig, Tokenizer, words
 from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
@@ -27,7 +28,6 @@ from vidplan_server.sim.caption_text import (
 )
 from vidplan_server.sim.captions import CaptionConfig, generate_captions, load_captions
 from vidplan_server.sim.tasks import sample_task
-from vidplan_server.models.semantic import SemanticConfig, Tokenizer, words
 
 TINY = replace(CaptionConfig(), images_per_shard=1, poses_per_scene=1)
 PALETTE = {**TRAIN_COLOURS, **OOD_COLOURS}

@@ -22,8 +22,8 @@ the H knot actions (absolute, as the world model reads them) and the proposal's 
 Output, resumable: ``OUT/branches.json`` (options; resuming with others is refused) and one
 ``OUT/shards/<i>.npz`` per recorded state, written atomically: ``frames`` (K, T + H, V, h, w, 3) uint8 (history
 oldest first, then the future), ``actions`` (K, H, 7) float32, ``kinds`` (K,) str, ``episode``, ``step``.
-:func:`~vidplan_server.data.branches.read_branches` reads a folder back; ``vidplan train world --extra-data`` trains on it
-(:func:`~vidplan_server.data.windows.branch_windows`).
+:func:`~vidplan_server.data.branches.read_branches` reads a folder back; ``vidplan train world --extra-data``
+trains on it (:func:`~vidplan_server.data.windows.branch_windows`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from tqdm import tqdm
 
 from vidplan_server.data.branches import MANIFEST, shard_file
 from vidplan_server.data.schema import CAMERA_NAMES
-
 
 
 class BranchError(Exception):

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
+from vidplan_server.robot.panda import FINGER_MAX_WIDTH_M
 from vidplan_server.sim.bullet import p
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.sim.scene import ARM_JOINTS, FINGER_JOINTS
-from vidplan_server.robot.panda import FINGER_MAX_WIDTH_M
 
 
 @dataclass

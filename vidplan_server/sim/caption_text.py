@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from vidplan_server.models.semantic import words
 from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
@@ -28,7 +29,6 @@ from vidplan_server.sim.assets import (
     TRAIN_COLOURS,
     TRAIN_OBJECTS,
 )
-from vidplan_server.models.semantic import words
 
 # The two instruction forms of `tasks.sample_task`; tests check that sampled instructions only use these words.
 INSTRUCTION_FORMS = ("put the {object} in the {container}", "pick up the {object}")

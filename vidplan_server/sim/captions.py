@@ -38,12 +38,12 @@ from tqdm import tqdm
 
 from vidplan_server.data.errors import DatasetError
 from vidplan_server.data.schema import CAMERA_NAMES
+from vidplan_server.models.checkpoint import _write_atomic
+from vidplan_server.robot.panda import Q_HOME, matrix_to_pose
 from vidplan_server.sim.bullet import p
 from vidplan_server.sim.caption_text import Entity
 from vidplan_server.sim.scene import ARM_JOINTS, FINGER_JOINTS, SimScene
 from vidplan_server.sim.tasks import OBJECT_REGION, DistractorCounts, sample_task
-from vidplan_server.models.checkpoint import _write_atomic
-from vidplan_server.robot.panda import Q_HOME, matrix_to_pose
 
 MANIFEST = "captions.json"
 GENERATOR = "vidplan sim captions"

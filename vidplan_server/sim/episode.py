@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidplan_server.data.schema import CAMERA_NAMES, Episode, GroundTruth
+from vidplan_server.robot.panda import matrix_to_pose
 from vidplan_server.sim.expert import FAILURE_MODES, ExpertConfig, ScriptedExpert
 from vidplan_server.sim.scene import SimScene
 from vidplan_server.sim.tasks import DistractorCounts, is_success, sample_task
-from vidplan_server.robot.panda import matrix_to_pose
 
 SETTLE_STEPS = 4
 

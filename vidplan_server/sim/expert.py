@@ -21,9 +21,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from vidplan_server.data.schema import DT_S
+from vidplan_server.robot.panda import matrix_to_pose
 from vidplan_server.sim.scene import PlacedObject, SimScene
 from vidplan_server.sim.tasks import Task
-from vidplan_server.robot.panda import matrix_to_pose
 
 FAILURE_MODES = ("wrong_target", "drop", "miss", "timeout")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vidplan_server.data.writer import DatasetWriter, StagedEpisode, stage_episode
 from vidplan_server.sim.episode import EpisodeConfig, episode_seed, run_episode
 from vidplan_server.sim.scene import SimScene
-from vidplan_server.data.writer import DatasetWriter, StagedEpisode, stage_episode
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pybullet_data
 
+from vidplan_server.robot.panda import Q_HOME, PandaKinematics, gripper_width_to_position
 from vidplan_server.sim.assets import CONTAINER_COLOURS, ContainerAsset, ObjectAsset
 from vidplan_server.sim.bullet import p
 from vidplan_server.sim.cameras import CameraRig, render_views
-from vidplan_server.robot.panda import Q_HOME, PandaKinematics, gripper_width_to_position
 
 PHYSICS_HZ = 240
 SUBSTEPS = PHYSICS_HZ // 15

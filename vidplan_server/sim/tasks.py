@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidplan_server.robot.panda import Q_HOME
 from vidplan_server.sim.assets import (
     CONTAINER_COLOURS,
     CONTAINERS,
@@ -24,7 +25,6 @@ from vidplan_server.sim.assets import (
 )
 from vidplan_server.sim.cameras import CameraRig
 from vidplan_server.sim.scene import ObjectSpec, SceneSpec, SimScene
-from vidplan_server.robot.panda import Q_HOME
 
 TASK_KINDS = ("place", "pick")
 LIFT_SUCCESS_M = 0.05
