@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidplan",
         description="VidPlan: inference-time planning with an action-conditioned video world model.",
     )
+    from vidplan_server import __version__
+
+    parser.add_argument("--version", action="version", version=f"vidplan-server {__version__}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
     for module in (sim, data, train, eval, plan):
         module.register(groups)

@@ -113,3 +113,12 @@ def test_heatmaps_are_written(config, servicer, frames, tmp_path):
     assert servicer.calls[0].options.return_heatmaps
     written = cv2.imread(str(out / "heatmap_f2_wrist_image_left.png"))
     assert written.shape == (2, 4, 3) and (written == 200).all()
+
+
+def test_version(capsys):
+    from vidplan_client import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"vidplan-client {__version__}"
+    assert __version__ not in ("", "unknown")

@@ -16,6 +16,7 @@ The names below load on first use, so ``import vidplan_client.contract`` does no
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
@@ -41,7 +42,11 @@ __all__ = [
     "StepRecord", "VidPlanClient", "WireError", "make_observation", "make_request", "make_state", "plan_options",
     "response_to_plan",
 ]
-__version__ = "0.1.0"
+try:
+    #: The installed distribution's version (client/pyproject.toml).
+    __version__ = importlib.metadata.version("vidplan-client")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree on PYTHONPATH
+    __version__ = "unknown"
 
 if TYPE_CHECKING:
     from vidplan_client.channel import ClientConfig

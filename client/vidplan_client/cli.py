@@ -46,8 +46,11 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vidplan_client import __version__
+
     parser = argparse.ArgumentParser(prog="vidplan-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vidplan-client {__version__}")
     parser.add_argument("--target", default=os.environ.get("VIDPLAN_TARGET", "localhost:50051"),
                         help="server address host:port (default: $VIDPLAN_TARGET or localhost:50051)")
     parser.add_argument("--token", default=os.environ.get("VIDPLAN_TOKEN"),

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from vidplan_server.argtypes import CliError, check_device, non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
+from vidplan_server.serving.settings import (
+    ServeSettings,
+    config_path,
+    load_settings,
+    parse_image_size,
+    render,
+    sources,
+)
 
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
 DEFAULT_POLICY_SAMPLES = 6
@@ -33,17 +39,29 @@ DESCRIPTION = (
 def image_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT`` (either orientation) -> (shorter side, longer side)."""
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1280x720, got {text!r}") from None
-    if min(width, height) < 1:
-        raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
-    return min(width, height), max(width, height)
+        return parse_image_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``vidplan serve``."""
+    """The options of ``vidplan serve``. Every option defaults to None ("not given"), so that the variable
+    ``VIDPLAN_<NAME>`` or the config file may set it (:mod:`~vidplan_server.serving.settings`); the help states
+    the default that applies when none does."""
     d, s = ServerConfig(), ServiceConfig()
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file of settings named like the options (max_queue = 8); flags and VIDPLAN_* variables win "
+        "over it (default: $VIDPLAN_CONFIG if set, else none)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as a config file (where each came from; the token redacted) and exit",
+    )
     p.add_argument(
         "--ckpt",
         type=Path,
@@ -51,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint folder with codec, world, flow_map, uq, value and semantic modules "
         "(default: the bundled checkpoint)",
     )
-    p.add_argument("--device", default="cpu", help="torch device for the planner, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--device", default=None, help="torch device for the planner, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument(
         "--policy-samples",
         type=non_negative_int,
@@ -70,39 +88,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
         "samples already differ)",
     )
-    p.add_argument("--host", default=d.host,
+    p.add_argument("--host", default=None,
                    help=f"address both servers bind (default {d.host}: this machine only; use 0.0.0.0 for robots "
                    "on the network, together with --token and TLS)")
     p.add_argument(
         "--grpc-port",
         type=port,
-        default=d.grpc_port,
+        default=None,
         help=f"gRPC port; 0 picks a free one, -1 disables gRPC (default {d.grpc_port})",
     )
     p.add_argument(
         "--http-port",
         type=port,
-        default=d.http_port,
+        default=None,
         help=f"HTTP port; 0 picks a free one, -1 disables HTTP (default {d.http_port})",
     )
     p.add_argument(
         "--max-queue",
         type=positive_int,
-        default=s.max_queue,
+        default=None,
         help="requests allowed to wait while the planner is busy; more are refused at once instead of "
         f"queueing latency (default {s.max_queue})",
     )
     p.add_argument(
         "--session-ttl",
         type=positive_float,
-        default=s.session_ttl_s,
+        default=None,
         metavar="SECONDS",
         help=f"drop a robot session's frame history after this long without a request (default {s.session_ttl_s:g})",
     )
     p.add_argument(
         "--max-sessions",
         type=non_negative_int,
-        default=s.max_sessions,
+        default=None,
         help=f"sessions kept; past it the least recently used is dropped (default {s.max_sessions})",
     )
     p.add_argument(
@@ -130,14 +148,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-message-mb",
         type=positive_float,
-        default=d.max_message_bytes / 2**20,
+        default=None,
         help="largest gRPC message in MiB, both directions (default 32: room for raw 180x320 "
         "views plus carried history)",
     )
     p.add_argument(
         "--max-image-size",
         type=image_size,
-        default=s.max_image_size,  # (shorter side, longer side), as image_size returns it
+        default=None,  # (shorter side, longer side), as image_size returns it
         metavar="WxH",
         help="largest camera image accepted, either orientation, refused from its header before decoding "
         f"(default {s.max_image_size[1]}x{s.max_image_size[0]}: DROID's 720p; the model sees 64x64)",
@@ -145,86 +163,123 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-session-mb",
         type=positive_float,
-        default=s.max_session_bytes / 2**20,
+        default=None,
         help="memory all robot sessions together may hold (frames and ids, MiB); past it the least recently used "
         f"sessions are dropped (default {s.max_session_bytes / 2**20:g})",
     )
     p.add_argument(
         "--shutdown-grace",
         type=positive_float,
-        default=d.shutdown_grace_s,
+        default=None,
         metavar="SECONDS",
         help=f"on SIGTERM, how long in-flight plans may take to finish (default {d.shutdown_grace_s:g})",
     )
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
-        default=d.log_level,
+        default=None,
         help=f"log level of the server and uvicorn (default {d.log_level})",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="text lines for a terminal, or JSON lines (time, level, logger, message and, on request lines, "
+        "request_id, session, outcome, latency_ms) for a log collector (default text)",
+    )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one log line per plan request: request id, session, transport, outcome and latency; never the "
+        "token or frame bytes (refusals rate-limited as other request lines) (default off)",
+    )
+    p.epilog = (
+        "Every option can also be set by the environment variable VIDPLAN_<OPTION> (--max-queue: "
+        "VIDPLAN_MAX_QUEUE=8) or by a key of the --config file (max_queue = 8); a flag wins over the variable, "
+        "the variable over the file."
     )
 
 
-def planner_config_from_args(args: argparse.Namespace):
-    """The :class:`~vidplan_server.planning.planner.PlannerConfig` of ``vidplan serve`` (imports torch); ValueError
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """The effective settings: the options given over ``VIDPLAN_*`` over ``--config`` over the defaults; ValueError
+    names a bad setting (its flag, variable and config key)."""
+    flags = {name: getattr(args, name, None) for name in ServeSettings.model_fields}
+    return load_settings(flags, config_path(getattr(args, "config", None)))
+
+
+def planner_config(settings: ServeSettings):
+    """The :class:`~vidplan_server.planning.planner.PlannerConfig` of ``settings`` (imports torch); ValueError
     names a bad option."""
     from vidplan_server.planning.planner import PlannerConfig
 
     config = PlannerConfig()
     changes = {}
-    for flag, name in (("--policy-samples", "policy_samples"), ("--policy-perturbations", "policy_perturbations")):
-        value = getattr(args, name, None)
+    for name in ("policy_samples", "policy_perturbations"):
+        value = getattr(settings, name)
         if value is None:
             continue
         if not 0 <= value <= config.max_proposals:
-            raise ValueError(f"{flag}: must be in [0, {config.max_proposals}], got {value}")
+            raise ValueError(f"--{name.replace('_', '-')}: must be in [0, {config.max_proposals}], got {value}")
         changes[name] = value
     return replace(config, **changes)
 
 
-def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceConfig]:
-    """Check the options (ValueError names the bad one) and build the configs."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together")
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path is not None and not path.is_file():
-            raise ValueError(f"{flag} {path}: no such file")
-    if args.grpc_port == -1 and args.http_port == -1:
-        raise ValueError("--grpc-port -1 and --http-port -1: nothing to serve")
-    if args.grpc_port > 0 and args.grpc_port == args.http_port:
-        raise ValueError(f"--grpc-port and --http-port are both {args.grpc_port}")
+def planner_config_from_args(args: argparse.Namespace):
+    """:func:`planner_config` of the options ``args`` and the environment."""
+    return planner_config(settings_from_args(args))
+
+
+def configs(settings: ServeSettings) -> tuple[ServerConfig, ServiceConfig]:
+    """Check the settings (ValueError names the bad one) and build the server's and the service's configs."""
+    settings.check()
     server = ServerConfig(
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        token=args.token if args.token is not None else (os.environ.get("VIDPLAN_TOKEN") or None),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_message_bytes=int(args.max_message_mb * 2**20),
-        shutdown_grace_s=args.shutdown_grace,
-        log_level=args.log_level,
-        public_metrics=args.public_metrics,
+        host=settings.host,
+        grpc_port=settings.grpc_port,
+        http_port=settings.http_port,
+        token=settings.token_value,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        max_message_bytes=int(settings.max_message_mb * 2**20),
+        shutdown_grace_s=settings.shutdown_grace,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        public_metrics=settings.public_metrics,
     )
-    service = ServiceConfig(max_queue=args.max_queue, session_ttl_s=args.session_ttl, max_sessions=args.max_sessions,
-                            max_image_size=tuple(args.max_image_size),
-                            max_session_bytes=int(args.max_session_mb * 2**20))
+    service = ServiceConfig(max_queue=settings.max_queue, session_ttl_s=settings.session_ttl,
+                            max_sessions=settings.max_sessions, max_image_size=tuple(settings.max_image_size),
+                            max_session_bytes=int(settings.max_session_mb * 2**20), access_log=settings.access_log)
     return server, service
 
 
+def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceConfig]:
+    """:func:`configs` of the options ``args`` and the environment."""
+    return configs(settings_from_args(args))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``vidplan serve``: load, warm up, serve until SIGTERM / SIGINT."""
+    """Handler of ``vidplan serve``: load, warm up, serve until SIGTERM / SIGINT (``--print-config``: print the
+    settings and exit)."""
     try:
-        server_config, service_config = configs_from_args(args)
-        planner_config = planner_config_from_args(args)
+        settings = settings_from_args(args)
+        if args.print_config:
+            flags = {name: getattr(args, name, None) for name in ServeSettings.model_fields}
+            print(render(settings, sources(flags, config_path(args.config))), end="")
+            return 0
+        server_config, service_config = configs(settings)
+        planner_cfg = planner_config(settings)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    check_device(args.device)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_device(settings.device)
+    from vidplan_server.serving.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, secrets=[settings.token_value])
 
     from vidplan_server.planning.planner import Planner
     from vidplan_server.serving.server import VidPlanServer
     from vidplan_server.serving.service import PlanService
 
-    planner = Planner.load(args.ckpt, device=args.device, config=planner_config)
+    planner = Planner.load(settings.ckpt, device=settings.device, config=planner_cfg)
     service = PlanService(planner, service_config)
 
     async def main() -> None:

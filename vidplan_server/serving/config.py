@@ -20,6 +20,8 @@ class ServiceConfig:
     session_frames: int = 32  # ring buffer per session (frames); >= (T - 1) * frame_stride + 1 is needed
     decode_threads: int = 2  # threads decoding JPEG / PNG off the event loop (OpenCV releases the GIL)
     deadline_margin_s: float = 0.005  # kept back from a deadline for encoding and sending the reply
+    # One log line per plan request (request id, session, transport, outcome, latency); refusals rate-limited.
+    access_log: bool = False
     max_instruction_chars: int = 1000
     max_session_id_chars: int = 128  # printable ASCII; ids are stored, so they are bounded
     # Observations a request may carry in ``history``; None = what the model can use: the span its T frames cover
@@ -67,6 +69,7 @@ class ServerConfig:
     max_message_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one JSON object per line, uvicorn's lines included
     # With a token: whether /metrics, the OpenAPI docs (/docs, /redoc, /openapi.json) and gRPC reflection stay
     # open without it. None = open when bound to loopback only, protected otherwise. Health (grpc.health.v1,
     # /livez, /readyz) is always open for probes.

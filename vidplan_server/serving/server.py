@@ -18,6 +18,7 @@ import signal
 import socket
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from vidplan_server.serving.config import ServerConfig
 from vidplan_server.serving.grpc_server import GrpcServer
@@ -64,6 +65,8 @@ class VidPlanServer:
                     log_level=config.log_level,
                     access_log=False,
                     lifespan="off",
+                    # JSON logs: uvicorn's own lines go through the root logger's JSON handler too.
+                    log_config=None if config.log_format == "json" else LOGGING_CONFIG,
                     ssl_certfile=str(config.tls_cert) if config.tls else None,
                     ssl_keyfile=str(config.tls_key) if config.tls else None,
                     timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)),

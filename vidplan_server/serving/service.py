@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vidplan_server.planning.types import ModelInfo, PlanOptions, PlanRequest, PlanResult
+from vidplan_server.planning.validation import show
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import (
     DeadlineExceeded,
@@ -52,6 +54,8 @@ from vidplan_server.serving.validation import CheckedCall, Limits, check_call
 from vidplan_server.serving.worker import PlannerWorker, Slot
 
 log = logging.getLogger(__name__)
+#: One line per plan request when ServiceConfig.access_log is on.
+access_log = logging.getLogger("vidplan_server.serving.access")
 
 
 class PlannerLike(Protocol):
@@ -129,6 +133,7 @@ class PlanService:
         self.config = config
         self.metrics = metrics if metrics is not None else ServingMetrics()
         self.model: ModelInfo = planner.info()
+        self.metrics.set_build_info(self.model.model_version, str(getattr(planner, "device", "")))
         self.cameras: tuple[str, ...] = tuple(self.model.cameras)
         self.image_size: tuple[int, int] = tuple(self.model.image_size)
         self.history_len = self.model.history
@@ -148,6 +153,7 @@ class PlanService:
         self.worker = PlannerWorker(config.max_queue, on_depth=self.metrics.queue_depth.set)
         self.informed_pass = InformedPass()
         self.log = RateLimitedLog(log)
+        self.access = RateLimitedLog(access_log)
         self._decoder = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="vidplan-decode")
         self.warmed_up = False
         self.accepting = True
@@ -213,6 +219,28 @@ class PlanService:
     def count(self, transport: str, call: str, outcome: str) -> None:
         self.metrics.requests.labels(transport=transport, call=call, outcome=outcome).inc()
 
+    def finished(self, transport: str, call: str, outcome: str, plan_call: PlanCall, arrived: float,
+                 request_id: str | None = None) -> None:
+        """A plan request answered (``outcome`` "ok") or refused: counted, its latency observed when answered, and
+        with ``access_log`` one line (request id, session, sequence, transport, outcome, latency; refusals
+        rate-limited per transport and outcome, as a client in a loop must not flood the log)."""
+        self.count(transport, call, outcome)
+        latency_ms = (time.perf_counter() - arrived) * 1000.0
+        if outcome == "ok":
+            self.metrics.request_seconds.labels(transport=transport, call=call).observe(latency_ms / 1000.0)
+        if not self.config.access_log:
+            return
+        session = show(plan_call.session_id, 64) if plan_call.session_id else ""
+        fields = {"request_id": request_id or uuid.uuid4().hex[:16], "session": session,
+                  "sequence": int(plan_call.sequence), "transport": transport, "call": call, "outcome": outcome,
+                  "latency_ms": round(latency_ms, 1)}
+        message = (f"{transport} {call} {outcome} in {latency_ms:.1f} ms: session {session or '-'} sequence "
+                   f"{plan_call.sequence} request {fields['request_id']}")
+        if outcome == "ok":
+            access_log.info(message, extra=fields)
+        else:
+            self.access.log(logging.INFO, (transport, call, outcome), message, extra=fields)
+
     # ------------------------------------------------------------------ unary
     async def plan(self, call: PlanCall, transport: str = "inprocess") -> PlanReply:
         """Answer one call; raises a :class:`ServingError` subclass on any failure."""
@@ -225,11 +253,11 @@ class PlanService:
                 reply = await self.execute(prepared, slot)
         except BaseException as exc:
             error = self.serving_error(exc)
-            self.count(transport, "plan", outcome_of(error) if error else "cancelled")
+            self.finished(transport, "plan", outcome_of(error) if error else "cancelled", call, arrived)
             if error is None or error is exc:
                 raise
             raise error from exc
-        self.count(transport, "plan", "ok")
+        self.finished(transport, "plan", "ok", call, arrived)
         return reply
 
     def open_stream(self, transport: str = "inprocess"):
@@ -412,7 +440,7 @@ class PlanService:
             "total": (done - prepared.arrived) * 1000.0,
         }
         self.metrics.observe_timings(timings)
-        self.metrics.observe_timings({f"planner_{k}": v for k, v in result.timings_ms.items()})
+        self.metrics.observe_planner_timings(result.timings_ms)
         return PlanReply(
             result=result,
             sequence=call.sequence,

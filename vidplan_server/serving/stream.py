@@ -122,9 +122,9 @@ class PlanStream:
                 reply = await service.execute(prepared, slot)
         except Exception as exc:
             error = service.serving_error(exc) or ServingError(str(exc))
-            service.count(self._transport, "stream", outcome_of(error))
+            service.finished(self._transport, "stream", outcome_of(error), prepared.call, prepared.arrived)
             return StreamError(prepared.call.sequence, self._client_session(prepared.call.session_id), error)
-        service.count(self._transport, "stream", "ok")
+        service.finished(self._transport, "stream", "ok", prepared.call, prepared.arrived)
         reply.dropped_sequences = dropped
         reply.session_id = self._client_session(reply.session_id)
         return reply
