@@ -62,7 +62,8 @@ from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
 from vidplan_server.planning.limits import SafetyLimits, check_chunk, solve_joint_positions
 from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
 from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
-from vidplan_server.planning.refine import REFINED_DIMS, project_knots
+from vidplan_server.planning.refine import Rollout as _Rollout
+from vidplan_server.planning.refine import control_chunk, gradient_ascent
 from vidplan_server.planning.types import (
     MODES,
     ModelInfo,
@@ -96,12 +97,6 @@ class PlannerConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
-
-
-@dataclass
-class _Rollout:
-    knots: torch.Tensor  # (1, H, 7) raw model-rate actions
-    pred: torch.Tensor  # (1, H, C, V*h, w)
 
 
 @dataclass
@@ -338,59 +333,18 @@ class Planner:
     def refine(self, history: torch.Tensor, start_knots: torch.Tensor, start_state: torch.Tensor,
                noise: torch.Tensor, steps: int, iters: int, deadline: float | None,
                first_estimate_s: float) -> tuple[list[_Rollout], list[RefineStep], bool]:
-        """Gradient ascent on the winner. history (1, T, ...), start_knots (1, H, 7) raw, start_state (1, 4)
-        current x, y, z, gripper. Returns (the iterates that beat iteration 0, best first; the trace;
-        whether the deadline cut it)."""
-        norm = self.world.normalizer
-        base = norm.normalize(start_knots).detach()
-        z = base[..., REFINED_DIMS].clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=self.config.refine_lr)
-        trace: list[RefineStep] = []
-        better: list[tuple[float, _Rollout]] = []
-        estimate = first_estimate_s
-        cut = False
-
-        def assemble(zz: torch.Tensor) -> torch.Tensor:
-            full = base.clone()
-            full[..., REFINED_DIMS] = zz
-            return norm.denormalize(full)
-
-        for i in range(iters + 1):
-            t0 = self.clock()
-            if deadline is not None and t0 + estimate >= deadline:
-                cut = True
-                break
-            with torch.set_grad_enabled(i < iters), self._autocast():  # the last iterate is only evaluated
-                raw = assemble(z)
-                J, v, h, pred = self._objective(raw, history, noise, steps)
-            trace.append(RefineStep(i, float(J.detach()), float(v.detach().mean()), float(h.detach().mean())))
-            if i > 0 and trace[-1].objective > trace[0].objective:
-                better.append((trace[-1].objective, _Rollout(raw.detach(), pred.detach().float())))
-            if i < iters:
-                opt.zero_grad()
-                (-J.sum()).backward()
-                opt.step()
-                with torch.no_grad():
-                    stepped = assemble(z)
-                    projected = project_knots(stepped[..., REFINED_DIMS], start_state, self.config.limits,
-                                              self.frame_stride)
-                    z.copy_(norm.normalize(_with_dims(stepped, projected))[..., REFINED_DIMS])
-            estimate = self.clock() - t0
-        return [r for _, r in sorted(better, key=lambda b: -b[0])], trace, cut
+        """Gradient ascent on the winner (:func:`~vidplan_server.planning.refine.gradient_ascent`) of the
+        uncertainty-weighted expected value through the k-step flow map with the winner's noise fixed. history
+        (1, T, ...), start_knots (1, H, 7) raw, start_state (1, 4) current x, y, z, gripper. Returns (the iterates
+        that beat iteration 0, best first; the trace; whether the deadline cut it)."""
+        return gradient_ascent(
+            lambda raw: self._objective(raw, history, noise, steps), self.world.normalizer, start_knots, start_state,
+            self.config.limits, self.frame_stride, iters, self.config.refine_lr, self.clock, self._autocast,
+            deadline, first_estimate_s)
 
     def control_chunk(self, knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float) -> np.ndarray:
-        """Refined knots (H, 7) -> control-rate chunk (S, 7): positions and gripper linear between knots
-        (starting from the current state), orientations from the proposal (S, 7)."""
-        st = self.frame_stride
-        H = len(knots)
-        pts = np.concatenate([np.r_[pose0[:3], gripper0][None], knots[:, REFINED_DIMS]])  # (H + 1, 4)
-        s = np.arange(H * st) + 1.0  # control step s + 1 reaches knot (s + 1) / st
-        x = np.arange(H + 1) * st
-        lin = np.stack([np.interp(s, x, pts[:, d]) for d in range(4)], 1)
-        out = proposal.copy()
-        out[:, :3] = lin[:, :3]
-        out[:, 6] = lin[:, 3]
-        return out
+        """Refined knots (H, 7) -> control-rate chunk (S, 7) (:func:`~vidplan_server.planning.refine.control_chunk`)."""
+        return control_chunk(knots, proposal, pose0, gripper0, self.frame_stride)
 
     # ------------------------------------------------------------------------------------ plan
     def plan(self, req: PlanRequest) -> PlanResult:
@@ -587,10 +541,3 @@ class Planner:
                           RobotState(Q_HOME, self.kinematics.fk_pose(Q_HOME), 0.0),
                           options=PlanOptions(refine_iters=1, return_heatmaps=True))
         self.plan(req)
-
-
-def _with_dims(full_raw: torch.Tensor, dims_values: torch.Tensor) -> torch.Tensor:
-    out = full_raw.clone()
-    out[..., REFINED_DIMS] = dims_values
-    return out
-
