@@ -1,10 +1,10 @@
 """Serving: one transport-free :class:`~vidplan_server.serving.service.PlanService` and thin transports.
 
 =====================  ==========================================================================
-``service``            PlanService: validate, decode, sessions, history, bounded planner queue
-``stream``             PlanStream: bidirectional planning on the newest observation
+``service``            PlanService: check, schedule, admission, prepare, execute (decode, sessions, history, queue)
+``stream``             PlanStream: bidirectional planning on the newest observation, through the same pipeline
 ``messages``           transport-free request / reply dataclasses
-``validation``         the one table of valid ranges and the field checks (messages name the field)
+``validation``         the table of valid ranges by wire path; the planner's checks under wire field names
 ``images``             JPEG / PNG / raw decoding and resizing (OpenCV)
 ``history``            picking the T history frames by timestamp
 ``sessions``           per-robot ring buffers with idle expiry
@@ -17,6 +17,8 @@
 ``http_app``           FastAPI app (``http_models``: its pydantic bodies)
 ``server``             both transports in one event loop, graceful shutdown
 ``cli_serve``          ``vidplan serve``
-``wire/``              generated protobuf code (owned by the wire contract)
+``local``              ``vidplan serve`` as a subprocess on free ports, and a checked connection to a server
 =====================  ==========================================================================
+
+The generated protobuf code is the client's (:mod:`vidplan_client.wire`), as are the camera names and step limits.
 """
