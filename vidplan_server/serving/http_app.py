@@ -34,6 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vidplan_server.planning.validation import OPTIONAL_COUNTS, IntRange, Range, show
 from vidplan_server.serving import http_models as m
+from vidplan_server.serving.dashboard.config import DashboardConfig
+from vidplan_server.serving.dashboard.routes import mount_live as mount_dashboard
 from vidplan_server.serving.errors import (
     InvalidArgument,
     Overloaded,
@@ -163,9 +165,10 @@ def _responses(*statuses: int) -> dict:
 
 
 def create_app(service: PlanService, token: str | None = None, max_body_bytes: int = 48 * 2**20,
-               public_metrics: bool = True) -> FastAPI:
+               public_metrics: bool = True, dashboard: DashboardConfig | None = DashboardConfig()) -> FastAPI:
     """The HTTP API of ``service``; ``token`` (optional) is the bearer token ``/v1/*`` requires, and with
-    ``public_metrics`` False also ``/metrics`` and the docs."""
+    ``public_metrics`` False also ``/metrics`` and the docs. With ``dashboard`` (None: off) the operator dashboard
+    is served at ``/dashboard`` (:mod:`vidplan_server.serving.dashboard`), its data behind the same token."""
     app = FastAPI(
         title="VidPlan",
         version=server_version(),
@@ -267,7 +270,9 @@ def create_app(service: PlanService, token: str | None = None, max_body_bytes: i
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Requests by route template ("/v1/plan"), method and status class; a path no route has is "none".
-    Instrumentator(registry=service.metrics.registry, excluded_handlers=["/metrics"],
+    if dashboard is not None:
+        mount_dashboard(app, service, dashboard, token)
+    Instrumentator(registry=service.metrics.registry, excluded_handlers=["/metrics", "/dashboard.*"],
                    should_group_untemplated=True).instrument(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if token:

@@ -158,6 +158,9 @@ class PlanService:
         self.warmed_up = False
         self.accepting = True
         self._in_flight = 0
+        # Told of every answered plan, on the event loop, once its reply is ready (the operator dashboard). An
+        # observer's on_plan(prepared, reply) must return at once; its errors are logged, never the caller's.
+        self.observers: list[Any] = []
 
     # ------------------------------------------------------------------ life cycle
     def warmup(self) -> None:
@@ -192,6 +195,9 @@ class PlanService:
         self.begin_shutdown()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self.worker.shutdown()
+        for observer in self.observers:
+            if hasattr(observer, "close"):
+                observer.close()
 
     def min_deadline_ms(self, proposals: int | None = None, flow_steps: int | None = None) -> float | None:
         """The shortest deadline that can get an informed plan (at the planner's defaults unless given), as
@@ -441,7 +447,7 @@ class PlanService:
         }
         self.metrics.observe_timings(timings)
         self.metrics.observe_planner_timings(result.timings_ms)
-        return PlanReply(
+        reply = PlanReply(
             result=result,
             sequence=call.sequence,
             session_id=call.session_id,
@@ -452,6 +458,12 @@ class PlanService:
             history_timestamps_s=prepared.history_timestamps_s,
             timings_ms=timings,
         )
+        for observer in self.observers:
+            try:
+                observer.on_plan(prepared, reply)
+            except Exception as exc:  # noqa: BLE001 - watching a plan must never fail it
+                self.log.log(logging.ERROR, "observer", f"plan observer failed: {type(exc).__name__}: {exc}")
+        return reply
 
     def _run_plan(self, request: PlanRequest, deadline_at: float | None, effort: tuple[int, int]) -> PlanResult:
         """On the planner thread: refuse if the deadline leaves no time for an informed pass, else plan within
