@@ -9,12 +9,14 @@
     vidplan plan         --episode DIR --step K [--index I] [--ckpt DIR] [--out DIR]
     vidplan serve        [--ckpt DIR] [--grpc-port 50051] [--http-port 8000] [--device cpu|cuda] [--max-queue N] ...
     vidplan demo         [--server ADDR] [--out DIR] [--seed S] [--steps N] [--open-loop K] [--slowdown F] ...
+    vidplan dashboard    --replay DIR [--host 127.0.0.1] [--port 8001]
 
 Every command checks its arguments before starting work and exits with status 2 and a message
 naming the bad option or file on bad input (:class:`~vidplan_server.argtypes.CliError`).
 
 This module only registers the subcommands; each lives in its own module: ``commands/{sim,data,train,eval,plan}.py``,
-``serving/cli_serve.py`` (``serve``), ``apps/demo/command.py`` (``demo``) and ``evaluation/closed_loop/cli.py``
+``serving/cli_serve.py`` (``serve``), ``apps/demo/command.py`` (``demo``), ``apps/dashboard/command.py``
+(``dashboard``) and ``evaluation/closed_loop/cli.py``
 (``eval closed-loop``).
 """
 
@@ -28,6 +30,7 @@ from vidplan_server.argtypes import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vidplan_server.apps.dashboard import command as dashboard
     from vidplan_server.apps.demo import command as demo
     from vidplan_server.commands import data, eval, plan, sim, train
     from vidplan_server.serving import cli_serve
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     from vidplan_server import __version__
 
     parser.add_argument("--version", action="version", version=f"vidplan-server {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo}")
+    groups = parser.add_subparsers(dest="group", required=True,
+                                   metavar="{sim,data,train,eval,plan,serve,demo,dashboard}")
     for module in (sim, data, train, eval, plan):
         module.register(groups)
 
@@ -52,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                             description=demo.DESCRIPTION)
     demo.add_arguments(dem)
     dem.set_defaults(func=demo.run)
+
+    dash = groups.add_parser("dashboard", help="the operator dashboard on a recorded run (--replay DIR)",
+                             description=dashboard.DESCRIPTION)
+    dashboard.add_arguments(dash)
+    dash.set_defaults(func=dashboard.run)
     return parser
 
 

@@ -284,7 +284,7 @@ function renderImages() {
 function renderProposals(p) {
   const node = $('proposals');
   node.replaceChildren();
-  const W = 400, H = 170, left = 34, bottom = 40, top = 10;
+  const W = 380, H = 170, left = 34, bottom = 40, top = 10;
   const scores = p.proposal_scores || [];
   if (!scores.length) return;
   const finite = scores.filter((s) => s !== null);
@@ -341,12 +341,15 @@ function renderRefinement(p) {
     return;
   }
   const obj = trace.map((s) => [s.iteration, s.objective]);
-  const val = trace.map((s) => [s.iteration, s.value]);
-  const all = [...obj, ...val].map(([, v]) => v).filter((v) => v !== null);
-  lineChart(node, [{ values: obj, colour: '#ffb347' }, { values: val, colour: '#4cd08a' }],
-    { x0: 0, x1: Math.max(trace.length - 1, 1), y0: Math.min(...all), y1: Math.max(...all), top: 8, height: 130,
-      left: 40, right: 392, label: '', digits: 3 });
-  node.append(svg('text', { x: 40, y: 160 }, `objective (orange), value (green); ${trace.length - 1} step(s)${p.refined ? ', refined iterate returned' : ', proposal kept'}`));
+  const values = obj.map(([, v]) => v).filter((v) => v !== null);
+  lineChart(node, [{ values: obj, colour: '#ffb347' }],
+    { x0: 0, x1: Math.max(trace.length - 1, 1), y0: Math.min(...values), y1: Math.max(...values), top: 8,
+      height: 130, left: 48, right: 392, label: '', digits: 4 });
+  const first = trace[0], last = trace[trace.length - 1];
+  const change = first.objective ? (100 * (last.objective - first.objective)) / Math.abs(first.objective) : 0;
+  node.append(svg('text', { x: 48, y: 160 }, `${trace.length - 1} step(s): objective ${fmt(first.objective, 4)} → `
+    + `${fmt(last.objective, 4)} (${change >= 0 ? '+' : ''}${fmt(change, 1)} %), value ${fmt(first.value, 3)} → `
+    + `${fmt(last.value, 3)}; ${p.refined ? 'refined chunk returned' : 'proposal kept'}`));
 }
 
 function renderTimings(p) {
