@@ -65,6 +65,7 @@ class VidPlanServer:
                     log_level=config.log_level,
                     access_log=False,
                     lifespan="off",
+                    http="h11",  # the same HTTP parser whatever else is installed (uvicorn[standard] adds httptools)
                     # JSON logs: uvicorn's own lines go through the root logger's JSON handler too.
                     log_config=None if config.log_format == "json" else LOGGING_CONFIG,
                     ssl_certfile=str(config.tls_cert) if config.tls else None,
