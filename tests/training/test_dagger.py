@@ -106,4 +106,17 @@ def test_train_policy_adds_dagger_samples(tmp_path, tiny_policy_bundle, demo_dat
                  "--steps", "6", "--resume", "--extra-data", str(dag), "--quiet"])
     assert code == 0
     meta = json.loads((ckpt / "config.json").read_text())["modules"]["policy"]["meta"]
-    assert meta["samples"] == meta["demonstration_samples"] + 6 and meta["dagger"] == [str(dag)]
+    assert meta["samples"] == meta["demonstration_samples"] + 6 and meta["extra_data"] == [str(dag)]
+
+
+def test_train_policy_adds_the_demonstrations_of_another_recording(tmp_path, demo_dataset):
+    from vidplan_server.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "policy", "--data", str(demo_dataset), "--preset", "tiny", "--steps", "2", "--quiet"]
+    assert main([*base, "--out", str(ckpt)]) == 0
+    alone = json.loads((ckpt / "config.json").read_text())["modules"]["policy"]["meta"]
+    assert main([*base, "--out", str(tmp_path / "ckpt2"), "--extra-data", str(demo_dataset)]) == 0
+    meta = json.loads((tmp_path / "ckpt2" / "config.json").read_text())["modules"]["policy"]["meta"]
+    # every demonstration step of the extra recording (its held-out episodes too) joins the training samples
+    assert meta["samples"] > alone["samples"] and meta["demonstration_samples"] == alone["samples"]

@@ -351,10 +351,11 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def train_policy(opts: TrainOptions, dagger: tuple[Path, ...] = ()) -> TrainResult:
+def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = ()) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
-    every labelled step of the ``dagger`` folders (``vidplan sim dagger``; training only, the held-out samples
-    stay the demonstrations'). A DAgger round continues the run: ``--resume --steps`` with the folders added."""
+    the ``extra`` folders, training only (the held-out samples stay those of ``opts.data``): DAgger folders
+    (``vidplan sim dagger``, every labelled step) and more recordings (their successful nominal episodes, all of
+    them). A DAgger round continues the run: ``--resume --steps`` with the folders added."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.policy import fit_delta_scale
     from vidplan_server.training.policy_stage import PolicyData, PolicyStage, policy_data
@@ -374,11 +375,16 @@ def train_policy(opts: TrainOptions, dagger: tuple[Path, ...] = ()) -> TrainResu
     train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
     held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
     demos = len(train_d)
-    if dagger:
-        from vidplan_server.training.dagger import dagger_samples
+    if extra:
+        from vidplan_server.training.dagger import MANIFEST, dagger_samples
 
-        train_d = PolicyData.concat([train_d, *(dagger_samples(d, config.image_size, config.chunk, opts.progress)
-                                                for d in dagger)])
+        def samples(folder: Path) -> PolicyData:
+            if (Path(folder) / MANIFEST).exists():
+                return dagger_samples(folder, config.image_size, config.chunk, opts.progress)
+            n = len(EpisodeDataset(folder))
+            return policy_data(folder, list(range(n)), config.image_size, config.chunk, opts.progress)
+
+        train_d = PolicyData.concat([train_d, *(samples(d) for d in extra)])
     if not (opts.resume and state.exists()):
         vocab = sorted({w for t in train_d.instructions for w in words(t)})
         pos = train_d.state[:, :3]
@@ -389,5 +395,5 @@ def train_policy(opts: TrainOptions, dagger: tuple[Path, ...] = ()) -> TrainResu
     return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
                  progress=opts.progress,
                  extra_meta={**_meta(opts, len(train_idx), len(held_idx)), "samples": len(train_d),
-                             "demonstration_samples": demos, "dagger": [str(d) for d in dagger],
+                             "demonstration_samples": demos, "extra_data": [str(d) for d in extra],
                              "instructions": len(train_d.instructions)})
