@@ -104,8 +104,8 @@ def register(groups) -> None:
     tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
                     help="value: more episode folders to train on (each split into training and held-out "
                     "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
-                    "sim dagger` (every labelled step) or more recordings (their demonstrations), added to the training "
-                    "samples (a DAgger round: --resume --steps N). "
+                    "sim dagger` (every labelled step) or more recordings (their demonstrations), added to the "
+                    "training samples (a DAgger round: --resume --steps N). "
                     "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
                     "from recorded states), one window per branch, shards split like episodes; for uq, branches "
                     "of the calibration recording, which the world model never saw")
