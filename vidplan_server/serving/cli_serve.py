@@ -194,6 +194,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="one log line per plan request: request id, session, transport, outcome and latency; never the "
         "token or frame bytes (refusals rate-limited as other request lines) (default off)",
     )
+    ray = p.add_argument_group("scale-out on Ray Serve (pip install -e '.[scale]'; deploy/ray/)")
+    ray.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                     help="serve through Ray Serve: replicas of the same planning service behind Serve's HTTP proxy "
+                     "(--http-port) and gRPC proxy (--grpc-port), autoscaled on ongoing requests (default off)")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray instance)")
+    ray.add_argument("--ray-min-replicas", type=positive_int, default=None, metavar="N",
+                     help="replicas that are always up; never 0, a robot's planner must not cold-start (default 1)")
+    ray.add_argument("--ray-max-replicas", type=positive_int, default=None, metavar="N",
+                     help="replicas the autoscaler may add when ongoing requests per replica exceed the target "
+                     "(default 1)")
+    ray.add_argument("--ray-target-ongoing", type=positive_float, default=None, metavar="R",
+                     help="ongoing requests per replica the autoscaler aims at (default 2)")
+    ray.add_argument("--ray-gpus-per-replica", type=float, default=None, metavar="G",
+                     help="GPUs each replica reserves; 0 for CPU replicas (default 0; with --device cuda use 1)")
+    ray.add_argument("--ray-cpus-per-replica", type=positive_float, default=None, metavar="C",
+                     help="CPUs each replica reserves (default 1)")
+    ray.add_argument("--ray-max-queued", type=positive_int, default=None, metavar="N",
+                     help="requests Serve holds while every replica is busy; more are refused at once (HTTP 503, "
+                     "gRPC RESOURCE_EXHAUSTED) (default 8)")
     p.epilog = (
         "Every option can also be set by the environment variable VIDPLAN_<OPTION> (--max-queue: "
         "VIDPLAN_MAX_QUEUE=8) or by a key of the --config file (max_queue = 8); a flag wins over the variable, "
@@ -274,6 +294,10 @@ def run(args: argparse.Namespace) -> int:
     from vidplan_server.serving.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, secrets=[settings.token_value])
+    if settings.ray:
+        from vidplan_server.serving import ray_serve
+
+        return ray_serve.serve_until_signal(settings)
 
     from vidplan_server.planning.planner import Planner
     from vidplan_server.serving.server import VidPlanServer

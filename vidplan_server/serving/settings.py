@@ -91,6 +91,15 @@ class ServeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="text for a terminal, json lines for a collector")
     access_log: bool = Field(False, description="one log line per plan request (id, session, outcome, latency)")
+    # scale-out on Ray Serve (vidplan_server/serving/ray_serve.py)
+    ray: bool = Field(False, description="serve through Ray Serve replicas instead of one process")
+    ray_address: str | None = Field(None, description="Ray cluster to join (default: start a local one)")
+    ray_min_replicas: int = Field(1, ge=1, description="replicas always up (a robot's planner never scales to 0)")
+    ray_max_replicas: int = Field(1, ge=1, description="replicas the autoscaler may add under load")
+    ray_target_ongoing: float = Field(2.0, gt=0, description="ongoing requests per replica the autoscaler aims at")
+    ray_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs per replica (0: a CPU replica)")
+    ray_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs per replica")
+    ray_max_queued: int = Field(8, ge=1, description="requests Serve holds for a free replica; more are refused")
 
     @field_validator("max_image_size", mode="before")
     @classmethod
@@ -145,6 +154,11 @@ class ServeSettings(BaseSettings):
             raise ValueError("--grpc-port -1 and --http-port -1: nothing to serve")
         if self.grpc_port > 0 and self.grpc_port == self.http_port:
             raise ValueError(f"--grpc-port and --http-port are both {self.grpc_port}")
+        if self.ray and self.tls_cert is not None:
+            raise ValueError("--ray serves plaintext: terminate TLS in front of Ray Serve (an ingress), not here")
+        if self.ray_max_replicas < self.ray_min_replicas:
+            raise ValueError(f"--ray-max-replicas {self.ray_max_replicas} is below --ray-min-replicas "
+                             f"{self.ray_min_replicas}")
 
 
 def flag(name: str) -> str:
