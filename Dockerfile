@@ -3,6 +3,7 @@
 #
 #   docker build -t vidplan:gpu .                              # CUDA runtime base, PyPI's CUDA build of torch
 #   docker build -t vidplan:cpu --build-arg VARIANT=cpu .      # Debian slim base, the CPU wheel of torch
+#   docker build -t vidplan:gpu-ray --build-arg EXTRAS=scale .  # with Ray Serve, for KubeRay (deploy/ray/)
 #   docker run --gpus all -p 50051:50051 -p 8000:8000 -e VIDPLAN_TOKEN --stop-timeout 45 vidplan:gpu
 #
 # Settings come from VIDPLAN_* variables (every `vidplan serve` option has one; `--print-config` shows them) or
@@ -19,11 +20,15 @@ ARG CPU_IMAGE=python:3.11-slim-bookworm
 FROM ${CUDA_IMAGE} AS base-gpu
 ENV DEBIAN_FRONTEND=noninteractive VIDPLAN_DEVICE=cuda
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates wget \
     && rm -rf /var/lib/apt/lists/*
 
 FROM ${CPU_IMAGE} AS base-cpu
 ENV VIDPLAN_DEVICE=cpu
+# wget: KubeRay's probes of a Ray node call it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM base-${VARIANT} AS base
 ENV VIRTUAL_ENV=/opt/venv \
@@ -39,6 +44,8 @@ ARG VARIANT
 ARG TORCH_VERSION=2.13.0
 # "auto": PyPI's torch for gpu (the CUDA build), PyTorch's CPU index for cpu; a URL; or empty for pip's own index.
 ARG TORCH_INDEX_URL=auto
+# Extras of the server: "scale" adds Ray Serve (the image KubeRay's RayService runs).
+ARG EXTRAS=
 # pybullet has no wheel for Python 3.12 (the CUDA image's Python): it compiles here, never in the runtime image.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
@@ -49,7 +56,7 @@ COPY pyproject.toml README.md LICENSE ./
 COPY client/ client/
 COPY vidplan_server/ vidplan_server/
 COPY deploy/docker/install.sh deploy/docker/install.sh
-# The build arguments reach the script as variables (VARIANT, TORCH_VERSION, TORCH_INDEX_URL).
+# The build arguments reach the script as variables (VARIANT, TORCH_VERSION, TORCH_INDEX_URL, EXTRAS).
 RUN sh deploy/docker/install.sh
 
 # ---------------------------------------------------------------- runtime: the virtualenv and a non-root user

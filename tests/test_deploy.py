@@ -77,7 +77,7 @@ def test_the_builder_runs_install_sh_on_the_copied_sources(docker):
     pyproject = (ROOT / "pyproject.toml").read_text()
     torch_version = dict(a.partition("=")[::2] for a in script.instructions(builder, "ARG"))["TORCH_VERSION"]
     assert f"TORCH_VERSION:-{torch_version}" in install and f'"torch>=2.4,<{_next_minor(torch_version)}"' in pyproject
-    assert 'pip install --no-cache-dir "$SRC/client" "$SRC"' in install and " -e " not in install
+    assert 'pip install --no-cache-dir "$SRC/client" "$SRC${EXTRAS:+[$EXTRAS]}"' in install and " -e " not in install
     # The build context holds everything the COPY lines name.
     context = {str(p) for p in script.context_files(ROOT)}
     assert {"pyproject.toml", "README.md", "LICENSE", "deploy/docker/install.sh", "client/pyproject.toml",
@@ -235,3 +235,70 @@ def test_k8s_deployment_probes_gpu_and_drain_are_consistent():
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert manifests["PodDisruptionBudget/vidplan"]["spec"]["selector"] == deployment["spec"]["selector"]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+
+
+# ---------------------------------------------------------------------------------------------- Ray Serve
+def _serve_config() -> dict:
+    return _yaml(DEPLOY / "ray" / "serve.yaml")[0]
+
+
+def test_serve_config_builds_settings_and_names_the_raw_grpc_service():
+    from vidplan_server.serving import ray_serve
+    from vidplan_server.serving.settings import load_settings
+
+    config = _serve_config()
+    (app,) = config["applications"]
+    assert app["import_path"] == "vidplan_server.serving.ray_serve:app_builder" and app["route_prefix"] == "/"
+    settings = load_settings(app["args"])
+    assert settings.ray_min_replicas >= 1 and settings.ray_gpus_per_replica == 1
+    assert config["grpc_options"]["grpc_servicer_functions"] == [ray_serve.GRPC_SERVICER_FUNCTION]
+    module, _, name = ray_serve.GRPC_SERVICER_FUNCTION.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert config["grpc_options"]["port"] == ServerConfig().grpc_port
+    assert config["http_options"]["port"] == ServerConfig().http_port
+
+
+def test_serve_config_is_a_valid_ray_serve_config():
+    pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -e '.[scale]')")
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(_serve_config())
+
+
+def test_rayservice_runs_the_same_serve_config_on_valid_pods():
+    import kubernetes_validate
+
+    from vidplan_server.serving.settings import load_settings
+
+    rayservice, service = _yaml(DEPLOY / "ray" / "rayservice.yaml")
+    assert rayservice["apiVersion"] == "ray.io/v1" and rayservice["kind"] == "RayService"
+    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"]) == _serve_config()
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    (workers,) = cluster["workerGroupSpecs"]
+    settings = load_settings(_serve_config()["applications"][0]["args"])
+    # The KubeRay CRD has no schema here; its pod templates are core Pods and are checked as such.
+    templates = [cluster["headGroupSpec"]["template"], workers["template"]]
+    for template in templates:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vidplan-ray"}, "spec": template["spec"]}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+        (container,) = template["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "vidplan-token"}}]  # the token, never in args
+        assert template["spec"]["securityContext"]["runAsNonRoot"]
+    (worker,) = workers["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == settings.ray_gpus_per_replica
+    assert workers["minReplicas"] >= settings.ray_min_replicas >= 1
+    assert workers["maxReplicas"] * settings.ray_gpus_per_replica >= settings.ray_max_replicas
+    assert workers["template"]["spec"]["terminationGracePeriodSeconds"] > settings.shutdown_grace
+    assert cluster["rayVersion"] == _pinned_ray()
+    kubernetes_validate.validate(service, K8S_VERSION, strict=True)
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    serve_config = _serve_config()
+    assert ports == {"grpc": serve_config["grpc_options"]["port"], "http": serve_config["http_options"]["port"]}
+
+
+def _pinned_ray() -> str:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["scale"]
+    (pin,) = [e for e in extras if e.startswith("ray[serve]==")]
+    return pin.split("==")[1]

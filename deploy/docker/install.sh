@@ -6,6 +6,7 @@
 #   TORCH_VERSION=2.13.0     the torch pyproject.toml allows
 #   TORCH_INDEX_URL=auto     where torch comes from: auto (default) is pip's index for gpu and PyTorch's CPU index
 #                            for cpu; a URL; or empty for pip's configured index (a mirror, a local wheel house)
+#   EXTRAS=scale             optional extras of the server (scale: Ray Serve, for KubeRay images)
 #   SRC=DIR                  the source tree (default: the current folder)
 #
 # Client and server go in one pip command, non-editable, so that pip takes vidplan-client from ./client and the
@@ -24,7 +25,7 @@ esac
 python -m pip install --no-cache-dir --upgrade pip
 # shellcheck disable=SC2086 # the index option is meant to vanish when TORCH_INDEX_URL is empty
 python -m pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
-python -m pip install --no-cache-dir "$SRC/client" "$SRC"
+python -m pip install --no-cache-dir "$SRC/client" "$SRC${EXTRAS:+[$EXTRAS]}"
 
 # Smoke test of what was installed: versions, the bundled checkpoint, and the serving stack's imports.
 vidplan --version
