@@ -227,17 +227,18 @@ class DashboardMonitor:
         return {key for key, n in self._watchers.items() if n > 0}
 
     async def events(self, sub: Subscription) -> AsyncIterator[dict]:
-        """The events of ``sub`` in order, with a fresh snapshot every 1 / snapshot_hz s; ends when it is closed."""
+        """The events of ``sub`` in order, with a fresh snapshot every 1 / snapshot_hz s; ends when it is closed or
+        the server shuts down (within a snapshot period, so that an open browser never holds up a shutdown)."""
         period = 1.0 / self.config.snapshot_hz
         next_snapshot = self.mono() + period
-        while not sub.closed:
+        while not sub.closed and self.service.accepting:
             wait = next_snapshot - self.mono()
             if wait <= 0:
                 sub.offer(self.snapshot(), self.mono())
                 next_snapshot = self.mono() + period
                 continue
             try:
-                event = await asyncio.wait_for(sub.queue.get(), wait)
+                event = await asyncio.wait_for(sub.queue.get(), min(wait, 0.25))
             except TimeoutError:
                 continue
             yield event

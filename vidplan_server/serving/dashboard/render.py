@@ -5,8 +5,9 @@ T history frames, the chunk's model-rate knots and the request's seed, through t
 (``encode_history``, ``knots``, ``rollout_noise``, ``rollout``) -- then the UQ head's entropy map, the decoded
 prediction, the paper's latent colour map over it (``Planner.render``) and the per-pixel map
 (:func:`~vidplan_server.models.heatmaps.pixel_heatmap`). The planner rolls every proposal out from one shared
-noise draw and refines with that noise held, so this is the rollout the planner judged, bit for bit (tested). A
-reply that already carries decoded frames and heatmaps (the robot asked for ``return_heatmaps``) costs no decode.
+noise draw and refines with that noise held, so this is the rollout the planner judged (the same frames to one
+intensity level, from float rounding across thread counts; tested). A reply that already carries decoded frames and
+heatmaps (the robot asked for ``return_heatmaps``) costs no decode.
 
 Decided: recompute rather than keep every plan's latents. Keeping them would put a copy on the planner's path for
 every plan of every robot, watched or not; recomputing costs one rollout of one proposal (a plan rolls out N = 12)

@@ -276,6 +276,7 @@ function renderImages() {
   if (r[view]) $('heatmap').src = r[view]; else $('heatmap').removeAttribute('src');
   $('heatmap').dataset.view = view;
   $('heatmap').dataset.sequence = String(r.sequence);
+  $('heatmap').dataset.session = r.session;
   $('render-info').textContent = `plan ${r.sequence}, rendered in ${fmtMs(r.render_ms)} ms`;
   const labels = $('view-labels');
   labels.replaceChildren(...(r.cameras || []).map((c) => el('span', { text: cameraLabel(c) })));
@@ -458,7 +459,11 @@ function seek(t) {
   } else {
     state.sessions = derivedSessions(r, r.cursor);
   }
-  if (state.selected === null && state.sessions.length) state.selected = state.sessions[0].id;
+  if (state.selected === null && state.sessions.length) {
+    // The first session in attention order that planned in this log (a snapshot lists idle sessions too).
+    const planned = new Set(r.plans.map((p) => p.session));
+    state.selected = (state.sessions.find((s) => planned.has(s.id)) || state.sessions[0]).id;
+  }
   const mine = r.plans.filter((p) => p.session === state.selected && p.t <= r.cursor);
   state.plan = mine.length ? mine[mine.length - 1] : null;
   const renders = r.renders.filter((e) => e.session === state.selected && e.t <= r.cursor);
