@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vidplan_server.argtypes import CliError, check_device, non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
+from vidplan_server.serving.dashboard.config import DashboardConfig
 from vidplan_server.serving.settings import (
     ServeSettings,
     config_path,
@@ -194,6 +195,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="one log line per plan request: request id, session, transport, outcome and latency; never the "
         "token or frame bytes (refusals rate-limited as other request lines) (default off)",
     )
+    dash = p.add_argument_group("operator dashboard (http://HOST:HTTP_PORT/dashboard)")
+    dash.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
+                      help="serve the operator dashboard at /dashboard on the HTTP port: every robot session, the "
+                      "watched one's plans and uncertainty heatmaps (its data behind --token) (default on)")
+    dash.add_argument("--dashboard-hz", type=positive_float, default=None, metavar="HZ",
+                      help="heatmap renders per watched session and second, at most; rendered off the robots' "
+                      "critical path, only for sessions someone watches (default 2)")
+    dash.add_argument("--dashboard-record", type=Path, default=None, metavar="FILE",
+                      help="append every session's dashboard events (plans, heatmaps at --dashboard-hz, the session "
+                      "list) to this plan log, for `vidplan dashboard --replay FILE` (default: none)")
     ray = p.add_argument_group("scale-out on Ray Serve (pip install -e '.[scale]'; deploy/ray/)")
     ray.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                      help="serve through Ray Serve: replicas of the same planning service behind Serve's HTTP proxy "
@@ -265,6 +276,8 @@ def configs(settings: ServeSettings) -> tuple[ServerConfig, ServiceConfig]:
         log_level=settings.log_level,
         log_format=settings.log_format,
         public_metrics=settings.public_metrics,
+        dashboard=DashboardConfig(render_hz=settings.dashboard_hz) if settings.dashboard else None,
+        dashboard_record=settings.dashboard_record,
     )
     service = ServiceConfig(max_queue=settings.max_queue, session_ttl_s=settings.session_ttl,
                             max_sessions=settings.max_sessions, max_image_size=tuple(settings.max_image_size),

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidplan_server.serving.dashboard.config import DashboardConfig
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -74,6 +76,9 @@ class ServerConfig:
     # open without it. None = open when bound to loopback only, protected otherwise. Health (grpc.health.v1,
     # /livez, /readyz) is always open for probes.
     public_metrics: bool | None = None
+    # The operator dashboard at /dashboard (None: not served), and a plan log its events are appended to.
+    dashboard: DashboardConfig | None = DashboardConfig()
+    dashboard_record: Path | None = None
 
     @property
     def tls(self) -> bool:

@@ -91,6 +91,10 @@ class ServeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="text for a terminal, json lines for a collector")
     access_log: bool = Field(False, description="one log line per plan request (id, session, outcome, latency)")
+    # operator dashboard (vidplan_server/serving/dashboard/)
+    dashboard: bool = Field(True, description="serve the operator dashboard at /dashboard on the HTTP port")
+    dashboard_hz: float = Field(2.0, gt=0, le=30, description="heatmap renders per watched session and second")
+    dashboard_record: Path | None = Field(None, description="plan log to append every session's events to")
     # scale-out on Ray Serve (vidplan_server/serving/ray_serve.py)
     ray: bool = Field(False, description="serve through Ray Serve replicas instead of one process")
     ray_address: str | None = Field(None, description="Ray cluster to join (default: start a local one)")
@@ -117,7 +121,7 @@ class ServeSettings(BaseSettings):
             raise ValueError(f"sides must be >= 1, got {value}")
         return value
 
-    @field_validator("token", "ckpt", "tls_cert", "tls_key", mode="before")
+    @field_validator("token", "ckpt", "tls_cert", "tls_key", "dashboard_record", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
