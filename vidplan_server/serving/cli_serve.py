@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 from vidplan_server.argtypes import CliError, check_device, non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
-from vidplan_server.serving.dashboard.config import DashboardConfig
 from vidplan_server.serving.settings import (
     ServeSettings,
     config_path,
@@ -240,20 +238,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def planner_config(settings: ServeSettings):
-    """The :class:`~vidplan_server.planning.planner.PlannerConfig` of ``settings`` (imports torch); ValueError
-    names a bad option."""
-    from vidplan_server.planning.planner import PlannerConfig
-
-    config = PlannerConfig()
-    changes = {}
-    for name in ("policy_samples", "policy_perturbations"):
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if not 0 <= value <= config.max_proposals:
-            raise ValueError(f"--{name.replace('_', '-')}: must be in [0, {config.max_proposals}], got {value}")
-        changes[name] = value
-    return replace(config, **changes)
+    """The planner config of ``settings`` (imports torch); ValueError names a bad option."""
+    return settings.planner_config()
 
 
 def planner_config_from_args(args: argparse.Namespace):
@@ -263,26 +249,7 @@ def planner_config_from_args(args: argparse.Namespace):
 
 def configs(settings: ServeSettings) -> tuple[ServerConfig, ServiceConfig]:
     """Check the settings (ValueError names the bad one) and build the server's and the service's configs."""
-    settings.check()
-    server = ServerConfig(
-        host=settings.host,
-        grpc_port=settings.grpc_port,
-        http_port=settings.http_port,
-        token=settings.token_value,
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-        max_message_bytes=int(settings.max_message_mb * 2**20),
-        shutdown_grace_s=settings.shutdown_grace,
-        log_level=settings.log_level,
-        log_format=settings.log_format,
-        public_metrics=settings.public_metrics,
-        dashboard=DashboardConfig(render_hz=settings.dashboard_hz) if settings.dashboard else None,
-        dashboard_record=settings.dashboard_record,
-    )
-    service = ServiceConfig(max_queue=settings.max_queue, session_ttl_s=settings.session_ttl,
-                            max_sessions=settings.max_sessions, max_image_size=tuple(settings.max_image_size),
-                            max_session_bytes=int(settings.max_session_mb * 2**20), access_log=settings.access_log)
-    return server, service
+    return settings.configs()
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceConfig]:

@@ -70,13 +70,12 @@ class VidPlanReplica:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         from vidplan_server.planning.planner import Planner
-        from vidplan_server.serving.cli_serve import configs, planner_config
         from vidplan_server.serving.service import PlanService
 
         self.settings = load_settings(settings)
-        server_config, service_config = configs(self.settings)
+        server_config, service_config = self.settings.configs()
         self.server_config = server_config
-        planner = Planner.load(self.settings.ckpt, device=self.settings.device, config=planner_config(self.settings))
+        planner = Planner.load(self.settings.ckpt, device=self.settings.device, config=self.settings.planner_config())
         self.service = PlanService(planner, service_config)
         self.service.warmup()
         self.cameras = list(self.service.cameras)

@@ -164,6 +164,51 @@ class ServeSettings(BaseSettings):
             raise ValueError(f"--ray-max-replicas {self.ray_max_replicas} is below --ray-min-replicas "
                              f"{self.ray_min_replicas}")
 
+    def configs(self):
+        """Checked (:meth:`check`), the server's and the service's configs (:class:`~vidplan_server.serving.config.
+        ServerConfig`, :class:`~vidplan_server.serving.config.ServiceConfig`)."""
+        from vidplan_server.serving.config import ServerConfig, ServiceConfig
+        from vidplan_server.serving.dashboard.config import DashboardConfig
+
+        self.check()
+        server = ServerConfig(
+            host=self.host,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            token=self.token_value,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            max_message_bytes=int(self.max_message_mb * 2**20),
+            shutdown_grace_s=self.shutdown_grace,
+            log_level=self.log_level,
+            log_format=self.log_format,
+            public_metrics=self.public_metrics,
+            dashboard=DashboardConfig(render_hz=self.dashboard_hz) if self.dashboard else None,
+            dashboard_record=self.dashboard_record,
+        )
+        service = ServiceConfig(max_queue=self.max_queue, session_ttl_s=self.session_ttl,
+                                max_sessions=self.max_sessions, max_image_size=tuple(self.max_image_size),
+                                max_session_bytes=int(self.max_session_mb * 2**20), access_log=self.access_log)
+        return server, service
+
+    def planner_config(self):
+        """The :class:`~vidplan_server.planning.planner.PlannerConfig` (imports torch); ValueError names a bad
+        option."""
+        from dataclasses import replace
+
+        from vidplan_server.planning.planner import PlannerConfig
+
+        config = PlannerConfig()
+        changes = {}
+        for name in ("policy_samples", "policy_perturbations"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not 0 <= value <= config.max_proposals:
+                raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
+            changes[name] = value
+        return replace(config, **changes)
+
 
 def flag(name: str) -> str:
     """The command-line flag of a setting: ``max_queue`` -> ``--max-queue``."""
