@@ -25,11 +25,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
+    from vidplan_server import distributed
+
+    world = distributed.world_from_env()  # torchrun --nproc-per-node N: one rank of N (vidplan_server/distributed.py)
     opts = commands.TrainOptions(
         data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
-        device=args.device, held_out_fraction=args.held_out_fraction, progress=not args.quiet,
+        device=distributed.device_for(world, args.device) if world.distributed else args.device,
+        held_out_fraction=args.held_out_fraction, progress=not args.quiet and world.rank == 0,
     )
-    check_device(args.device)
+    check_device(opts.device)
+    with distributed.data_parallel(world) as stages:
+        result = _train_stage(args, commands, opts)
+    if world.rank != 0:
+        return 0
+    if world.distributed:
+        print(distributed.loss_summary(stages, world))
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
+    print(f"{args.out}: {args.stage} trained to step {result.steps} in {result.seconds / 60:.1f} min; held-out {shown}")
+    return 0
+
+
+def _train_stage(args: argparse.Namespace, commands, opts):
     if args.stage == "codec":
         result = commands.train_codec(opts)
     elif args.stage == "world":
@@ -51,9 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = commands.train_semantic_captions(opts, args.captions, frame_step=args.frame_step, cfg=cfg)
     else:
         result = commands.train_semantic(opts, frame_step=args.frame_step)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
-    print(f"{args.out}: {args.stage} trained to step {result.steps} in {result.seconds / 60:.1f} min; held-out {shown}")
-    return 0
+    return result
 
 
 def register(groups) -> None:
