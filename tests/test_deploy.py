@@ -302,3 +302,19 @@ def _pinned_ray() -> str:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["scale"]
     (pin,) = [e for e in extras if e.startswith("ray[serve]==")]
     return pin.split("==")[1]
+
+
+def test_torchrun_job_is_valid_and_trains_with_one_process_per_gpu():
+    import kubernetes_validate
+
+    (job,) = _yaml(DEPLOY / "training" / "torchrun-job.yaml")
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    nproc = int(next(a for a in args if a.startswith("--nproc-per-node=")).split("=")[1])
+    assert container["command"] == ["torchrun"] and nproc == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert args[args.index("-m") + 1:args.index("-m") + 3] == ["vidplan_server.cli", "train"]
+    assert "--resume" in args  # a restarted pod continues
+    from vidplan_server.cli import build_parser
+
+    build_parser().parse_args(args[args.index("-m") + 2:])  # the train options exist
