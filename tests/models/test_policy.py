@@ -133,3 +133,23 @@ def test_train_policy_refuses_data_without_demonstrations(tiny_dataset, tmp_path
     code = main(["train", "policy", "--data", str(tiny_dataset), "--out", str(tmp_path / "c"), "--preset", "tiny",
                  "--steps", "2", "--quiet"])
     assert code == 2 and "no successful nominal episodes" in capsys.readouterr().err
+
+
+def test_spatial_softmax_keypoints_find_where_a_channel_fires():
+    cfg = replace(TINY, image_size=(32, 32), pooling="spatial_softmax")
+    policy = FlowPolicy(cfg)
+    h = w = 2  # 32 px after four stride-2 blocks
+    x = torch.full((1, 3, 16, h, w), -10.0)
+    x[0, 0, 0, 0, 1] = 10.0  # channel 0 of view 0 fires top-right
+    x[0, 1, 0, 1, 0] = 10.0  # channel 0 of view 1 fires bottom-left
+    kp = policy.keypoints(x)
+    assert kp.shape == (1, 3, 16, 3)
+    assert torch.allclose(kp[0, 0, 0, :2], torch.tensor([1.0, -1.0]), atol=1e-3)  # (x, y)
+    assert torch.allclose(kp[0, 1, 0, :2], torch.tensor([-1.0, 1.0]), atol=1e-3)
+    images, state = inputs(2)
+    images = torch.rand((2, 3, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn((2, 2, 15, 7), generator=torch.Generator().manual_seed(2))
+    out = policy.sample(images, state, ["pick up the red cube"] * 2, noise)
+    assert out.shape == (2, 2, 15, 7) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="pooling"):
+        replace(TINY, pooling="max")

@@ -21,6 +21,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        "folders; world, flowmap, uq: branch folders)")
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
+    if args.pooling is not None and args.stage != "policy":
+        raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
         raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
@@ -59,7 +61,7 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
                                       extra_data=tuple(args.extra_data))
     elif args.stage == "policy":
-        result = commands.train_policy(opts, extra=tuple(args.extra_data))
+        result = commands.train_policy(opts, extra=tuple(args.extra_data), pooling=args.pooling)
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
 
@@ -123,6 +125,9 @@ def register(groups) -> None:
                     "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
                     "from recorded states), one window per branch, shards split like episodes; for uq, branches "
                     "of the calibration recording, which the world model never saw")
+    tr.add_argument("--pooling", choices=("flatten", "spatial_softmax"), default=None,
+                    help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
+                    "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)")
     tr.add_argument("--frame-step", type=positive_int, default=4,
                     help="semantic: use every N-th step of each episode (default 4)")
     tr.add_argument("--captions", type=Path, default=None, metavar="DIR",

@@ -23,7 +23,12 @@ Decisions:
   targets make one chunk mean the same motion wherever the arm is.
 - **Vision.** One small CNN shared by the views (plus a learned per-view embedding), FiLM-conditioned on the
   instruction in every block so that *which* object the features keep depends on the words, flattened at
-  4 x 4 so the layout (where the object is) survives.
+  4 x 4 so the layout (where the object is) survives (``pooling="flatten"``, the bundled policy). Measured: that
+  policy memorises its training scenes -- its chunks head for the instructed object in 0.87 of the steps of
+  training episodes and 0.53 of held-out ``val`` ones -- and the wide linear layer on the flattened maps is where
+  it can. ``pooling="spatial_softmax"`` (Levine et al. 2016, Diffusion Policy's vision head) instead reduces
+  every channel to the softmax-weighted mean position of its activation and its mean: a few coordinates per
+  channel that say where the (instruction-modulated) features are, precisely, with far fewer weights after it.
 - **Flow matching** (as pi0 / pi0.5): ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)`` noise at t = 0 and
   the data ``x_1`` at t = 1 (the project's flow-time direction, see ``models/flow_map.py``). Decided: the
   network predicts the clean chunk ``x_1`` (its loss is the MSE to it) and the velocity is
@@ -49,6 +54,7 @@ from vidplan_client.contract import CAMERA_NAMES
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer
 
 ACTION_DIM = 7
+POOLINGS = ("flatten", "spatial_softmax")
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,15 @@ class PolicyConfig:
     delta_scale: tuple[float, ...] = (0.2, 0.2, 0.2, 0.5, 0.5, 0.5)
     position_mean: tuple[float, float, float] = (0.5, 0.0, 0.25)  # TCP position normalisation (m)
     position_std: tuple[float, float, float] = (0.1, 0.15, 0.1)
+    pooling: str = "flatten"  # "flatten" the last feature map, or "spatial_softmax" keypoints (see the docstring)
 
     def __post_init__(self) -> None:
         if len(self.delta_scale) != 6 or min(self.delta_scale) <= 0:
             raise ValueError(f"delta_scale must be 6 positive numbers, got {self.delta_scale}")
         if self.chunk < 1 or self.flow_steps < 1:
             raise ValueError("chunk and flow_steps must be >= 1")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if min(self.image_size) < 2 ** len(self.channels):
             raise ValueError(f"image_size {self.image_size} is too small for {len(self.channels)} blocks")
 
@@ -147,7 +156,14 @@ class FlowPolicy(nn.Module):
                                                                                      strict=True))
         self.view_embed = nn.Parameter(torch.zeros(len(config.views), config.channels[-1], 1, 1))
         h, w = (s // 2 ** len(config.channels) for s in config.image_size)
-        flat = len(config.views) * config.channels[-1] * h * w
+        if config.pooling == "spatial_softmax":
+            flat = len(config.views) * config.channels[-1] * 3  # (x, y) keypoint + mean activation per channel
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+            self.register_buffer("grid", torch.stack(torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w),
+                                                                    indexing="ij"), 0).flip(0).reshape(2, h * w),
+                                 persistent=False)  # (2, h*w): x then y in [-1, 1]
+        else:
+            flat = len(config.views) * config.channels[-1] * h * w
         self.register_buffer("pos_mean", torch.tensor(config.position_mean), persistent=False)
         self.register_buffer("pos_std", torch.tensor(config.position_std), persistent=False)
         self.obs = nn.Sequential(nn.Linear(flat + 10 + config.text_dim, config.feature_dim), nn.SiLU(),
@@ -179,10 +195,20 @@ class FlowPolicy(nn.Module):
         for block in self.blocks:
             x = block(x, t)
         x = x.unflatten(0, (B, V)) + self.view_embed
+        if self.config.pooling == "spatial_softmax":
+            x = self.keypoints(x)
         pos = (state[:, :3] - self.pos_mean) / self.pos_std
         rot = torch.cat([state[:, 3:6].sin(), state[:, 3:6].cos()], -1)
         s = torch.cat([pos, rot, state[:, 6:7] * 2.0 - 1.0], -1)
         return self.obs(torch.cat([x.flatten(1), s, text], -1))
+
+    def keypoints(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial softmax: feature maps (B, V, C, h, w) -> (B, V, C, 3), per channel the softmax-weighted mean
+        (x, y) image position in [-1, 1] and the mean activation."""
+        flat = x.flatten(-2)  # (B, V, C, h*w)
+        attn = torch.softmax(flat / self.log_temperature.exp(), -1)
+        xy = torch.einsum("bvcn,kn->bvck", attn, self.grid)
+        return torch.cat([xy, flat.mean(-1, keepdim=True)], -1)
 
     def predict_clean(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x (B, S, 7) at flow time t (B,) -> the predicted clean chunk x1_hat (B, S, 7), normalised."""

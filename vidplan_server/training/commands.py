@@ -351,7 +351,7 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = ()) -> TrainResult:
+def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = (), pooling: str | None = None) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
     the ``extra`` folders, training only (the held-out samples stay those of ``opts.data``): DAgger folders
     (``vidplan sim dagger``, every labelled step) and more recordings (their successful nominal episodes, all of
@@ -371,7 +371,7 @@ def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = ()) -> TrainResul
 
         config = load_config(opts.out, "policy", PolicyConfig)
     else:
-        config = preset.model
+        config = preset.model if pooling is None else replace(preset.model, pooling=pooling)
     train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
     held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
     demos = len(train_d)
