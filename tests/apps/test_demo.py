@@ -87,3 +87,9 @@ def test_demo_runs_an_episode_against_a_server_it_starts_and_stops(tmp_path, cap
         os.kill(report["server_pid"], 0)
     assert not _accepts_connections(report["server"])
     assert "ready" in (out / "server.log").read_text()
+    # ... and it recorded its dashboard events for `vidplan dashboard --replay OUT`.
+    from vidplan_server.serving.dashboard.planlog import find_log, read_events
+
+    events = list(read_events(find_log(out)))
+    assert events[0]["type"] == "hello"
+    assert sum(e["type"] == "plan" for e in events) >= report["plans_received"]  # + any answered after the end

@@ -50,8 +50,10 @@ class LocalServer:
     """``vidplan serve`` as a subprocess on free localhost ports; a context manager that always stops it."""
 
     def __init__(self, log_path: Path, ckpt: Path | None = None, device: str | None = None,
-                 token: str | None = None, startup_timeout_s: float = 180.0) -> None:
+                 token: str | None = None, startup_timeout_s: float = 180.0,
+                 dashboard_record: Path | None = None) -> None:
         self.log_path, self.ckpt, self.device, self.token = log_path, ckpt, device, token
+        self.dashboard_record = dashboard_record  # plan log of the server's dashboard events (vidplan dashboard)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.target = ""
@@ -76,6 +78,8 @@ class LocalServer:
             cmd += ["--ckpt", str(self.ckpt)]
         if self.device is not None:
             cmd += ["--device", self.device]
+        if self.dashboard_record is not None:
+            cmd += ["--dashboard-record", str(self.dashboard_record)]
         env = dict(os.environ)
         if self.token:
             env["VIDPLAN_TOKEN"] = self.token

@@ -32,8 +32,10 @@ def run_demo(args: argparse.Namespace) -> dict:
     server = None
     with contextlib.ExitStack() as stack:  # the server stops on every way out, Ctrl-C included
         if args.server is None:
+            (out / "planlog.jsonl").unlink(missing_ok=True)  # this run's dashboard events only
             server = stack.enter_context(
-                LocalServer(out / "server.log", args.ckpt, args.device, token, args.startup_timeout))
+                LocalServer(out / "server.log", args.ckpt, args.device, token, args.startup_timeout,
+                            dashboard_record=out / "planlog.jsonl"))
             print(f"vidplan demo: started vidplan serve at {server.target} (pid {server.proc.pid}, "
                   f"log {out / 'server.log'})", file=sys.stderr)
         target = args.server or server.target

@@ -14,7 +14,8 @@ DESCRIPTION = (
     "(vidplan_client: VidPlanClient + RobotLoop) against a planning server: the one at --server, or a `vidplan "
     "serve` started here on free localhost ports and stopped with SIGTERM at the end. Writes OUT/demo.mp4 (the "
     "three views and the executed plan's uncertainty heatmaps), OUT/report.json (success as the simulator judges "
-    "it, steps, plans, latency, holds; also printed) and OUT/server.log. Time: the simulator steps once per "
+    "it, steps, plans, latency, holds; also printed), OUT/server.log and, with a server started here, "
+    "OUT/planlog.jsonl (its dashboard events: `vidplan dashboard --replay OUT`). Time: the simulator steps once per "
     "command; the loop clock is wall time / --slowdown, so a plan taking L wall seconds costs the robot "
     "L / slowdown simulated seconds."
 )

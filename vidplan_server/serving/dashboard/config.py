@@ -18,6 +18,9 @@ class DashboardConfig:
     max_watchers: int = 16  # browsers connected at once; more are refused (503)
     max_sessions: int = 256  # sessions the board tracks (least recently planned dropped first)
     render_threads: int = 1  # intra-op threads of the render thread (the planner keeps its own)
+    # OS priority (nice) of the render thread, Linux only: 19 = the lowest, so the planner's threads get the CPU
+    # first and rendering soaks up what they leave idle; 0 = the server's own.
+    render_nice: int = 19
     # Rendering starts this long after the plan's reply left the planner, so the transport has sent it by then.
     send_grace_s: float = 0.01
     # Wait up to this long for the planner to be idle before rendering (0 = render at once, beside the planner).
@@ -32,5 +35,7 @@ class DashboardConfig:
         for name in ("history_s", "stale_s", "stall_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.render_nice <= 19:
+            raise ValueError(f"render_nice must be in [0, 19], got {self.render_nice}")
         if self.send_grace_s < 0 or self.defer_s < 0:
             raise ValueError("send_grace_s and defer_s must be >= 0")

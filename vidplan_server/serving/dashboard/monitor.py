@@ -95,7 +95,7 @@ class DashboardMonitor:
             render = PlanRenderer(service.planner) if PlanRenderer.supports(service.planner) else reply_images
         worker = service.worker
         self.renderer = RenderWorker(
-            render, self._rendered, rate_hz=config.render_hz, threads=config.render_threads,
+            render, self._rendered, rate_hz=config.render_hz, threads=config.render_threads, nice=config.render_nice,
             send_grace_s=config.send_grace_s, defer_s=config.defer_s,
             idle=lambda: worker.running == 0 and worker.waiting == 0, on_outcome=self._count_render, clock=mono)
         self.sinks: list[EventSink] = []

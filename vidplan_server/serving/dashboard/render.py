@@ -24,6 +24,7 @@ plans it can and costs nothing more. Each session is rendered at most ``render_h
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -119,12 +120,13 @@ class RenderWorker:
     """
 
     def __init__(self, render: Callable[[RenderJob], Rendered], deliver: Callable[[RenderJob, Rendered], None],
-                 rate_hz: float = 2.0, threads: int = 1, send_grace_s: float = 0.0, defer_s: float = 0.0,
+                 rate_hz: float = 2.0, threads: int = 1, nice: int = 0, send_grace_s: float = 0.0, defer_s: float = 0.0,
                  idle: Callable[[], bool] | None = None, on_outcome: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._render, self._deliver = render, deliver
         self.min_interval_s = 1.0 / rate_hz
         self.threads = threads
+        self.nice = nice
         self.send_grace_s = send_grace_s
         self.defer_s = defer_s
         self._idle = idle or (lambda: True)
@@ -198,6 +200,11 @@ class RenderWorker:
         torch = sys.modules.get("torch")  # loaded by any real planner; a test double needs none
         if torch is not None:  # OpenMP's thread count is per calling thread: the planner's does not change
             torch.set_num_threads(self.threads)
+        if self.nice and hasattr(os, "setpriority"):
+            try:  # on Linux the "process" of setpriority is this thread (its native id)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError as exc:  # pragma: no cover - a platform without per-thread priorities
+                log.info("dashboard render thread keeps the server's priority: %s", exc)
         while True:
             job = self._take()
             if job is None:
