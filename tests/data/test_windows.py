@@ -57,3 +57,17 @@ def test_concatenated_windows_gather_the_same_batches_as_their_parts():
         k = j if src is a else len(a) + j
         for x, y in zip(both.gather(torch.tensor([k]), "cpu"), src.gather(torch.tensor([j]), "cpu"), strict=True):
             assert torch.equal(x, y), i
+
+
+def test_repeat_shares_the_latents_and_repeats_every_window():
+    import torch
+
+    from vidplan_server.data.windows import LatentWindows
+
+    latents = torch.randn(10, 4, 6, 2)
+    w = LatentWindows.build([latents], [torch.randn(10, 7)], history=2, horizon=2, stride=1)
+    r = w.repeat(3)
+    assert len(r) == 3 * len(w) and r.latents is w.latents
+    h0, a0, f0 = w.gather(torch.arange(len(w)), torch.device("cpu"))
+    h1, a1, f1 = r.gather(torch.arange(len(w), 2 * len(w)), torch.device("cpu"))
+    assert torch.equal(h0, h1) and torch.equal(a0, a1) and torch.equal(f0, f1)

@@ -155,6 +155,13 @@ class LatentWindows:
         act = self.actions[self.index["action"][idx]].to(device)
         return hist, act, fut
 
+    def repeat(self, k: int) -> LatentWindows:
+        """Every window ``k`` times (the index repeated, the latents shared): a larger share of uniform batches."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return LatentWindows(self.latents, self.actions, {key: v.repeat(k, *([1] * (v.dim() - 1)))
+                                                          for key, v in self.index.items()})
+
     def spread(self, n: int) -> torch.Tensor:
         """``n`` window indices spread evenly over all windows (deterministic evaluation sets)."""
         return torch.linspace(0, len(self) - 1, min(n, len(self))).long()
