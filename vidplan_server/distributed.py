@@ -19,6 +19,11 @@ stage:
   holds nothing per rank).
 - Progress bar and the closing line on rank 0 only.
 
+Known costs, accepted for an unchanged loop: every rank draws all ``N`` batches (only one is used), the loss's
+own noise draws come from the shared stream and so are the same on every rank (the data differ), and the
+all-reduce runs per parameter rather than in DDP's buckets. Moving the gradient hooks and the writer check into
+``training/loop.py`` would remove all three.
+
 The loop and the stages are not modified: the stage commands' call of ``train`` is wrapped for the duration of
 the run (:func:`data_parallel`), which a test keeps honest (``tests/test_distributed.py``).
 """
