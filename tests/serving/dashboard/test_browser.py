@@ -68,7 +68,7 @@ def test_an_operator_watches_a_robot_plan_by_plan(browser, dashboard_server, sho
     page = open_page(browser, f"{dashboard_server.http_url}/dashboard", problems)
     page.wait_for_selector("#status.ok", timeout=WAIT_MS)
     assert page.is_visible("#no-sessions") and page.text_content("#mode") == "live"
-    left = EpisodeRobot(dashboard_server.http_url, "franka-left", short_episodes[0])
+    left = EpisodeRobot(dashboard_server.http_url, "franka-left", short_episodes[0], num_proposals=12)
     right = EpisodeRobot(dashboard_server.http_url, "franka-right", short_episodes[1])
     left.plan(4)
     right.plan(4)
@@ -83,7 +83,8 @@ def test_an_operator_watches_a_robot_plan_by_plan(browser, dashboard_server, sho
     assert spread(page, "#heatmap") > 2.0 and spread(page, "#views") > 2.0  # pictures, not blank
     assert page.locator("#frames tr").count() == 5  # header + uncertainty, expected error, reward, value
     assert page.locator("#frames tr").first.locator("th").count() == 1 + dashboard_server.service.model.horizon
-    assert page.locator("#proposals rect[data-kind]").count() == 6 and page.locator("#proposals .winner").count() == 1
+    assert page.locator("#proposals rect[data-kind]").count() == 12
+    assert page.locator("#proposals .winner").count() == 1
     assert page.locator("#timings .timing").count() >= 5
     assert page.locator("#refinement polyline").count() == 1
     first = page.get_attribute("#heatmap", "src")

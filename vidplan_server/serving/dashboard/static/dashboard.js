@@ -348,9 +348,10 @@ function renderRefinement(p) {
       height: 130, left: 48, right: 392, label: '', digits: 4 });
   const first = trace[0], last = trace[trace.length - 1];
   const change = first.objective ? (100 * (last.objective - first.objective)) / Math.abs(first.objective) : 0;
-  node.append(svg('text', { x: 48, y: 160 }, `${trace.length - 1} step(s): objective ${fmt(first.objective, 4)} → `
-    + `${fmt(last.objective, 4)} (${change >= 0 ? '+' : ''}${fmt(change, 1)} %), value ${fmt(first.value, 3)} → `
-    + `${fmt(last.value, 3)}; ${p.refined ? 'refined chunk returned' : 'proposal kept'}`));
+  node.append(svg('text', { x: 48, y: 156 }, `${trace.length - 1} step(s): ${fmt(first.objective, 4)} → `
+    + `${fmt(last.objective, 4)} (${change >= 0 ? '+' : ''}${fmt(change, 1)} %), ${p.refined ? 'refined chunk returned' : 'proposal kept'}`));
+  node.append(svg('text', { x: 48, y: 168 }, `value ${fmt(first.value, 3)} → ${fmt(last.value, 3)}, uncertainty `
+    + `${fmt(first.uncertainty, 3)} → ${fmt(last.uncertainty, 3)}`));
 }
 
 function renderTimings(p) {
@@ -373,8 +374,11 @@ function renderTimeline() {
   node.replaceChildren();
   const points = state.history;
   const now = state.now ?? (points.length ? points[points.length - 1][0] : 0);
-  const x0 = now - state.historyS;
-  $('timeline-span').textContent = `last ${Math.round(state.historyS / 60)} min, ${points.length} plan(s)`;
+  // The window is the kept history (5 min), or less while the session is younger, so its plans spread out.
+  const span = Math.min(state.historyS, Math.max(30, points.length ? now - points[0][0] + 2 : 0));
+  const x0 = now - span;
+  $('timeline-span').textContent = `last ${span >= 90 ? `${Math.round(span / 60)} min` : `${Math.round(span)} s`}, `
+    + `${points.length} plan(s)`;
   const bands = [
     { i: 1, label: 'confidence', colour: '#4cd08a', y0: 0, y1: 1 },
     { i: 2, label: 'uncertainty', colour: '#ff5d5d', y0: 0 },
