@@ -118,3 +118,13 @@ def test_data_info_reads_droid_port_layouts(tmp_path, capsys):
         assert summary["episodes"] == 2 and summary["frames"] == 9
         assert summary["success_rate"] == 0.5
         assert summary["cameras"]["wrist_image_left"].startswith("observation.images.wrist")
+
+
+def test_building_the_parser_does_not_load_the_simulator():
+    """PyBullet prints a banner to stdout on import, which would corrupt `vidplan serve --print-config > file`."""
+    import subprocess
+    import sys
+
+    code = "import sys; from vidplan_server.cli import build_parser; build_parser(); print('pybullet' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

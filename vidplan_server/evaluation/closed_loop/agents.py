@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from vidplan_server.evaluation.closed_loop.names import AGENT_NAMES
 from vidplan_server.sim.expert import ScriptedExpert
 
 if TYPE_CHECKING:
     from vidplan_server.sim.robot_env import SimRobotEnv
 
-AGENT_NAMES = ("expert", "policy", "vidplan", "vidplan-no-uq", "vidplan-basis")
 PLANNING_AGENTS_MODULE = "vidplan_server.evaluation.closed_loop.planning_agents"
 
 

@@ -40,8 +40,7 @@ def _names(choices: tuple[str, ...]):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``vidplan eval closed-loop``."""
-    from vidplan_server.evaluation.closed_loop.agents import AGENT_NAMES
-    from vidplan_server.evaluation.closed_loop.runner import DEFAULT_SEED, SPLITS
+    from vidplan_server.evaluation.closed_loop.names import AGENT_NAMES, DEFAULT_SEED, SPLITS
 
     p.add_argument("--split", type=_names(SPLITS), action="append", required=True, metavar="SPLIT",
                    help="task split: val (training objects and colours, 1-3 distractors) or ood (novel target "

@@ -38,14 +38,12 @@ from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.evaluation.closed_loop.agents import Agent, AgentStep, build_agent, check_agent
+from vidplan_server.evaluation.closed_loop.names import DEFAULT_SEED, SPLITS
 from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo
 from vidplan_server.sim.episode import episode_seed
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.sim.scene import SimScene
-
-SPLITS = ("val", "ood")
-DEFAULT_SEED = 1000  # apart from the seeds of the recorded datasets (0-2, README), so no model saw these scenes
 
 
 class ClosedLoopError(Exception):
