@@ -285,23 +285,31 @@ function renderImages() {
 function renderProposals(p) {
   const node = $('proposals');
   node.replaceChildren();
-  const W = 380, H = 170, left = 34, bottom = 40, top = 10;
+  const W = 380, H = 170, left = 42, bottom = 40, top = 10;
   const scores = p.proposal_scores || [];
   if (!scores.length) return;
   const finite = scores.filter((s) => s !== null);
-  const lo = Math.min(0, ...finite), hi = Math.max(0, ...finite, 1e-9);
+  let lo = Math.min(0, ...finite), hi = Math.max(0, ...finite, 1e-9);
+  const min = Math.min(...finite), max = Math.max(...finite), range = max - min;
+  // Scores of one plan often differ by a few per cent: then the axis zooms onto them (its ends are labelled).
+  if (finite.length > 1 && range > 0 && range < 0.25 * Math.max(Math.abs(max), Math.abs(min))) {
+    lo = min - 0.2 * range;
+    hi = max + 0.05 * range;
+  }
   const y = (v) => top + (hi - v) / (hi - lo || 1) * (H - top - bottom);
   const slot = (W - left) / scores.length;
-  node.append(svg('line', { x1: left, x2: W, y1: y(0), y2: y(0), stroke: '#3a4550' }));
-  node.append(svg('text', { x: 2, y: y(hi) + 4 }, fmt(hi, 2)));
-  node.append(svg('text', { x: 2, y: y(lo) }, fmt(lo, 2)));
+  const base = lo > 0 || hi < 0 ? lo : 0;  // bars start at 0, or at the bottom of a zoomed axis
+  node.append(svg('line', { x1: left, x2: W, y1: y(base), y2: y(base), stroke: '#3a4550' }));
+  const digits = hi - lo < 0.05 ? 4 : 2;
+  node.append(svg('text', { x: 2, y: y(hi) + 4 }, fmt(hi, digits)));
+  node.append(svg('text', { x: 2, y: y(lo) }, fmt(lo, digits)));
   scores.forEach((s, i) => {
     const kind = (p.proposal_kinds || [])[i] || '';
     const family = kind.split(/[:~]/)[0];
     const colour = i === p.winner ? '#ffb347' : { policy: '#4aa3ff', basis: '#8c7ae6', nominal: '#4cd08a' }[family] || '#9aa5b1';
     const x = left + i * slot + slot * 0.15;
-    const v = s === null ? 0 : s;
-    const rect = svg('rect', { x, y: Math.min(y(v), y(0)), width: slot * 0.7, height: Math.max(Math.abs(y(v) - y(0)), 1),
+    const v = s === null ? base : s;
+    const rect = svg('rect', { x, y: Math.min(y(v), y(base)), width: slot * 0.7, height: Math.max(Math.abs(y(v) - y(base)), 1),
       fill: colour, 'data-kind': kind });
     if (i === p.winner) { rect.setAttribute('stroke', '#ffffff'); rect.setAttribute('stroke-width', '2'); rect.classList.add('winner'); }
     rect.append(svg('title', {}, `#${i} ${kind}: ${fmt(s, 4)}${i === p.winner ? ' (winner)' : ''}`));
