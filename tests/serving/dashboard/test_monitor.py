@@ -259,3 +259,15 @@ def test_the_event_stream_needs_the_token_and_the_page_does_not(serve):
             first = next(stream.iter_lines())
             assert first.startswith("data:") and '"type":"hello"' in first
         assert "/dashboard" not in str(http.get("/openapi.json").json()["paths"])
+
+
+def test_memory_is_bounded_by_the_boards_sessions(make_service):
+    service = make_service()
+    monitor, _ = _monitor(service, max_sessions=3)
+
+    async def run():
+        for i in range(10):  # ten short-lived sessions (e.g. streams without a session id)
+            await service.plan(call(sequence=1, t=1.0, session=f"s{i}"))
+
+    asyncio.run(run())
+    assert len(monitor.board) == 3 and set(monitor._last) == {"s7", "s8", "s9"}

@@ -148,6 +148,9 @@ class DashboardMonitor:
                         seed=options.seed, flow_steps=options.flow_steps, predicted=r.predicted_frames,
                         heatmaps=r.heatmaps, has_rollout=options.mode != "policy" and uncertainty.size > 0)
         self._last[key] = (job, prepared.checked.instruction, reply)
+        if len(self._last) > self.board.max_sessions:  # sessions the board dropped (e.g. many short streams)
+            for gone in [k for k in self._last if k not in self.board]:
+                del self._last[gone]
         if self._watchers.get(key, 0) > 0 or self.sinks:
             self._publish(plan_event(key, prepared.checked.instruction, reply, t), key)
             self.renderer.submit(job)
