@@ -185,3 +185,37 @@ def test_world_training_can_start_from_a_bundles_world_module(tmp_path, tiny_bun
                  "tiny", "--steps", "1", "--quiet"]) == 0
     assert main([*args[:5], str(tmp_path / "other"), *args[6:]]) == 2
     assert "codec differs" in capsys.readouterr().err
+
+
+def test_action_deltas_start_from_the_bundles_function(tmp_path, tiny_bundle, tiny_dataset):
+    import shutil
+
+    from vidplan_server.models.world_model import build_denoiser
+    from vidplan_server.training.commands import world_init
+
+    config, weights = world_init(tiny_bundle, action_deltas=True)
+    assert config.net.action_deltas
+    padded = build_denoiser(config)
+    padded.load_state_dict(weights)
+    start, _ = load_denoiser(tiny_bundle)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 48, 16, generator=g)
+    hist = torch.randn(2, 2, 4, 48, 16, generator=g)
+    act = torch.rand(2, 5, 7, generator=g) * 2 - 1
+    sigma = torch.full((2,), 1.0)
+    with torch.no_grad():
+        a, _ = start(x, sigma, hist, act)
+        b, _ = padded(x, sigma, hist, act)
+    assert torch.allclose(a, b, atol=1e-6)  # the new inputs start at zero weight: the bundle's function
+    feats = padded.net.action_features(act)
+    assert feats.shape == (2, 5, 14)
+    assert torch.allclose(feats[:, 2, 7:], 5.0 * (act[:, 2] - act[:, 1]))
+    assert torch.allclose(feats[:, 0, 7:], feats[:, 1, 7:])  # the first frame repeats the second's motion
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    shutil.copy(tiny_bundle / "codec.safetensors", out / "codec.safetensors")
+    shutil.copy(tiny_bundle / "config.json", out / "config.json")
+    assert main(["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps",
+                 "1", "--quiet", "--init-from", str(tiny_bundle), "--action-deltas"]) == 0
+    assert load_denoiser(out)[1].net.action_deltas

@@ -21,6 +21,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        "folders; world, flowmap, uq: branch folders)")
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
+    if args.action_deltas and args.stage != "world":
+        raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
     if args.pooling is not None and args.stage != "policy":
         raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
@@ -52,7 +54,8 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = commands.train_codec(opts)
     elif args.stage == "world":
         result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride,
-                                      init_from=args.init_from, branches=tuple(args.extra_data))
+                                      init_from=args.init_from, branches=tuple(args.extra_data),
+                                      action_deltas=args.action_deltas)
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
     elif args.stage == "uq":
@@ -125,6 +128,9 @@ def register(groups) -> None:
                     "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
                     "from recorded states), one window per branch, shards split like episodes; for uq, branches "
                     "of the calibration recording, which the world model never saw")
+    tr.add_argument("--action-deltas", action="store_true",
+                    help="world: the network also embeds each frame's motion (its action minus the previous "
+                    "frame's); with --init-from, the new inputs start at zero weight (default: off, as bundled)")
     tr.add_argument("--pooling", choices=("flatten", "spatial_softmax"), default=None,
                     help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
                     "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)")

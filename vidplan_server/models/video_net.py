@@ -16,7 +16,12 @@ Design (decided here; the paper's backbone is SVD, far too slow for 2 CPU cores)
   frame is static) and keeps the convolutional work at H frames instead of T + H.
 - Per-frame conditioning: an embedding of c_noise (Fourier features, shared by all frames), of the
   frame's action, and a learned frame-position embedding, applied by adaptive GroupNorm (scale/shift) in
-  every residual block.
+  every residual block. With ``action_deltas`` the action embedding also reads the frame's motion, its
+  action minus the previous frame's (x ``DELTA_GAIN``; the first frame repeats the second's, assuming a
+  steady speed, since the pose at the current frame is not an input): the absolute pose alone says where the
+  hand should be, not how far it moves from the frame before, which is what changes the picture. Measured:
+  without it, the bundled model and a fine-tune on half branch windows ignored the actions (action gain
+  0.000 after 1000 steps).
 - Space: 2x2 patchify (space-to-depth; a 48 x 16 latent is processed at 24 x 8, which cut a training
   step ~4x on CPU against full resolution), then 3x3 convolutions per frame at three resolutions
   (strided-conv down, nearest up, skip connections). Time: after every residual block, a residual
@@ -35,6 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Per-frame motion in normalised action units is ~0.2 at the expert's speed (one frame = 3 control steps);
+# scaled to order 1 like the absolute actions.
+DELTA_GAIN = 5.0
+
 
 @dataclass(frozen=True)
 class VideoNetConfig:
@@ -48,6 +57,7 @@ class VideoNetConfig:
     embed_dim: int = 128
     fourier_features: int = 32
     patch_size: int = 2  # space-to-depth before the first level (DiT-style patchify)
+    action_deltas: bool = False  # also embed each frame's action minus the previous frame's (see the docstring)
 
     def __post_init__(self) -> None:
         if not 1 <= self.history <= 6:
@@ -142,7 +152,8 @@ class VideoNet(nn.Module):
         E, H = c.embed_dim, c.horizon
         self.noise_embed = nn.Sequential(FourierEmbedding(c.fourier_features), nn.Linear(2 * c.fourier_features, E),
                                          nn.SiLU(), nn.Linear(E, E))
-        self.action_embed = nn.Sequential(nn.Linear(c.action_dim, E), nn.SiLU(), nn.Linear(E, E))
+        a_in = c.action_dim * (2 if c.action_deltas else 1)
+        self.action_embed = nn.Sequential(nn.Linear(a_in, E), nn.SiLU(), nn.Linear(E, E))
         self.frame_embed = nn.Parameter(torch.zeros(H, E))
         p2 = c.patch_size**2
         self.conv_in = nn.Conv2d(c.latent_channels * (1 + c.history) * p2, c.channels[0], 3, padding=1)
@@ -176,6 +187,16 @@ class VideoNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    def action_features(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, H, A) normalised actions -> the action embedding's input: (B, H, A), or (B, H, 2A) with the
+        per-frame motion appended when ``action_deltas``."""
+        if not self.config.action_deltas:
+            return actions
+        if actions.shape[1] < 2:
+            return torch.cat([actions, torch.zeros_like(actions)], -1)
+        d = actions[:, 1:] - actions[:, :-1]
+        return torch.cat([actions, DELTA_GAIN * torch.cat([d[:, :1], d], 1)], -1)
+
     def forward(self, x, history, actions, c_noise, cond=None):
         B, H, C, h, w = x.shape
         if H != self.config.horizon or history.shape[1] != self.config.history:
@@ -183,7 +204,8 @@ class VideoNet(nn.Module):
                 f"expected {self.config.horizon} future and {self.config.history} history frames, "
                 f"got {H} and {history.shape[1]}"
             )
-        emb = self.noise_embed(c_noise)[:, None] + self.action_embed(actions) + self.frame_embed[None]
+        emb = self.noise_embed(c_noise)[:, None] + self.action_embed(self.action_features(actions)) + \
+            self.frame_embed[None]
         if cond is not None:
             emb = emb + cond[:, None]
         emb = emb.reshape(B * H, -1)

@@ -149,14 +149,29 @@ def _mix(windows: LatentWindows, branch: LatentWindows | None) -> LatentWindows:
     return LatentWindows.concat([windows, branch.repeat(max(1, round(len(windows) / len(branch))))])
 
 
+def world_init(init_from: Path, action_deltas: bool = False) -> tuple[WorldConfig, dict[str, torch.Tensor]]:
+    """The world config and weights a run starts from: the bundle's, with ``action_deltas`` switched on (if
+    asked) by zero weights for the new inputs, so the network computes exactly the bundle's function."""
+    denoiser, config = load_denoiser(init_from)
+    weights = denoiser.state_dict()
+    if action_deltas and not config.net.action_deltas:
+        config = replace(config, net=replace(config.net, action_deltas=True))
+        w = weights["net.action_embed.0.weight"]
+        weights["net.action_embed.0.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
+    return config, weights
+
+
 def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3,
-                init_from: Path | None = None, branches: tuple[Path, ...] = ()) -> TrainResult:
+                init_from: Path | None = None, branches: tuple[Path, ...] = (),
+                action_deltas: bool = False) -> TrainResult:
     """The EDM video model on windows of ``opts.data``. ``init_from``: a bundle whose world module (weights,
     architecture, action statistics) the run starts from -- a fine-tune, e.g. longer training or new data; its
-    codec must be the one in ``opts.out`` (the latent space the weights predict in)."""
+    codec must be the one in ``opts.out`` (the latent space the weights predict in). ``action_deltas``: the
+    network also embeds each frame's motion (``VideoNetConfig.action_deltas``); from an ``init_from`` bundle
+    without it, the new inputs' weights start at zero, so training starts from the bundle's function."""
     _require(opts.out, "codec", f"vidplan train codec --data {opts.data} --out {opts.out}")
     preset = presets.WORLD[opts.preset]
-    net = replace(preset.net, history=history, horizon=horizon)
+    net = replace(preset.net, history=history, horizon=horizon, action_deltas=action_deltas)
     state = opts.out / "training" / "world" / "state.json"
     init_weights = None
     if init_from is not None and not (opts.resume and state.exists()):
@@ -164,8 +179,7 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
         if (Path(init_from) / "codec.safetensors").read_bytes() != (opts.out / "codec.safetensors").read_bytes():
             raise CheckpointError(f"--init-from {init_from}: its codec differs from {opts.out}'s; the world "
                                   "weights predict in their own codec's latent space (copy that codec first)")
-        denoiser, config = load_denoiser(init_from)
-        init_weights = denoiser.state_dict()
+        config, init_weights = world_init(init_from, action_deltas)
         train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
                                                  config.actions, branches)
     elif opts.resume and state.exists():
