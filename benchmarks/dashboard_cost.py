@@ -70,12 +70,15 @@ def serve_child(port: int, ckpt: str | None, dashboard: dict) -> None:
 
     from vidplan_server.planning.planner import Planner
     from vidplan_server.serving.config import ServerConfig, ServiceConfig
-    from vidplan_server.serving.dashboard.config import DashboardConfig
+    from vidplan_server.serving.dashboard.config import DashboardConfig, RenderModel
     from vidplan_server.serving.server import VidPlanServer
     from vidplan_server.serving.service import PlanService
 
     service = PlanService(Planner.load(ckpt), ServiceConfig(max_queue=16))
-    config = ServerConfig(grpc_port=-1, http_port=port, log_level="warning", dashboard=DashboardConfig(**dashboard))
+    renderer = dashboard.pop("renderer", "process")  # as `vidplan serve` renders: a process of its own
+    model = RenderModel(ckpt) if renderer == "process" else None
+    config = ServerConfig(grpc_port=-1, http_port=port, log_level="warning",
+                          dashboard=DashboardConfig(**dashboard, render_model=model))
 
     async def run() -> None:
         await VidPlanServer(service, config).serve_until_signal()
@@ -198,7 +201,8 @@ def main() -> None:
     p.add_argument("--watch", choices=("first", "all"), default="first")
     p.add_argument("--server-threads", type=int, default=2, help="OMP_NUM_THREADS of the server")
     p.add_argument("--dashboard-config", default="{}",
-                   help="DashboardConfig fields as JSON, e.g. '{\"render_nice\": 0}' (default: the defaults)")
+                   help="DashboardConfig fields as JSON, e.g. '{\"render_nice\": 0}', and \"renderer\": \"process\" "
+                   "(default, as vidplan serve) or \"thread\" (the service's planner on the render thread)")
     p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_child is not None:

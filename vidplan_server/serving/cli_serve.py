@@ -285,6 +285,13 @@ def run(args: argparse.Namespace) -> int:
 
     planner = Planner.load(settings.ckpt, device=settings.device, config=planner_cfg)
     service = PlanService(planner, service_config)
+    if server_config.dashboard is not None:  # heatmaps come from a process of their own, on the same model
+        from dataclasses import replace
+
+        from vidplan_server.serving.dashboard.config import RenderModel
+
+        model = RenderModel(str(settings.ckpt) if settings.ckpt else None, settings.device, planner_cfg)
+        server_config = replace(server_config, dashboard=replace(server_config.dashboard, render_model=model))
 
     async def main() -> None:
         server = VidPlanServer(service, server_config)

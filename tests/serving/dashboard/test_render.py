@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
+from vidplan_server.serving.dashboard.config import RenderModel
 from vidplan_server.serving.dashboard.events import render_event, sheet
-from vidplan_server.serving.dashboard.render import PlanRenderer, RenderJob
+from vidplan_server.serving.dashboard.render import PlanRenderer, ProcessRenderer, RenderJob
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,26 @@ def test_rendered_frames_and_colour_map_are_the_planners(tiny_planner, short_epi
     reused = PlanRenderer(tiny_planner)(RenderJob("robot", 1, 0.0, history, result.actions, 11, None,
                                                   predicted=result.predicted_frames, heatmaps=result.heatmaps))
     assert reused.latent is result.heatmaps and reused.pixel.shape == rendered.pixel.shape
+
+
+def test_the_render_process_renders_what_the_planner_judged(tiny_heads_bundle, tiny_planner, short_episodes):
+    from vidplan_server.data.schema import CAMERA_NAMES
+
+    ep = short_episodes[1]
+    history = np.stack([np.stack([ep.images[c][s] for c in CAMERA_NAMES]) for s in (3, 6)])
+    state = RobotState(ep.joint_position[6], ep.cartesian_position[6], float(np.ravel(ep.gripper_position[6])[0]))
+    result = tiny_planner.plan(PlanRequest(ep.language_instruction, history, state,
+                                           options=PlanOptions(num_proposals=6, refine_iters=1, seed=5)))
+    job = RenderJob("robot", 1, 0.0, history, result.actions, seed=5, flow_steps=None)
+    renderer = ProcessRenderer(RenderModel(str(tiny_heads_bundle)), nice=19, threads=1)
+    try:
+        first, second = renderer(job), renderer(job)  # one process, started once
+    finally:
+        renderer.close()
+    here = PlanRenderer(tiny_planner)(job)
+    for name in ("predicted", "latent", "pixel"):
+        assert np.abs(getattr(first, name).astype(int) - getattr(here, name)).max() <= 1, name
+    assert np.array_equal(first.latent, second.latent)
 
 
 def test_sheets_put_views_in_rows_and_frames_in_columns():

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RenderModel:
+    """The model a render process loads: the server's own bundle, device and planner settings."""
+
+    ckpt: str | None = None  # None: the bundled checkpoint
+    device: str = "cpu"
+    planner_config: Any = None  # a PlannerConfig; None: its defaults
 
 
 @dataclass(frozen=True)
@@ -18,9 +28,12 @@ class DashboardConfig:
     max_watchers: int = 16  # browsers connected at once; more are refused (503)
     max_sessions: int = 256  # sessions the board tracks (least recently planned dropped first)
     render_threads: int = 1  # intra-op threads of the render thread (the planner keeps its own)
-    # OS priority (nice) of the render thread, Linux only: 19 = the lowest, so the planner's threads get the CPU
-    # first and rendering soaks up what they leave idle; 0 = the server's own.
+    # OS priority (nice) of the renderer, Linux: 19 = the lowest, so the planner gets the CPU first and rendering
+    # soaks up what it leaves idle; 0 = the server's own.
     render_nice: int = 19
+    # Render in a child process that loads this model (what `vidplan serve` does); None: with the service's own
+    # planner on the render thread (tests, and planners given in-process).
+    render_model: RenderModel | None = None
     # Rendering starts this long after the plan's reply left the planner, so the transport has sent it by then.
     send_grace_s: float = 0.01
     # Wait up to this long for the planner to be idle before rendering (0 = render at once, beside the planner).

@@ -31,7 +31,14 @@ from prometheus_client import Gauge, Histogram
 from vidplan_server.serving.dashboard.board import PlanPoint, SessionBoard
 from vidplan_server.serving.dashboard.config import DashboardConfig
 from vidplan_server.serving.dashboard.events import plan_event, render_event
-from vidplan_server.serving.dashboard.render import PlanRenderer, Rendered, RenderJob, RenderWorker, reply_images
+from vidplan_server.serving.dashboard.render import (
+    PlanRenderer,
+    ProcessRenderer,
+    Rendered,
+    RenderJob,
+    RenderWorker,
+    reply_images,
+)
 from vidplan_server.serving.errors import Overloaded
 from vidplan_server.serving.messages import PlanReply
 
@@ -91,7 +98,9 @@ class DashboardMonitor:
         self.auth = auth
         self.clock, self.mono = clock, mono
         self.board = SessionBoard(config.history_s, config.stale_s, config.max_sessions)
-        if render is None:
+        if render is None and config.render_model is not None:
+            render = ProcessRenderer(config.render_model, config.render_nice, config.render_threads)
+        elif render is None:
             render = PlanRenderer(service.planner) if PlanRenderer.supports(service.planner) else reply_images
         worker = service.worker
         self.renderer = RenderWorker(

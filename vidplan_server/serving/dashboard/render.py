@@ -13,12 +13,13 @@ Decided: recompute rather than keep every plan's latents. Keeping them would put
 every plan of every robot, watched or not; recomputing costs one rollout of one proposal (a plan rolls out N = 12)
 plus the decoding, and only for the plans an operator looks at, at most ``render_hz`` per watched session.
 
-When and where (:class:`RenderWorker`): plans are handed over after their reply left the planner, in O(1); a
-single thread renders them with ``render_threads`` intra-op threads of its own (OpenMP's thread count is per
-calling thread, so the planner keeps all of its threads). Per session only the newest plan waits; an older one
-that was not rendered yet is dropped (counted), never queued, so a renderer that falls behind shows the newest
-plans it can and costs nothing more. Each session is rendered at most ``render_hz`` times a second. Optionally
-(``defer_s``) a render waits for the planner to be idle, up to that long.
+When and where (:class:`RenderWorker`): plans are handed over after their reply left the planner, in O(1), to a
+single thread, which renders them in a child process of its own (:class:`ProcessRenderer`, what ``vidplan serve``
+uses: lowest OS priority, ``render_threads`` intra-op threads, no lock shared with the planner) or, given only an
+in-process planner (tests), on that thread itself at the lowest thread priority. Per session only the newest plan
+waits; an older one that was not rendered yet is dropped (counted), never queued, so a renderer that falls behind
+shows the newest plans it can and costs nothing more. Each session is rendered at most ``render_hz`` times a
+second. Optionally (``defer_s``) a render waits for the planner to be idle, up to that long.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from vidplan_server.serving.dashboard.config import RenderModel
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,107 @@ class PlanRenderer:
         return Rendered(views, predicted, latent, pixel, (time.perf_counter() - t0) * 1e3)
 
 
+def _render_process(conn, model: RenderModel, nice: int, threads: int) -> None:
+    """The render process: lowest priority, its own threads and model; renders the jobs it is sent."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+    import torch
+
+    from vidplan_server.planning.planner import Planner, PlannerConfig
+
+    torch.set_num_threads(threads)
+    try:
+        planner = Planner.load(model.ckpt, device=model.device, config=model.planner_config or PlannerConfig())
+    except Exception as exc:  # noqa: BLE001 - reported to the server, which logs it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    render = PlanRenderer(planner)
+    conn.send(("ready", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the server went away
+            return
+        if job is None:
+            return
+        try:
+            conn.send(("ok", render(job)))
+        except Exception as exc:  # noqa: BLE001 - one bad job does not end the process
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessRenderer:
+    """Renders in a child process of its own, started on first use (and again if it dies).
+
+    Decided: a process, not a thread of the server. A render thread shares the server's interpreter lock: measured
+    on the shared 2-core machine (``benchmarks/dashboard_cost.py``), a niced render thread still added 13-15 % to
+    the median plan latency of a watched robot, because the planner -- mostly Python dispatch of small tensor ops
+    on a CPU -- waited for the lock while the low-priority thread held it. A process shares no lock with the
+    planner and runs at the lowest OS priority with its own intra-op threads, so it takes only CPU time the
+    planner leaves. Jobs and results cross a local pipe between the server and its own child (pickled there; no
+    network is involved). It loads the server's bundle once (seconds), so the first heatmap comes that much later.
+    """
+
+    def __init__(self, model: RenderModel, nice: int = 19, threads: int = 1, start_timeout_s: float = 600.0,
+                 render_timeout_s: float = 120.0) -> None:
+        self.model, self.nice, self.threads = model, nice, threads
+        self.start_timeout_s, self.render_timeout_s = start_timeout_s, render_timeout_s
+        self._proc = None
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads or locks
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_render_process, args=(child, self.model, self.nice, self.threads),
+                           name="vidplan-dashboard-render", daemon=True)
+        proc.start()
+        child.close()
+        if not parent.poll(self.start_timeout_s):
+            proc.kill()
+            raise TimeoutError(f"the render process did not load the model in {self.start_timeout_s:g} s")
+        kind, message = parent.recv()
+        if kind != "ready":
+            proc.join(5)
+            raise RuntimeError(f"the render process could not load the model: {message}")
+        self._proc, self._conn = proc, parent
+
+    def __call__(self, job: RenderJob) -> Rendered:
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
+            self._conn.send(job)
+            if not self._conn.poll(self.render_timeout_s):
+                self._stop(kill=True)
+                raise TimeoutError(f"no render in {self.render_timeout_s:g} s; the render process was restarted")
+            kind, payload = self._conn.recv()
+        if kind != "ok":
+            raise RuntimeError(payload)
+        return payload
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop(kill=False)
+
+    def _stop(self, kill: bool) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is None:
+            return
+        try:
+            if not kill:
+                conn.send(None)
+                proc.join(5)
+        except (OSError, BrokenPipeError):
+            pass
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        conn.close()
+
+
 def reply_images(job: RenderJob) -> Rendered:
     """For planners without the stages (test doubles): the images the reply itself carried, and the views."""
     return Rendered(job.history[-1], job.predicted, job.heatmaps, None, 0.0)
@@ -171,6 +275,8 @@ class RenderWorker:
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
+        if hasattr(self._render, "close"):
+            self._render.close()
 
     # -- the thread
     def _take(self) -> RenderJob | None:
