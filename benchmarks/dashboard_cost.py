@@ -1,20 +1,23 @@
 """What an operator watching costs the robots: plan latency with and without a dashboard watcher, same load.
 
     python benchmarks/dashboard_cost.py --out outputs/bench/dashboard_cost.json [--ckpt DIR] [--robots 1]
-        [--plans 15] [--blocks 6] [--watch first|all] [--server-threads 2]
+        [--plans 15] [--blocks 6] [--settle 1] [--watch first|all] [--server-threads 2] [--dashboard-config JSON]
 
-A ``vidplan serve`` in a child process (HTTP only, the dashboard on, heatmaps at its default 2 Hz per watched
-session) and ``--robots`` closed-loop robots in this process, each replaying one observation of the simulated
-scene through ``POST /v1/plan`` at the server's default options: ask, get the chunk, wait for the next 15 Hz
-cycle (a uniform 0-67 ms, seeded), ask again. Blocks of ``--plans`` plans per robot alternate between no
-watcher (``off``) and a browser-like watcher reading ``/dashboard/api/events`` (``on``: watching the first robot,
-or one watcher per robot with ``--watch all``), so background load on a shared machine hits both alike. Every
-plan of a watched robot is then rendered (plans come slower than 2 Hz on a CPU), the worst case per watcher.
+The server as ``vidplan serve`` builds it (HTTP only, the dashboard on, heatmaps rendered by a process of their
+own at the default 2 Hz per watched session), in a child process, and ``--robots`` closed-loop robots in this
+process, each replaying one observation of the simulated scene through ``POST /v1/plan`` at the server's default
+options: ask, get the chunk, wait for the next 15 Hz cycle (a uniform 0-67 ms, seeded), ask again. Blocks of
+``--plans`` plans per robot alternate between no watcher (``off``) and a browser-like watcher reading
+``/dashboard/api/events`` (``on``: watching the first robot, or one watcher per robot with ``--watch all``), so
+background load on a shared machine hits both alike. Every plan of a watched robot is then offered for rendering
+(plans come slower than 2 Hz on a CPU), the worst case per watcher.
 
-Reported per condition: the server's own total latency per plan (decode + queue + plan, from the reply's
-``timings_ms``; the figure the <= 5 % target is about), the robots' round trip, and their medians' difference;
-the renders the server did (from ``/metrics``) and their mean time; the load average before and after (the
-machine may be shared). Prints a table, writes the JSON to ``--out``.
+The first ``--settle`` plans of each block are left out (the watcher connecting or leaving, and a render started
+in the previous block, belong to neither condition). Reported per condition: the server's own total latency per
+plan (decode + queue + plan, from the reply's ``timings_ms``; the figure the <= 5 % target is about), the robots'
+round trip, and their medians' difference; each watched block against the unwatched blocks beside it (slow drifts
+of the machine's load cancel there); the renders the server did (from ``/metrics``) and their mean time; the load
+average before and after (the machine may be shared). Prints a table, writes the JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def main() -> None:
     p.add_argument("--robots", type=int, default=1)
     p.add_argument("--plans", type=int, default=15, help="plans per robot and block")
     p.add_argument("--blocks", type=int, default=6, help="blocks, alternating off / on")
+    p.add_argument("--settle", type=int, default=1,
+                   help="plans at the start of each block left out of the figures (the switch itself) (default 1)")
     p.add_argument("--watch", choices=("first", "all"), default="first")
     p.add_argument("--server-threads", type=int, default=2, help="OMP_NUM_THREADS of the server")
     p.add_argument("--dashboard-config", default="{}",
@@ -242,8 +247,11 @@ def main() -> None:
         server.stop()
     load_after = os.getloadavg()
 
+    seen: dict[tuple[str, str], int] = {}
     for r in records:
         r["condition"], r["block"] = r["condition"].split(":")[0], int(r["condition"].split(":")[1])
+        r["index_in_block"] = seen[(r["robot"], r["block"])] = seen.get((r["robot"], r["block"]), -1) + 1
+    records = [r for r in records if r["index_in_block"] >= args.settle]
     result: dict = {"conditions": {}, "options": vars(args) | {"out": str(args.out), "ckpt": str(args.ckpt)}}
     # Per block, and each watched block against the mean of the unwatched blocks next to it: slow drifts of a
     # shared machine's load cancel in that ratio.

@@ -124,7 +124,8 @@ class DashboardMonitor:
                                     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), registry=registry)
         self.m_dropped = PromCounter("vidplan_dashboard_events_dropped", "Events dropped for a browser that did not "
                                      "keep up.", registry=registry)
-        self.render_counts: Counter[str] = Counter()
+        # Keys made up front: the render thread only updates values, so the event loop can copy it any time.
+        self.render_counts: Counter[str] = Counter({"rendered": 0, "superseded": 0, "failed": 0})
         self.render_ms: list[float] = []  # the last renders' times, for the server panel
         service.observers.append(self)
 
