@@ -45,16 +45,33 @@ def _agents(text: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSON result file")
-    ap.add_argument("--workdir", type=Path, default=Path("outputs/bench/closed_loop"),
-                    help="episodes, videos and report; reuse it to resume (default outputs/bench/closed_loop)")
-    ap.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
-                    help="parallel episode processes (default: cores, at most 2)")
-    ap.add_argument("--episodes", type=int, default=50,
-                    help=f"episodes per split for {', '.join(MAIN_AGENTS)} (default 50)")
-    ap.add_argument("--reference-episodes", type=int, default=20,
-                    help=f"episodes per split for {', '.join(REFERENCE_AGENTS)} (default 20)")
-    ap.add_argument("--agents", type=_agents, default=list(AGENT_NAMES),
-                    help=f"comma list of agents to run (default all: {','.join(AGENT_NAMES)})")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("outputs/bench/closed_loop"),
+        help="episodes, videos and report; reuse it to resume (default outputs/bench/closed_loop)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(2, os.cpu_count() or 1)),
+        help="parallel episode processes (default: cores, at most 2)",
+    )
+    ap.add_argument(
+        "--episodes", type=int, default=50, help=f"episodes per split for {', '.join(MAIN_AGENTS)} (default 50)"
+    )
+    ap.add_argument(
+        "--reference-episodes",
+        type=int,
+        default=20,
+        help=f"episodes per split for {', '.join(REFERENCE_AGENTS)} (default 20)",
+    )
+    ap.add_argument(
+        "--agents",
+        type=_agents,
+        default=list(AGENT_NAMES),
+        help=f"comma list of agents to run (default all: {','.join(AGENT_NAMES)})",
+    )
     ap.add_argument("--splits", default="val,ood", help="comma list of splits (default val,ood)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"base seed of the scenes (default {DEFAULT_SEED})")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint of the model-based agents (default bundled)")
@@ -68,8 +85,9 @@ def main() -> int:
     if args.episodes < 1 or args.reference_episodes < 1 or args.workers < 1:
         ap.error("--episodes, --reference-episodes and --workers must be >= 1")
     counts = {a: (args.episodes if a in MAIN_AGENTS else args.reference_episodes) for a in args.agents}
-    config = ClosedLoopConfig(seed=args.seed, ckpt=str(args.ckpt) if args.ckpt else None, device=args.device,
-                              videos=args.videos)
+    config = ClosedLoopConfig(
+        seed=args.seed, ckpt=str(args.ckpt) if args.ckpt else None, device=args.device, videos=args.videos
+    )
     t0 = time.perf_counter()
     try:
         records = run_closed_loop(args.workdir, splits, counts, config, workers=args.workers)
@@ -82,8 +100,10 @@ def main() -> int:
     print(format_table(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{len(records)} episodes ({time.perf_counter() - t0:.0f} s this run); wrote {args.out} and "
-          f"{args.workdir / 'closed_loop.md'}")
+    print(
+        f"\n{len(records)} episodes ({time.perf_counter() - t0:.0f} s this run); wrote {args.out} and "
+        f"{args.workdir / 'closed_loop.md'}"
+    )
     return 0
 
 

@@ -59,11 +59,20 @@ def observation() -> tuple[list[dict], dict, str]:
     frames = []
     for cam in CAMERA_NAMES:
         image = np.ascontiguousarray(episode.images[cam][STEP])
-        frames.append({"camera": cam, "encoding": "raw", "width": int(image.shape[1]), "height": int(image.shape[0]),
-                       "data": base64.b64encode(image.tobytes()).decode()})
-    state = {"joint_position": [float(v) for v in episode.joint_position[STEP]],
-             "cartesian_position": [float(v) for v in episode.cartesian_position[STEP]],
-             "gripper_position": float(np.ravel(episode.gripper_position[STEP])[0])}
+        frames.append(
+            {
+                "camera": cam,
+                "encoding": "raw",
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+                "data": base64.b64encode(image.tobytes()).decode(),
+            }
+        )
+    state = {
+        "joint_position": [float(v) for v in episode.joint_position[STEP]],
+        "cartesian_position": [float(v) for v in episode.cartesian_position[STEP]],
+        "gripper_position": float(np.ravel(episode.gripper_position[STEP])[0]),
+    }
     return frames, state, episode.language_instruction
 
 
@@ -80,8 +89,9 @@ def serve_child(port: int, ckpt: str | None, dashboard: dict) -> None:
     service = PlanService(Planner.load(ckpt), ServiceConfig(max_queue=16))
     renderer = dashboard.pop("renderer", "process")  # as `vidplan serve` renders: a process of its own
     model = RenderModel(ckpt) if renderer == "process" else None
-    config = ServerConfig(grpc_port=-1, http_port=port, log_level="warning",
-                          dashboard=DashboardConfig(**dashboard, render_model=model))
+    config = ServerConfig(
+        grpc_port=-1, http_port=port, log_level="warning", dashboard=DashboardConfig(**dashboard, render_model=model)
+    )
 
     async def run() -> None:
         await VidPlanServer(service, config).serve_until_signal()
@@ -144,16 +154,27 @@ class Robot:
     def run(self, plans: int, condition: str, records: list[dict]) -> None:
         for _ in range(plans):
             self.sequence += 1
-            body = {"session_id": self.session, "sequence": self.sequence, "instruction": self.instruction,
-                    "observation": {"timestamp_s": 0.2 * self.sequence, "frames": self.frames, "state": self.state},
-                    "options": {"seed": 7}}
+            body = {
+                "session_id": self.session,
+                "sequence": self.sequence,
+                "instruction": self.instruction,
+                "observation": {"timestamp_s": 0.2 * self.sequence, "frames": self.frames, "state": self.state},
+                "options": {"seed": 7},
+            }
             t0 = time.perf_counter()
             response = self.client.post(f"{self.url}/v1/plan", json=body)
             round_trip_ms = (time.perf_counter() - t0) * 1000.0
             response.raise_for_status()
             timings = response.json()["timings_ms"]
-            records.append({"condition": condition, "robot": self.session, "server_total_ms": timings["total"],
-                            "planner_ms": timings.get("planner_total"), "round_trip_ms": round_trip_ms})
+            records.append(
+                {
+                    "condition": condition,
+                    "robot": self.session,
+                    "server_total_ms": timings["total"],
+                    "planner_ms": timings.get("planner_total"),
+                    "round_trip_ms": round_trip_ms,
+                }
+            )
             time.sleep(self.rng.uniform(0.0, CYCLE_S))
 
 
@@ -173,8 +194,12 @@ class Watcher:
         return self
 
     def _read(self) -> None:
-        with httpx.stream("GET", f"{self.url}/dashboard/api/events", params={"watch": self.session},
-                          timeout=httpx.Timeout(30, read=None)) as stream:
+        with httpx.stream(
+            "GET",
+            f"{self.url}/dashboard/api/events",
+            params={"watch": self.session},
+            timeout=httpx.Timeout(30, read=None),
+        ) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     kind = json.loads(line[5:])["type"]
@@ -190,8 +215,12 @@ class Watcher:
 
 def summary(records: list[dict], key: str) -> dict:
     values = [r[key] for r in records]
-    return {"n": len(values), "median": round(statistics.median(values), 1),
-            "p90": round(float(np.percentile(values, 90)), 1), "mean": round(statistics.fmean(values), 1)}
+    return {
+        "n": len(values),
+        "median": round(statistics.median(values), 1),
+        "p90": round(float(np.percentile(values, 90)), 1),
+        "mean": round(statistics.fmean(values), 1),
+    }
 
 
 def main() -> None:
@@ -201,13 +230,20 @@ def main() -> None:
     p.add_argument("--robots", type=int, default=1)
     p.add_argument("--plans", type=int, default=15, help="plans per robot and block")
     p.add_argument("--blocks", type=int, default=6, help="blocks, alternating off / on")
-    p.add_argument("--settle", type=int, default=1,
-                   help="plans at the start of each block left out of the figures (the switch itself) (default 1)")
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="plans at the start of each block left out of the figures (the switch itself) (default 1)",
+    )
     p.add_argument("--watch", choices=("first", "all"), default="first")
     p.add_argument("--server-threads", type=int, default=2, help="OMP_NUM_THREADS of the server")
-    p.add_argument("--dashboard-config", default="{}",
-                   help="DashboardConfig fields as JSON, e.g. '{\"render_nice\": 0}', and \"renderer\": \"process\" "
-                   "(default, as vidplan serve) or \"thread\" (the service's planner on the render thread)")
+    p.add_argument(
+        "--dashboard-config",
+        default="{}",
+        help='DashboardConfig fields as JSON, e.g. \'{"render_nice": 0}\', and "renderer": "process" '
+        '(default, as vidplan serve) or "thread" (the service\'s planner on the render thread)',
+    )
     p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_child is not None:
@@ -217,8 +253,9 @@ def main() -> None:
 
     load_before = os.getloadavg()
     frames, state, instruction = observation()
-    server = Server(args.ckpt, args.server_threads, args.out.with_suffix(".server.log"),
-                    json.loads(args.dashboard_config))
+    server = Server(
+        args.ckpt, args.server_threads, args.out.with_suffix(".server.log"), json.loads(args.dashboard_config)
+    )
     records: list[dict] = []
     watched: dict[str, int] = {}
     try:
@@ -231,8 +268,9 @@ def main() -> None:
             if condition == "on":
                 sessions = [r.session for r in robots] if args.watch == "all" else [robots[0].session]
                 watchers = [Watcher(server.url, s).start() for s in sessions]
-            threads = [threading.Thread(target=r.run, args=(args.plans, f"{condition}:{block}", records))
-                       for r in robots]
+            threads = [
+                threading.Thread(target=r.run, args=(args.plans, f"{condition}:{block}", records)) for r in robots
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -255,19 +293,24 @@ def main() -> None:
     result: dict = {"conditions": {}, "options": vars(args) | {"out": str(args.out), "ckpt": str(args.ckpt)}}
     # Per block, and each watched block against the mean of the unwatched blocks next to it: slow drifts of a
     # shared machine's load cancel in that ratio.
-    block_medians = [statistics.median(r["server_total_ms"] for r in records if r["block"] == b)
-                     for b in range(args.blocks)]
+    block_medians = [
+        statistics.median(r["server_total_ms"] for r in records if r["block"] == b) for b in range(args.blocks)
+    ]
     paired = []
     for b in range(1, args.blocks, 2):
         neighbours = [block_medians[n] for n in (b - 1, b + 1) if n < args.blocks]
         paired.append(100.0 * (block_medians[b] / statistics.fmean(neighbours) - 1.0))
     result["block_medians_ms"] = [round(m, 1) for m in block_medians]
-    result["paired_difference_pct"] = {"median": round(statistics.median(paired), 2),
-                                       "per_block": [round(d, 2) for d in paired]}
+    result["paired_difference_pct"] = {
+        "median": round(statistics.median(paired), 2),
+        "per_block": [round(d, 2) for d in paired],
+    }
     for condition in ("off", "on"):
         rows = [r for r in records if r["condition"] == condition]
-        result["conditions"][condition] = {"server_total_ms": summary(rows, "server_total_ms"),
-                                           "round_trip_ms": summary(rows, "round_trip_ms")}
+        result["conditions"][condition] = {
+            "server_total_ms": summary(rows, "server_total_ms"),
+            "round_trip_ms": summary(rows, "round_trip_ms"),
+        }
     off, on = (result["conditions"][c]["server_total_ms"]["median"] for c in ("off", "on"))
     rt_off, rt_on = (result["conditions"][c]["round_trip_ms"]["median"] for c in ("off", "on"))
     renders = metrics.get('vidplan_dashboard_renders_total{outcome="rendered"}', 0.0)
@@ -290,16 +333,22 @@ def main() -> None:
     print(f"\n{'condition':<10} {'plans':>6} {'server median ms':>17} {'p90':>8} {'round trip median ms':>21}")
     for condition in ("off", "on"):
         c = result["conditions"][condition]
-        print(f"{condition:<10} {c['server_total_ms']['n']:>6} {c['server_total_ms']['median']:>17} "
-              f"{c['server_total_ms']['p90']:>8} {c['round_trip_ms']['median']:>21}")
-    print(f"\nmedian difference with a watcher: {result['median_difference_pct']:+.1f} % (server), "
-          f"{result['round_trip_median_difference_pct']:+.1f} % (round trip); watched block vs the unwatched blocks "
-          f"beside it: median {result['paired_difference_pct']['median']:+.1f} % "
-          f"(per block {result['paired_difference_pct']['per_block']})")
+        print(
+            f"{condition:<10} {c['server_total_ms']['n']:>6} {c['server_total_ms']['median']:>17} "
+            f"{c['server_total_ms']['p90']:>8} {c['round_trip_ms']['median']:>21}"
+        )
+    print(
+        f"\nmedian difference with a watcher: {result['median_difference_pct']:+.1f} % (server), "
+        f"{result['round_trip_median_difference_pct']:+.1f} % (round trip); watched block vs the unwatched blocks "
+        f"beside it: median {result['paired_difference_pct']['median']:+.1f} % "
+        f"(per block {result['paired_difference_pct']['per_block']})"
+    )
     print(f"block medians (ms, off / on alternating): {result['block_medians_ms']}")
-    print(f"renders: {result['renders']} (mean {result['render_mean_ms']} ms), superseded "
-          f"{result['renders_superseded']}; load average before {result['load_average_before']}, after "
-          f"{result['load_average_after']}")
+    print(
+        f"renders: {result['renders']} (mean {result['render_mean_ms']} ms), superseded "
+        f"{result['renders_superseded']}; load average before {result['load_average_before']}, after "
+        f"{result['load_average_after']}"
+    )
     print(f"wrote {args.out}")
 
 

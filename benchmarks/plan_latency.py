@@ -106,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         if device not in planners:
             planners[device] = Planner.load(args.ckpt, device=device)
         planner = planners[device]
-        req = request_from_episode(episode, 12, planner.history_len, planner.frame_stride,
-                                   PlanOptions(num_proposals=n, flow_steps=k, refine_iters=iters))
+        req = request_from_episode(
+            episode,
+            12,
+            planner.history_len,
+            planner.frame_stride,
+            PlanOptions(num_proposals=n, flow_steps=k, refine_iters=iters),
+        )
         for _ in range(args.warmup):
             planner.plan(req)
         totals, stages = [], {s: [] for s in STAGES}
@@ -123,25 +128,50 @@ def main(argv: list[str] | None = None) -> int:
         fwd_n, fwd_1, fwd_bwd_1 = model_costs(planner, history, n, max(3, args.repeats // 2))
         model_ms = k * fwd_n + (k * ((iters + 1) * fwd_1 + iters * (fwd_bwd_1 - fwd_1)) if iters else 0.0)
         median = float(np.median(totals))
-        rows.append({
-            "device": device, "n": n, "k": k, "iters": iters,
-            "median_ms": round(median, 1), "p95_ms": round(float(np.percentile(totals, 95)), 1),
-            "stages_ms": {s: round(float(np.median(v)), 1) for s, v in stages.items()},
-            "network_evaluations": k + ((iters + 1) * k if iters else 0), "flow_fwd_batch_n_ms": round(fwd_n, 1),
-            "flow_fwd_batch_1_ms": round(fwd_1, 1), "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1),
-            "model_ms": round(model_ms, 1),
-            "planner_overhead": round(median / model_ms, 2),
-        })
+        rows.append(
+            {
+                "device": device,
+                "n": n,
+                "k": k,
+                "iters": iters,
+                "median_ms": round(median, 1),
+                "p95_ms": round(float(np.percentile(totals, 95)), 1),
+                "stages_ms": {s: round(float(np.median(v)), 1) for s, v in stages.items()},
+                "network_evaluations": k + ((iters + 1) * k if iters else 0),
+                "flow_fwd_batch_n_ms": round(fwd_n, 1),
+                "flow_fwd_batch_1_ms": round(fwd_1, 1),
+                "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1),
+                "model_ms": round(model_ms, 1),
+                "planner_overhead": round(median / model_ms, 2),
+            }
+        )
     header = ("device", "N", "k", "iters", "median ms", "p95 ms", *STAGES, "model ms", "x model")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for r in rows:
-        print(" | ".join(str(v) for v in (r["device"], r["n"], r["k"], r["iters"], r["median_ms"], r["p95_ms"],
-                                          *(r["stages_ms"][s] for s in STAGES), r["model_ms"],
-                                          r["planner_overhead"])))
+        print(
+            " | ".join(
+                str(v)
+                for v in (
+                    r["device"],
+                    r["n"],
+                    r["k"],
+                    r["iters"],
+                    r["median_ms"],
+                    r["p95_ms"],
+                    *(r["stages_ms"][s] for s in STAGES),
+                    r["model_ms"],
+                    r["planner_overhead"],
+                )
+            )
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"host": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "repeats": args.repeats, "checkpoint": str(args.ckpt or "bundled default")}
+    meta = {
+        "host": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "checkpoint": str(args.ckpt or "bundled default"),
+    }
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
     return 0

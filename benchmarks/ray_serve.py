@@ -90,8 +90,9 @@ def _http_robot(url: str, robot: int, count: int, options: dict) -> list[tuple[f
             body["history"] = [{"timestamp_s": observation["timestamp_s"] - 0.2, "frames": observation["frames"]}]
             t = time.perf_counter()
             response = client.post(f"{url}/v1/plan", json=body)
-            out.append((time.perf_counter() - t, str(response.status_code),
-                        response.headers.get("x-vidplan-replica", "-")))
+            out.append(
+                (time.perf_counter() - t, str(response.status_code), response.headers.get("x-vidplan-replica", "-"))
+            )
     return out
 
 
@@ -103,8 +104,11 @@ def _summary(results: list[tuple[float, str, str]], wall_s: float) -> dict:
         "ok": len(ok),
         "plans_per_s": round(len(ok) / wall_s, 3),
         "wall_s": round(wall_s, 2),
-        "latency_ms": {q: round(float(np.percentile(latencies, p)), 1)
-                       for q, p in (("p50", 50), ("p90", 90), ("max", 100))} if len(ok) else None,
+        "latency_ms": {
+            q: round(float(np.percentile(latencies, p)), 1) for q, p in (("p50", 50), ("p90", 90), ("max", 100))
+        }
+        if len(ok)
+        else None,
         "outcomes": dict(Counter(r[1] for r in results)),
         "per_replica": dict(Counter(r[2] for r in ok)),
     }
@@ -114,10 +118,29 @@ def run(replicas: int, args: argparse.Namespace) -> dict:
     grpc_port, http_port = _free_port(), _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("VIDPLAN_TOKEN", None)
-    command = [sys.executable, "-m", "vidplan_server.cli", "serve", "--ray", "--host", "127.0.0.1",
-               "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-               "--ray-min-replicas", str(replicas), "--ray-max-replicas", str(replicas),
-               "--ray-cpus-per-replica", "1", "--max-queue", str(args.clients), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "vidplan_server.cli",
+        "serve",
+        "--ray",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--ray-min-replicas",
+        str(replicas),
+        "--ray-max-replicas",
+        str(replicas),
+        "--ray-cpus-per-replica",
+        "1",
+        "--max-queue",
+        str(args.clients),
+        "--log-level",
+        "warning",
+    ]
     if args.ckpt:
         command += ["--ckpt", str(args.ckpt)]
     log = (args.out.parent / f"ray_serve_{replicas}.log").open("w")
@@ -160,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: the bundled one)")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"host": f"{platform.machine()} {os.cpu_count()} CPUs", "clients": args.clients,
-               "proposals": args.proposals, "runs": [run(int(n), args) for n in args.replicas.split(",")]}
+    results = {
+        "host": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "clients": args.clients,
+        "proposals": args.proposals,
+        "runs": [run(int(n), args) for n in args.replicas.split(",")],
+    }
     args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0

@@ -121,25 +121,38 @@ def _jpeg(h: int = 180, w: int = 320, value: int = 90) -> bytes:
     return buf.tobytes()
 
 
-def pb_request(pb, t: float = 10.0, instruction: str = "put the red cube in the tray", session: str = "",
-               sequence: int = 1, image: tuple[bytes, int, int] | None = None, history: int = 0,
-               history_image: tuple[bytes, int, int] | None = None, **options):
+def pb_request(
+    pb,
+    t: float = 10.0,
+    instruction: str = "put the red cube in the tray",
+    session: str = "",
+    sequence: int = 1,
+    image: tuple[bytes, int, int] | None = None,
+    history: int = 0,
+    history_image: tuple[bytes, int, int] | None = None,
+    **options,
+):
     data, h, w = image or (_jpeg(), 180, 320)
     enc = pb.IMAGE_ENCODING_PNG if data[:4] == b"\x89PNG" else pb.IMAGE_ENCODING_JPEG
 
     def obs(ts, img, with_state):
         d, hh, ww = img
         e = pb.IMAGE_ENCODING_PNG if d[:4] == b"\x89PNG" else pb.IMAGE_ENCODING_JPEG
-        o = pb.Observation(timestamp_s=ts, frames=[pb.CameraFrame(camera=c, encoding=e, height=hh, width=ww, data=d)
-                                                   for c in CAMERAS])
+        o = pb.Observation(
+            timestamp_s=ts, frames=[pb.CameraFrame(camera=c, encoding=e, height=hh, width=ww, data=d) for c in CAMERAS]
+        )
         if with_state:
             o.state.CopyFrom(pb.RobotState(joint_position=Q_HOME, cartesian_position=POSE_HOME, gripper_position=0.0))
         return o
 
     del enc
-    request = pb.PlanRequest(session_id=session, sequence=sequence, instruction=instruction,
-                             observation=obs(t, (data, h, w), True),
-                             options=pb.PlanOptions(**{**CHEAP, **options}))
+    request = pb.PlanRequest(
+        session_id=session,
+        sequence=sequence,
+        instruction=instruction,
+        observation=obs(t, (data, h, w), True),
+        options=pb.PlanOptions(**{**CHEAP, **options}),
+    )
     for k in range(history):
         request.history.append(obs(t - (history - k) / 15, history_image or (data, h, w), False))
     return request
@@ -230,12 +243,19 @@ def measure(client: Client, pid: int, count_file: Path) -> dict:
             cheap = pool.submit(client.plan, pb_request(pb, t=40.0))
             code, seconds, detail = amplified.result()
             cheap_code, cheap_s, _ = cheap.result()
-        out[name] = {"request_mb": round(request.ByteSize() / 2**20, 2), "code": code, "seconds": round(seconds, 3),
-                     "detail": detail if isinstance(detail, str) else "",
-                     "cheap_plan_behind_it": {"code": cheap_code, "seconds": round(cheap_s, 3)}}
+        out[name] = {
+            "request_mb": round(request.ByteSize() / 2**20, 2),
+            "code": code,
+            "seconds": round(seconds, 3),
+            "detail": detail if isinstance(detail, str) else "",
+            "cheap_plan_behind_it": {"code": cheap_code, "seconds": round(cheap_s, 3)},
+        }
     code, seconds, reply = client.plan(pb_request(pb, t=50.0, image=hd, history=6))
-    out["history_6_720p"] = {"code": code, "seconds": round(seconds, 3),
-                             "decode_ms": round(reply.timings_ms["decode"], 1) if code == "OK" else None}
+    out["history_6_720p"] = {
+        "code": code,
+        "seconds": round(seconds, 3),
+        "decode_ms": round(reply.timings_ms["decode"], 1) if code == "OK" else None,
+    }
 
     # -- deadlines in the queue
     blocker = client.block(2.0)
@@ -245,8 +265,10 @@ def measure(client: Client, pid: int, count_file: Path) -> dict:
         code, seconds, detail = over_grpc.result()
         http_code, http_s, http_detail = over_http.result()
     blocker.result()
-    out["deadline_100ms"] = {"grpc": {"code": code, "seconds": round(seconds, 3), "detail": detail},
-                             "http": {"status": http_code, "seconds": round(http_s, 3), "detail": http_detail}}
+    out["deadline_100ms"] = {
+        "grpc": {"code": code, "seconds": round(seconds, 3), "detail": detail},
+        "http": {"status": http_code, "seconds": round(http_s, 3), "detail": http_detail},
+    }
     blocker = client.block(4.0)
     code, seconds, detail = client.plan(pb_request(pb, deadline_ms=2000))
     blocker.result()
@@ -256,9 +278,11 @@ def measure(client: Client, pid: int, count_file: Path) -> dict:
         results = list(pool.map(lambda _: client.http_plan(json_request(deadline_ms=150)), range(7)))
     blocker.result()
     latencies = [s for _, s, _ in results]
-    out["http_150ms_under_load"] = {"statuses": sorted({c for c, _, _ in results}),
-                                    "p50_s": round(float(np.percentile(latencies, 50)), 3),
-                                    "p95_s": round(float(np.percentile(latencies, 95)), 3)}
+    out["http_150ms_under_load"] = {
+        "statuses": sorted({c for c, _, _ in results}),
+        "p50_s": round(float(np.percentile(latencies, 50)), 3),
+        "p95_s": round(float(np.percentile(latencies, 95)), 3),
+    }
 
     # -- calls whose client gave up while queued
     blocker = client.block(2.0)
@@ -285,10 +309,13 @@ def measure(client: Client, pid: int, count_file: Path) -> dict:
         time.sleep(0.5)
         rss.append(rss_mb(pid))
     alive = client.plan(pb_request(pb, t=80.0))[0]
-    out["session_ids"] = {"codes": sorted(codes), "rss_mb": [round(r, 1) for r in rss],
-                          "rss_growth_mb": round(rss[1] - rss[0], 1),
-                          "rss_growth_second_100_mb": round(rss[2] - rss[1], 1),
-                          "next_good_request": alive}
+    out["session_ids"] = {
+        "codes": sorted(codes),
+        "rss_mb": [round(r, 1) for r in rss],
+        "rss_growth_mb": round(rss[1] - rss[0], 1),
+        "rss_growth_second_100_mb": round(rss[2] - rss[1], 1),
+        "next_good_request": alive,
+    }
 
     # -- malformed protobuf
     raw = client.channel.unary_unary("/vidplan.v1.VidPlan/Plan")
@@ -302,25 +329,52 @@ def measure(client: Client, pid: int, count_file: Path) -> dict:
 
 def table(label: str, r: dict) -> str:
     rows = [
-        ("64 history x 3 uniform 4096x4096 PNG (11 MB): answer", r["amplified_4096"]["code"],
-         f"{r['amplified_4096']['seconds']:.2f} s"),
-        ("  a cheap plan sent 0.2 s after it", r["amplified_4096"]["cheap_plan_behind_it"]["code"],
-         f"{r['amplified_4096']['cheap_plan_behind_it']['seconds']:.2f} s"),
-        ("64 history x 3 uniform 1280x720 PNG: answer", r["amplified_720p"]["code"],
-         f"{r['amplified_720p']['seconds']:.2f} s"),
-        ("6 history x 3 1280x720 PNG: server decode", r["history_6_720p"]["code"],
-         f"{r['history_6_720p']['decode_ms']} ms"),
-        ("100 ms deadline behind a 2 s plan, gRPC", r["deadline_100ms"]["grpc"]["code"],
-         f"{r['deadline_100ms']['grpc']['seconds']:.3f} s"),
-        ("100 ms deadline behind a 2 s plan, HTTP", r["deadline_100ms"]["http"]["status"],
-         f"{r['deadline_100ms']['http']['seconds']:.3f} s"),
-        ("2 s deadline behind a 4 s plan, gRPC", r["deadline_2s_behind_4s"]["code"],
-         f"{r['deadline_2s_behind_4s']['seconds']:.3f} s"),
-        ("7 HTTP plans, 150 ms deadlines, behind a 3 s plan: p95", "/".join(r["http_150ms_under_load"]["statuses"]),
-         f"{r['http_150ms_under_load']['p95_s']:.3f} s"),
+        (
+            "64 history x 3 uniform 4096x4096 PNG (11 MB): answer",
+            r["amplified_4096"]["code"],
+            f"{r['amplified_4096']['seconds']:.2f} s",
+        ),
+        (
+            "  a cheap plan sent 0.2 s after it",
+            r["amplified_4096"]["cheap_plan_behind_it"]["code"],
+            f"{r['amplified_4096']['cheap_plan_behind_it']['seconds']:.2f} s",
+        ),
+        (
+            "64 history x 3 uniform 1280x720 PNG: answer",
+            r["amplified_720p"]["code"],
+            f"{r['amplified_720p']['seconds']:.2f} s",
+        ),
+        (
+            "6 history x 3 1280x720 PNG: server decode",
+            r["history_6_720p"]["code"],
+            f"{r['history_6_720p']['decode_ms']} ms",
+        ),
+        (
+            "100 ms deadline behind a 2 s plan, gRPC",
+            r["deadline_100ms"]["grpc"]["code"],
+            f"{r['deadline_100ms']['grpc']['seconds']:.3f} s",
+        ),
+        (
+            "100 ms deadline behind a 2 s plan, HTTP",
+            r["deadline_100ms"]["http"]["status"],
+            f"{r['deadline_100ms']['http']['seconds']:.3f} s",
+        ),
+        (
+            "2 s deadline behind a 4 s plan, gRPC",
+            r["deadline_2s_behind_4s"]["code"],
+            f"{r['deadline_2s_behind_4s']['seconds']:.3f} s",
+        ),
+        (
+            "7 HTTP plans, 150 ms deadlines, behind a 3 s plan: p95",
+            "/".join(r["http_150ms_under_load"]["statuses"]),
+            f"{r['http_150ms_under_load']['p95_s']:.3f} s",
+        ),
         ("6 calls whose client gave up in the queue: planned anyway", "", str(r["gave_up"]["planned_anyway"])),
-        ("RSS growth, 100 refused requests with 3 MB session ids", "/".join(r["session_ids"]["codes"]),
-         f"{r['session_ids']['rss_growth_mb']:.0f} MB"),
+        (
+            "RSS growth, 100 refused requests with 3 MB session ids",
+            "/".join(r["session_ids"]["codes"]),
+            f"{r['session_ids']['rss_growth_mb']:.0f} MB",
+        ),
         ("  and over the next 100", "", f"{r['session_ids']['rss_growth_second_100_mb']:.0f} MB"),
         ("corrupt protobuf bytes", r["malformed"]["code"], ""),
     ]
@@ -345,8 +399,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vidplan-hostile-"))
     ready, count = tmp / "ready.json", tmp / "count"
     count.write_text("0")
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "--ready-file", str(ready), "--count-file",
-                             str(count)], env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", "--ready-file", str(ready), "--count-file", str(count)],
+        env=os.environ.copy(),
+    )
     try:
         end = time.monotonic() + 180
         while not ready.exists():

@@ -36,8 +36,14 @@ def main() -> None:
     args = p.parse_args()
 
     model = WorldModel.load(args.ckpt, device=torch.device(args.device))
-    cfg = BenchConfig(windows=args.windows, candidates=args.candidates, heun_steps=args.heun_steps,
-                      flow_steps=tuple(args.flow_steps), repeats=args.repeats, seed=args.seed)
+    cfg = BenchConfig(
+        windows=args.windows,
+        candidates=args.candidates,
+        heun_steps=args.heun_steps,
+        flow_steps=tuple(args.flow_steps),
+        repeats=args.repeats,
+        seed=args.seed,
+    )
     result = run_benchmark(model, args.data, cfg)
     result["setup"]["ckpt"] = str(args.ckpt or "bundled")
     print(format_table(result))

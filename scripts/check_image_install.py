@@ -108,10 +108,18 @@ def seconds(text: str) -> float:
 def context_files(root: Path) -> list[Path]:
     """The files of the build context: ``.dockerignore`` applied (``**`` then ``!`` exceptions, then excludes),
     over the files git tracks."""
-    patterns = [p.strip() for p in (root / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.strip().startswith("#")]
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
-                             capture_output=True, text=True, check=True).stdout.split()
+    patterns = [
+        p.strip()
+        for p in (root / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.strip().startswith("#")
+    ]
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     kept = []
     for rel in tracked:
         included = True
@@ -119,8 +127,13 @@ def context_files(root: Path) -> list[Path]:
             negate = pattern.startswith("!")
             pat = pattern[1:] if negate else pattern
             pat = pat.rstrip("/")
-            hit = (pat == "**" or fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/")
-                   or fnmatch.fnmatch(rel, pat.replace("**/", "*/")) or fnmatch.fnmatch(rel, pat + "/*"))
+            hit = (
+                pat == "**"
+                or fnmatch.fnmatch(rel, pat)
+                or rel.startswith(pat + "/")
+                or fnmatch.fnmatch(rel, pat.replace("**/", "*/"))
+                or fnmatch.fnmatch(rel, pat + "/*")
+            )
             if hit:
                 included = negate
         if included and (root / rel).is_file():
@@ -141,8 +154,12 @@ def _du(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=("cpu", "gpu"), default="cpu",
-                        help="the VARIANT build argument (default cpu: this machine has no GPU)")
+    parser.add_argument(
+        "--variant",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="the VARIANT build argument (default cpu: this machine has no GPU)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vidplan-image-check"))
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here (JSON)")
     args = parser.parse_args(argv)
@@ -165,14 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, context / rel)
     home.mkdir(parents=True)
-    summary: dict = {"variant": args.variant, "context_files": len(files),
-                     "context_bytes": sum((context / f).stat().st_size for f in files)}
+    summary: dict = {
+        "variant": args.variant,
+        "context_files": len(files),
+        "context_bytes": sum((context / f).stat().st_size for f in files),
+    }
 
     t = time.monotonic()
     venv.create(env_dir, with_pip=True, clear=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VIDPLAN_", "VIRTUAL_ENV", "PYTHONPATH"))}
-    env = {**base_env, "VIRTUAL_ENV": str(env_dir), "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}",
-           **{k: v for k, v in build_args.items() if v is not None}}
+    env = {
+        **base_env,
+        "VIRTUAL_ENV": str(env_dir),
+        "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}",
+        **{k: v for k, v in build_args.items() if v is not None},
+    }
     install = subprocess.run(["sh", "deploy/docker/install.sh"], cwd=context, env=env, capture_output=True, text=True)
     summary["install_s"] = round(time.monotonic() - t, 1)
     print(install.stdout[-3000:], install.stderr[-3000:], sep="\n")
@@ -184,9 +208,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # Run as the image does: its ENV, its entry point, from an empty folder, on free ports.
     grpc_port, http_port = _free_port(), _free_port()
-    run_env = {**env, **env_of(stage(stages, f"base-{args.variant}")), **env_of(stage(stages, "base")),
-               **env_of(runtime), "HOME": str(home), "OMP_NUM_THREADS": "1",
-               "VIDPLAN_HOST": "127.0.0.1", "VIDPLAN_GRPC_PORT": str(grpc_port), "VIDPLAN_HTTP_PORT": str(http_port)}
+    run_env = {
+        **env,
+        **env_of(stage(stages, f"base-{args.variant}")),
+        **env_of(stage(stages, "base")),
+        **env_of(runtime),
+        "HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "VIDPLAN_HOST": "127.0.0.1",
+        "VIDPLAN_GRPC_PORT": str(grpc_port),
+        "VIDPLAN_HTTP_PORT": str(http_port),
+    }
     run_env["PATH"] = f"{env_dir / 'bin'}:{os.environ['PATH']}"
     run_env.pop("VIRTUAL_ENV", None)
     entrypoint = exec_form(instructions(runtime, "ENTRYPOINT")[0])
@@ -200,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         start_period = seconds(options["start-period"])
         healthy = False
         while time.monotonic() - t < start_period + 60:
-            probe = subprocess.run(check, cwd=home, env=run_env, capture_output=True, text=True,
-                                   timeout=seconds(options["timeout"]) + 10)
+            probe = subprocess.run(
+                check, cwd=home, env=run_env, capture_output=True, text=True, timeout=seconds(options["timeout"]) + 10
+            )
             if probe.returncode == 0:
                 healthy = True
                 break

@@ -34,8 +34,15 @@ def render() -> dict[str, str]:
 
     well_known = resources.files("grpc_tools") / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={tmp}",
-                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", str(PROTO)]
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            str(PROTO),
+        ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {PROTO_ROOT / PROTO}")
         out = Path(tmp) / PROTO.parent
@@ -58,8 +65,11 @@ def write(files: dict[str, str], target: Path) -> None:
 
 def stale(files: dict[str, str], target: Path) -> list[str]:
     """Files of ``target`` that are missing or differ from ``files``."""
-    return [str(target / name) for name, text in files.items()
-            if not (target / name).is_file() or (target / name).read_text() != text]
+    return [
+        str(target / name)
+        for name, text in files.items()
+        if not (target / name).is_file() or (target / name).read_text() != text
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     from tests import golden_cases as golden
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to regenerate: {', '.join(golden.CASES)} "
-                        "(default all)")
+    parser.add_argument(
+        "cases", nargs="*", metavar="CASE", help=f"cases to regenerate: {', '.join(golden.CASES)} (default all)"
+    )
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in golden.CASES]
     if unknown:

@@ -46,8 +46,21 @@ def tiny_bundle(tmp_path_factory, tiny_dataset):
 
     out = tmp_path_factory.mktemp("bundle") / "ckpt"
     for stage in ("codec", "world", "flowmap"):
-        code = main(["train", stage, "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny",
-                     "--steps", "4", "--quiet"])
+        code = main(
+            [
+                "train",
+                stage,
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "4",
+                "--quiet",
+            ]
+        )
         assert code == 0, stage
     return out
 
@@ -62,8 +75,21 @@ def tiny_heads_bundle(tmp_path_factory, tiny_bundle, tiny_dataset):
     out = tmp_path_factory.mktemp("heads") / "ckpt"
     shutil.copytree(tiny_bundle, out)
     for stage in ("uq", "value", "semantic"):
-        code = main(["train", stage, "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny",
-                     "--steps", "4", "--quiet"])
+        code = main(
+            [
+                "train",
+                stage,
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "4",
+                "--quiet",
+            ]
+        )
         assert code == 0, stage
     return out
 
@@ -85,7 +111,20 @@ def tiny_policy_bundle(tmp_path_factory, tiny_heads_bundle, demo_dataset):
 
     out = tmp_path_factory.mktemp("policy") / "ckpt"
     shutil.copytree(tiny_heads_bundle, out)
-    code = main(["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny",
-                 "--steps", "4", "--quiet"])
+    code = main(
+        [
+            "train",
+            "policy",
+            "--data",
+            str(demo_dataset),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--steps",
+            "4",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out

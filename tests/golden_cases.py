@@ -49,15 +49,23 @@ def make_inputs(case: str) -> dict[str, torch.Tensor]:
     history = 0.8 * _randn(g, 1, T, C, hh, ww)
     actions = (0.5 * _randn(g, 1, H, 7)).clamp(-1, 1)  # normalised action space
     if case == "edm":
-        return {"sigma": torch.tensor([0.002, 0.05, 0.5, 1.0, 5.0, 80.0]), "history": history, "actions": actions,
-                "x": _randn(g, 1, H, C, hh, ww), "noise": _randn(g, 1, H, C, hh, ww)}
+        return {
+            "sigma": torch.tensor([0.002, 0.05, 0.5, 1.0, 5.0, 80.0]),
+            "history": history,
+            "actions": actions,
+            "x": _randn(g, 1, H, C, hh, ww),
+            "noise": _randn(g, 1, H, C, hh, ww),
+        }
     if case == "flow_map":
         return {"history": history, "actions": actions, "noise": _randn(g, 1, H, C, hh, ww)}
     if case == "heads":
         images = torch.rand((2, 3, 64, 64), generator=g)
         images = torch.nn.functional.avg_pool2d(images, 5, stride=1, padding=2)  # smooth, like a render
-        return {"history": history, "pred": history[:, -1:].expand(1, H, C, hh, ww) + 0.3 * _randn(g, 1, H, C, hh, ww),
-                "images": images}
+        return {
+            "history": history,
+            "pred": history[:, -1:].expand(1, H, C, hh, ww) + 0.3 * _randn(g, 1, H, C, hh, ww),
+            "images": images,
+        }
     raise KeyError(case)
 
 
@@ -95,12 +103,21 @@ def _compute_models(case: str, inputs: dict[str, torch.Tensor], models: dict) ->
         c_skip, c_out, c_in, c_noise = den.precondition(inputs["sigma"])
         x1_hat, eps_hat = den(inputs["x"], torch.tensor([1.0]), inputs["history"], inputs["actions"])
         heun = heun_sample(den, inputs["history"], inputs["actions"], steps=3, noise=inputs["noise"])
-        return {"c_skip": c_skip, "c_out": c_out, "c_in": c_in, "c_noise": c_noise, "x1_hat": x1_hat,
-                "eps_hat": eps_hat, "heun_3": heun}
+        return {
+            "c_skip": c_skip,
+            "c_out": c_out,
+            "c_in": c_in,
+            "c_noise": c_noise,
+            "x1_hat": x1_hat,
+            "eps_hat": eps_hat,
+            "heun_3": heun,
+        }
     if case == "flow_map":
         fm = models["world"].flow_map
-        return {f"sample_{k}": fm.sample(inputs["history"], inputs["actions"], steps=k, noise=inputs["noise"])
-                for k in (1, 2, 4)}
+        return {
+            f"sample_{k}": fm.sample(inputs["history"], inputs["actions"], steps=k, noise=inputs["noise"])
+            for k in (1, 2, 4)
+        }
     if case == "heads":
         from vidplan_server.models.bins import ERROR_BINS
 
@@ -108,24 +125,37 @@ def _compute_models(case: str, inputs: dict[str, torch.Tensor], models: dict) ->
         semantic = models["semantic"]
         text = semantic.encode_text([INSTRUCTION]).expand(len(inputs["images"]), -1)
         scores = semantic.score(inputs["images"], text)
-        return {"uq_entropy": ERROR_BINS.normalized_entropy(logits), "uq_expected": ERROR_BINS.expected(logits),
-                "value_logits": models["value"](inputs["pred"]), "semantic_frame": scores.frame,
-                "semantic_relevance": scores.relevance, "semantic_centroid": scores.centroid}
+        return {
+            "uq_entropy": ERROR_BINS.normalized_entropy(logits),
+            "uq_expected": ERROR_BINS.expected(logits),
+            "value_logits": models["value"](inputs["pred"]),
+            "semantic_frame": scores.frame,
+            "semantic_relevance": scores.relevance,
+            "semantic_centroid": scores.centroid,
+        }
     raise KeyError(case)
 
 
 def _plan(inputs: dict[str, torch.Tensor], planner) -> dict[str, torch.Tensor]:
     from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
 
-    req = PlanRequest(INSTRUCTION, inputs["history"].numpy(),
-                      RobotState(inputs["joint_position"].numpy(), inputs["cartesian_position"].numpy(),
-                                 float(inputs["gripper_position"][0])),
-                      options=PlanOptions(num_proposals=12, refine_iters=3, flow_steps=1, seed=PLAN_SEED))
+    req = PlanRequest(
+        INSTRUCTION,
+        inputs["history"].numpy(),
+        RobotState(
+            inputs["joint_position"].numpy(), inputs["cartesian_position"].numpy(), float(inputs["gripper_position"][0])
+        ),
+        options=PlanOptions(num_proposals=12, refine_iters=3, flow_steps=1, seed=PLAN_SEED),
+    )
     r = planner.plan(req)
-    return {"winner": torch.tensor([r.winner]), "refined": torch.tensor([int(r.refined)]),
-            "proposal_scores": torch.from_numpy(r.proposal_scores), "actions": torch.from_numpy(r.actions),
-            "uncertainty": torch.from_numpy(r.uncertainty),
-            "refine_objective": torch.tensor([s.objective for s in r.refinement], dtype=torch.float64)}
+    return {
+        "winner": torch.tensor([r.winner]),
+        "refined": torch.tensor([int(r.refined)]),
+        "proposal_scores": torch.from_numpy(r.proposal_scores),
+        "actions": torch.from_numpy(r.actions),
+        "uncertainty": torch.from_numpy(r.uncertainty),
+        "refine_objective": torch.tensor([s.objective for s in r.refinement], dtype=torch.float64),
+    }
 
 
 def load_models(case: str) -> dict:
@@ -140,8 +170,11 @@ def load_models(case: str) -> dict:
 
         return {"planner": Planner.load()}
     if case == "heads":
-        return {"uq": load_uq_head(DEFAULT_CHECKPOINT).eval(), "value": load_value_head(DEFAULT_CHECKPOINT).eval(),
-                "semantic": load_semantic()}
+        return {
+            "uq": load_uq_head(DEFAULT_CHECKPOINT).eval(),
+            "value": load_value_head(DEFAULT_CHECKPOINT).eval(),
+            "semantic": load_semantic(),
+        }
     return {"world": WorldModel.load()}
 
 
@@ -198,6 +231,9 @@ def mismatches(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 
 
 def failure_message(case: str, bad: list[str]) -> str:
-    return (f"golden case {case!r} changed ({path(case).relative_to(ARTIFACTS.parents[2])}):\n  " + "\n  ".join(bad)
-            + f"\nIf the change is intended (a new checkpoint, a deliberate numerics change), regenerate the "
-            f"artifacts with `{REGENERATE}` and commit tests/artifacts/golden/; otherwise it is a regression.")
+    return (
+        f"golden case {case!r} changed ({path(case).relative_to(ARTIFACTS.parents[2])}):\n  "
+        + "\n  ".join(bad)
+        + f"\nIf the change is intended (a new checkpoint, a deliberate numerics change), regenerate the "
+        f"artifacts with `{REGENERATE}` and commit tests/artifacts/golden/; otherwise it is a regression."
+    )

@@ -8,8 +8,15 @@ from vidplan_server.cli import build_parser, main
 
 
 def test_help_explains_every_option(capsys):
-    for argv in (["--help"], ["sim", "record", "--help"], ["sim", "preview", "--help"], ["data", "info", "--help"],
-                 ["train", "--help"], ["eval", "calibration", "--help"], ["eval", "reward", "--help"]):
+    for argv in (
+        ["--help"],
+        ["sim", "record", "--help"],
+        ["sim", "preview", "--help"],
+        ["data", "info", "--help"],
+        ["train", "--help"],
+        ["eval", "calibration", "--help"],
+        ["eval", "reward", "--help"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0

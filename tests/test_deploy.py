@@ -80,8 +80,14 @@ def test_the_builder_runs_install_sh_on_the_copied_sources(docker):
     assert 'pip install --no-cache-dir "$SRC/client" "$SRC${EXTRAS:+[$EXTRAS]}"' in install and " -e " not in install
     # The build context holds everything the COPY lines name.
     context = {str(p) for p in script.context_files(ROOT)}
-    assert {"pyproject.toml", "README.md", "LICENSE", "deploy/docker/install.sh", "client/pyproject.toml",
-            "vidplan_server/checkpoints/default/config.json"} <= context
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "deploy/docker/install.sh",
+        "client/pyproject.toml",
+        "vidplan_server/checkpoints/default/config.json",
+    } <= context
     assert not any(p.startswith((".venv/", "outputs/", "tests/", ".git/")) for p in context)
 
 
@@ -110,7 +116,7 @@ def test_the_runtime_is_non_root_healthchecked_by_grpc_and_stops_on_sigterm(dock
 
 
 def _settings_of(env: dict[str, str]) -> list[str]:
-    return [k[len("VIDPLAN_"):].lower() for k in env if k.startswith("VIDPLAN_")]
+    return [k[len("VIDPLAN_") :].lower() for k in env if k.startswith("VIDPLAN_")]
 
 
 # ---------------------------------------------------------------------------------------------- compose
@@ -165,8 +171,9 @@ def test_the_dashboard_queries_metrics_the_server_exports():
     (provider,) = _yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "vidplan.yaml")[0]["providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     datasource = _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")[0]["datasources"][0]
-    assert datasource["uid"] == "prometheus" and all(p["datasource"]["uid"] == "prometheus"
-                                                    for p in dashboard["panels"])
+    assert datasource["uid"] == "prometheus" and all(
+        p["datasource"]["uid"] == "prometheus" for p in dashboard["panels"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Kubernetes
@@ -187,8 +194,13 @@ def test_k8s_manifests_are_valid_kubernetes_objects():
     import kubernetes_validate
 
     manifests = _manifests()
-    assert {"Deployment/vidplan", "Service/vidplan", "PodDisruptionBudget/vidplan", "ConfigMap/vidplan-settings",
-            "Secret/vidplan-token"} <= set(manifests)
+    assert {
+        "Deployment/vidplan",
+        "Service/vidplan",
+        "PodDisruptionBudget/vidplan",
+        "ConfigMap/vidplan-settings",
+        "Secret/vidplan-token",
+    } <= set(manifests)
     for name, doc in manifests.items():
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -313,8 +325,8 @@ def test_torchrun_job_is_valid_and_trains_with_one_process_per_gpu():
     args = container["args"]
     nproc = int(next(a for a in args if a.startswith("--nproc-per-node=")).split("=")[1])
     assert container["command"] == ["torchrun"] and nproc == container["resources"]["limits"]["nvidia.com/gpu"]
-    assert args[args.index("-m") + 1:args.index("-m") + 3] == ["vidplan_server.cli", "train"]
+    assert args[args.index("-m") + 1 : args.index("-m") + 3] == ["vidplan_server.cli", "train"]
     assert "--resume" in args  # a restarted pod continues
     from vidplan_server.cli import build_parser
 
-    build_parser().parse_args(args[args.index("-m") + 2:])  # the train options exist
+    build_parser().parse_args(args[args.index("-m") + 2 :])  # the train options exist

@@ -22,8 +22,16 @@ def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "vidplan_server.cli", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "vidplan_server.cli",
+        *args,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -59,7 +67,8 @@ def test_two_cpu_processes_train_a_stage_in_the_single_process_format(tiny_datas
     assert codec_two.keys() == codec_one.keys()
     # The architecture is the same; only what was measured on the data (latent shift and scale) differs.
     assert {k: v for k, v in codec_two.items() if not isinstance(v, float)} == {
-        k: v for k, v in codec_one.items() if not isinstance(v, float)}
+        k: v for k, v in codec_one.items() if not isinstance(v, float)
+    }
     assert config_two["modules"]["codec"]["meta"]["processes"] == 2
     assert _tensors(two / "codec.safetensors") == _tensors(one / "codec.safetensors")
     state_two, state_one = (d / "training" / "codec" / "state.safetensors" for d in (two, one))

@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_no_import_cycles():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_cycles.py")], capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_cycles.py")], capture_output=True, text=True)
     assert "cycles between top-level parts of vidplan_server: 0" in done.stdout, done.stdout
     assert "cycles between modules: 0" in done.stdout, done.stdout
     assert done.returncode == 0

@@ -27,4 +27,5 @@ def test_python_311_and_312_are_supported():
     spec = SpecifierSet(project["requires-python"])
     assert "3.11.7" in spec and "3.12.3" in spec
     assert {"Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12"} <= set(
-        project["classifiers"])
+        project["classifiers"]
+    )

@@ -42,23 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     from vidplan_server import __version__
 
     parser.add_argument("--version", action="version", version=f"vidplan-server {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{sim,data,train,eval,plan,serve,demo,dashboard}")
+    groups = parser.add_subparsers(
+        dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo,dashboard}"
+    )
     for module in (sim, data, train, eval, plan):
         module.register(groups)
 
-    srv = groups.add_parser("serve", help="serve the planner over gRPC and HTTP (one process, one event loop)",
-                            description=cli_serve.DESCRIPTION)
+    srv = groups.add_parser(
+        "serve",
+        help="serve the planner over gRPC and HTTP (one process, one event loop)",
+        description=cli_serve.DESCRIPTION,
+    )
     cli_serve.add_arguments(srv)
     srv.set_defaults(func=cli_serve.run)
 
-    dem = groups.add_parser("demo", help="one simulated episode driven through the robot client against a server",
-                            description=demo.DESCRIPTION)
+    dem = groups.add_parser(
+        "demo",
+        help="one simulated episode driven through the robot client against a server",
+        description=demo.DESCRIPTION,
+    )
     demo.add_arguments(dem)
     dem.set_defaults(func=demo.run)
 
-    dash = groups.add_parser("dashboard", help="the operator dashboard on a recorded run (--replay DIR)",
-                             description=dashboard.DESCRIPTION)
+    dash = groups.add_parser(
+        "dashboard", help="the operator dashboard on a recorded run (--replay DIR)", description=dashboard.DESCRIPTION
+    )
     dashboard.add_arguments(dash)
     dash.set_defaults(func=dashboard.run)
     return parser

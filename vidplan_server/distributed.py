@@ -144,8 +144,15 @@ def _sharded_train(world: World, scratch: Path, inner_train, last: list[ShardedS
             if resume and state.is_dir():
                 shutil.copytree(state, target / "training" / stage.name, dirs_exist_ok=True)
         try:
-            return inner_train(sharded, cfg, target, resume=resume, device=device,
-                               progress=progress and world.rank == 0, extra_meta=extra_meta)
+            return inner_train(
+                sharded,
+                cfg,
+                target,
+                resume=resume,
+                device=device,
+                progress=progress and world.rank == 0,
+                extra_meta=extra_meta,
+            )
         finally:
             dist.barrier()  # rank 0's export is on disk before any rank goes on (e.g. to add the colour map)
 
@@ -183,5 +190,7 @@ def loss_summary(stages: list[ShardedStage], world: World, window: int = 3) -> s
         return ""
     losses = stages[-1].losses
     first, last = losses[:window], losses[-window:]
-    return (f"data-parallel over {world.size} processes: rank {world.rank}'s training loss "
-            f"{sum(first) / len(first):.4g} -> {sum(last) / len(last):.4g} over {len(losses)} steps")
+    return (
+        f"data-parallel over {world.size} processes: rank {world.rank}'s training loss "
+        f"{sum(first) / len(first):.4g} -> {sum(last) / len(last):.4g} over {len(losses)} steps"
+    )

@@ -23,8 +23,9 @@ def servicer(canned_server):
 @pytest.fixture
 def config(canned_server) -> ClientConfig:
     _, port = canned_server
-    return ClientConfig(target=f"127.0.0.1:{port}", token="s3cret", plan_timeout_s=5.0, initial_backoff_s=0.01,
-                        max_backoff_s=0.02)
+    return ClientConfig(
+        target=f"127.0.0.1:{port}", token="s3cret", plan_timeout_s=5.0, initial_backoff_s=0.01, max_backoff_s=0.02
+    )
 
 
 @pytest.fixture

@@ -34,15 +34,28 @@ def canned_response(request: pb.PlanRequest, sequence: int | None = None, steps:
     """A response answering ``request`` (or claiming to answer ``sequence``), stamped at its observation."""
     seq = request.sequence if sequence is None else sequence
     response = pb.PlanResponse(
-        session_id=request.session_id, sequence=seq, frame_stride=3, confidence=0.75,
+        session_id=request.session_id,
+        sequence=seq,
+        frame_stride=3,
+        confidence=0.75,
         stamp=pb.ChunkStamp(t0_s=request.observation.timestamp_s, i0=1, dt_s=DT_S),
-        uncertainty=[0.1] * 5, value=[0.5] * 5, model_version="canned", timings_ms={"total": 12.5})
+        uncertainty=[0.1] * 5,
+        value=[0.5] * 5,
+        model_version="canned",
+        timings_ms={"total": 12.5},
+    )
     response.chunk.extend(pb.ActionRow(values=row.tolist()) for row in chunk_for(seq, steps))
     return response
 
 
-def moving_response(request: pb.PlanRequest, step=(0.003, 0.0, 0.0, 0.0, 0.0, 0.0), offset=(0.0,) * 6,
-                    gripper: float = 1.0, sequence: int | None = None, steps: int = 15) -> pb.PlanResponse:
+def moving_response(
+    request: pb.PlanRequest,
+    step=(0.003, 0.0, 0.0, 0.0, 0.0, 0.0),
+    offset=(0.0,) * 6,
+    gripper: float = 1.0,
+    sequence: int | None = None,
+    steps: int = 15,
+) -> pb.PlanResponse:
     """A physical answer to ``request``: row k = observed pose + ``offset`` + (k + 1) * ``step`` (x, y, z m, roll,
     pitch, yaw rad), gripper ``gripper``; stamped at the request's observation like :func:`canned_response`."""
     start = np.asarray(request.observation.state.cartesian_position, dtype=np.float64) + np.asarray(offset)
@@ -79,8 +92,13 @@ class CannedVidPlan(pb_grpc.VidPlanServicer):
             context.abort(code, f"canned {code.name}")
         response = canned_response(request)
         if request.options.return_heatmaps:  # one flat grey 2x4 heatmap of frame 2
-            image = pb.CameraFrame(camera="wrist_image_left", encoding=pb.IMAGE_ENCODING_RAW_RGB, width=4, height=2,
-                                   data=np.full((2, 4, 3), 200, np.uint8).tobytes())
+            image = pb.CameraFrame(
+                camera="wrist_image_left",
+                encoding=pb.IMAGE_ENCODING_RAW_RGB,
+                width=4,
+                height=2,
+                data=np.full((2, 4, 3), 200, np.uint8).tobytes(),
+            )
             response.heatmaps.add(frame=2, image=image)
         return response
 
@@ -91,12 +109,19 @@ class CannedVidPlan(pb_grpc.VidPlanServicer):
 
     def GetInfo(self, request, context):
         self.metadata.append(dict(context.invocation_metadata()))
-        return pb.InfoResponse(model_version="canned", cameras=["exterior_image_1_left", "exterior_image_2_left",
-                                                                 "wrist_image_left"],
-                               image_height=64, image_width=64, history=2, horizon=5, frame_stride=3, dt_s=DT_S,
-                               action_space=pb.ACTION_SPACE_CARTESIAN_POSITION, chunk_steps=15,
-                               limits=pb.SafetyLimits(workspace_min_m=[0.1, -0.4, -0.05],
-                                                      workspace_max_m=[1.0, 0.4, 1.0]))
+        return pb.InfoResponse(
+            model_version="canned",
+            cameras=["exterior_image_1_left", "exterior_image_2_left", "wrist_image_left"],
+            image_height=64,
+            image_width=64,
+            history=2,
+            horizon=5,
+            frame_stride=3,
+            dt_s=DT_S,
+            action_space=pb.ACTION_SPACE_CARTESIAN_POSITION,
+            chunk_steps=15,
+            limits=pb.SafetyLimits(workspace_min_m=[0.1, -0.4, -0.05], workspace_max_m=[1.0, 0.4, 1.0]),
+        )
 
 
 def start_server(servicer: CannedVidPlan) -> tuple[grpc.Server, int]:
@@ -143,8 +168,10 @@ class FakeEnv:
 
     def __init__(self, height: int = 24, width: int = 32, follow: bool = False, gripper: float = 0.25) -> None:
         rng = np.random.default_rng(0)
-        self.images = {name: rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-                       for name in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")}
+        self.images = {
+            name: rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            for name in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
+        }
         self.follow, self.gripper = follow, gripper
         self.observations = 0
         self.commands: list[tuple[np.ndarray, str, bool]] = []
@@ -157,10 +184,15 @@ class FakeEnv:
         else:
             pose = np.array(self.START) + 0.001 * self.observations
         self.poses.append(pose)
-        return {"image": dict(self.images),
-                "robot_state": {"joint_positions": [0.0, -0.5, 0.0, -2.0, 0.0, 1.5, 0.8],
-                                "cartesian_position": pose.tolist(), "gripper_position": self.gripper},
-                "timestamp": {"ignored": True}}
+        return {
+            "image": dict(self.images),
+            "robot_state": {
+                "joint_positions": [0.0, -0.5, 0.0, -2.0, 0.0, 1.5, 0.8],
+                "cartesian_position": pose.tolist(),
+                "gripper_position": self.gripper,
+            },
+            "timestamp": {"ignored": True},
+        }
 
     def update_robot(self, action, action_space="cartesian_position", blocking=False):
         self.commands.append((np.asarray(action, dtype=float).copy(), action_space, blocking))

@@ -15,8 +15,7 @@ def chunk(sequence: int, steps: int = 15, t0: float = 0.0, dx: float = 0.01, sta
     """A chunk moving dx metres along x per row from ``start``; row k is for t0 + (1 + k) dt."""
     rows = np.tile(start, (steps, 1))
     rows[:, 0] += dx * (np.arange(steps) + 1)
-    return Plan(session_id="s", sequence=sequence, chunk=rows, t0_s=t0, i0=1, dt_s=DT,
-                joint_positions=np.zeros((0, 7)))
+    return Plan(session_id="s", sequence=sequence, chunk=rows, t0_s=t0, i0=1, dt_s=DT, joint_positions=np.zeros((0, 7)))
 
 
 def run(s: ChunkScheduler, times, reference=HOME) -> list[int | None]:

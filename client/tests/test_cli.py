@@ -10,8 +10,11 @@ from fakes import FakeEnv
 from vidplan_client.cli import main
 from vidplan_client.wire import vidplan_pb2 as pb
 
-STATE = {"joint_positions": [0, -0.5, 0, -2, 0, 1.5, 0.8], "cartesian_position": [0.5, 0, 0.3, 3.1, 0, 0],
-         "gripper_position": 0.0}
+STATE = {
+    "joint_positions": [0, -0.5, 0, -2, 0, 1.5, 0.8],
+    "cartesian_position": [0.5, 0, 0.3, 3.1, 0, 0],
+    "gripper_position": 0.0,
+}
 
 
 @pytest.fixture
@@ -28,8 +31,20 @@ def run(config, *args):
 
 
 def test_plan_prints_the_chunk(config, servicer, frames, capsys):
-    code = run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "pick it up",
-               "--refine-iters", "0", "--seed", "3")
+    code = run(
+        config,
+        "plan",
+        "--frames",
+        *frames,
+        "--state-json",
+        json.dumps(STATE),
+        "--instruction",
+        "pick it up",
+        "--refine-iters",
+        "0",
+        "--seed",
+        "3",
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "confidence 0.750" in out and len([line for line in out.splitlines() if line.startswith(" 14 ")]) == 1
@@ -37,13 +52,30 @@ def test_plan_prints_the_chunk(config, servicer, frames, capsys):
     assert sent.instruction == "pick it up" and sent.options.refine_iters == 0 and sent.options.seed == 3
     assert not sent.options.HasField("num_proposals") and not sent.options.return_heatmaps
     assert [(f.camera, f.width, f.height) for f in sent.observation.frames] == [
-        ("exterior_image_1_left", 32, 24), ("exterior_image_2_left", 32, 24), ("wrist_image_left", 32, 24)]
+        ("exterior_image_1_left", 32, 24),
+        ("exterior_image_2_left", 32, 24),
+        ("wrist_image_left", 32, 24),
+    ]
     assert servicer.metadata[0]["authorization"] == "Bearer t0k"
 
 
 def test_plan_asks_for_the_policy_baseline(config, servicer, frames, capsys):
-    code = run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "pick it up",
-               "--mode", "policy", "--policy-samples", "4", "--policy-perturbations", "2")
+    code = run(
+        config,
+        "plan",
+        "--frames",
+        *frames,
+        "--state-json",
+        json.dumps(STATE),
+        "--instruction",
+        "pick it up",
+        "--mode",
+        "policy",
+        "--policy-samples",
+        "4",
+        "--policy-perturbations",
+        "2",
+    )
     assert code == 0, capsys.readouterr().err
     sent = servicer.calls[0].options
     assert sent.mode == pb.PLAN_MODE_POLICY and (sent.policy_samples, sent.policy_perturbations) == (4, 2)
@@ -51,11 +83,34 @@ def test_plan_asks_for_the_policy_baseline(config, servicer, frames, capsys):
     default = servicer.calls[1].options
     assert default.mode == pb.PLAN_MODE_PLAN and not default.HasField("policy_samples")
     with pytest.raises(SystemExit):
-        run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go",
-            "--mode", "dream")
+        run(
+            config,
+            "plan",
+            "--frames",
+            *frames,
+            "--state-json",
+            json.dumps(STATE),
+            "--instruction",
+            "go",
+            "--mode",
+            "dream",
+        )
     assert "invalid choice: 'dream'" in capsys.readouterr().err
-    assert run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go",
-               "--policy-samples", "-1") == 2
+    assert (
+        run(
+            config,
+            "plan",
+            "--frames",
+            *frames,
+            "--state-json",
+            json.dumps(STATE),
+            "--instruction",
+            "go",
+            "--policy-samples",
+            "-1",
+        )
+        == 2
+    )
     assert "policy_samples must be >= 0" in capsys.readouterr().err
 
 
@@ -75,12 +130,15 @@ def test_info_and_health(config, servicer, capsys):
     assert run(config, "health", "--service", "vidplan.v1.VidPlan") == 1
 
 
-@pytest.mark.parametrize("state, match", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"cartesian_position": [0] * 6}), "needs joint_position"),
-    (json.dumps({**STATE, "cartesian_position": [0, 0]}), "cartesian_position"),
-    ("/no/such/state.json", "neither JSON text nor an existing file"),
-])
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"cartesian_position": [0] * 6}), "needs joint_position"),
+        (json.dumps({**STATE, "cartesian_position": [0, 0]}), "cartesian_position"),
+        ("/no/such/state.json", "neither JSON text nor an existing file"),
+    ],
+)
 def test_bad_state_is_a_clear_error(config, frames, capsys, state, match):
     assert run(config, "plan", "--frames", *frames, "--state-json", state, "--instruction", "go") == 2
     err = capsys.readouterr().err
@@ -108,8 +166,21 @@ def test_unreachable_server(capsys):
 
 def test_heatmaps_are_written(config, servicer, frames, tmp_path):
     out = tmp_path / "maps"
-    assert run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go",
-               "--heatmaps-out", str(out)) == 0
+    assert (
+        run(
+            config,
+            "plan",
+            "--frames",
+            *frames,
+            "--state-json",
+            json.dumps(STATE),
+            "--instruction",
+            "go",
+            "--heatmaps-out",
+            str(out),
+        )
+        == 0
+    )
     assert servicer.calls[0].options.return_heatmaps
     written = cv2.imread(str(out / "heatmap_f2_wrist_image_left.png"))
     assert written.shape == (2, 4, 3) and (written == 200).all()

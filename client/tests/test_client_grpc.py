@@ -47,8 +47,15 @@ def test_unavailable_gives_up_after_max_attempts(config, servicer):
     assert len(servicer.calls) == 3
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                                  grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED])
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
+)
 def test_other_errors_are_not_retried(client, servicer, code):
     servicer.fail_with = [code]
     with pytest.raises(grpc.RpcError) as info:

@@ -18,8 +18,7 @@ def test_contract_values_are_droids():
 
 
 def test_importing_the_contract_pulls_in_no_grpc_or_opencv():
-    code = ("import sys, vidplan_client.contract; "
-            "print(sorted(m for m in ('grpc', 'cv2', 'numpy') if m in sys.modules))")
+    code = "import sys, vidplan_client.contract; print(sorted(m for m in ('grpc', 'cv2', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -44,8 +43,7 @@ def test_loop_config_follows_the_servers_info_and_falls_back_to_the_contract():
     from vidplan_client.robot_loop import LoopConfig
     from vidplan_client.wire import vidplan_pb2 as pb
 
-    info = pb.InfoResponse(dt_s=0.1, history=3, frame_stride=2,
-                           limits=pb.SafetyLimits(max_translation_per_step_m=0.05))
+    info = pb.InfoResponse(dt_s=0.1, history=3, frame_stride=2, limits=pb.SafetyLimits(max_translation_per_step_m=0.05))
     config = LoopConfig.for_server(info, "pick up the cube", open_loop_steps=4)
     assert (config.dt_s, config.history_frames, config.frame_stride) == (0.1, 2, 2)
     assert config.max_translation_per_step_m == 0.05

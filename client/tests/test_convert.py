@@ -54,8 +54,15 @@ def test_decode_rejects_a_frame_whose_declared_size_lies():
         decode_image(frame)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8),
-                                 np.zeros((4, 4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+    ],
+)
 def test_encode_rejects_non_rgb_uint8(bad):
     with pytest.raises(WireError, match="exterior_image_2_left"):
         encode_image(bad, "exterior_image_2_left")
@@ -67,8 +74,15 @@ def test_request_round_trip_through_bytes():
     past = make_observation(images, state, 11.8)
     obs = make_observation(images, state, 12.0, encoding="png")
     nominal = np.arange(21, dtype=float).reshape(3, 7) / 100
-    request = make_request("sess", 42, "put the red cube in the tray", obs, history=[past], nominal=nominal,
-                           options=plan_options(num_proposals=16, refine_iters=0, seed=7))
+    request = make_request(
+        "sess",
+        42,
+        "put the red cube in the tray",
+        obs,
+        history=[past],
+        nominal=nominal,
+        options=plan_options(num_proposals=16, refine_iters=0, seed=7),
+    )
     parsed = pb.PlanRequest.FromString(request.SerializeToString())
     arrays = request_arrays(parsed)
     assert parsed.session_id == "sess" and parsed.sequence == 42
@@ -88,8 +102,9 @@ def test_request_round_trip_through_bytes():
 
 
 def test_mode_and_policy_proposals_go_into_the_options():
-    options = pb.PlanOptions.FromString(plan_options(mode="policy", policy_samples=3, policy_perturbations=0,
-                                                     seed=2).SerializeToString())
+    options = pb.PlanOptions.FromString(
+        plan_options(mode="policy", policy_samples=3, policy_perturbations=0, seed=2).SerializeToString()
+    )
     assert options.mode == pb.PLAN_MODE_POLICY and options.seed == 2
     assert options.policy_samples == 3 and options.HasField("policy_perturbations")  # 0 is sent, not "default"
     plain = plan_options()
@@ -109,12 +124,15 @@ def test_joint_velocity_nominal_needs_eight_columns():
         make_request("s", 1, "go", obs, nominal=np.zeros((4, 7)), nominal_space="joint_velocity")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(joint_position=JOINTS[:6], cartesian_position=POSE, gripper_position=0.0), "joint_position"),
-    (dict(joint_position=JOINTS, cartesian_position=POSE[:3], gripper_position=0.0), "cartesian_position"),
-    (dict(joint_position=JOINTS, cartesian_position=[np.nan] * 6, gripper_position=0.0), "cartesian_position"),
-    (dict(joint_position=JOINTS, cartesian_position=POSE, gripper_position=np.inf), "gripper_position"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(joint_position=JOINTS[:6], cartesian_position=POSE, gripper_position=0.0), "joint_position"),
+        (dict(joint_position=JOINTS, cartesian_position=POSE[:3], gripper_position=0.0), "cartesian_position"),
+        (dict(joint_position=JOINTS, cartesian_position=[np.nan] * 6, gripper_position=0.0), "cartesian_position"),
+        (dict(joint_position=JOINTS, cartesian_position=POSE, gripper_position=np.inf), "gripper_position"),
+    ],
+)
 def test_make_state_rejects_bad_vectors(kwargs, match):
     with pytest.raises(WireError, match=match):
         make_state(**kwargs)
@@ -145,8 +163,13 @@ def test_response_to_plan_reads_chunk_and_stamps():
 
 def test_response_errors_raise():
     with pytest.raises(PlanFailed, match="FAILED_PRECONDITION") as info:
-        response_to_plan(pb.PlanResponse(error=pb.PlanError(code="FAILED_PRECONDITION", message="unsafe",
-                                                            violations=["steps [3] leave the workspace"])))
+        response_to_plan(
+            pb.PlanResponse(
+                error=pb.PlanError(
+                    code="FAILED_PRECONDITION", message="unsafe", violations=["steps [3] leave the workspace"]
+                )
+            )
+        )
     assert info.value.violations == ["steps [3] leave the workspace"]
     bad = pb.PlanResponse(stamp=pb.ChunkStamp(dt_s=0.1))
     bad.chunk.add(values=[0.0] * 6)

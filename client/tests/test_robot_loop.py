@@ -55,8 +55,14 @@ def make_loop(script=None, latency=None, env=None, **config):
     if latency is None:
         latency = 0.0
     delay = latency if callable(latency) else (lambda request: latency)
-    loop = RobotLoop(env, client, LoopConfig(instruction="put the red cube in the tray", **config),
-                     clock=clock, sleep=clock.sleep, executor=LatencyExecutor(clock, delay))
+    loop = RobotLoop(
+        env,
+        client,
+        LoopConfig(instruction="put the red cube in the tray", **config),
+        clock=clock,
+        sleep=clock.sleep,
+        executor=LatencyExecutor(clock, delay),
+    )
     return loop, env, client, clock
 
 
@@ -268,8 +274,11 @@ def test_a_row_never_runs_twice_even_when_cycles_come_early():
 def test_stream_error_responses_hold():
     def script(request):
         if request.sequence == 1:
-            return pb.PlanResponse(session_id=request.session_id, sequence=1,
-                                   error=pb.PlanError(code="FAILED_PRECONDITION", message="no safe plan"))
+            return pb.PlanResponse(
+                session_id=request.session_id,
+                sequence=1,
+                error=pb.PlanError(code="FAILED_PRECONDITION", message="no safe plan"),
+            )
         return moving_response(request)
 
     loop, env, _, _ = make_loop(script)
@@ -442,7 +451,9 @@ def test_every_command_is_within_the_step_limits_whatever_arrives(seed):
     kinds = {}
 
     def script(request):
-        kind = kinds[request.sequence] = rng.choice(["slow", "fast", "turn", "far", "fail"], p=[.3, .25, .2, .15, .1])
+        kind = kinds[request.sequence] = rng.choice(
+            ["slow", "fast", "turn", "far", "fail"], p=[0.3, 0.25, 0.2, 0.15, 0.1]
+        )
         if kind == "fail":
             raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
         direction = rng.normal(size=3)
@@ -467,7 +478,8 @@ def test_every_command_is_within_the_step_limits_whatever_arrives(seed):
     assert all(a[1] < b[1] for a, b in zip(seen, seen[1:], strict=False) if a[0] == b[0])  # rows only go forward
     # The scenario exercises what it should: chunks that ran late, chunks dropped as out of reach, holds.
     sent = {p.sequence: p.sent_s for p in loop.plans}
-    late = [r for r in loop.records
-            if r.kind == "chunk" and r.row < round((r.time_s + DT_S - sent[r.sequence]) / DT_S) - 1]
+    late = [
+        r for r in loop.records if r.kind == "chunk" and r.row < round((r.time_s + DT_S - sent[r.sequence]) / DT_S) - 1
+    ]
     assert late and any("out of reach" in p.reason for p in loop.plans)
     assert 20 < len(seen) < 190

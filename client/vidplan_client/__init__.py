@@ -38,8 +38,20 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "CAMERA_NAMES", "AsyncVidPlanClient", "ClientConfig", "LoopConfig", "Plan", "PlanFailed", "RobotLoop",
-    "StepRecord", "VidPlanClient", "WireError", "make_observation", "make_request", "make_state", "plan_options",
+    "CAMERA_NAMES",
+    "AsyncVidPlanClient",
+    "ClientConfig",
+    "LoopConfig",
+    "Plan",
+    "PlanFailed",
+    "RobotLoop",
+    "StepRecord",
+    "VidPlanClient",
+    "WireError",
+    "make_observation",
+    "make_request",
+    "make_state",
+    "plan_options",
     "response_to_plan",
 ]
 try:

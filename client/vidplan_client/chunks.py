@@ -46,8 +46,12 @@ class Selection:
 class ChunkScheduler:
     """The current chunk and the rows it may still run. Times are the loop clock's seconds."""
 
-    def __init__(self, open_loop_steps: int = 8, max_translation_per_step_m: float = MAX_TRANSLATION_PER_STEP_M,
-                 max_rotation_per_step_rad: float = MAX_ROTATION_PER_STEP_RAD) -> None:
+    def __init__(
+        self,
+        open_loop_steps: int = 8,
+        max_translation_per_step_m: float = MAX_TRANSLATION_PER_STEP_M,
+        max_rotation_per_step_rad: float = MAX_ROTATION_PER_STEP_RAD,
+    ) -> None:
         if open_loop_steps < 1:
             raise ValueError("open_loop_steps must be >= 1")
         self.open_loop_steps = open_loop_steps
@@ -80,8 +84,10 @@ class ChunkScheduler:
 
     def within_limits(self, reference: np.ndarray, target: np.ndarray) -> bool:
         translation, rotation = pose_step(reference, target)
-        return (translation <= self.max_translation_per_step_m + LIMIT_SLACK
-                and rotation <= self.max_rotation_per_step_rad + LIMIT_SLACK)
+        return (
+            translation <= self.max_translation_per_step_m + LIMIT_SLACK
+            and rotation <= self.max_rotation_per_step_rad + LIMIT_SLACK
+        )
 
     def select(self, t: float, reference: np.ndarray) -> Selection:
         """Row of the current chunk to command now, a step within the limits from ``reference`` (the last
@@ -103,13 +109,20 @@ class ChunkScheduler:
             if self.within_limits(reference, plan.chunk[candidate]):
                 if candidate < row:
                     self.lag += row - candidate
-                    log.warning("chunk %d: row %d is out of reach of the last commanded target; running row %d, "
-                                "%d rows late", plan.sequence, row, candidate, self.lag)
+                    log.warning(
+                        "chunk %d: row %d is out of reach of the last commanded target; running row %d, %d rows late",
+                        plan.sequence,
+                        row,
+                        candidate,
+                        self.lag,
+                    )
                 return Selection(candidate)
         translation, rotation = pose_step(reference, plan.chunk[lowest])
-        reason = (f"dropped chunk {plan.sequence}: rows {lowest}..{row} are all out of reach of the last commanded "
-                  f"target (row {lowest} is {translation:.3f} m and {rotation:.3f} rad away; limits "
-                  f"{self.max_translation_per_step_m} m and {self.max_rotation_per_step_rad} rad per step)")
+        reason = (
+            f"dropped chunk {plan.sequence}: rows {lowest}..{row} are all out of reach of the last commanded "
+            f"target (row {lowest} is {translation:.3f} m and {rotation:.3f} rad away; limits "
+            f"{self.max_translation_per_step_m} m and {self.max_rotation_per_step_rad} rad per step)"
+        )
         log.warning(reason)
         self.plan = None
         return Selection(None, reason, dropped=True, unused=self.last_row < 0)

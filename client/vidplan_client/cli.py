@@ -48,21 +48,38 @@ class CliError(Exception):
 def _parser() -> argparse.ArgumentParser:
     from vidplan_client import __version__
 
-    parser = argparse.ArgumentParser(prog="vidplan-client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="vidplan-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"vidplan-client {__version__}")
-    parser.add_argument("--target", default=os.environ.get("VIDPLAN_TARGET", "localhost:50051"),
-                        help="server address host:port (default: $VIDPLAN_TARGET or localhost:50051)")
-    parser.add_argument("--token", default=os.environ.get("VIDPLAN_TOKEN"),
-                        help="bearer token sent as `authorization: Bearer <token>` (default: $VIDPLAN_TOKEN; "
-                             "prefer the variable, a flag shows up in the shell history)")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("VIDPLAN_TARGET", "localhost:50051"),
+        help="server address host:port (default: $VIDPLAN_TARGET or localhost:50051)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("VIDPLAN_TOKEN"),
+        help="bearer token sent as `authorization: Bearer <token>` (default: $VIDPLAN_TOKEN; "
+        "prefer the variable, a flag shows up in the shell history)",
+    )
     parser.add_argument("--root-cert", metavar="PEM", help="use TLS, trusting this PEM root certificate")
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="deadline of the call in seconds, retries included (default: 5 for info/health, "
-                             "10 for plan: the first plan after start-up may compile kernels)")
-    parser.add_argument("--retries", type=int, default=3, metavar="N",
-                        help="extra attempts when the server is UNAVAILABLE, with exponential backoff (0-4, default 3)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="deadline of the call in seconds, retries included (default: 5 for info/health, "
+        "10 for plan: the first plan after start-up may compile kernels)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="extra attempts when the server is UNAVAILABLE, with exponential backoff (0-4, default 3)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("info", help="print the server's model, cameras, horizon and safety limits as JSON")
@@ -70,34 +87,69 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING, 1 otherwise")
     health.add_argument("--service", default="", help='service to check ("" = the whole server, or vidplan.v1.VidPlan)')
 
-    plan = sub.add_parser("plan", help="send one observation and print the returned action chunk",
-                          description="Send one observation (three camera images + robot state) and print the plan.")
-    plan.add_argument("--frames", nargs=3, required=True, type=Path, metavar=("EXT1", "EXT2", "WRIST"),
-                      help="image files (PNG/JPEG, any size) of " + ", ".join(CAMERA_NAMES) + ", in that order")
-    plan.add_argument("--state-json", required=True, metavar="JSON|FILE",
-                      help='robot state as JSON text or a file holding it: {"joint_position": [7 rad], '
-                           '"cartesian_position": [x, y, z m, roll, pitch, yaw rad], "gripper_position": 0..1}; '
-                           "DROID's `joint_positions` is accepted too")
+    plan = sub.add_parser(
+        "plan",
+        help="send one observation and print the returned action chunk",
+        description="Send one observation (three camera images + robot state) and print the plan.",
+    )
+    plan.add_argument(
+        "--frames",
+        nargs=3,
+        required=True,
+        type=Path,
+        metavar=("EXT1", "EXT2", "WRIST"),
+        help="image files (PNG/JPEG, any size) of " + ", ".join(CAMERA_NAMES) + ", in that order",
+    )
+    plan.add_argument(
+        "--state-json",
+        required=True,
+        metavar="JSON|FILE",
+        help='robot state as JSON text or a file holding it: {"joint_position": [7 rad], '
+        '"cartesian_position": [x, y, z m, roll, pitch, yaw rad], "gripper_position": 0..1}; '
+        "DROID's `joint_positions` is accepted too",
+    )
     plan.add_argument("--instruction", required=True, help='the task in words, e.g. "put the red cube in the tray"')
     plan.add_argument("--session-id", default="", help="session id (default: a fresh random one)")
     plan.add_argument("--num-proposals", type=int, help="candidate chunks to roll out (default: server's)")
-    plan.add_argument("--refine-iters", type=int,
-                      help="gradient refinement steps, 0 = selection only (default: server's)")
+    plan.add_argument(
+        "--refine-iters", type=int, help="gradient refinement steps, 0 = selection only (default: server's)"
+    )
     plan.add_argument("--flow-steps", type=int, help="network evaluations per rollout (default: server's)")
     plan.add_argument("--deadline-ms", type=int, help="planner's own time budget in ms (default: server's)")
-    plan.add_argument("--mode", choices=sorted(MODES), default="plan",
-                      help="plan: VidPlan (default); policy: the server bundle's policy alone, the baseline to "
-                           "compare against (no world model; only when `info` lists PLAN_MODE_POLICY in modes)")
-    plan.add_argument("--policy-samples", type=int, metavar="K",
-                      help="proposals sampled from the bundle's policy, 0 = none (default: server's)")
-    plan.add_argument("--policy-perturbations", type=int, metavar="P",
-                      help="perturbed copies of the policy samples (default: server's)")
-    plan.add_argument("--seed", type=int, default=0,
-                      help="planner seed; same input + same seed = same plan (default 0)")
-    plan.add_argument("--encoding", choices=[e for e in ENCODINGS if e != "raw"], default="jpeg",
-                      help="how the images travel (default jpeg)")
-    plan.add_argument("--heatmaps-out", type=Path, metavar="DIR",
-                      help="also ask for predicted frames and uncertainty heatmaps and write them as PNGs into DIR")
+    plan.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="plan",
+        help="plan: VidPlan (default); policy: the server bundle's policy alone, the baseline to "
+        "compare against (no world model; only when `info` lists PLAN_MODE_POLICY in modes)",
+    )
+    plan.add_argument(
+        "--policy-samples",
+        type=int,
+        metavar="K",
+        help="proposals sampled from the bundle's policy, 0 = none (default: server's)",
+    )
+    plan.add_argument(
+        "--policy-perturbations",
+        type=int,
+        metavar="P",
+        help="perturbed copies of the policy samples (default: server's)",
+    )
+    plan.add_argument(
+        "--seed", type=int, default=0, help="planner seed; same input + same seed = same plan (default 0)"
+    )
+    plan.add_argument(
+        "--encoding",
+        choices=[e for e in ENCODINGS if e != "raw"],
+        default="jpeg",
+        help="how the images travel (default jpeg)",
+    )
+    plan.add_argument(
+        "--heatmaps-out",
+        type=Path,
+        metavar="DIR",
+        help="also ask for predicted frames and uncertainty heatmaps and write them as PNGs into DIR",
+    )
     plan.add_argument("--json", action="store_true", help="print the whole response as JSON instead of a table")
     return parser
 
@@ -110,8 +162,15 @@ def _config(args: argparse.Namespace, default_timeout_s: float) -> ClientConfig:
         raise CliError(f"--timeout must be > 0, got {timeout}")
     if args.root_cert and not Path(args.root_cert).is_file():
         raise CliError(f"--root-cert {args.root_cert}: no such file")
-    return ClientConfig(target=args.target, token=args.token, root_cert_path=args.root_cert, tls=args.tls,
-                        plan_timeout_s=timeout, info_timeout_s=timeout, max_attempts=args.retries + 1)
+    return ClientConfig(
+        target=args.target,
+        token=args.token,
+        root_cert_path=args.root_cert,
+        tls=args.tls,
+        plan_timeout_s=timeout,
+        info_timeout_s=timeout,
+        max_attempts=args.retries + 1,
+    )
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -145,8 +204,10 @@ def _read_state(text: str):
 
 def _print_plan(response) -> None:
     plan = response_to_plan(response)
-    print(f"sequence {plan.sequence}  model {plan.model_version or '?'}  confidence {plan.confidence:.3f}  "
-          f"refined {plan.refined}  deadline_hit {plan.deadline_hit}")
+    print(
+        f"sequence {plan.sequence}  model {plan.model_version or '?'}  confidence {plan.confidence:.3f}  "
+        f"refined {plan.refined}  deadline_hit {plan.deadline_hit}"
+    )
     print(f"stamp: t0 {plan.t0_s:.3f} s, row k at t0 + ({plan.i0} + k) * {plan.dt_s:.4f} s")
     print(f"{'k':>3} {'x m':>8} {'y m':>8} {'z m':>8} {'roll':>8} {'pitch':>8} {'yaw':>8} {'grip':>6}")
     for k, row in enumerate(plan.chunk):
@@ -183,10 +244,17 @@ def _run(args: argparse.Namespace) -> int:
     images = dict(zip(CAMERA_NAMES, (_read_image(p) for p in args.frames), strict=True))
     state = _read_state(args.state_json)
     try:
-        options = plan_options(num_proposals=args.num_proposals, refine_iters=args.refine_iters,
-                               flow_steps=args.flow_steps, deadline_ms=args.deadline_ms, seed=args.seed,
-                               return_heatmaps=args.heatmaps_out is not None, policy_samples=args.policy_samples,
-                               policy_perturbations=args.policy_perturbations, mode=args.mode)
+        options = plan_options(
+            num_proposals=args.num_proposals,
+            refine_iters=args.refine_iters,
+            flow_steps=args.flow_steps,
+            deadline_ms=args.deadline_ms,
+            seed=args.seed,
+            return_heatmaps=args.heatmaps_out is not None,
+            policy_samples=args.policy_samples,
+            policy_perturbations=args.policy_perturbations,
+            mode=args.mode,
+        )
         observation = make_observation(images, state, time.time(), encoding=args.encoding)
         request = make_request(args.session_id or uuid.uuid4().hex, 1, args.instruction, observation, options=options)
     except WireError as e:

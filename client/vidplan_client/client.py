@@ -46,13 +46,17 @@ class VidPlanClient:
         return self._stub.StreamPlan(iter(requests), timeout=timeout_s, metadata=self._metadata)
 
     def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
-        return self._stub.GetInfo(pb.InfoRequest(), timeout=_or(timeout_s, self.config.info_timeout_s),
-                                  metadata=self._metadata)
+        return self._stub.GetInfo(
+            pb.InfoRequest(), timeout=_or(timeout_s, self.config.info_timeout_s), metadata=self._metadata
+        )
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
         """grpc.health.v1 Check: "SERVING", "NOT_SERVING", ... (``service`` "" = the whole server)."""
-        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service),
-                                   timeout=_or(timeout_s, self.config.info_timeout_s), metadata=self._metadata)
+        reply = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=_or(timeout_s, self.config.info_timeout_s),
+            metadata=self._metadata,
+        )
         return _health_name(reply.status)
 
     def wait_until_ready(self, timeout_s: float) -> None:
@@ -80,11 +84,13 @@ class AsyncVidPlanClient:
         self._metadata = call_metadata(self.config)
 
     async def plan(self, request: pb.PlanRequest, timeout_s: float | None = None) -> pb.PlanResponse:
-        return await self._stub.Plan(request, timeout=_or(timeout_s, self.config.plan_timeout_s),
-                                     metadata=self._metadata)
+        return await self._stub.Plan(
+            request, timeout=_or(timeout_s, self.config.plan_timeout_s), metadata=self._metadata
+        )
 
-    async def stream(self, requests: AsyncIterable[pb.PlanRequest] | Iterable[pb.PlanRequest],
-                     timeout_s: float | None = None) -> AsyncIterator[pb.PlanResponse]:
+    async def stream(
+        self, requests: AsyncIterable[pb.PlanRequest] | Iterable[pb.PlanRequest], timeout_s: float | None = None
+    ) -> AsyncIterator[pb.PlanResponse]:
         """Bidirectional StreamPlan; yields responses in sequence order (stale observations are skipped and listed
         in ``dropped_sequences``)."""
         call = self._stub.StreamPlan(requests, timeout=timeout_s, metadata=self._metadata)
@@ -92,12 +98,16 @@ class AsyncVidPlanClient:
             yield response
 
     async def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
-        return await self._stub.GetInfo(pb.InfoRequest(), timeout=_or(timeout_s, self.config.info_timeout_s),
-                                        metadata=self._metadata)
+        return await self._stub.GetInfo(
+            pb.InfoRequest(), timeout=_or(timeout_s, self.config.info_timeout_s), metadata=self._metadata
+        )
 
     async def health(self, service: str = "", timeout_s: float | None = None) -> str:
-        reply = await self._health.Check(health_pb2.HealthCheckRequest(service=service),
-                                         timeout=_or(timeout_s, self.config.info_timeout_s), metadata=self._metadata)
+        reply = await self._health.Check(
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=_or(timeout_s, self.config.info_timeout_s),
+            metadata=self._metadata,
+        )
         return _health_name(reply.status)
 
     async def wait_until_ready(self, timeout_s: float) -> None:

@@ -18,8 +18,10 @@ from vidplan_client.contract import CAMERA_NAMES
 from vidplan_client.wire import vidplan_pb2 as pb
 
 ENCODINGS = {"jpeg": pb.IMAGE_ENCODING_JPEG, "png": pb.IMAGE_ENCODING_PNG, "raw": pb.IMAGE_ENCODING_RAW_RGB}
-ACTION_SPACES = {"cartesian_position": pb.ACTION_SPACE_CARTESIAN_POSITION,
-                 "joint_velocity": pb.ACTION_SPACE_JOINT_VELOCITY}
+ACTION_SPACES = {
+    "cartesian_position": pb.ACTION_SPACE_CARTESIAN_POSITION,
+    "joint_velocity": pb.ACTION_SPACE_JOINT_VELOCITY,
+}
 _ROW_WIDTH = {"cartesian_position": 7, "joint_velocity": 8}
 #: PlanOptions.mode: a VidPlan plan, or the bundle's policy alone (the baseline; GetInfo ``modes`` says if offered).
 MODES = {"plan": pb.PLAN_MODE_PLAN, "policy": pb.PLAN_MODE_POLICY}
@@ -97,14 +99,21 @@ def make_state(joint_position, cartesian_position, gripper_position: float) -> p
     gripper = float(np.asarray(gripper_position, dtype=np.float64).reshape(-1)[0])
     if not np.isfinite(gripper):
         raise WireError("gripper_position must be finite")
-    return pb.RobotState(joint_position=_vector("joint_position", joint_position, 7),
-                         cartesian_position=_vector("cartesian_position", cartesian_position, 6),
-                         gripper_position=gripper)
+    return pb.RobotState(
+        joint_position=_vector("joint_position", joint_position, 7),
+        cartesian_position=_vector("cartesian_position", cartesian_position, 6),
+        gripper_position=gripper,
+    )
 
 
-def make_observation(images: Mapping[str, np.ndarray], state: pb.RobotState, timestamp_s: float,
-                     encoding: str = "jpeg", jpeg_quality: int = 90,
-                     cameras: Sequence[str] = CAMERA_NAMES) -> pb.Observation:
+def make_observation(
+    images: Mapping[str, np.ndarray],
+    state: pb.RobotState,
+    timestamp_s: float,
+    encoding: str = "jpeg",
+    jpeg_quality: int = 90,
+    cameras: Sequence[str] = CAMERA_NAMES,
+) -> pb.Observation:
     """Observation from one RGB view per camera (``images[name]`` uint8 ``(H, W, 3)``) and a state."""
     missing = [c for c in cameras if c not in images]
     if missing:
@@ -113,10 +122,18 @@ def make_observation(images: Mapping[str, np.ndarray], state: pb.RobotState, tim
     return pb.Observation(timestamp_s=float(timestamp_s), frames=frames, state=state)
 
 
-def plan_options(num_proposals: int | None = None, refine_iters: int | None = None, flow_steps: int | None = None,
-                 deadline_ms: int | None = None, seed: int = 0, return_heatmaps: bool = False,
-                 nominal_perturbations: int | None = None, policy_samples: int | None = None,
-                 policy_perturbations: int | None = None, mode: str = "plan") -> pb.PlanOptions:
+def plan_options(
+    num_proposals: int | None = None,
+    refine_iters: int | None = None,
+    flow_steps: int | None = None,
+    deadline_ms: int | None = None,
+    seed: int = 0,
+    return_heatmaps: bool = False,
+    nominal_perturbations: int | None = None,
+    policy_samples: int | None = None,
+    policy_perturbations: int | None = None,
+    mode: str = "plan",
+) -> pb.PlanOptions:
     """PlanOptions; ``None`` leaves a field unset, which means the server's default.
 
     ``policy_samples`` / ``policy_perturbations``: the proposals sampled from the server bundle's policy and their
@@ -124,21 +141,38 @@ def plan_options(num_proposals: int | None = None, refine_iters: int | None = No
     alone, the baseline to compare against (one safety-checked chunk, no world model; per-frame fields empty,
     confidence 0), only on a server whose GetInfo ``modes`` lists PLAN_MODE_POLICY.
     """
-    given = {"num_proposals": num_proposals, "refine_iters": refine_iters, "flow_steps": flow_steps,
-             "deadline_ms": deadline_ms, "nominal_perturbations": nominal_perturbations,
-             "policy_samples": policy_samples, "policy_perturbations": policy_perturbations}
+    given = {
+        "num_proposals": num_proposals,
+        "refine_iters": refine_iters,
+        "flow_steps": flow_steps,
+        "deadline_ms": deadline_ms,
+        "nominal_perturbations": nominal_perturbations,
+        "policy_samples": policy_samples,
+        "policy_perturbations": policy_perturbations,
+    }
     for name, value in given.items():
         if value is not None and value < 0:
             raise WireError(f"{name} must be >= 0, got {value}")
     if mode not in MODES:
         raise WireError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    return pb.PlanOptions(seed=seed, return_heatmaps=return_heatmaps, mode=MODES[mode],
-                          **{k: int(v) for k, v in given.items() if v is not None})
+    return pb.PlanOptions(
+        seed=seed,
+        return_heatmaps=return_heatmaps,
+        mode=MODES[mode],
+        **{k: int(v) for k, v in given.items() if v is not None},
+    )
 
 
-def make_request(session_id: str, sequence: int, instruction: str, observation: pb.Observation,
-                 history: Sequence[pb.Observation] = (), nominal: np.ndarray | None = None,
-                 nominal_space: str = "cartesian_position", options: pb.PlanOptions | None = None) -> pb.PlanRequest:
+def make_request(
+    session_id: str,
+    sequence: int,
+    instruction: str,
+    observation: pb.Observation,
+    history: Sequence[pb.Observation] = (),
+    nominal: np.ndarray | None = None,
+    nominal_space: str = "cartesian_position",
+    options: pb.PlanOptions | None = None,
+) -> pb.PlanRequest:
     """PlanRequest. ``history``: earlier observations, oldest first, without ``observation``.
 
     ``nominal``: optional ``(S, 7)`` cartesian_position + gripper or ``(S, 8)`` joint_velocity + gripper chunk.
@@ -146,10 +180,18 @@ def make_request(session_id: str, sequence: int, instruction: str, observation: 
     if not instruction.strip():
         raise WireError("instruction must not be empty")
     if len(session_id) > MAX_SESSION_ID_CHARS or not all(" " <= c <= "~" for c in session_id):
-        raise WireError(f"session_id must be at most {MAX_SESSION_ID_CHARS} printable ASCII characters, got "
-                        f"{session_id[:40]!r}{'...' if len(session_id) > 40 else ''} ({len(session_id)} characters)")
-    request = pb.PlanRequest(session_id=session_id, sequence=int(sequence), instruction=instruction,
-                             observation=observation, history=list(history), options=options)
+        raise WireError(
+            f"session_id must be at most {MAX_SESSION_ID_CHARS} printable ASCII characters, got "
+            f"{session_id[:40]!r}{'...' if len(session_id) > 40 else ''} ({len(session_id)} characters)"
+        )
+    request = pb.PlanRequest(
+        session_id=session_id,
+        sequence=int(sequence),
+        instruction=instruction,
+        observation=observation,
+        history=list(history),
+        options=options,
+    )
     if nominal is not None:
         if nominal_space not in ACTION_SPACES:
             raise WireError(f"nominal_space must be one of {sorted(ACTION_SPACES)}, got {nominal_space!r}")
@@ -165,11 +207,15 @@ def make_request(session_id: str, sequence: int, instruction: str, observation: 
 def request_arrays(request: pb.PlanRequest) -> dict:
     """Decode a request back to numpy (tests, logging): images per camera, state, nominal."""
     obs = request.observation
-    out = {"images": {f.camera: decode_image(f) for f in obs.frames},
-           "joint_position": np.array(obs.state.joint_position),
-           "cartesian_position": np.array(obs.state.cartesian_position),
-           "gripper_position": obs.state.gripper_position, "timestamp_s": obs.timestamp_s,
-           "history_timestamps_s": [h.timestamp_s for h in request.history], "nominal": None}
+    out = {
+        "images": {f.camera: decode_image(f) for f in obs.frames},
+        "joint_position": np.array(obs.state.joint_position),
+        "cartesian_position": np.array(obs.state.cartesian_position),
+        "gripper_position": obs.state.gripper_position,
+        "timestamp_s": obs.timestamp_s,
+        "history_timestamps_s": [h.timestamp_s for h in request.history],
+        "nominal": None,
+    }
     if request.HasField("nominal"):
         out["nominal"] = rows_to_array(request.nominal.rows)
     return out
@@ -231,11 +277,22 @@ def response_to_plan(response: pb.PlanResponse) -> Plan:
     if response.stamp.dt_s <= 0:
         raise WireError(f"stamp.dt_s must be > 0, got {response.stamp.dt_s}")
     return Plan(
-        session_id=response.session_id, sequence=response.sequence, chunk=chunk, t0_s=response.stamp.t0_s,
-        i0=response.stamp.i0, dt_s=response.stamp.dt_s,
+        session_id=response.session_id,
+        sequence=response.sequence,
+        chunk=chunk,
+        t0_s=response.stamp.t0_s,
+        i0=response.stamp.i0,
+        dt_s=response.stamp.dt_s,
         joint_positions=rows_to_array(response.joint_positions, 7, "joint_positions"),
-        frame_stride=response.frame_stride, confidence=response.confidence,
-        uncertainty=np.array(response.uncertainty), expected_error=np.array(response.expected_error),
-        semantic_reward=np.array(response.semantic_reward), value=np.array(response.value),
-        refined=response.refined, deadline_hit=response.deadline_hit, notes=list(response.notes),
-        model_version=response.model_version, timings_ms=dict(response.timings_ms))
+        frame_stride=response.frame_stride,
+        confidence=response.confidence,
+        uncertainty=np.array(response.uncertainty),
+        expected_error=np.array(response.expected_error),
+        semantic_reward=np.array(response.semantic_reward),
+        value=np.array(response.value),
+        refined=response.refined,
+        deadline_hit=response.deadline_hit,
+        notes=list(response.notes),
+        model_version=response.model_version,
+        timings_ms=dict(response.timings_ms),
+    )

@@ -84,8 +84,13 @@ def pose_step(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return translation, rotation
 
 
-def observation_dict(images: Mapping[str, np.ndarray], joint_positions: np.ndarray, cartesian_position: np.ndarray,
-                     gripper_position: float, timestamp: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def observation_dict(
+    images: Mapping[str, np.ndarray],
+    joint_positions: np.ndarray,
+    cartesian_position: np.ndarray,
+    gripper_position: float,
+    timestamp: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The DROID observation dict :func:`read_observation` reads (what a ``RobotEnv`` stand-in returns)."""
     obs: dict[str, Any] = {
         IMAGE_KEY: dict(images),
@@ -100,8 +105,9 @@ def observation_dict(images: Mapping[str, np.ndarray], joint_positions: np.ndarr
     return obs
 
 
-def read_observation(obs: Mapping[str, Any], camera_keys: Mapping[str, str] | None = None,
-                     cameras: tuple[str, ...] = CAMERA_NAMES) -> DroidFrame:
+def read_observation(
+    obs: Mapping[str, Any], camera_keys: Mapping[str, str] | None = None, cameras: tuple[str, ...] = CAMERA_NAMES
+) -> DroidFrame:
     """DROID observation dict -> :class:`DroidFrame`. ``camera_keys``: wire name -> key in ``obs["image"]``."""
     keys = {c: (camera_keys or {}).get(c, c) for c in cameras}
     try:
@@ -112,9 +118,12 @@ def read_observation(obs: Mapping[str, Any], camera_keys: Mapping[str, str] | No
         gripper = float(np.asarray(state[GRIPPER_POSITION_KEY], dtype=np.float64).reshape(-1)[0])
     except KeyError as e:
         wanted = [f"{IMAGE_KEY}/{k}" for k in keys.values()] + [
-            f"{STATE_KEY}/{k}" for k in (JOINT_POSITIONS_KEY, CARTESIAN_POSITION_KEY, GRIPPER_POSITION_KEY)]
+            f"{STATE_KEY}/{k}" for k in (JOINT_POSITIONS_KEY, CARTESIAN_POSITION_KEY, GRIPPER_POSITION_KEY)
+        ]
         raise KeyError(f"DROID observation lacks {e}; expected {', '.join(wanted)}") from e
     if joints.shape != (7,) or pose.shape != (6,):
-        raise ValueError(f"robot_state: joint_positions must have 7 values and cartesian_position 6, "
-                         f"got {joints.shape} and {pose.shape}")
+        raise ValueError(
+            f"robot_state: joint_positions must have 7 values and cartesian_position 6, "
+            f"got {joints.shape} and {pose.shape}"
+        )
     return DroidFrame(images=images, joint_position=joints, cartesian_position=pose, gripper_position=gripper)

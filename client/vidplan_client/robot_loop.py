@@ -175,9 +175,15 @@ class _InFlight:
 class RobotLoop:
     """Runs :class:`LoopConfig` against a DROID-style env and a plan client. Call :meth:`close` when done."""
 
-    def __init__(self, env: RobotEnvLike, client: PlanClient, config: LoopConfig,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        env: RobotEnvLike,
+        client: PlanClient,
+        config: LoopConfig,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        executor: Executor | None = None,
+    ) -> None:
         self.env, self.client, self.config = env, client, config
         self.clock, self.sleep = clock, sleep
         self.session_id = config.session_id or uuid.uuid4().hex
@@ -189,8 +195,9 @@ class RobotLoop:
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidplan-plan")
         self._in_flight: _InFlight | None = None
         # The current chunk, its rows and the step limits: which row to command when (pure, tested on its own).
-        self.chunks = ChunkScheduler(config.open_loop_steps, config.max_translation_per_step_m,
-                                     config.max_rotation_per_step_rad)
+        self.chunks = ChunkScheduler(
+            config.open_loop_steps, config.max_translation_per_step_m, config.max_rotation_per_step_rad
+        )
         self._plan_record: PlanRecord | None = None  # the request the current chunk answers
         self._target: np.ndarray | None = None  # (7,) the last chunk row commanded; what a hold commands
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
@@ -221,8 +228,7 @@ class RobotLoop:
             sequence = self.chunks.plan.sequence
             if self._holding:
                 log.info("resuming with chunk %d after %d held cycles", sequence, self._held_cycles())
-            record = StepRecord(len(self.records), t, "chunk", self.chunks.commit(row).copy(), sequence, row,
-                                sent=sent)
+            record = StepRecord(len(self.records), t, "chunk", self.chunks.commit(row).copy(), sequence, row, sent=sent)
             self._target = record.action.copy()
         self.env.update_robot(record.action, action_space=ACTION_SPACE, blocking=False)
         self._holding = record.kind == "hold"
@@ -312,8 +318,14 @@ class RobotLoop:
         record = PlanRecord(self.sequence, t)
         self.plans.append(record)
         try:
-            request = make_request(self.session_id, record.sequence, cfg.instruction,
-                                   self._encoded(self._memory[-1]), history=self._history(t), options=cfg.options)
+            request = make_request(
+                self.session_id,
+                record.sequence,
+                cfg.instruction,
+                self._encoded(self._memory[-1]),
+                history=self._history(t),
+                options=cfg.options,
+            )
         except WireError as e:  # a bad observation from the env: hold rather than crash the loop
             self._finish(record, t, "failed", f"observation does not fit the wire: {e}")
             return None
@@ -340,9 +352,13 @@ class RobotLoop:
             return
         self._latencies.append(t - record.sent_s)
         if response.sequence != sequence or (response.session_id and response.session_id != self.session_id):
-            self._finish(record, t, "dropped",
-                         f"dropped a response for sequence {response.sequence} of session {response.session_id!r} "
-                         f"(waiting for {sequence} of {self.session_id!r})")
+            self._finish(
+                record,
+                t,
+                "dropped",
+                f"dropped a response for sequence {response.sequence} of session {response.session_id!r} "
+                f"(waiting for {sequence} of {self.session_id!r})",
+            )
             return
         try:
             plan = response_to_plan(response)
@@ -373,8 +389,9 @@ class RobotLoop:
         if memory.encoded is None:
             f = memory.frame
             state = make_state(f.joint_position, f.cartesian_position, f.gripper_position)
-            memory.encoded = make_observation(f.images, state, memory.time_s, self.config.encoding,
-                                              self.config.jpeg_quality)
+            memory.encoded = make_observation(
+                f.images, state, memory.time_s, self.config.encoding, self.config.jpeg_quality
+            )
         return memory.encoded
 
     def _history(self, t: float) -> list[pb.Observation]:

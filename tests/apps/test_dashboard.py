@@ -17,8 +17,12 @@ def test_a_recording_server_writes_a_plan_log_the_replay_server_serves(tmp_path)
     log = tmp_path / "run" / "planlog.jsonl"
     server = LiveServer(PlanService(StubPlanner()), dashboard_record=log).wait_started()
     for i in (1, 2):
-        assert httpx.post(f"{server.http_url}/v1/plan", json=json_request(i, float(i), session="r1"),
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{server.http_url}/v1/plan", json=json_request(i, float(i), session="r1"), timeout=30
+            ).status_code
+            == 200
+        )
     server.close()  # the shutdown flushes the log
     events = list(read_events(log))
     assert events[0]["type"] == "hello"

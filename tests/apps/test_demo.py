@@ -19,8 +19,17 @@ def test_every_demo_option_is_explained():
     parser = build_parser()
     demo = parser._subparsers._group_actions[0].choices["demo"]  # argparse keeps subparsers here
     options = [a for a in demo._actions if a.option_strings and a.dest != "help"]
-    assert {"--server", "--out", "--seed", "--steps", "--instruction", "--open-loop", "--proposals",
-            "--refine-iters", "--slowdown"} <= {s for a in options for s in a.option_strings}
+    assert {
+        "--server",
+        "--out",
+        "--seed",
+        "--steps",
+        "--instruction",
+        "--open-loop",
+        "--proposals",
+        "--refine-iters",
+        "--slowdown",
+    } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
     assert "demo" in parser.format_help()
 
@@ -57,8 +66,27 @@ def test_demo_runs_an_episode_against_a_server_it_starts_and_stops(tmp_path, cap
     out = tmp_path / "demo"
     # Small planner, 24 control steps; --slowdown 2 and the whole chunk as horizon so that a 2-core CPU server shared
     # with other tests still answers in time for its chunks to be used.
-    code = main(["demo", "--out", str(out), "--seed", "3", "--steps", "24", "--proposals", "6", "--refine-iters", "0",
-                 "--open-loop", "15", "--slowdown", "2", "--view-scale", "2"])
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--steps",
+            "24",
+            "--proposals",
+            "6",
+            "--refine-iters",
+            "0",
+            "--open-loop",
+            "15",
+            "--slowdown",
+            "2",
+            "--view-scale",
+            "2",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
@@ -75,7 +103,7 @@ def test_demo_runs_an_episode_against_a_server_it_starts_and_stops(tmp_path, cap
     frames = decode_video(out / "demo.mp4", num_frames=24)
     assert frames.shape == (24, 24 + 2 * 128, 3 * 128, 3)
     assert report["video_size"] == [384, 280]
-    heatmap_rows = frames[:, 24 + 128:].reshape(24, -1).mean(axis=1)
+    heatmap_rows = frames[:, 24 + 128 :].reshape(24, -1).mean(axis=1)
     assert heatmap_rows[0] < 5  # no plan yet: black
     if report["plans_used"]:
         assert heatmap_rows[-1] > 20  # the executed plan's heatmaps

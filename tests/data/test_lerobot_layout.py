@@ -27,9 +27,22 @@ from vidplan_server.data.reader import EpisodeDataset
 # returns min, max, mean, std, count, then the quantiles.
 LEROBOT_STATS = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 # utils.py DatasetInfo: the fields it keeps (others are dropped, with a warning, when it rewrites info.json).
-LEROBOT_INFO_FIELDS = {"codebase_version", "fps", "features", "total_episodes", "total_frames", "total_tasks",
-                       "chunks_size", "data_files_size_in_mb", "video_files_size_in_mb", "data_path", "video_path",
-                       "robot_type", "splits", "tools"}
+LEROBOT_INFO_FIELDS = {
+    "codebase_version",
+    "fps",
+    "features",
+    "total_episodes",
+    "total_frames",
+    "total_tasks",
+    "chunks_size",
+    "data_files_size_in_mb",
+    "video_files_size_in_mb",
+    "data_path",
+    "video_path",
+    "robot_type",
+    "splits",
+    "tools",
+}
 
 
 def stat_shape(feature: dict) -> tuple[int, ...]:
@@ -44,13 +57,26 @@ def lerobot_episode_row(info: dict, index: int, length: int, task: str) -> pa.Ta
     (episode_index, tasks, length; data and video file locations), ``flatten_dict({"stats": ep_stats})`` for every
     feature but strings, then the metadata file location, through ``pa.Table.from_pydict`` of ``.tolist()``
     values (``_flush_metadata_buffer``)."""
-    row: dict = {"episode_index": index, "tasks": [task], "length": length, "data/chunk_index": 0,
-                 "data/file_index": index, "dataset_from_index": 0, "dataset_to_index": length}
+    row: dict = {
+        "episode_index": index,
+        "tasks": [task],
+        "length": length,
+        "data/chunk_index": 0,
+        "data/file_index": index,
+        "dataset_from_index": 0,
+        "dataset_to_index": length,
+    }
     features = info["features"]
     for key, ft in features.items():
         if ft["dtype"] == "video":
-            row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": index,
-                        f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": length / info["fps"]})
+            row.update(
+                {
+                    f"videos/{key}/chunk_index": 0,
+                    f"videos/{key}/file_index": index,
+                    f"videos/{key}/from_timestamp": 0.0,
+                    f"videos/{key}/to_timestamp": length / info["fps"],
+                }
+            )
     for key, ft in features.items():
         if ft["dtype"] in ("string", "language"):
             continue
@@ -117,7 +143,9 @@ def test_info_json_holds_only_what_lerobot_keeps_and_ours_lives_under_meta_vidpl
     assert extras["episode_index"] == 0 and "vidplan/seed" in extras and extras["ground_truth/object_names"]
     # LeRobot globs meta/episodes/*/*.parquet only: our extras are not mistaken for episode metadata.
     assert sorted(p.name for p in (dataset / "meta" / "episodes").rglob("*") if p.is_file()) == [
-        "file-000.parquet", "file-001.parquet"]
+        "file-000.parquet",
+        "file-001.parquet",
+    ]
 
 
 def test_our_older_layout_still_reads(dataset, short_episodes, tmp_path):

@@ -18,10 +18,17 @@ CUBE = TRAIN_OBJECTS[0]
 def two_cubes(sim_scene):
     """A red cube (the target, objects[0]) and a blue one 20 cm apart; the arm at home, the gripper open."""
     spec = SceneSpec(
-        objects=[ObjectSpec(CUBE, "red", TRAIN_COLOURS["red"], (0.5, -0.1), 0.0),
-                 ObjectSpec(CUBE, "blue", TRAIN_COLOURS["blue"], (0.5, 0.1), 0.0)],
-        container=CONTAINERS[0], container_colour="grey", container_xy=(0.55, 0.3), container_yaw=0.0,
-        rig=CameraRig.sample(np.random.default_rng(0), jitter=0.0), q_start=Q_HOME.copy())
+        objects=[
+            ObjectSpec(CUBE, "red", TRAIN_COLOURS["red"], (0.5, -0.1), 0.0),
+            ObjectSpec(CUBE, "blue", TRAIN_COLOURS["blue"], (0.5, 0.1), 0.0),
+        ],
+        container=CONTAINERS[0],
+        container_colour="grey",
+        container_xy=(0.55, 0.3),
+        container_yaw=0.0,
+        rig=CameraRig.sample(np.random.default_rng(0), jitter=0.0),
+        q_start=Q_HOME.copy(),
+    )
     sim_scene.reset(spec)
     return sim_scene
 

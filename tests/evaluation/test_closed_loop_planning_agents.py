@@ -46,10 +46,15 @@ def test_policy_agent_needs_a_policy(tiny_heads_bundle):
 def test_request_history_frames_are_frame_stride_apart():
     def obs(step):
         img = np.full((8, 8, 3), step, np.uint8)
-        return {"image": {c: img for c in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")},
-                "robot_state": {"joint_positions": np.zeros(7), "cartesian_position": np.ones(6) * step,
-                                "gripper_position": 0.0},
-                "timestamp": {"step": step}}
+        return {
+            "image": {c: img for c in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")},
+            "robot_state": {
+                "joint_positions": np.zeros(7),
+                "cartesian_position": np.ones(6) * step,
+                "gripper_position": 0.0,
+            },
+            "timestamp": {"step": step},
+        }
 
     history = [obs(s) for s in range(10)]
     req = request_from_history(history, "pick up the cube", 2, 3, PlanOptions(seed=4))

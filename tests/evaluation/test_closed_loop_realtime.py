@@ -43,8 +43,9 @@ def test_realtime_refuses_what_it_cannot_run(tmp_path, capsys):
     with pytest.raises(ClosedLoopError, match="--realtime runs vidplan .* not policy"):
         run_realtime(tmp_path, ["val"], {"policy": 1}, progress=False)
     with pytest.raises(ClosedLoopError, match="--ckpt configures the server started here"):
-        run_realtime(tmp_path, ["val"], {"vidplan": 1}, ClosedLoopConfig(ckpt="x"), RealtimeConfig(server="h:1"),
-                     progress=False)
+        run_realtime(
+            tmp_path, ["val"], {"vidplan": 1}, ClosedLoopConfig(ckpt="x"), RealtimeConfig(server="h:1"), progress=False
+        )
     with pytest.raises(ClosedLoopError, match="--slowdown"):
         RealtimeConfig(slowdown=0)
     argv = ["eval", "closed-loop", "--split", "val", "--episodes", "1", "--out", str(tmp_path / "cli")]

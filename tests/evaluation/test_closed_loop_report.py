@@ -11,24 +11,48 @@ from vidplan_server.evaluation.closed_loop.stats import paired_difference, wilso
 
 
 def record(agent, split, index, success, kind="place", first="target", cause=None):
-    return {"agent": agent, "split": split, "index": index, "seed": 1000 + index, "task_kind": kind,
-            "success": success, "first_grasp": first, "failure_cause": None if success else (cause or "dropped"),
-            "steps": 100, "plans": 13, "mean_plan_ms": 40.0, "wall_s": 3.0}
+    return {
+        "agent": agent,
+        "split": split,
+        "index": index,
+        "seed": 1000 + index,
+        "task_kind": kind,
+        "success": success,
+        "first_grasp": first,
+        "failure_cause": None if success else (cause or "dropped"),
+        "steps": 100,
+        "plans": 13,
+        "mean_plan_ms": 40.0,
+        "wall_s": 3.0,
+    }
 
 
 def test_summary_pairs_agents_on_common_episodes_per_split_and_kind():
     policy = [record("policy", "val", i, i < 4, kind="pick" if i % 2 else "place") for i in range(10)]
-    vidplan = [record("vidplan", "val", i, i < 7, kind="pick" if i % 2 else "place",
-                      first="other" if i == 9 else "target", cause="wrong_object" if i == 9 else None)
-               for i in range(12)]  # two episodes the policy did not run
+    vidplan = [
+        record(
+            "vidplan",
+            "val",
+            i,
+            i < 7,
+            kind="pick" if i % 2 else "place",
+            first="other" if i == 9 else "target",
+            cause="wrong_object" if i == 9 else None,
+        )
+        for i in range(12)
+    ]  # two episodes the policy did not run
     vidplan[8]["failure_cause"] = "agent_error: RuntimeError: boom"
     expert = [record("expert", "ood", i, True) for i in range(3)]
     s = summarize(policy + vidplan + expert)
     assert list(s) == ["val", "ood"] and list(s["val"]) == ["policy", "vidplan"]
     v = s["val"]["vidplan"]
     w = wilson_interval(7, 12)
-    assert (v["success"], v["ci_low"], v["ci_high"], v["episodes"]) == (round(7 / 12, 4), round(w.low, 4),
-                                                                       round(w.high, 4), 12)
+    assert (v["success"], v["ci_low"], v["ci_high"], v["episodes"]) == (
+        round(7 / 12, 4),
+        round(w.low, 4),
+        round(w.high, 4),
+        12,
+    )
     d = paired_difference([i < 7 for i in range(10)], [i < 4 for i in range(10)])
     assert v["paired_episodes"] == 10 and v["paired_diff_to_policy"] == pytest.approx(0.3)
     assert (v["paired_ci_low"], v["paired_ci_high"]) == (round(d.low, 4), round(d.high, 4))
@@ -45,8 +69,9 @@ def test_summary_pairs_agents_on_common_episodes_per_split_and_kind():
 
 
 def test_write_report_files(tmp_path):
-    recs = [record("policy", "val", i, i < 2) for i in range(4)] + [record("vidplan", "val", i, i < 3)
-                                                                      for i in range(4)]
+    recs = [record("policy", "val", i, i < 2) for i in range(4)] + [
+        record("vidplan", "val", i, i < 3) for i in range(4)
+    ]
     summary = write_report(tmp_path, recs)
     assert json.loads((tmp_path / "closed_loop.json").read_text()) == summary
     assert "| val | policy | 4 |" in (tmp_path / "closed_loop.md").read_text()
@@ -55,18 +80,61 @@ def test_write_report_files(tmp_path):
 
 def test_cli_runs_the_expert_and_reports(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cl"
-    code = main(["eval", "closed-loop", "--split", "val", "--episodes", "1", "--agent", "expert", "--max-steps", "3",
-                 "--videos", "0", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "closed-loop",
+            "--split",
+            "val",
+            "--episodes",
+            "1",
+            "--agent",
+            "expert",
+            "--max-steps",
+            "3",
+            "--videos",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "closed_loop.json").read_text())
     assert summary["val"]["expert"]["episodes"] == 1 and summary["val"]["expert"]["success"] == 0.0
     assert "| val | expert | 1 |" in capsys.readouterr().out
-    code = main(["eval", "closed-loop", "--split", "val", "--episodes", "1", "--agent", "expert", "--max-steps", "4",
-                 "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            "closed-loop",
+            "--split",
+            "val",
+            "--episodes",
+            "1",
+            "--agent",
+            "expert",
+            "--max-steps",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "--max-steps 3 there, 4 now" in capsys.readouterr().err
     monkeypatch.setattr(agents_mod, "PLANNING_AGENTS_MODULE", "vidplan_server.evaluation.closed_loop.not_there")
-    code = main(["eval", "closed-loop", "--split", "ood", "--episodes", "1", "--agent", "expert,vidplan",
-                 "--out", str(tmp_path / "x")])
+    code = main(
+        [
+            "eval",
+            "closed-loop",
+            "--split",
+            "ood",
+            "--episodes",
+            "1",
+            "--agent",
+            "expert,vidplan",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 2 and "--agent 'vidplan': needs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "closed-loop", "--split", "val", "--episodes", "1", "--agent", "robot", "--out", str(out)])

@@ -82,8 +82,9 @@ def test_the_expert_follows_its_script_row_by_row_whatever_the_horizon(sim_scene
         sent = []
         update = env.update_robot
         env.update_robot = lambda a, _u=update, _s=sent: (_s.append(np.array(a)), _u(a))[1]
-        rec = run_episode(env, ExpertAgent(), Job("val", "expert", 1), ClosedLoopConfig(max_steps=10,
-                          open_loop_horizon=horizon), None)
+        rec = run_episode(
+            env, ExpertAgent(), Job("val", "expert", 1), ClosedLoopConfig(max_steps=10, open_loop_horizon=horizon), None
+        )
         assert rec["plans"] == -(-10 // horizon)
         executed[horizon] = np.stack(sent)
     np.testing.assert_array_equal(executed[3], executed[8])
@@ -152,13 +153,13 @@ def test_agents_meet_the_same_scenes_on_the_same_seeds(tmp_path, fake_agents, mo
             assert a["seed"] == b["seed"] and a["instruction"] == b["instruction"]
             np.testing.assert_array_equal(seen[("policy", a["seed"])], seen[("vidplan", b["seed"])])
     assert len({r["seed"] for r in recs}) == 4  # other index or split: another scene
-    assert not np.array_equal(seen[("policy", by[("policy", "val", 0)]["seed"])],
-                              seen[("policy", by[("policy", "val", 1)]["seed"])])
+    assert not np.array_equal(
+        seen[("policy", by[("policy", "val", 0)]["seed"])], seen[("policy", by[("policy", "val", 1)]["seed"])]
+    )
 
 
 def test_a_run_resumes_without_redoing_episodes_and_keeps_its_options(tmp_path, fake_agents):
-    config = ClosedLoopConfig(max_steps=6, videos=1, video_scale=1,
-                              agent_options={"vidplan": {"fail_at": 0}})
+    config = ClosedLoopConfig(max_steps=6, videos=1, video_scale=1, agent_options={"vidplan": {"fail_at": 0}})
     recs = run_closed_loop(tmp_path, ["val"], {"policy": 2, "vidplan": 1}, config, progress=False)
     assert [(r["agent"], r["index"]) for r in recs] == [("policy", 0), ("vidplan", 0), ("policy", 1)]
     # the raising agent's episode is a recorded failure and did not stop the run

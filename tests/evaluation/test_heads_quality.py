@@ -10,8 +10,23 @@ from vidplan_server.cli import main
 
 def test_eval_calibration_writes_json_and_reliability_pngs(tmp_path, tiny_heads_bundle, tiny_dataset, capsys):
     out = tmp_path / "cal"
-    code = main(["eval", "calibration", "--ckpt", str(tiny_heads_bundle), "--data", str(tiny_dataset),
-                 "--ood", str(tiny_dataset), "--out", str(out), "--windows", "4", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "calibration",
+            "--ckpt",
+            str(tiny_heads_bundle),
+            "--data",
+            str(tiny_dataset),
+            "--ood",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+            "--windows",
+            "4",
+            "--quiet",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "calibration.json").read_text())
     for split in ("val", "ood"):
@@ -32,14 +47,30 @@ def test_eval_calibration_writes_json_and_reliability_pngs(tmp_path, tiny_heads_
 
 def test_eval_reward_writes_the_named_metrics(tmp_path, tiny_heads_bundle, tiny_dataset, capsys):
     out = tmp_path / "rew"
-    code = main(["eval", "reward", "--ckpt", str(tiny_heads_bundle), "--data", str(tiny_dataset), "--ood",
-                 str(tiny_dataset), "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "reward",
+            "--ckpt",
+            str(tiny_heads_bundle),
+            "--data",
+            str(tiny_dataset),
+            "--ood",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "reward.json").read_text())
     ood = json.loads((out / "reward_ood.json").read_text())
     assert ood["semantic"] == result["semantic"]  # the same episodes as --ood: the same figures
-    assert set(result["semantic"]["decoded_per_view"]) == {"exterior_image_1_left", "exterior_image_2_left",
-                                                           "wrist_image_left"}
+    assert set(result["semantic"]["decoded_per_view"]) == {
+        "exterior_image_1_left",
+        "exterior_image_2_left",
+        "wrist_image_left",
+    }
     assert "ood:" in capsys.readouterr().out
     assert {"value_kendall_tau", "success_auroc", "centroid_hit_rate"} <= set(result)
     assert 0.0 <= result["centroid_hit_rate"] <= 1.0
@@ -51,6 +82,20 @@ def test_eval_reward_writes_the_named_metrics(tmp_path, tiny_heads_bundle, tiny_
 def test_eval_reports_missing_data_and_heads(tmp_path, tiny_bundle, tiny_dataset, capsys):
     assert main(["eval", "calibration", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "--data" in capsys.readouterr().err
-    assert main(["eval", "calibration", "--ckpt", str(tiny_bundle), "--data", str(tiny_dataset), "--out",
-                 str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "calibration",
+                "--ckpt",
+                str(tiny_bundle),
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "no module 'uq'" in capsys.readouterr().err

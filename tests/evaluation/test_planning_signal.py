@@ -33,8 +33,10 @@ def test_summarize_averages_per_instruction_and_variant():
     from vidplan_server.evaluation.planning_signal import StepSignal
 
     d = [0.1, 0.2, 0.3]
-    steps = [StepSignal(0, 5, {"target": "a"}, {"target": d}, {"target": {"model": [3.0, 2.0, 1.0]}}),
-             StepSignal(0, 9, {"target": "a"}, {"target": d}, {"target": {"model": [1.0, 2.0, 3.0]}})]
+    steps = [
+        StepSignal(0, 5, {"target": "a"}, {"target": d}, {"target": {"model": [3.0, 2.0, 1.0]}}),
+        StepSignal(0, 9, {"target": "a"}, {"target": d}, {"target": {"model": [1.0, 2.0, 3.0]}}),
+    ]
     s = summarize(steps, ("model",))
     assert s["target"]["model"]["spearman"] == pytest.approx(0.0)
     assert s["target"]["model"]["winner_best_third"] == pytest.approx(0.5)
@@ -71,13 +73,13 @@ def test_the_oracle_rebuilds_a_recorded_step(short_episodes):
         assert np.allclose(scene.joint_positions(), ep.joint_position[step], atol=1e-5)
         assert np.allclose(scene.object_poses()[:, :3], ep.ground_truth.object_poses[step][:, :3], atol=1e-5)
         # Executing the recorded actions renders (nearly) the recorded frames 3 steps later.
-        out = oracle.rollout(ep.action[None, step:step + 6].astype(np.float64), frame_stride=3)
+        out = oracle.rollout(ep.action[None, step : step + 6].astype(np.float64), frame_stride=3)
         assert out.frames.shape == (1, 2, 3, 64, 64, 3) and out.segmentation.shape == (1, 2, 3, 64, 64)
         for k, t in enumerate((step + 3, step + 6)):
             recorded = np.stack([ep.images[c][t] for c in CAMERA_NAMES]).astype(float)
             assert np.abs(out.frames[0, k].astype(float) - recorded).mean() < 4.0
         # Every proposal starts from the same state: the same chunk twice gives the same frames.
-        twice = oracle.rollout(np.repeat(ep.action[None, step:step + 3].astype(np.float64), 2, 0), 3)
+        twice = oracle.rollout(np.repeat(ep.action[None, step : step + 3].astype(np.float64), 2, 0), 3)
         assert np.array_equal(twice.frames[0], twice.frames[1])
     finally:
         oracle.close()
@@ -85,9 +87,25 @@ def test_the_oracle_rebuilds_a_recorded_step(short_episodes):
 
 def test_the_command_on_a_tiny_bundle(tiny_heads_bundle, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "signal"
-    code = main(["eval", "planning-signal", "--data", str(tiny_dataset), "--out", str(out), "--ckpt",
-                 str(tiny_heads_bundle), "--episodes", "1", "--steps-per-episode", "1", "--proposals", "4",
-                 "--quiet"])
+    code = main(
+        [
+            "eval",
+            "planning-signal",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+            "--ckpt",
+            str(tiny_heads_bundle),
+            "--episodes",
+            "1",
+            "--steps-per-episode",
+            "1",
+            "--proposals",
+            "4",
+            "--quiet",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "planning_signal.json").read_text())
     assert set(result["summary"]["target"]) == set(VARIANTS)
@@ -101,6 +119,7 @@ def test_the_command_on_a_tiny_bundle(tiny_heads_bundle, tiny_dataset, tmp_path,
 
 
 def test_unknown_variant_is_a_clear_error(tiny_dataset, tmp_path, capsys):
-    code = main(["eval", "planning-signal", "--data", str(tiny_dataset), "--out", str(tmp_path), "--variants",
-                 "model,dreams"])
+    code = main(
+        ["eval", "planning-signal", "--data", str(tiny_dataset), "--out", str(tmp_path), "--variants", "model,dreams"]
+    )
     assert code == 2 and "dreams" in capsys.readouterr().err

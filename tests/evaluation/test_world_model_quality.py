@@ -36,9 +36,25 @@ def test_benchmark_script_writes_every_method(tmp_path, tiny_bundle, tiny_datase
     out = tmp_path / "wm.json"
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_model.py"
     subprocess.run(
-        [sys.executable, str(script), "--ckpt", str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(out),
-         "--windows", "3", "--heun-steps", "3", "--repeats", "1"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(script),
+            "--ckpt",
+            str(tiny_bundle),
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+            "--windows",
+            "3",
+            "--heun-steps",
+            "3",
+            "--repeats",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result = json.loads(out.read_text())
     assert set(result["methods"]) == {"copy_last", "diffusion", "flow_1", "flow_2", "flow_4"}

@@ -18,12 +18,12 @@ def test_views_are_stacked_vertically_in_camera_order():
         assert z.shape == (2, 4, 48, 16) and TINY.latent_shape == (4, 48, 16)
         for v in range(3):  # rows 16v..16v+16 are exactly view v encoded alone
             alone = (codec.posterior(frames[:, v]).mean - TINY.shift) * TINY.scale
-            assert torch.allclose(z[:, :, 16 * v:16 * (v + 1)], alone, atol=1e-5)
+            assert torch.allclose(z[:, :, 16 * v : 16 * (v + 1)], alone, atol=1e-5)
         out = codec.decode(z)
     assert out.shape == frames.shape
     with torch.no_grad():
         for v in range(3):
-            single = codec.decode_raw(z[:, :, 16 * v:16 * (v + 1)])
+            single = codec.decode_raw(z[:, :, 16 * v : 16 * (v + 1)])
             assert torch.allclose(out[:, v], single, atol=1e-5)
 
 
@@ -47,9 +47,18 @@ def test_wrong_view_count_is_refused():
 def test_loads_a_diffusers_autoencoder_folder(tmp_path):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=4, sample_size=32, scaling_factor=0.3, shift_factor=0.1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.3,
+        shift_factor=0.1,
+    )
     vae.save_pretrained(tmp_path / "vae")
     codec = Codec.from_diffusers(tmp_path / "vae")
     assert codec.config.scale == pytest.approx(0.3) and codec.config.shift == pytest.approx(0.1)

@@ -12,9 +12,17 @@ def test_bundled_checkpoint_is_complete_and_small():
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size < 60 * 2**20  # issue 12: the bundle stays under 60 MB
     card = (DEFAULT_CHECKPOINT / "MODEL_CARD.md").read_text()
-    for command in ("vidplan sim record", "vidplan train flowmap", "vidplan train uq", "vidplan train value",
-                    "vidplan train semantic", "vidplan train policy", "vidplan sim captions",
-                    "vidplan eval calibration", "vidplan eval reward"):
+    for command in (
+        "vidplan sim record",
+        "vidplan train flowmap",
+        "vidplan train uq",
+        "vidplan train value",
+        "vidplan train semantic",
+        "vidplan train policy",
+        "vidplan sim captions",
+        "vidplan eval calibration",
+        "vidplan eval reward",
+    ):
         assert command in card, command
     assert not (DEFAULT_CHECKPOINT / "training").exists()
 

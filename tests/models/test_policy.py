@@ -14,8 +14,14 @@ from vidplan_server.data.errors import DatasetError
 from vidplan_server.models.policy import ChunkCodec, FlowPolicy, PolicyConfig, fit_delta_scale, load_policy
 from vidplan_server.training.policy_stage import is_demonstration, policy_data, random_shift
 
-TINY = PolicyConfig(vocab=("cube", "pick", "red", "the", "up"), channels=(8, 8, 16, 16), text_dim=16,
-                    feature_dim=32, hidden=64, flow_steps=4)
+TINY = PolicyConfig(
+    vocab=("cube", "pick", "red", "the", "up"),
+    channels=(8, 8, 16, 16),
+    text_dim=16,
+    feature_dim=32,
+    hidden=64,
+    flow_steps=4,
+)
 
 
 def inputs(B=2, seed=0):
@@ -37,8 +43,9 @@ def test_chunk_codec_round_trip_across_the_roll_wrap():
     assert torch.allclose(x[..., 6], torch.ones(2, 15))
     back = codec.decode(x, state)
     assert torch.allclose(back[..., :3], chunk[..., :3], atol=1e-5)
-    assert torch.allclose(torch.remainder(back[..., 3] - chunk[..., 3] + math.pi, 2 * math.pi) - math.pi,
-                          torch.zeros(2, 15), atol=1e-5)
+    assert torch.allclose(
+        torch.remainder(back[..., 3] - chunk[..., 3] + math.pi, 2 * math.pi) - math.pi, torch.zeros(2, 15), atol=1e-5
+    )
 
 
 def test_samples_differ_with_the_noise_and_repeat_with_the_same_noise():
@@ -70,8 +77,12 @@ def test_a_tiny_policy_learns_a_fixed_batch():
     def sample_error():  # in the head's normalised units (angles wrapped)
         with torch.no_grad():
             out = policy.sample(images[:1], state[:1], texts[:1], noise)[0]
-        return (policy.chunk_codec.encode(out, state[:1].expand(4, -1)) -
-                policy.chunk_codec.encode(chunk[:1], state[:1])).abs().mean().item()
+        return (
+            (policy.chunk_codec.encode(out, state[:1].expand(4, -1)) - policy.chunk_codec.encode(chunk[:1], state[:1]))
+            .abs()
+            .mean()
+            .item()
+        )
 
     before = sample_error()
     opt = torch.optim.Adam(policy.parameters(), 3e-3)
@@ -130,8 +141,21 @@ def test_train_policy_writes_a_loadable_module(tiny_policy_bundle, short_episode
 
 
 def test_train_policy_refuses_data_without_demonstrations(tiny_dataset, tmp_path, capsys):
-    code = main(["train", "policy", "--data", str(tiny_dataset), "--out", str(tmp_path / "c"), "--preset", "tiny",
-                 "--steps", "2", "--quiet"])
+    code = main(
+        [
+            "train",
+            "policy",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "c"),
+            "--preset",
+            "tiny",
+            "--steps",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "no successful nominal episodes" in capsys.readouterr().err
 
 

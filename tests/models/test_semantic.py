@@ -22,8 +22,9 @@ def _tiny_tokenizer(folder):
     from transformers import CLIPTokenizer
 
     letters = list("abcdefghijklmnopqrstuvwxyz")
-    tokens = letters + [c + "</w>" for c in letters] + [w + "</w>" for w in WORDS] + ["<|startoftext|>",
-                                                                                      "<|endoftext|>"]
+    tokens = (
+        letters + [c + "</w>" for c in letters] + [w + "</w>" for w in WORDS] + ["<|startoftext|>", "<|endoftext|>"]
+    )
     vocab = {t: i for i, t in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
@@ -40,13 +41,23 @@ def hf_folder(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     vocab = _tiny_tokenizer(folder)
     torch.manual_seed(0)
-    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=16)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     if request.param == "clip":
-        ids = dict(eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"],
-                   pad_token_id=vocab["<|endoftext|>"])
+        ids = dict(
+            eos_token_id=vocab["<|endoftext|>"],
+            bos_token_id=vocab["<|startoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
         model = CLIPModel(CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=8))
     else:
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))

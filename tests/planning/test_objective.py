@@ -60,7 +60,7 @@ class FixedSemantic(SemanticBackend):
         n = len(images)
         rel = torch.zeros(n, 16, 16)
         y, x = self.where
-        rel[:, y - 1:y + 2, x - 1:x + 2] = 1.0
+        rel[:, y - 1 : y + 2, x - 1 : x + 2] = 1.0
         centroid = torch.tensor([[(x + 0.5) / 16, (y + 0.5) / 16]]).expand(n, 2)
         return SemanticScores(torch.full((n,), self.frame), rel, centroid)
 
@@ -105,8 +105,9 @@ def test_centring_term(codec):
     corner = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(2, 2)), codec, ScoreConfig())
     assert float(centred.centre_distance.max()) < 0.05
     assert float(corner.score[0]) < float(middle.score[0]) < float(centred.score[0])
-    image_centre = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec,
-                         ScoreConfig(centre_xy=(0.5, 0.5)))
+    image_centre = judge(
+        pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig(centre_xy=(0.5, 0.5))
+    )
     assert float(image_centre.centre_distance.max()) < 0.05
 
 
@@ -121,7 +122,7 @@ class SizedSemantic(FixedSemantic):
         out = super().score(images, text)
         rel = torch.zeros_like(out.relevance)
         y, x = self.where
-        rel[:, y - self.half:y + self.half + 1, x - self.half:x + self.half + 1] = 1.0
+        rel[:, y - self.half : y + self.half + 1, x - self.half : x + self.half + 1] = 1.0
         return SemanticScores(out.frame, rel, out.centroid)
 
 

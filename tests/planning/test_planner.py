@@ -34,8 +34,9 @@ def with_options(req: PlanRequest, **kw) -> PlanRequest:
 
 
 def assert_safe(planner, req, result):
-    problems = check_chunk(result.actions, req.state.cartesian_position, planner.config.limits,
-                           result.joint_positions, planner.kinematics)
+    problems = check_chunk(
+        result.actions, req.state.cartesian_position, planner.config.limits, result.joint_positions, planner.kinematics
+    )
     assert problems == []
 
 
@@ -196,8 +197,21 @@ def test_info_describes_the_contract(planner):
 def test_plan_cli_writes_picture_and_json(tiny_dataset, tmp_path):
     from vidplan_server.cli import main
 
-    code = main(["plan", "--episode", str(tiny_dataset), "--step", "10", "--out", str(tmp_path),
-                 "--proposals", "6", "--iters", "1"])
+    code = main(
+        [
+            "plan",
+            "--episode",
+            str(tiny_dataset),
+            "--step",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--proposals",
+            "6",
+            "--iters",
+            "1",
+        ]
+    )
     assert code == 0
     png = tmp_path / "plan_ep0_step10.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -58,8 +58,12 @@ def test_policy_mode_is_the_baseline_without_the_world_model(planner, request0):
     assert a.actions.shape == (planner.chunk_steps, 7) and np.array_equal(a.actions, b.actions)
     assert not np.array_equal(a.actions, c.actions)
     assert a.proposal_kinds == ["policy:0"] and a.uncertainty.shape == (0,) and a.timings_ms["rollout"] == 0
-    assert check_chunk(a.actions, request0.state.cartesian_position, planner.config.limits, a.joint_positions,
-                       planner.kinematics) == []
+    assert (
+        check_chunk(
+            a.actions, request0.state.cartesian_position, planner.config.limits, a.joint_positions, planner.kinematics
+        )
+        == []
+    )
     # The same seed's first policy sample is the plan's first proposal before feasibility projection.
     sample = planner.policy_chunks(opts(request0, seed=3), 1)[0]
     assert np.allclose(a.actions[:, 6], np.clip(sample[:, 6], 0, 1), atol=1e-6)
@@ -74,8 +78,9 @@ def test_bad_mode_and_mix_name_the_field(planner, request0):
 
 def test_policy_mode_needs_a_policy(tiny_heads_bundle, short_episodes):
     planner = Planner.load(tiny_heads_bundle)
-    req = request_from_episode(short_episodes[0], 9, planner.history_len, planner.frame_stride,
-                               PlanOptions(mode="policy"))
+    req = request_from_episode(
+        short_episodes[0], 9, planner.history_len, planner.frame_stride, PlanOptions(mode="policy")
+    )
     with pytest.raises(PlanningError, match="options.mode.*policy module"):
         planner.plan(req)
     assert planner.info().as_dict()["modes"] == ["plan"]

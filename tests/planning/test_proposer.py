@@ -83,7 +83,7 @@ def test_nominal_perturbation_statistics(proposer, home):
     # orientation offsets as rotation vectors with the configured spread
     from scipy.spatial.transform import Rotation
 
-    rel = (Rotation.from_euler("xyz", out[:, -1, 3:6]) * Rotation.from_euler("xyz", nominal[-1, 3:6]).inv())
+    rel = Rotation.from_euler("xyz", out[:, -1, 3:6]) * Rotation.from_euler("xyz", nominal[-1, 3:6]).inv()
     np.testing.assert_allclose(rel.as_rotvec().std(0), c.perturb_std_rad, rtol=0.06)
 
 

@@ -17,14 +17,20 @@ from vidplan_server.planning.validation import (
     option_ranges,
 )
 
-INFO = ModelInfo(model_version="test@0", image_size=(64, 64), history=2, horizon=5, frame_stride=3,
-                 defaults=OptionCounts(12, 3, 1), maxima=OptionCounts(64, 50, 16))
+INFO = ModelInfo(
+    model_version="test@0",
+    image_size=(64, 64),
+    history=2,
+    horizon=5,
+    frame_stride=3,
+    defaults=OptionCounts(12, 3, 1),
+    maxima=OptionCounts(64, 50, 16),
+)
 HOME = np.array([0.444, 0.0, 0.381, np.pi, 0.0, 0.0])
 
 
 def request(**change) -> PlanRequest:
-    base = PlanRequest("pick up the cube", np.zeros((2, 3, 64, 64, 3), np.uint8),
-                       RobotState(np.zeros(7), HOME, 0.0))
+    base = PlanRequest("pick up the cube", np.zeros((2, 3, 64, 64, 3), np.uint8), RobotState(np.zeros(7), HOME, 0.0))
     return replace(base, **change)
 
 
@@ -33,15 +39,18 @@ def test_defaults_fill_unset_counts():
     assert check_request(request(options=PlanOptions(num_proposals=4, refine_iters=0)), INFO) == OptionCounts(4, 0, 1)
 
 
-@pytest.mark.parametrize("options, message", [
-    (PlanOptions(num_proposals=0), "options.num_proposals: 0 is outside [1, 64]"),
-    (PlanOptions(flow_steps=17), "options.flow_steps: 17 is outside [1, 16]"),
-    (PlanOptions(refine_iters=True), "options.refine_iters: expected an integer, got True"),
-    (PlanOptions(seed=2**64), "options.seed: 18446744073709551616 is outside [0, 18446744073709551615]"),
-    (PlanOptions(deadline_s=float("inf")), "options.deadline_s: must be a finite number >= 0"),
-    (PlanOptions(mode="dream"), "options.mode: 'dream' is not one of plan, policy"),
-    (PlanOptions(mode="policy"), "options.mode: 'policy' needs a checkpoint with a policy module"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (PlanOptions(num_proposals=0), "options.num_proposals: 0 is outside [1, 64]"),
+        (PlanOptions(flow_steps=17), "options.flow_steps: 17 is outside [1, 16]"),
+        (PlanOptions(refine_iters=True), "options.refine_iters: expected an integer, got True"),
+        (PlanOptions(seed=2**64), "options.seed: 18446744073709551616 is outside [0, 18446744073709551615]"),
+        (PlanOptions(deadline_s=float("inf")), "options.deadline_s: must be a finite number >= 0"),
+        (PlanOptions(mode="dream"), "options.mode: 'dream' is not one of plan, policy"),
+        (PlanOptions(mode="policy"), "options.mode: 'policy' needs a checkpoint with a policy module"),
+    ],
+)
 def test_options_name_the_field(options, message):
     with pytest.raises(PlanningError) as info:
         check_request(request(options=options), INFO)
@@ -55,8 +64,9 @@ def test_the_caller_names_the_fields():
     with pytest.raises(PlanningError, match=r"^nominal\.space: 'joint_torque' is not one of"):
         check_nominal([[0.0] * 7], "joint_torque", space_field="nominal.space")
     with pytest.raises(PlanningError, match=r"^opts\.mode: 'policy' is not offered here"):
-        check_options(PlanOptions(mode="policy"), option_ranges(INFO.maxima), ("plan",), "is not offered here",
-                      field="opts")
+        check_options(
+            PlanOptions(mode="policy"), option_ranges(INFO.maxima), ("plan",), "is not offered here", field="opts"
+        )
 
 
 def test_a_valid_request_passes_with_a_policy():
@@ -67,7 +77,21 @@ def test_a_valid_request_passes_with_a_policy():
 
 def test_model_info_as_json_keeps_the_info_layout():
     d = INFO.as_dict()
-    assert list(d) == ["model_version", "cameras", "image_size", "history", "horizon", "frame_stride", "chunk_steps",
-                       "dt_s", "action_space", "nominal_spaces", "modes", "device", "defaults", "limits"]
+    assert list(d) == [
+        "model_version",
+        "cameras",
+        "image_size",
+        "history",
+        "horizon",
+        "frame_stride",
+        "chunk_steps",
+        "dt_s",
+        "action_space",
+        "nominal_spaces",
+        "modes",
+        "device",
+        "defaults",
+        "limits",
+    ]
     assert d["chunk_steps"] == 15 and d["limits"]["max_translation_per_step_m"] == 0.075
     assert d["defaults"] == {"num_proposals": 12, "refine_iters": 3, "flow_steps": 1}

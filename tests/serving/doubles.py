@@ -106,10 +106,21 @@ class StubPlanner:
         if request.options.mode == "policy":
             empty = np.zeros(0)
             return PlanResult(
-                actions=np.tile(pose, (steps, 1)), joint_positions=np.tile(request.state.joint_position, (steps, 1)),
-                dt_s=DT_S, frame_stride=3, uncertainty=empty, expected_error=empty, semantic_reward=empty,
-                value=empty, confidence=0.0, proposal_scores=np.zeros(1), proposal_kinds=["policy:0"], winner=0,
-                refinement=[], refined=False, timings_ms={"propose": 0.1, "total": self.plan_s * 1000.0},
+                actions=np.tile(pose, (steps, 1)),
+                joint_positions=np.tile(request.state.joint_position, (steps, 1)),
+                dt_s=DT_S,
+                frame_stride=3,
+                uncertainty=empty,
+                expected_error=empty,
+                semantic_reward=empty,
+                value=empty,
+                confidence=0.0,
+                proposal_scores=np.zeros(1),
+                proposal_kinds=["policy:0"],
+                winner=0,
+                refinement=[],
+                refined=False,
+                timings_ms={"propose": 0.1, "total": self.plan_s * 1000.0},
                 notes=["mode policy: the policy's own chunk, not judged by the world model"],
             )
         return PlanResult(

@@ -50,13 +50,13 @@ def test_hostile_client_settings_reach_the_configs(capsys):
     server, service = configs_from_args(parser.parse_args(["serve"]))
     assert server.public_metrics is None and server.metrics_public
     assert service.max_image_size == (720, 1280) and service.max_session_bytes == 256 * 2**20
-    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t", "--max-image-size", "320x180",
-                              "--max-session-mb", "64"])
+    args = parser.parse_args(
+        ["serve", "--host", "0.0.0.0", "--token", "t", "--max-image-size", "320x180", "--max-session-mb", "64"]
+    )
     server, service = configs_from_args(args)
     assert not server.metrics_public  # on the network with a token: metrics, docs and reflection need it too
     assert service.max_image_size == (180, 320) and service.max_session_bytes == 64 * 2**20
-    server, _ = configs_from_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t",
-                                                     "--public-metrics"]))
+    server, _ = configs_from_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--token", "t", "--public-metrics"]))
     assert server.metrics_public
     server, _ = configs_from_args(parser.parse_args(["serve", "--token", "t", "--no-public-metrics"]))
     assert not server.metrics_public
@@ -74,9 +74,13 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve"])) == defaults
     # --help states the planner's own defaults and range without importing torch.
     assert (cli_serve.DEFAULT_POLICY_SAMPLES, cli_serve.DEFAULT_POLICY_PERTURBATIONS, cli_serve.MAX_PROPOSALS) == (
-        defaults.policy_samples, defaults.policy_perturbations, defaults.max_proposals)
+        defaults.policy_samples,
+        defaults.policy_perturbations,
+        defaults.max_proposals,
+    )
     config = cli_serve.planner_config_from_args(
-        parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"]))
+        parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
+    )
     assert (config.policy_samples, config.policy_perturbations) == (0, 4)
     assert config.num_proposals == defaults.num_proposals
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

@@ -35,14 +35,23 @@ def test_client_suite_passes_with_torch_blocked(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     log = tmp_path / "torch_imports.jsonl"
     log.touch()
-    env = {**os.environ, "NO_TORCH_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(CLIENT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "NO_TORCH_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(CLIENT), os.environ.get("PYTHONPATH", "")]),
+    }
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "torch is blocked" in probe.stderr, "the blocker is not active"
     log.write_text("")
 
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=CLIENT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
 

@@ -24,8 +24,9 @@ from vidplan_server.serving.errors import ServingError
 from vidplan_server.serving.grpc_server import parse
 from vidplan_server.serving.service import PlanService
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 VALID = pb_request(size=(24, 32)).SerializeToString()  # small images keep every example fast
 
 
@@ -62,7 +63,7 @@ def mutated(draw) -> bytes:
         elif action == "insert":
             data[where:where] = draw(st.binary(min_size=1, max_size=16))
         elif action == "delete":
-            del data[where:where + draw(st.integers(1, 16))]
+            del data[where : where + draw(st.integers(1, 16))]
         else:
             del data[where:]
         if not data:

@@ -62,8 +62,9 @@ def test_only_the_history_frames_the_model_sees_are_decoded(make_service, stub):
     times = [10.0 - k / 15 for k in range(6, 0, -1)]
     used = int(np.argmin(np.abs(np.array(times) - 9.8)))
     history = [
-        Observation(frames=frames(40) if i == used else {c: _png_with_a_corrupt_body() for c in service.cameras},
-                    timestamp_s=t)
+        Observation(
+            frames=frames(40) if i == used else {c: _png_with_a_corrupt_body() for c in service.cameras}, timestamp_s=t
+        )
         for i, t in enumerate(times)
     ]
     reply = asyncio.run(service.plan(call(t=10.0, value=80, history=history)))
@@ -72,8 +73,9 @@ def test_only_the_history_frames_the_model_sees_are_decoded(make_service, stub):
     assert decoded == [f"history[{used}].frames", "observation.frames"]  # two of seven observations decoded
     # An unused observation is still checked as far as its header goes.
     broken = list(history)
-    broken[0] = Observation(frames={**frames(), "wrist_image_left": Image(data=b"not an image", encoding="png")},
-                            timestamp_s=times[0])
+    broken[0] = Observation(
+        frames={**frames(), "wrist_image_left": Image(data=b"not an image", encoding="png")}, timestamp_s=times[0]
+    )
     with pytest.raises(InvalidArgument, match=r"^history\[0\]\.frames\[wrist_image_left\]\.data: not a decodable PNG"):
         asyncio.run(service.plan(call(t=10.0, history=broken)))
 
@@ -88,8 +90,11 @@ def test_an_image_bomb_is_refused_from_its_header_without_decoding(make_service,
     uniform = {c: replace(bomb, height=0, width=0) for c in service.cameras}
     history = [Observation(frames=uniform, timestamp_s=9.0 + k / 15) for k in range(6)]
     with pytest.raises(InvalidArgument, match=r"4096x4096 pixels, larger than the server's limit of 1280x720"):
-        asyncio.run(service.plan(call(t=10.0, observation=replace(call().observation, timestamp_s=10.0,
-                                                                  frames=uniform), history=history)))
+        asyncio.run(
+            service.plan(
+                call(t=10.0, observation=replace(call().observation, timestamp_s=10.0, frames=uniform), history=history)
+            )
+        )
 
 
 def test_refused_requests_keep_no_state(make_service, stub):
@@ -102,8 +107,14 @@ def test_refused_requests_keep_no_state(make_service, stub):
                 await service.plan(call(session=huge + str(k), sequence=1))
             with pytest.raises(InvalidArgument, match="^observation.state.gripper_position"):
                 bad = call(session=f"robot-{k}", sequence=1)
-                await service.plan(replace(bad, observation=replace(
-                    bad.observation, state=replace(bad.observation.state, gripper_position=1.5))))
+                await service.plan(
+                    replace(
+                        bad,
+                        observation=replace(
+                            bad.observation, state=replace(bad.observation.state, gripper_position=1.5)
+                        ),
+                    )
+                )
 
     asyncio.run(scenario())
     assert len(service.sessions) == 0 and service.sessions.nbytes == 0 and not stub.requests
@@ -175,8 +186,9 @@ def test_malformed_protobuf_is_invalid_argument_with_one_line_of_log(serve, capl
 def test_a_malformed_stream_request_is_answered_in_band(serve):
     server = serve()
     with grpc.insecure_channel(server.grpc_target) as channel:
-        stream = channel.stream_stream("/vidplan.v1.VidPlan/StreamPlan",
-                                       response_deserializer=pb.PlanResponse.FromString)
+        stream = channel.stream_stream(
+            "/vidplan.v1.VidPlan/StreamPlan", response_deserializer=pb.PlanResponse.FromString
+        )
         replies = list(stream(iter([b"\xff\xff", pb_request(sequence=2).SerializeToString()]), timeout=10))
     assert replies[0].error.code == "INVALID_ARGUMENT" and replies[0].error.message.startswith("request: not a valid")
     assert replies[-1].sequence == 2 and len(replies[-1].chunk) == 15
@@ -213,8 +225,9 @@ def test_the_token_is_checked_before_anything_is_parsed(serve):
 )
 def test_http_bodies_that_do_not_parse_get_the_documented_error(serve, content, message):
     server = serve()
-    r = httpx.post(f"{server.http_url}/v1/plan", content=content, headers={"content-type": "application/json"},
-                   timeout=10)
+    r = httpx.post(
+        f"{server.http_url}/v1/plan", content=content, headers={"content-type": "application/json"}, timeout=10
+    )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == "INVALID_ARGUMENT" and error["field"] == "body" and message in error["message"], error
@@ -240,8 +253,11 @@ def test_planner_errors_name_their_field_on_both_transports(serve):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.value.details() == expected
     r = httpx.post(f"{server.http_url}/v1/plan", json={**json_request(), "instruction": "planner refuses"}, timeout=5)
     assert r.status_code == 400 and r.json()["error"] == {
-        "code": "INVALID_ARGUMENT", "message": expected, "field": "observation.state.cartesian_position",
-        "violations": []}
+        "code": "INVALID_ARGUMENT",
+        "message": expected,
+        "field": "observation.state.cartesian_position",
+        "violations": [],
+    }
 
 
 # ------------------------------------------------------------------------------------------ every range, both ways
@@ -459,9 +475,19 @@ PROTO_FIELDS = {
     "observation.state.gripper_position": ("message", "RobotState", "gripper_position"),
     "nominal.rows (cartesian_position)": ("enum", "ActionSpace", "ACTION_SPACE_CARTESIAN_POSITION"),
     "nominal.rows (joint_velocity)": ("enum", "ActionSpace", "ACTION_SPACE_JOINT_VELOCITY"),
-    **{f"options.{name}": ("message", "PlanOptions", name) for name in
-       ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "nominal_perturbations",
-        "policy_samples", "policy_perturbations")},
+    **{
+        f"options.{name}": ("message", "PlanOptions", name)
+        for name in (
+            "num_proposals",
+            "refine_iters",
+            "flow_steps",
+            "deadline_ms",
+            "seed",
+            "nominal_perturbations",
+            "policy_samples",
+            "policy_perturbations",
+        )
+    },
 }
 
 
@@ -526,8 +552,11 @@ def test_a_deadline_shorter_than_the_informed_pass_is_refused_at_once(make_servi
         await service.plan(call(t=0.0, deadline_s=0.5))
         assert service.min_deadline_ms(6, 1) == pytest.approx(100.0)
         start = time.perf_counter()
-        with pytest.raises(DeadlineExceeded, match=r"^deadline: a budget of 50 ms is shorter than the planner's "
-                                                   r"minimum informed pass \(about 100 ms for 6 proposals"):
+        with pytest.raises(
+            DeadlineExceeded,
+            match=r"^deadline: a budget of 50 ms is shorter than the planner's "
+            r"minimum informed pass \(about 100 ms for 6 proposals",
+        ):
             await service.plan(call(t=0.1, deadline_s=0.05))
         assert time.perf_counter() - start < 0.05
         with pytest.raises(DeadlineExceeded, match="about 190 ms for 12 proposals"):  # scaled by the options
@@ -641,7 +670,8 @@ def test_metrics_docs_and_reflection_follow_the_public_metrics_setting(serve):
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
             if public:
                 assert any(r.list_services_response.service for r in reflect)
             else:
@@ -662,8 +692,11 @@ def test_the_openapi_schema_describes_the_server_as_it_runs(serve):
         assert ("401" in plan["responses"]) == bool(token) == ("security" in plan)
         assert ("securitySchemes" in schema.get("components", {})) == bool(token)
         assert "401" not in metrics["responses"] and "security" not in metrics  # loopback: metrics are public
-        props = {k.removesuffix("-Input"): v.get("properties", {}) for k, v in schema["components"]["schemas"].items()
-                 if not k.endswith("-Output")}
+        props = {
+            k.removesuffix("-Input"): v.get("properties", {})
+            for k, v in schema["components"]["schemas"].items()
+            if not k.endswith("-Output")
+        }
         assert props["CameraFrame"]["camera"]["enum"] == list(server.service.cameras)
         assert props["CameraFrame"]["width"]["maximum"] == 320  # this server's image limit
         assert props["PlanRequest"]["instruction"]["minLength"] == 1

@@ -33,14 +33,32 @@ def test_metrics_have_process_python_build_info_and_latency_per_transport(make_s
     assert sample("process_cpu_seconds_total") > 0
     assert sample("python_gc_collections_total", {"generation": "0"}) is not None
     assert any(m.name == "python_info" for m in service.metrics.registry.collect())
-    assert sample("vidplan_build_info", {"version": __version__, "model_version": "stub@0",
-                                         "python": __import__("platform").python_version(), "device": ""}) == 1
+    assert (
+        sample(
+            "vidplan_build_info",
+            {
+                "version": __version__,
+                "model_version": "stub@0",
+                "python": __import__("platform").python_version(),
+                "device": "",
+            },
+        )
+        == 1
+    )
     for transport in ("grpc", "http"):
         assert sample("vidplan_request_seconds_count", {"transport": transport, "call": "plan"}) == 1
-    stages = {s.labels["stage"] for m in service.metrics.registry.collect() if m.name == "vidplan_stage_seconds"
-              for s in m.samples}
-    planner_stages = {s.labels["stage"] for m in service.metrics.registry.collect()
-                      if m.name == "vidplan_planner_stage_seconds" for s in m.samples}
+    stages = {
+        s.labels["stage"]
+        for m in service.metrics.registry.collect()
+        if m.name == "vidplan_stage_seconds"
+        for s in m.samples
+    }
+    planner_stages = {
+        s.labels["stage"]
+        for m in service.metrics.registry.collect()
+        if m.name == "vidplan_planner_stage_seconds"
+        for s in m.samples
+    }
     assert stages == {"decode", "queue", "plan"}  # parts of a request, none inside another
     assert planner_stages == {"encode", "propose", "rollout", "score"}  # parts of "plan"; no "total"
 
@@ -57,8 +75,13 @@ def test_refused_requests_count_but_add_no_latency(make_service):
 def test_metrics_over_http_show_the_new_families(serve):
     server = serve()
     text = httpx.get(f"{server.http_url}/metrics", timeout=5).text
-    for family in ("process_resident_memory_bytes", "python_info", "vidplan_build_info", "vidplan_request_seconds",
-                   "vidplan_planner_stage_seconds"):
+    for family in (
+        "process_resident_memory_bytes",
+        "python_info",
+        "vidplan_build_info",
+        "vidplan_request_seconds",
+        "vidplan_planner_stage_seconds",
+    ):
         assert f"# TYPE {family}" in text or f"# HELP {family}" in text, family
 
 
@@ -68,8 +91,11 @@ def test_access_log_lines_carry_request_fields_and_no_frames(make_service, caplo
         asyncio.run(service.plan(call(session="robot-7", sequence=3), transport="http"))
         for i in range(8):  # refusals: rate-limited, not one line each
             with pytest.raises(InvalidArgument):
-                asyncio.run(service.plan(call(sequence=10 + i, instruction=" ",
-                                              options=Options(num_proposals=6)), transport="grpc"))
+                asyncio.run(
+                    service.plan(
+                        call(sequence=10 + i, instruction=" ", options=Options(num_proposals=6)), transport="grpc"
+                    )
+                )
     lines = [r for r in caplog.records if r.name == "vidplan_server.serving.access"]
     ok = [r for r in lines if r.outcome == "ok"]
     refused = [r for r in lines if r.outcome == "invalid_argument"]

@@ -22,8 +22,13 @@ EXAMPLES_PER_MODE = 20  # per operation and mode; ~10 s for the whole schema
 
 def _check(strategy, max_examples: int) -> None:
     @given(case=strategy)
-    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-              derandomize=True)
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        derandomize=True,
+    )
     def run(case):
         # Schema-valid is not always valid: JSON Schema cannot say "decodable image", "each camera once", "history
         # in time order" or "state on the observation but not in history", which the server checks (400).

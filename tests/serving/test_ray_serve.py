@@ -39,16 +39,32 @@ def ray_app(tiny_heads_bundle, tmp_path_factory):
     from vidplan_server.serving.settings import load_settings
 
     grpc_port, http_port = _free_port(), _free_port()
-    settings = load_settings({"ckpt": tiny_heads_bundle, "host": "127.0.0.1", "grpc_port": grpc_port,
-                              "http_port": http_port, "ray": True, "ray_min_replicas": 2, "ray_max_replicas": 2,
-                              "ray_cpus_per_replica": 0.5, "max_queue": 1, "ray_max_queued": 1,
-                              "token": TOKEN, "shutdown_grace": 5})
+    settings = load_settings(
+        {
+            "ckpt": tiny_heads_bundle,
+            "host": "127.0.0.1",
+            "grpc_port": grpc_port,
+            "http_port": http_port,
+            "ray": True,
+            "ray_min_replicas": 2,
+            "ray_max_replicas": 2,
+            "ray_cpus_per_replica": 0.5,
+            "max_queue": 1,
+            "ray_max_queued": 1,
+            "token": TOKEN,
+            "shutdown_grace": 5,
+        }
+    )
     saved = os.environ.get("VIDPLAN_TOKEN")
     os.environ["VIDPLAN_TOKEN"] = TOKEN  # replicas read the token from their environment, as in a cluster
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "VIDPLAN_TOKEN": TOKEN}},
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "VIDPLAN_TOKEN": TOKEN}},
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
     try:
         http_options, grpc_options = ray_serve.proxy_options(settings)
         serve.start(http_options=http_options, grpc_options=grpc_options)
@@ -87,8 +103,9 @@ def test_thin_client_plans_over_grpc_and_http_on_both_replicas(ray_app):
         replicas.add(dict(call.trailing_metadata())["x-vidplan-replica"])
     headers = {"authorization": f"Bearer {TOKEN}"}
     for i in range(12):
-        response = httpx.post(f"{ray_app['http']}/v1/plan", json=json_request(sequence=i + 1, t=0.2 * i),
-                              headers=headers, timeout=60)
+        response = httpx.post(
+            f"{ray_app['http']}/v1/plan", json=json_request(sequence=i + 1, t=0.2 * i), headers=headers, timeout=60
+        )
         assert response.status_code == 200, response.text
         assert len(response.json()["chunk"]) == 15
         replicas.add(response.headers["x-vidplan-replica"])
@@ -135,8 +152,9 @@ def test_settings_map_to_serve_options():
     fixed = ray_serve.deployment_options(load_settings({"ray_min_replicas": 2, "ray_max_replicas": 2}))
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
     assert fixed["max_ongoing_requests"] == 5 and fixed["ray_actor_options"] == {"num_cpus": 1.0}
-    scaled = ray_serve.deployment_options(load_settings({"ray_max_replicas": 4, "ray_gpus_per_replica": 1,
-                                                         "max_queue": 2}))
+    scaled = ray_serve.deployment_options(
+        load_settings({"ray_max_replicas": 4, "ray_gpus_per_replica": 1, "max_queue": 2})
+    )
     assert scaled["autoscaling_config"]["min_replicas"] == 1 and scaled["autoscaling_config"]["max_replicas"] == 4
     assert scaled["ray_actor_options"]["num_gpus"] == 1 and scaled["max_ongoing_requests"] == 3
     with pytest.raises(ValueError, match="ray_min_replicas"):

@@ -104,14 +104,22 @@ BAD_CALLS = {
     ),
     "option below range": (call(options=Options(num_proposals=0)), "options.num_proposals: 0 is outside [1, 64]"),
     "option above planner range": (call(options=Options(num_proposals=1000)), "options.num_proposals: 1000 is outside"),
-    "gripper above 1": (_with_state(gripper_position=1.01),
-                        "observation.state.gripper_position: 1.01 is outside [0, 1]"),
-    "absurd joint": (_with_state(joint_position=[0.0, -0.35, 0, -2.3, 0, 1.95, 1e308]),
-                     "observation.state.joint_position: element 6 is 1e+308, outside [-2.9973, 2.9973]"),
-    "joint velocity nominal": (call(nominal=[[0.0] * 8, [0, 0, 1.5, 0, 0, 0, 0, 0]], nominal_space="joint_velocity"),
-                               "nominal: element [1, 2] is 1.5, outside [-1, 1] (joint_velocity)"),
-    "nominal gripper": (call(nominal=[[0.45, 0, 0.38, 3.14, 0, 0, 1.5]]),
-                        "nominal: element [0, 6] is 1.5, outside [0, 1] (cartesian_position)"),
+    "gripper above 1": (
+        _with_state(gripper_position=1.01),
+        "observation.state.gripper_position: 1.01 is outside [0, 1]",
+    ),
+    "absurd joint": (
+        _with_state(joint_position=[0.0, -0.35, 0, -2.3, 0, 1.95, 1e308]),
+        "observation.state.joint_position: element 6 is 1e+308, outside [-2.9973, 2.9973]",
+    ),
+    "joint velocity nominal": (
+        call(nominal=[[0.0] * 8, [0, 0, 1.5, 0, 0, 0, 0, 0]], nominal_space="joint_velocity"),
+        "nominal: element [1, 2] is 1.5, outside [-1, 1] (joint_velocity)",
+    ),
+    "nominal gripper": (
+        call(nominal=[[0.45, 0, 0.38, 3.14, 0, 0, 1.5]]),
+        "nominal: element [0, 6] is 1.5, outside [0, 1] (cartesian_position)",
+    ),
     "long session id": (call(session_id="s" * 129), "session_id: 129 characters, at most 128"),
     "unprintable session id": (call(session_id="robot\n1"), "session_id: 'robot\\n1' has characters other than"),
     "negative timestamp": (call(t=-1.0), "observation.timestamp_s: -1.0 is outside [0, 1e+10]"),
@@ -120,21 +128,31 @@ BAD_CALLS = {
         call(t=5.0, history=[Observation(frames=frames(), timestamp_s=4.0 + k / 15) for k in range(7)]),
         "history: 7 observations, at most 6",
     ),
-    "image over the size limit": (_with_frame(WRIST, Image(data=bytes(3 * 1281), encoding="raw", height=1, width=1281)),
-                                  "observation.frames[wrist_image_left].width: 1281 is outside [0, 1280]"),
+    "image over the size limit": (
+        _with_frame(WRIST, Image(data=bytes(3 * 1281), encoding="raw", height=1, width=1281)),
+        "observation.frames[wrist_image_left].width: 1281 is outside [0, 1280]",
+    ),
     "image over the size limit, either way": (
         _with_frame(WRIST, encode_image(np.zeros((721, 721, 3), np.uint8), "png")),
-        "observation.frames[wrist_image_left].data: 721x721 pixels, larger than the server's limit of 1280x720"),
-    "policy mode without a policy": (call(options=Options(mode="policy")),
-                                     "options.mode: 'policy' is not offered by this server (its model bundle has no "
-                                     "policy; GetInfo modes: plan)"),
+        "observation.frames[wrist_image_left].data: 721x721 pixels, larger than the server's limit of 1280x720",
+    ),
+    "policy mode without a policy": (
+        call(options=Options(mode="policy")),
+        "options.mode: 'policy' is not offered by this server (its model bundle has no policy; GetInfo modes: plan)",
+    ),
     "unknown mode": (call(options=Options(mode="dream")), "options.mode: 'dream' is not one of plan, policy"),
-    "policy samples above range": (call(options=Options(policy_samples=65)),
-                                   "options.policy_samples: 65 is outside [0, 64]"),
-    "policy perturbations below range": (call(options=Options(policy_perturbations=-1)),
-                                         "options.policy_perturbations: -1 is outside [0, 64]"),
-    "planner refuses": (call(instruction="planner refuses"),
-                        "observation.state.cartesian_position: the robot is outside the safety limits"),
+    "policy samples above range": (
+        call(options=Options(policy_samples=65)),
+        "options.policy_samples: 65 is outside [0, 64]",
+    ),
+    "policy perturbations below range": (
+        call(options=Options(policy_perturbations=-1)),
+        "options.policy_perturbations: -1 is outside [0, 64]",
+    ),
+    "planner refuses": (
+        call(instruction="planner refuses"),
+        "observation.state.cartesian_position: the robot is outside the safety limits",
+    ),
 }
 
 PLANNER_REFUSED = {"planner refuses"}  # what only the planner knows (its workspace check) comes after the session

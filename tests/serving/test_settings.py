@@ -46,8 +46,9 @@ def test_defaults_are_the_configs_defaults():
 
 def test_flags_beat_variables_beat_the_file_beat_defaults(tmp_path, monkeypatch):
     config = tmp_path / "serve.toml"
-    config.write_text('max_queue = 2\nsession_ttl = 5.0\nhost = "0.0.0.0"\nmax_image_size = "640x480"\n'
-                      'log_format = "json"\n')
+    config.write_text(
+        'max_queue = 2\nsession_ttl = 5.0\nhost = "0.0.0.0"\nmax_image_size = "640x480"\nlog_format = "json"\n'
+    )
     monkeypatch.setenv("VIDPLAN_MAX_QUEUE", "3")
     monkeypatch.setenv("VIDPLAN_SESSION_TTL", "7")
     monkeypatch.setenv("VIDPLAN_TOKEN", "from-env")

@@ -132,8 +132,10 @@ def test_bearer_token(serve):
         ok = vidplan.Plan(pb_request(), timeout=5, metadata=(("authorization", "Bearer s3cret"),))
         assert len(ok.chunk) == 15
         # the scheme is case-insensitive (RFC 7235); the token is not
-        assert len(vidplan.GetInfo(pb.InfoRequest(), timeout=5, metadata=(("authorization", "bearer s3cret"),))
-                   .cameras) == 3
+        assert (
+            len(vidplan.GetInfo(pb.InfoRequest(), timeout=5, metadata=(("authorization", "bearer s3cret"),)).cameras)
+            == 3
+        )
         with pytest.raises(grpc.RpcError) as info:
             vidplan.GetInfo(pb.InfoRequest(), timeout=5, metadata=(("authorization", "Bearer S3CRET"),))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -226,8 +228,11 @@ def test_stream_answers_a_bad_request_in_band_and_goes_on(serve, stub):
 
 def test_a_stream_refuses_another_session_and_goes_on(serve, stub):
     server = serve()
-    requests = [pb_request(sequence=1, t=0.0, session="robot-a"), pb_request(sequence=2, t=0.1, session="robot-b"),
-                pb_request(sequence=3, t=0.2, session="robot-a")]
+    requests = [
+        pb_request(sequence=1, t=0.0, session="robot-a"),
+        pb_request(sequence=2, t=0.1, session="robot-b"),
+        pb_request(sequence=3, t=0.2, session="robot-a"),
+    ]
 
     def paced():
         for r in requests:
@@ -307,14 +312,20 @@ def test_policy_mode_and_proposal_mix_on_both_transports(serve, stub):
         assert schema["mode"]["enum"] == ["plan", "policy"]
         assert next(a for a in schema["policy_samples"]["anyOf"] if a["type"] == "integer")["maximum"] == 64
     got = [(o.mode, o.policy_samples, o.policy_perturbations, o.seed) for o in stub.options]
-    assert got == [("policy", 3, None, 5), ("plan", 0, 4, 0), ("plan", None, None, 0), ("policy", None, 2, 0),
-                   ("plan", 64, None, 0)]
+    assert got == [
+        ("policy", 3, None, 5),
+        ("plan", 0, 4, 0),
+        ("plan", None, None, 0),
+        ("policy", None, 2, 0),
+        ("plan", 64, None, 0),
+    ]
 
 
 def test_policy_mode_without_a_policy_is_invalid_argument_on_both_transports(serve, stub):
     server = serve()
-    expected = ("options.mode: 'policy' is not offered by this server (its model bundle has no policy; GetInfo "
-                "modes: plan)")
+    expected = (
+        "options.mode: 'policy' is not offered by this server (its model bundle has no policy; GetInfo modes: plan)"
+    )
     with grpc.insecure_channel(server.grpc_target) as channel:
         vidplan = pb_grpc.VidPlanStub(channel)
         assert list(vidplan.GetInfo(pb.InfoRequest(), timeout=5).modes) == [pb.PLAN_MODE_PLAN]
@@ -329,8 +340,12 @@ def test_policy_mode_without_a_policy_is_invalid_argument_on_both_transports(ser
     with httpx.Client(base_url=server.http_url, timeout=10) as http:
         assert http.get("/v1/info").json()["modes"] == ["plan"]
         r = http.post("/v1/plan", json=json_request(mode="policy"))
-        assert r.status_code == 400 and r.json()["error"] == {"code": "INVALID_ARGUMENT", "message": expected,
-                                                              "field": "options.mode", "violations": []}
+        assert r.status_code == 400 and r.json()["error"] == {
+            "code": "INVALID_ARGUMENT",
+            "message": expected,
+            "field": "options.mode",
+            "violations": [],
+        }
         r = http.post("/v1/plan", json=json_request(mode="dream"))
         assert r.status_code == 400 and r.json()["error"]["field"] == "options.mode"
         schema = http.get("/openapi.json").json()["components"]["schemas"]["PlanOptions"]["properties"]
@@ -395,7 +410,7 @@ def test_an_oversized_http_body_is_refused_before_parsing(serve, stub):
         def chunked():  # no Content-Length: counted while it streams in
             data = json.dumps(big).encode()
             for i in range(0, len(data), 8192):
-                yield data[i:i + 8192]
+                yield data[i : i + 8192]
 
         r = http.post("/v1/plan", content=chunked(), headers={"content-type": "application/json"})
         assert r.status_code == 413

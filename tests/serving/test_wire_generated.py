@@ -17,8 +17,9 @@ COMMITTED = (ROOT / "client" / "vidplan_client" / "wire",)  # the one copy; the 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wire")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(out)], check=True, capture_output=True
+    )
     return out
 
 
@@ -30,7 +31,8 @@ def test_committed_code_is_up_to_date(fresh, target):
         committed = target / name
         assert committed.is_file(), f"{committed} is missing: run `python scripts/gen_proto.py`"
         assert committed.read_text() == (fresh / name).read_text(), (
-            f"{committed} is out of date with proto/vidplan/v1/vidplan.proto: run `python scripts/gen_proto.py`")
+            f"{committed} is out of date with proto/vidplan/v1/vidplan.proto: run `python scripts/gen_proto.py`"
+        )
 
 
 def test_grpc_module_imports_its_messages_relatively(fresh):

@@ -30,8 +30,11 @@ class LiftClient:
             error.code = lambda: grpc.StatusCode.UNAVAILABLE
             raise error
         start = np.array([*request.observation.state.cartesian_position, request.observation.state.gripper_position])
-        response = pb.PlanResponse(session_id=request.session_id, sequence=request.sequence,
-                                   stamp=pb.ChunkStamp(t0_s=request.observation.timestamp_s, i0=1, dt_s=DT_S))
+        response = pb.PlanResponse(
+            session_id=request.session_id,
+            sequence=request.sequence,
+            stamp=pb.ChunkStamp(t0_s=request.observation.timestamp_s, i0=1, dt_s=DT_S),
+        )
         for k in range(15):
             response.chunk.add(values=(start + [0, 0, 0.005 * (k + 1), 0, 0, 0, 0]).tolist())
         return response
@@ -61,23 +64,30 @@ def test_observation_is_droid_shaped_and_reset_is_seeded(env):
     frame = droid.read_observation(obs)  # the client's reader accepts it as a DROID observation
     assert tuple(frame.images) == CAMERA_NAMES
     assert all(img.shape == (48, 64, 3) and img.dtype == np.uint8 for img in frame.images.values())
-    np.testing.assert_allclose(frame.cartesian_position, env.scene.kin.fk_pose(env.scene.joint_positions()),
-                               atol=1e-9)
+    np.testing.assert_allclose(frame.cartesian_position, env.scene.kin.fk_pose(env.scene.joint_positions()), atol=1e-9)
     assert 0.0 <= frame.gripper_position <= 1.0 and obs["timestamp"] == {"step": 0, "sim_time_s": 0.0}
     first = env.instruction
     assert env.reset(4) == first
-    np.testing.assert_array_equal(env.get_observation()["image"]["exterior_image_1_left"],
-                                  obs["image"]["exterior_image_1_left"])
-    assert env.reset(5) != first or not np.array_equal(env.get_observation()["image"]["exterior_image_1_left"],
-                                                       obs["image"]["exterior_image_1_left"])
+    np.testing.assert_array_equal(
+        env.get_observation()["image"]["exterior_image_1_left"], obs["image"]["exterior_image_1_left"]
+    )
+    assert env.reset(5) != first or not np.array_equal(
+        env.get_observation()["image"]["exterior_image_1_left"], obs["image"]["exterior_image_1_left"]
+    )
 
 
 def test_robot_loop_executes_chunks_in_the_sim(env):
     z0 = env.get_observation()["robot_state"]["cartesian_position"][2]
     client = LiftClient()
     # lead_steps=-1: ask for the next chunk only when the current one is used up (the answer is immediate here)
-    loop = RobotLoop(env, client, LoopConfig(instruction=env.instruction, open_loop_steps=4, lead_steps=-1),
-                     clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
+    loop = RobotLoop(
+        env,
+        client,
+        LoopConfig(instruction=env.instruction, open_loop_steps=4, lead_steps=-1),
+        clock=env.clock,
+        sleep=env.sleep,
+        executor=InlineExecutor(),
+    )
     loop.run(8)
     z1 = env.get_observation()["robot_state"]["cartesian_position"][2]
     assert env.steps == 8 and client.requests == 2
@@ -89,8 +99,14 @@ def test_robot_loop_executes_chunks_in_the_sim(env):
 
 def test_robot_loop_holds_in_the_sim_when_the_server_is_down(env):
     start = env.get_observation()["robot_state"]["cartesian_position"]
-    loop = RobotLoop(env, LiftClient(answers=0), LoopConfig(instruction=env.instruction),
-                     clock=env.clock, sleep=env.sleep, executor=InlineExecutor())
+    loop = RobotLoop(
+        env,
+        LiftClient(answers=0),
+        LoopConfig(instruction=env.instruction),
+        clock=env.clock,
+        sleep=env.sleep,
+        executor=InlineExecutor(),
+    )
     loop.run(6)
     end = env.get_observation()["robot_state"]["cartesian_position"]
     assert all(r.kind == "hold" for r in loop.records) and env.steps == 6

@@ -43,8 +43,9 @@ def _stage(captions, robot=None, **cfg) -> CaptionSemanticStage:
     for v in views:  # stand-in for the codec's round trip: the same pixels, marked as available
         v.has_codec, v.codec = np.ones(len(v), bool), v.images.copy()
     config = replace(presets.SEMANTIC["tiny"].model, vocab=simulator_vocabulary())
-    return CaptionSemanticStage(config, *views, CaptionTrainConfig(robot_share=0.25 if robot else 0.0, **cfg),
-                                robot, robot)
+    return CaptionSemanticStage(
+        config, *views, CaptionTrainConfig(robot_share=0.25 if robot else 0.0, **cfg), robot, robot
+    )
 
 
 def test_batch_masks_and_positives_follow_the_captions(captions):
@@ -112,8 +113,28 @@ def test_tiny_stage_lowers_its_loss(captions, tiny_dataset):
 def test_cli_trains_on_captions_into_the_bundle(tmp_path, captions, tiny_bundle, tiny_dataset):
     out = tmp_path / "ckpt"
     shutil.copytree(tiny_bundle, out)
-    assert main(["train", "semantic", "--captions", str(captions), "--data", str(tiny_dataset), "--out", str(out),
-                 "--preset", "tiny", "--steps", "3", "--frame-step", "6", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "semantic",
+                "--captions",
+                str(captions),
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "3",
+                "--frame-step",
+                "6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     entry = json.loads((out / "config.json").read_text())["modules"]["semantic"]
     assert set(simulator_vocabulary()) <= set(entry["config"]["vocab"])
     assert entry["meta"]["captions"] == str(captions) and entry["meta"]["robot_frames"] > 0

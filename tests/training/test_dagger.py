@@ -102,8 +102,24 @@ def test_train_policy_adds_dagger_samples(tmp_path, tiny_policy_bundle, demo_dat
     collect(tiny_policy_bundle, dag, 1, DaggerConfig(max_steps=6), progress=False)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_policy_bundle, ckpt)
-    code = main(["train", "policy", "--data", str(demo_dataset), "--out", str(ckpt), "--preset", "tiny",
-                 "--steps", "6", "--resume", "--extra-data", str(dag), "--quiet"])
+    code = main(
+        [
+            "train",
+            "policy",
+            "--data",
+            str(demo_dataset),
+            "--out",
+            str(ckpt),
+            "--preset",
+            "tiny",
+            "--steps",
+            "6",
+            "--resume",
+            "--extra-data",
+            str(dag),
+            "--quiet",
+        ]
+    )
     assert code == 0
     meta = json.loads((ckpt / "config.json").read_text())["modules"]["policy"]["meta"]
     assert meta["samples"] == meta["demonstration_samples"] + 6 and meta["extra_data"] == [str(dag)]

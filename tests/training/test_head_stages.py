@@ -46,11 +46,14 @@ def test_flow_rollouts_are_cached_detached_and_seeded(tmp_path, tiny_bundle, tin
 
 
 def test_uq_stage_targets_are_the_bins_of_the_rollout_error_and_training_lowers_the_loss(
-        tmp_path, tiny_bundle, tiny_dataset):
+    tmp_path, tiny_bundle, tiny_dataset
+):
     flow_map, train_w, held_w, _ = _windows_and_flow(tiny_bundle, tiny_dataset)
     file = tiny_bundle / "flow_map.safetensors"
-    preds = [flow_rollouts(flow_map, file, w, 1, tmp_path / "r", torch.device("cpu"), progress=False)
-             for w in (train_w, held_w)]
+    preds = [
+        flow_rollouts(flow_map, file, w, 1, tmp_path / "r", torch.device("cpu"), progress=False)
+        for w in (train_w, held_w)
+    ]
     torch.manual_seed(0)
     stage = UQStage(UQHeadConfig(net=NET), (train_w, preds[0]), (held_w, preds[1]))
     idx = torch.tensor([0, 1])
@@ -61,8 +64,12 @@ def test_uq_stage_targets_are_the_bins_of_the_rollout_error_and_training_lowers_
     batch = stage.batch(g, 4, torch.device("cpu"))
     with torch.no_grad():
         before = stage.loss(stage.model, batch, g)[0].item()
-    train(stage, LoopConfig(steps=25, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=25, save_every=25),
-          tmp_path / "ckpt", progress=False)
+    train(
+        stage,
+        LoopConfig(steps=25, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=25, save_every=25),
+        tmp_path / "ckpt",
+        progress=False,
+    )
     with torch.no_grad():
         after = stage.loss(stage.model, batch, g)[0].item()
     assert after < 0.7 * before
@@ -73,8 +80,9 @@ def test_value_stage_labels_are_discounted_returns_of_the_future_frames(tiny_bun
     gamma = 0.9
     returns = torch.cat([discounted_returns(len(ep.action), ep.success, gamma) for ep in train_eps])
     held = torch.cat([discounted_returns(len(ep.action), ep.success, gamma) for ep in held_eps])
-    stage = ValueStage(ValueHeadConfig(net=NET, gamma=gamma), flow_map, 1, ValueData(train_w, returns),
-                       ValueData(held_w, held))
+    stage = ValueStage(
+        ValueHeadConfig(net=NET, gamma=gamma), flow_map, 1, ValueData(train_w, returns), ValueData(held_w, held)
+    )
     g = torch.Generator().manual_seed(0)
     latents, labels = stage.batch(g, 4, torch.device("cpu"))
     assert latents.shape == (4, 5, 4, 48, 16) and labels.shape == (4, 5)
@@ -141,6 +149,7 @@ def test_cli_trains_all_three_heads_into_the_bundle(tiny_heads_bundle):
 def test_cli_rejects_bad_head_options(tmp_path, tiny_dataset, tiny_bundle, capsys):
     assert main(["train", "uq", "--data", str(tiny_dataset), "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert "run `vidplan train flowmap" in capsys.readouterr().err
-    assert main(["train", "value", "--data", str(tiny_dataset), "--out", str(tiny_bundle), "--gamma", "0",
-                 "--quiet"]) == 2
+    assert (
+        main(["train", "value", "--data", str(tiny_dataset), "--out", str(tiny_bundle), "--gamma", "0", "--quiet"]) == 2
+    )
     assert "--gamma must be in (0, 1]" in capsys.readouterr().err

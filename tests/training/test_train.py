@@ -22,8 +22,10 @@ def _fixed_loss(stage, seed=0, batches=3):
     """Mean loss over a few fixed batches with fixed noise (comparable before and after training)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return sum(stage.loss(stage.model, stage.batch(g, 8, torch.device("cpu")), g)[0].item()
-                   for _ in range(batches)) / batches
+        return (
+            sum(stage.loss(stage.model, stage.batch(g, 8, torch.device("cpu")), g)[0].item() for _ in range(batches))
+            / batches
+        )
 
 
 def test_a_few_codec_steps_lower_the_loss(tmp_path, tiny_dataset):
@@ -31,14 +33,23 @@ def test_a_few_codec_steps_lower_the_loss(tmp_path, tiny_dataset):
     torch.manual_seed(0)
     stage = CodecStage(presets.CODEC["tiny"].model, CodecTrainConfig(), eps[:1], eps[1:])
     before = _fixed_loss(stage)
-    result = train(stage, LoopConfig(steps=30, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=30, save_every=30),
-                   tmp_path / "ckpt", progress=False)
+    result = train(
+        stage,
+        LoopConfig(steps=30, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=30, save_every=30),
+        tmp_path / "ckpt",
+        progress=False,
+    )
     assert _fixed_loss(stage) < 0.8 * before
     assert result.final_eval["psnr"] > 10
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())["modules"]["codec"]["config"]
-    assert cfg["scale"] != 1.0 and CodecConfig(**{**cfg, "image_size": tuple(cfg["image_size"]),
-                                                   "views": tuple(cfg["views"]),
-                                                   "block_out_channels": tuple(cfg["block_out_channels"])})
+    assert cfg["scale"] != 1.0 and CodecConfig(
+        **{
+            **cfg,
+            "image_size": tuple(cfg["image_size"]),
+            "views": tuple(cfg["views"]),
+            "block_out_channels": tuple(cfg["block_out_channels"]),
+        }
+    )
 
 
 def _denoising_error(stage, sigma=2.0):
@@ -57,16 +68,24 @@ def test_a_few_world_and_flow_map_steps_lower_their_losses(tmp_path, tiny_bundle
     torch.manual_seed(0)
     world = WorldStage(config, train_w, held_w)
     before = _denoising_error(world)
-    train(world, LoopConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=40, save_every=40),
-          tmp_path / "w", progress=False)
+    train(
+        world,
+        LoopConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=40, save_every=40),
+        tmp_path / "w",
+        progress=False,
+    )
     after = _denoising_error(world)
     assert after < 0.8 * before, (before, after)
 
     denoiser, _ = load_denoiser(tiny_bundle)
     flow = FlowMapStage(FlowConfig(world=config), denoiser, train_w, held_w)
     before = _fixed_loss(flow)
-    train(flow, LoopConfig(steps=25, batch_size=6, lr=3e-3, warmup_steps=2, eval_every=25, save_every=25),
-          tmp_path / "f", progress=False)
+    train(
+        flow,
+        LoopConfig(steps=25, batch_size=6, lr=3e-3, warmup_steps=2, eval_every=25, save_every=25),
+        tmp_path / "f",
+        progress=False,
+    )
     after = _fixed_loss(flow)
     assert after < before, (before, after)
 
@@ -117,8 +136,13 @@ def test_resume_with_changed_hyper_parameters_is_refused(tmp_path, tiny_dataset)
     stage = CodecStage(presets.CODEC["tiny"].model, CodecTrainConfig(), eps[:1], eps[1:])
     train(stage, LoopConfig(steps=1, batch_size=2, eval_every=1, save_every=1), tmp_path / "c", progress=False)
     with pytest.raises(CheckpointError, match="only --steps may change"):
-        train(stage, LoopConfig(steps=2, batch_size=4, eval_every=1, save_every=1), tmp_path / "c", resume=True,
-              progress=False)
+        train(
+            stage,
+            LoopConfig(steps=2, batch_size=4, eval_every=1, save_every=1),
+            tmp_path / "c",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_bad_device_is_a_clear_error(tmp_path, tiny_dataset, capsys):
@@ -132,8 +156,19 @@ def test_episodes_shorter_than_a_window_are_a_clear_error(tmp_path, tiny_dataset
 
     out = tmp_path / "ckpt"
     shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("training"))
-    args = ["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--quiet",
-            "--horizon", "9"]
+    args = [
+        "train",
+        "world",
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--horizon",
+        "9",
+    ]
     assert main(args) == 2
     assert "no training window" in capsys.readouterr().err
 
@@ -171,18 +206,49 @@ def test_world_training_can_start_from_a_bundles_world_module(tmp_path, tiny_bun
     out.mkdir()
     shutil.copy(tiny_bundle / "codec.safetensors", out / "codec.safetensors")
     shutil.copy(tiny_bundle / "config.json", out / "config.json")
-    args = ["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps", "1",
-            "--quiet", "--init-from", str(tiny_bundle)]
+    args = [
+        "train",
+        "world",
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--quiet",
+        "--init-from",
+        str(tiny_bundle),
+    ]
     assert main(args) == 0
     start, _ = load_denoiser(tiny_bundle)
     tuned, _ = load_denoiser(out)
-    worst = max((a - b).abs().max().item() for a, b in zip(start.state_dict().values(),
-                                                            tuned.state_dict().values(), strict=True))
+    worst = max(
+        (a - b).abs().max().item()
+        for a, b in zip(start.state_dict().values(), tuned.state_dict().values(), strict=True)
+    )
     assert worst < 0.05  # one small step away from the bundle's weights, not a fresh initialisation
     meta = json.loads((out / "config.json").read_text())["modules"]["world"]["meta"]
     assert meta["init_from"] == str(tiny_bundle)
-    assert main(["train", "codec", "--data", str(tiny_dataset), "--out", str(tmp_path / "other"), "--preset",
-                 "tiny", "--steps", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "codec",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(tmp_path / "other"),
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main([*args[:5], str(tmp_path / "other"), *args[6:]]) == 2
     assert "codec differs" in capsys.readouterr().err
 
@@ -216,6 +282,25 @@ def test_action_deltas_start_from_the_bundles_function(tmp_path, tiny_bundle, ti
     out.mkdir()
     shutil.copy(tiny_bundle / "codec.safetensors", out / "codec.safetensors")
     shutil.copy(tiny_bundle / "config.json", out / "config.json")
-    assert main(["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps",
-                 "1", "--quiet", "--init-from", str(tiny_bundle), "--action-deltas"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "world",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--quiet",
+                "--init-from",
+                str(tiny_bundle),
+                "--action-deltas",
+            ]
+        )
+        == 0
+    )
     assert load_denoiser(out)[1].net.action_deltas

@@ -60,12 +60,17 @@ class BranchConfig:
             raise BranchError(f"--policy-samples must be in 0..--proposals, got {self.policy_samples}")
 
 
-def pick_states(lengths: list[int], grippers: list[np.ndarray], count: int, first: int, seed: int
-                ) -> list[tuple[int, int]]:
+def pick_states(
+    lengths: list[int], grippers: list[np.ndarray], count: int, first: int, seed: int
+) -> list[tuple[int, int]]:
     """``count`` distinct (episode, step) pairs, uniformly among steps >= ``first`` with the gripper open
     (< 0.1) and a full chunk left in the episode is not needed (the branch's own chunk is executed)."""
-    candidates = [(e, t) for e, (n, g) in enumerate(zip(lengths, grippers, strict=True))
-                  for t in range(first, n) if float(g[t]) < 0.1]
+    candidates = [
+        (e, t)
+        for e, (n, g) in enumerate(zip(lengths, grippers, strict=True))
+        for t in range(first, n)
+        if float(g[t]) < 0.1
+    ]
     if not candidates:
         raise BranchError("the recording has no step with the gripper open after the history frames")
     rng = np.random.default_rng(seed)
@@ -82,8 +87,9 @@ def _write_npz_atomic(path: Path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def record_branches(data: Path, ckpt: Path | str | None, out: Path, config: BranchConfig = BranchConfig(),
-                    progress: bool = True) -> dict:
+def record_branches(
+    data: Path, ckpt: Path | str | None, out: Path, config: BranchConfig = BranchConfig(), progress: bool = True
+) -> dict:
     """Record the branches of ``config.states`` states of recording ``data`` into ``out`` (module docstring);
     states already there are skipped. Returns a summary: states, new, branches (new), seconds."""
     from vidplan_server.data.reader import EpisodeDataset
@@ -96,27 +102,41 @@ def record_branches(data: Path, ckpt: Path | str | None, out: Path, config: Bran
     planner = Planner.load(ckpt)
     T, H, stride = planner.history_len, planner.horizon, planner.frame_stride
     out.mkdir(parents=True, exist_ok=True)
-    wanted = {**asdict(config), "data": str(Path(data).resolve()), "ckpt": str(ckpt), "history": T, "horizon": H,
-              "frame_stride": stride}
+    wanted = {
+        **asdict(config),
+        "data": str(Path(data).resolve()),
+        "ckpt": str(ckpt),
+        "history": T,
+        "horizon": H,
+        "frame_stride": stride,
+    }
     manifest = out / MANIFEST
     if manifest.exists():
         stored = json.loads(manifest.read_text())
         diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in wanted.items() if stored.get(k) != v]
         if diff:
-            raise BranchError(f"--out {out} holds branches recorded with other options ({'; '.join(diff)}); use "
-                              "the same options to resume, or another --out")
+            raise BranchError(
+                f"--out {out} holds branches recorded with other options ({'; '.join(diff)}); use "
+                "the same options to resume, or another --out"
+            )
     rows = [dataset.load_episode(k, images=False, ground_truth=False) for k in range(len(dataset))]
     if rows and rows[0].metadata.get("split") == "ood":
-        raise BranchError(f"--data {data}: an 'ood' recording; branch the training recording (world model) or "
-                          "a calibration recording (UQ head), never the data the models are evaluated on")
-    states = pick_states([len(r) for r in rows], [r.gripper_position.reshape(-1) for r in rows], config.states,
-                         stride * (T - 1), config.seed)
+        raise BranchError(
+            f"--data {data}: an 'ood' recording; branch the training recording (world model) or "
+            "a calibration recording (UQ head), never the data the models are evaluated on"
+        )
+    states = pick_states(
+        [len(r) for r in rows],
+        [r.gripper_position.reshape(-1) for r in rows],
+        config.states,
+        stride * (T - 1),
+        config.seed,
+    )
     if not manifest.exists():
         manifest.write_text(json.dumps(wanted, indent=1) + "\n")
     todo = [i for i in range(len(states)) if not shard_file(out, i).exists()]
     oracle = SimOracle()
-    bar = tqdm(total=len(states), initial=len(states) - len(todo), desc="branches", unit="state",
-               disable=not progress)
+    bar = tqdm(total=len(states), initial=len(states) - len(todo), desc="branches", unit="state", disable=not progress)
     t0, made, loaded = time.perf_counter(), 0, (-1, None)
     try:
         for i in todo:
@@ -124,8 +144,9 @@ def record_branches(data: Path, ckpt: Path | str | None, out: Path, config: Bran
             if loaded[0] != e:
                 loaded = (e, dataset.load_episode(e))
             ep = loaded[1]
-            opts = PlanOptions(num_proposals=config.proposals, policy_samples=config.policy_samples,
-                               seed=config.seed + i)
+            opts = PlanOptions(
+                num_proposals=config.proposals, policy_samples=config.policy_samples, seed=config.seed + i
+            )
             req = request_from_episode(ep, t, T, stride, opts)
             props = planner.propose(req, config.proposals, np.random.default_rng([config.seed, i]))
             oracle.load(ep, t)
@@ -134,10 +155,17 @@ def record_branches(data: Path, ckpt: Path | str | None, out: Path, config: Bran
             hist = np.stack([np.stack([ep.images[c][s] for c in CAMERA_NAMES]) for s in hist_steps])
             K = len(props)
             frames = np.concatenate([np.broadcast_to(hist, (K, *hist.shape)), future], axis=1)
-            knots = props.actions[:, stride - 1::stride][:, :H]
-            _write_npz_atomic(shard_file(out, i), {
-                "frames": frames.astype(np.uint8), "actions": knots.astype(np.float32),
-                "kinds": np.array(list(props.kinds)), "episode": np.array(e), "step": np.array(t)})
+            knots = props.actions[:, stride - 1 :: stride][:, :H]
+            _write_npz_atomic(
+                shard_file(out, i),
+                {
+                    "frames": frames.astype(np.uint8),
+                    "actions": knots.astype(np.float32),
+                    "kinds": np.array(list(props.kinds)),
+                    "episode": np.array(e),
+                    "step": np.array(t),
+                },
+            )
             made += K
             bar.update(1)
     finally:

@@ -50,8 +50,9 @@ def _cmd_eval_reward(args: argparse.Namespace) -> int:
     print(format_reward(result))
     print(f"wrote {args.out / 'reward.json'}")
     if args.ood is not None:
-        result = run_reward_eval(model, value, semantic, args.ood, args.out, progress=not args.quiet,
-                                 filename="reward_ood.json")
+        result = run_reward_eval(
+            model, value, semantic, args.ood, args.out, progress=not args.quiet, filename="reward_ood.json"
+        )
         print("ood:\n" + format_reward(result))
         print(f"wrote {args.out / 'reward_ood.json'}")
     return 0
@@ -67,8 +68,13 @@ def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise CliError(f"--data {args.data}: dataset folder does not exist")
     try:
-        cfg = SignalConfig(steps_per_episode=args.steps_per_episode, max_episodes=args.episodes,
-                           num_proposals=args.proposals, seed=args.seed, variants=tuple(args.variants.split(",")))
+        cfg = SignalConfig(
+            steps_per_episode=args.steps_per_episode,
+            max_episodes=args.episodes,
+            num_proposals=args.proposals,
+            seed=args.seed,
+            variants=tuple(args.variants.split(",")),
+        )
     except ValueError as exc:
         raise CliError(f"--variants: {exc}") from None
     try:
@@ -76,8 +82,12 @@ def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
         score = ScoreConfig(semantic_term=args.semantic_term, centre_weight=args.centre_weight, centre_xy=(cx, cy))
     except ValueError as exc:
         raise CliError(f"--centre / --semantic-term: {exc}") from None
-    planner = Planner.load(args.ckpt, device=check_device(args.device) or "cpu", clip_folder=args.clip,
-                           config=replace(PlannerConfig(), score=score))
+    planner = Planner.load(
+        args.ckpt,
+        device=check_device(args.device) or "cpu",
+        clip_folder=args.clip,
+        config=replace(PlannerConfig(), score=score),
+    )
     result = run_planning_signal(planner, args.data, args.out, cfg, progress=not args.quiet)
     print(format_table(result["summary"]))
     print(f"wrote {args.out / 'planning_signal.json'} and planning_signal.md")
@@ -87,8 +97,9 @@ def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
 def register(groups) -> None:
     """Add ``vidplan eval`` to the top-level subparsers ``groups``."""
     ev = groups.add_parser("eval", help="evaluate the UQ head's calibration, the reward heads and the planning signal")
-    ev_cmds = ev.add_subparsers(dest="command", required=True,
-                                metavar="{calibration,reward,planning-signal,closed-loop}")
+    ev_cmds = ev.add_subparsers(
+        dest="command", required=True, metavar="{calibration,reward,planning-signal,closed-loop}"
+    )
     cal = ev_cmds.add_parser(
         "calibration",
         help="ECE/MCE, reliability diagrams and uncertainty-error correlation of the UQ head",
@@ -108,26 +119,41 @@ def register(groups) -> None:
     )
     for p in (cal, rew):
         p.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
-        p.add_argument("--data", type=Path, required=True,
-                       help="held-out episodes (e.g. vidplan sim record --split val); not the training data")
+        p.add_argument(
+            "--data",
+            type=Path,
+            required=True,
+            help="held-out episodes (e.g. vidplan sim record --split val); not the training data",
+        )
         p.add_argument("--out", type=Path, required=True, help="folder for the JSON and PNG results")
         p.add_argument("--device", default=None, help="torch device (default cpu)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     for p in (cal, rew):
-        p.add_argument("--ood", type=Path, default=None,
-                       help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood' "
-                       "(reward: written to OUT/reward_ood.json)")
+        p.add_argument(
+            "--ood",
+            type=Path,
+            default=None,
+            help="out-of-distribution episodes (vidplan sim record --split ood), evaluated as split 'ood' "
+            "(reward: written to OUT/reward_ood.json)",
+        )
     cal.add_argument("--windows", type=positive_int, default=256, help="windows per split (default 256)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
     cal.set_defaults(func=_cmd_eval_calibration)
     from vidplan_server.evaluation.closed_loop import cli as closed_loop_cli
 
-    clo = ev_cmds.add_parser("closed-loop", help="success rates of agents driving the simulated robot, paired seeds",
-                             description=closed_loop_cli.DESCRIPTION)
+    clo = ev_cmds.add_parser(
+        "closed-loop",
+        help="success rates of agents driving the simulated robot, paired seeds",
+        description=closed_loop_cli.DESCRIPTION,
+    )
     closed_loop_cli.add_arguments(clo)
     clo.set_defaults(func=closed_loop_cli.run)
-    rew.add_argument("--clip", type=Path, default=None,
-                     help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
+    rew.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder",
+    )
     rew.set_defaults(func=_cmd_eval_reward)
     sig = ev_cmds.add_parser(
         "planning-signal",
@@ -141,29 +167,54 @@ def register(groups) -> None:
         "winner is among the nearest third, with the true instruction and with one naming a distractor. "
         "Writes OUT/planning_signal.json (every step's scores) and OUT/planning_signal.md.",
     )
-    sig.add_argument("--data", type=Path, required=True,
-                     help="held-out episodes recorded by `vidplan sim record` (needs simulator seeds and poses)")
+    sig.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="held-out episodes recorded by `vidplan sim record` (needs simulator seeds and poses)",
+    )
     sig.add_argument("--out", type=Path, required=True, help="folder for planning_signal.json / .md")
     sig.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
     sig.add_argument("--episodes", type=positive_int, default=None, help="use the first N episodes (default all)")
-    sig.add_argument("--steps-per-episode", type=positive_int, default=3,
-                     help="approach steps probed per episode, spread over its approach phase (default 3)")
-    sig.add_argument("--proposals", type=positive_int, default=None,
-                     help="proposals per step (default: the planner's N)")
-    sig.add_argument("--variants", default=",".join(("model", "model-no-uq", "value", "sim", "sim-raw",
-                                                      "sim-gt-relevance")),
-                     help="comma-separated scoring variants to measure (default: all; the sim ones cost the most)")
+    sig.add_argument(
+        "--steps-per-episode",
+        type=positive_int,
+        default=3,
+        help="approach steps probed per episode, spread over its approach phase (default 3)",
+    )
+    sig.add_argument(
+        "--proposals", type=positive_int, default=None, help="proposals per step (default: the planner's N)"
+    )
+    sig.add_argument(
+        "--variants",
+        default=",".join(("model", "model-no-uq", "value", "sim", "sim-raw", "sim-gt-relevance")),
+        help="comma-separated scoring variants to measure (default: all; the sim ones cost the most)",
+    )
     sig.add_argument("--seed", type=int, default=0, help="proposal and rollout noise, distractor choice (default 0)")
-    sig.add_argument("--semantic-term", choices=("relevance", "frame"), default="relevance",
-                     help="r_s of the score: relevance (size of the region the words point at in the wrist view, "
-                     "the planner's default) or frame (the encoder's global frame similarity, as before)")
-    sig.add_argument("--centre-weight", type=float, default=0.1,
-                     help="lambda on the distance of the relevance centroid from the desired centre (default 0.1)")
-    sig.add_argument("--centre", default="0.5,0.65",
-                     help="desired centre c of the relevant region in the wrist view, x,y in [0, 1] "
-                     "(default 0.5,0.65)")
-    sig.add_argument("--clip", type=Path, default=None,
-                     help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder")
+    sig.add_argument(
+        "--semantic-term",
+        choices=("relevance", "frame"),
+        default="relevance",
+        help="r_s of the score: relevance (size of the region the words point at in the wrist view, "
+        "the planner's default) or frame (the encoder's global frame similarity, as before)",
+    )
+    sig.add_argument(
+        "--centre-weight",
+        type=float,
+        default=0.1,
+        help="lambda on the distance of the relevance centroid from the desired centre (default 0.1)",
+    )
+    sig.add_argument(
+        "--centre",
+        default="0.5,0.65",
+        help="desired centre c of the relevant region in the wrist view, x,y in [0, 1] (default 0.5,0.65)",
+    )
+    sig.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        help="score with a local transformers CLIP/SigLIP folder instead of the bundled encoder",
+    )
     sig.add_argument("--device", default=None, help="torch device (default cpu)")
     sig.add_argument("--quiet", action="store_true", help="no progress bar")
     sig.set_defaults(func=_cmd_eval_planning_signal)

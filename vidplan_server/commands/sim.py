@@ -38,10 +38,18 @@ def _cmd_sim_captions(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
-    summary = generate_captions(args.out, args.images, seed=args.seed, cfg=CaptionConfig(resolution=resolution),
-                                workers=args.workers, progress=not args.quiet)
-    print(f"{args.out}: rendered {summary.rendered} captioned image(s), {summary.skipped} already present, "
-          f"in {summary.seconds / 60:.1f} min")
+    summary = generate_captions(
+        args.out,
+        args.images,
+        seed=args.seed,
+        cfg=CaptionConfig(resolution=resolution),
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.out}: rendered {summary.rendered} captioned image(s), {summary.skipped} already present, "
+        f"in {summary.seconds / 60:.1f} min"
+    )
     return 0
 
 
@@ -54,14 +62,21 @@ def _cmd_sim_dagger(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     try:
-        config = DaggerConfig(seed=args.seed, beta=args.beta, open_loop_horizon=args.open_loop_horizon,
-                              max_steps=args.max_steps, resolution=parse_resolution(args.resolution))
+        config = DaggerConfig(
+            seed=args.seed,
+            beta=args.beta,
+            open_loop_horizon=args.open_loop_horizon,
+            max_steps=args.max_steps,
+            resolution=parse_resolution(args.resolution),
+        )
         s = collect(args.ckpt, args.out, args.episodes, config, workers=args.workers, progress=not args.quiet)
     except (DaggerError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    print(f"{args.out}: {s['new']} new episode(s) of {s['episodes']} ({s['successes']} ended in success, "
-          f"{s['samples']} labelled steps) in {s['seconds'] / 60:.1f} min; train on them with `vidplan train policy "
-          f"--extra-data {args.out}`")
+    print(
+        f"{args.out}: {s['new']} new episode(s) of {s['episodes']} ({s['successes']} ended in success, "
+        f"{s['samples']} labelled steps) in {s['seconds'] / 60:.1f} min; train on them with `vidplan train policy "
+        f"--extra-data {args.out}`"
+    )
     return 0
 
 
@@ -75,13 +90,16 @@ def _cmd_sim_branches(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     try:
-        cfg = BranchConfig(states=args.states, proposals=args.proposals, policy_samples=args.policy_samples,
-                           seed=args.seed)
+        cfg = BranchConfig(
+            states=args.states, proposals=args.proposals, policy_samples=args.policy_samples, seed=args.seed
+        )
         s = record_branches(args.data, args.ckpt, args.out, cfg, progress=not args.quiet)
     except BranchError as exc:
         raise CliError(str(exc)) from None
-    print(f"{args.out}: {s['new']} new state(s) of {s['states']}, {s['branches']} branches in "
-          f"{s['seconds'] / 60:.1f} min; train on them with `vidplan train world --extra-data {args.out}`")
+    print(
+        f"{args.out}: {s['new']} new state(s) of {s['states']}, {s['branches']} branches in "
+        f"{s['seconds'] / 60:.1f} min; train on them with `vidplan train world --extra-data {args.out}`"
+    )
     return 0
 
 
@@ -158,12 +176,20 @@ def register(groups) -> None:
         "with the same arguments renders only missing shards; shards are written atomically.",
     )
     cap.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
-    cap.add_argument("--images", type=positive_int, required=True,
-                     help="total number of images (arm poses, three views each) the folder should hold")
+    cap.add_argument(
+        "--images",
+        type=positive_int,
+        required=True,
+        help="total number of images (arm poses, three views each) the folder should hold",
+    )
     cap.add_argument("--seed", type=int, default=0, help="base seed; shard k uses a seed derived from it (default 0)")
     cap.add_argument("--resolution", default="64x64", help="per-view HxW (default 64x64, the encoder's input)")
-    cap.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)),
-                     help="parallel simulator processes (default: number of cores, at most 4)")
+    cap.add_argument(
+        "--workers",
+        type=positive_int,
+        default=max(1, min(4, os.cpu_count() or 1)),
+        help="parallel simulator processes (default: number of cores, at most 4)",
+    )
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=_cmd_sim_captions)
 
@@ -179,16 +205,29 @@ def register(groups) -> None:
     dag.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder with a policy module")
     dag.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
     dag.add_argument("--episodes", type=positive_int, required=True, help="total episodes the folder should hold")
-    dag.add_argument("--beta", type=fraction, default=0.3,
-                     help="probability that an executed chunk is the expert's, not the policy's (default 0.3)")
-    dag.add_argument("--seed", type=int, default=500,
-                     help="base seed of the train-split scenes (default 500, apart from recordings and benchmark)")
-    dag.add_argument("--open-loop-horizon", type=positive_int, default=8,
-                     help="policy rows executed before re-planning (default 8)")
+    dag.add_argument(
+        "--beta",
+        type=fraction,
+        default=0.3,
+        help="probability that an executed chunk is the expert's, not the policy's (default 0.3)",
+    )
+    dag.add_argument(
+        "--seed",
+        type=int,
+        default=500,
+        help="base seed of the train-split scenes (default 500, apart from recordings and benchmark)",
+    )
+    dag.add_argument(
+        "--open-loop-horizon", type=positive_int, default=8, help="policy rows executed before re-planning (default 8)"
+    )
     dag.add_argument("--max-steps", type=positive_int, default=240, help="control steps per episode (default 240)")
     dag.add_argument("--resolution", default="64x64", help="per-view HxW of the renders (default 64x64)")
-    dag.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)),
-                     help="parallel simulator processes, one torch thread each (default: cores, at most 4)")
+    dag.add_argument(
+        "--workers",
+        type=positive_int,
+        default=max(1, min(4, os.cpu_count() or 1)),
+        help="parallel simulator processes, one torch thread each (default: cores, at most 4)",
+    )
     dag.add_argument("--quiet", action="store_true", help="no progress bar")
     dag.set_defaults(func=_cmd_sim_dagger)
 
@@ -208,8 +247,12 @@ def register(groups) -> None:
     br.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")
     br.add_argument("--states", type=positive_int, default=500, help="recorded states to branch from (default 500)")
     br.add_argument("--proposals", type=positive_int, default=10, help="chunks executed per state (default 10)")
-    br.add_argument("--policy-samples", type=int, default=4,
-                    help="how many of them come from the bundle's policy, 0..--proposals (default 4)")
+    br.add_argument(
+        "--policy-samples",
+        type=int,
+        default=4,
+        help="how many of them come from the bundle's policy, 0..--proposals (default 4)",
+    )
     br.add_argument("--seed", type=int, default=0, help="picks the states and seeds the proposals (default 0)")
     br.add_argument("--quiet", action="store_true", help="no progress bar")
     br.set_defaults(func=_cmd_sim_branches)

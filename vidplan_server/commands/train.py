@@ -17,8 +17,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
     if args.extra_data and args.stage in ("codec", "semantic"):
-        raise CliError(f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
-                       "folders; world, flowmap, uq: branch folders)")
+        raise CliError(
+            f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
+            "folders; world, flowmap, uq: branch folders)"
+        )
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.action_deltas and args.stage != "world":
@@ -33,9 +35,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     world = distributed.world_from_env()  # torchrun --nproc-per-node N: one rank of N (vidplan_server/distributed.py)
     opts = commands.TrainOptions(
-        data=args.data, out=args.out, preset=args.preset, steps=args.steps, resume=args.resume, seed=args.seed,
+        data=args.data,
+        out=args.out,
+        preset=args.preset,
+        steps=args.steps,
+        resume=args.resume,
+        seed=args.seed,
         device=distributed.device_for(world, args.device) if world.distributed else args.device,
-        held_out_fraction=args.held_out_fraction, progress=not args.quiet and world.rank == 0,
+        held_out_fraction=args.held_out_fraction,
+        progress=not args.quiet and world.rank == 0,
     )
     check_device(opts.device)
     with distributed.data_parallel(world) as stages:
@@ -53,16 +61,23 @@ def _train_stage(args: argparse.Namespace, commands, opts):
     if args.stage == "codec":
         result = commands.train_codec(opts)
     elif args.stage == "world":
-        result = commands.train_world(opts, history=args.history, horizon=args.horizon, frame_stride=args.frame_stride,
-                                      init_from=args.init_from, branches=tuple(args.extra_data),
-                                      action_deltas=args.action_deltas)
+        result = commands.train_world(
+            opts,
+            history=args.history,
+            horizon=args.horizon,
+            frame_stride=args.frame_stride,
+            init_from=args.init_from,
+            branches=tuple(args.extra_data),
+            action_deltas=args.action_deltas,
+        )
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
     elif args.stage == "uq":
         result = commands.train_uq(opts, flow_steps=args.flow_steps, branches=tuple(args.extra_data))
     elif args.stage == "value":
-        result = commands.train_value(opts, gamma=args.gamma, flow_steps=args.flow_steps,
-                                      extra_data=tuple(args.extra_data))
+        result = commands.train_value(
+            opts, gamma=args.gamma, flow_steps=args.flow_steps, extra_data=tuple(args.extra_data)
+        )
     elif args.stage == "policy":
         result = commands.train_policy(opts, extra=tuple(args.extra_data), pooling=args.pooling)
     elif args.captions is not None:
@@ -90,61 +105,124 @@ def register(groups) -> None:
         "Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
-    tr.add_argument("stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy"),
-                    help="what to train")
-    tr.add_argument("--data", type=Path, required=True,
-                    help="dataset folder (vidplan sim record, or a DROID port); for uq a calibration dataset "
-                    "recorded apart from the world model's training data")
+    tr.add_argument(
+        "stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy"), help="what to train"
+    )
+    tr.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset folder (vidplan sim record, or a DROID port); for uq a calibration dataset "
+        "recorded apart from the world model's training data",
+    )
     tr.add_argument("--out", type=Path, required=True, help="checkpoint folder; stages add their module to it")
-    tr.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
-                    help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) "
-                    "(default small)")
+    tr.add_argument(
+        "--preset",
+        choices=("tiny", "small", "base"),
+        default="small",
+        help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) (default small)",
+    )
     tr.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the preset's)")
     tr.add_argument("--resume", action="store_true", help="continue the run saved in --out/training/<stage>")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the held-out split (default 0)")
     tr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")
-    tr.add_argument("--held-out-fraction", type=fraction, default=0.1,
-                    help="share of episodes held out for evaluation (default 0.1)")
-    tr.add_argument("--history", type=int, choices=range(1, 7), default=2, metavar="T",
-                    help="world: history frames the model sees, 1..6 (default 2)")
-    tr.add_argument("--horizon", type=positive_int, default=5, metavar="H",
-                    help="world: predicted frames per chunk (default 5)")
-    tr.add_argument("--frame-stride", type=positive_int, default=3,
-                    help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)")
-    tr.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
-                    help="world: start from this bundle's world module (weights, architecture, action statistics) "
-                    "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
-                    "codec (default: random initialisation)")
-    tr.add_argument("--flow-steps", type=positive_int, default=1, metavar="K",
-                    help="uq, value: flow-map steps of the samples the head learns from; use the planner's k "
-                    "(default 1)")
-    tr.add_argument("--gamma", type=fraction, default=0.99,
-                    help="value: discount per control step of the Monte-Carlo return (default 0.99)")
-    tr.add_argument("--extra-data", type=Path, nargs="+", default=[], metavar="DIR",
-                    help="value: more episode folders to train on (each split into training and held-out "
-                    "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
-                    "sim dagger` (every labelled step) or more recordings (their demonstrations), added to the "
-                    "training samples (a DAgger round: --resume --steps N). "
-                    "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
-                    "from recorded states), one window per branch, shards split like episodes; for uq, branches "
-                    "of the calibration recording, which the world model never saw")
-    tr.add_argument("--action-deltas", action="store_true",
-                    help="world: the network also embeds each frame's motion (its action minus the previous "
-                    "frame's); with --init-from, the new inputs start at zero weight (default: off, as bundled)")
-    tr.add_argument("--pooling", choices=("flatten", "spatial_softmax"), default=None,
-                    help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
-                    "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)")
-    tr.add_argument("--frame-step", type=positive_int, default=4,
-                    help="semantic: use every N-th step of each episode (default 4)")
-    tr.add_argument("--captions", type=Path, default=None, metavar="DIR",
-                    help="semantic: train on the captioned renders of `vidplan sim captions` (every object and "
-                    "colour of the simulator, the CLIP stand-in's data); --data then only adds train-split robot "
-                    "frames (--robot-share of each batch) and their held-out episodes for evaluation")
-    tr.add_argument("--robot-share", type=fraction, default=0.25,
-                    help="semantic with --captions: share of each batch drawn from --data's robot frames "
-                    "(0: renders only) (default 0.25)")
-    tr.add_argument("--codec-share", type=fraction, default=0.35,
-                    help="semantic with --captions: share of each batch passed through the bundle's codec "
-                    "(encode + decode), as the planner scores decoded frames (default 0.35)")
+    tr.add_argument(
+        "--held-out-fraction",
+        type=fraction,
+        default=0.1,
+        help="share of episodes held out for evaluation (default 0.1)",
+    )
+    tr.add_argument(
+        "--history",
+        type=int,
+        choices=range(1, 7),
+        default=2,
+        metavar="T",
+        help="world: history frames the model sees, 1..6 (default 2)",
+    )
+    tr.add_argument(
+        "--horizon", type=positive_int, default=5, metavar="H", help="world: predicted frames per chunk (default 5)"
+    )
+    tr.add_argument(
+        "--frame-stride",
+        type=positive_int,
+        default=3,
+        help="world: control steps per model frame (default 3, i.e. 5 Hz at 15 Hz control)",
+    )
+    tr.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="world: start from this bundle's world module (weights, architecture, action statistics) "
+        "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
+        "codec (default: random initialisation)",
+    )
+    tr.add_argument(
+        "--flow-steps",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="uq, value: flow-map steps of the samples the head learns from; use the planner's k (default 1)",
+    )
+    tr.add_argument(
+        "--gamma",
+        type=fraction,
+        default=0.99,
+        help="value: discount per control step of the Monte-Carlo return (default 0.99)",
+    )
+    tr.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="value: more episode folders to train on (each split into training and held-out "
+        "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
+        "sim dagger` (every labelled step) or more recordings (their demonstrations), added to the "
+        "training samples (a DAgger round: --resume --steps N). "
+        "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "
+        "from recorded states), one window per branch, shards split like episodes; for uq, branches "
+        "of the calibration recording, which the world model never saw",
+    )
+    tr.add_argument(
+        "--action-deltas",
+        action="store_true",
+        help="world: the network also embeds each frame's motion (its action minus the previous "
+        "frame's); with --init-from, the new inputs start at zero weight (default: off, as bundled)",
+    )
+    tr.add_argument(
+        "--pooling",
+        choices=("flatten", "spatial_softmax"),
+        default=None,
+        help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
+        "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)",
+    )
+    tr.add_argument(
+        "--frame-step", type=positive_int, default=4, help="semantic: use every N-th step of each episode (default 4)"
+    )
+    tr.add_argument(
+        "--captions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="semantic: train on the captioned renders of `vidplan sim captions` (every object and "
+        "colour of the simulator, the CLIP stand-in's data); --data then only adds train-split robot "
+        "frames (--robot-share of each batch) and their held-out episodes for evaluation",
+    )
+    tr.add_argument(
+        "--robot-share",
+        type=fraction,
+        default=0.25,
+        help="semantic with --captions: share of each batch drawn from --data's robot frames "
+        "(0: renders only) (default 0.25)",
+    )
+    tr.add_argument(
+        "--codec-share",
+        type=fraction,
+        default=0.35,
+        help="semantic with --captions: share of each batch passed through the bundle's codec "
+        "(encode + decode), as the planner scores decoded frames (default 0.35)",
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)

@@ -91,6 +91,11 @@ def merge_image_stats(parts: list[dict]) -> dict[str, list]:
     """Per-episode image stats combined, in the (C, 1, 1) layout whatever layout the parts were stored in (our
     older datasets kept them flat)."""
     channels = len(np.ravel(parts[0]["mean"]))
-    shaped = [{k: (np.asarray(v, dtype=np.float64).reshape(channels, 1, 1).tolist() if k != "count" else v)
-               for k, v in p.items()} for p in parts]
+    shaped = [
+        {
+            k: (np.asarray(v, dtype=np.float64).reshape(channels, 1, 1).tolist() if k != "count" else v)
+            for k, v in p.items()
+        }
+        for p in parts
+    ]
     return merge_stats(shaped)

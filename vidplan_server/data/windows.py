@@ -54,10 +54,14 @@ def window_indices(
             episode.append(np.full(len(ks), e))
         start += n
     if not hist:
-        raise DatasetError(f"no episode is longer than horizon * stride = {horizon * stride} steps, so there is "
-                           "no training window; record longer episodes or lower --horizon / --frame-stride")
-    return {k: torch.from_numpy(np.concatenate(v)).long() for k, v in
-            (("history", hist), ("future", fut), ("action", act), ("episode", episode))}
+        raise DatasetError(
+            f"no episode is longer than horizon * stride = {horizon * stride} steps, so there is "
+            "no training window; record longer episodes or lower --horizon / --frame-stride"
+        )
+    return {
+        k: torch.from_numpy(np.concatenate(v)).long()
+        for k, v in (("history", hist), ("future", fut), ("action", act), ("episode", episode))
+    }
 
 
 @torch.no_grad()
@@ -70,8 +74,9 @@ def encode_frames(codec: Codec, frames: np.ndarray, device: torch.device, batch:
     return torch.cat(out)
 
 
-def encode_phase(codec: Codec, frames: np.ndarray, device: torch.device, stride: int = 1,
-                 phase: int | None = None) -> torch.Tensor:
+def encode_phase(
+    codec: Codec, frames: np.ndarray, device: torch.device, stride: int = 1, phase: int | None = None
+) -> torch.Tensor:
     """Latents (T, C, V*h, w) float16 of an episode's frames (T, V, H, W, 3); with ``phase``, only steps
     ``t mod stride == phase`` are encoded and the other rows stay zero (windows never read them)."""
     rows = np.arange(len(frames))
@@ -84,8 +89,15 @@ def encode_phase(codec: Codec, frames: np.ndarray, device: torch.device, stride:
 
 
 def cached_latents(
-    codec: Codec, codec_file: Path, episodes: list[EpisodeArrays], data_root: Path, cache_dir: Path,
-    device: torch.device, progress: bool = True, stride: int = 1, phases: list[int] | None = None,
+    codec: Codec,
+    codec_file: Path,
+    episodes: list[EpisodeArrays],
+    data_root: Path,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    stride: int = 1,
+    phases: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Latents (T_e, C, V*h, w) per episode, from the cache when the codec and episodes match.
 
@@ -125,8 +137,15 @@ class LatentWindows:
     index: dict[str, torch.Tensor]
 
     @classmethod
-    def build(cls, latents: list[torch.Tensor], actions: list[torch.Tensor], history: int, horizon: int,
-              stride: int, phases: list[int] | None = None) -> LatentWindows:
+    def build(
+        cls,
+        latents: list[torch.Tensor],
+        actions: list[torch.Tensor],
+        history: int,
+        horizon: int,
+        stride: int,
+        phases: list[int] | None = None,
+    ) -> LatentWindows:
         lengths = [len(z) for z in latents]
         index = window_indices(lengths, history, horizon, stride, phases)
         return cls(torch.cat(latents), torch.cat(actions).float(), index)
@@ -145,8 +164,11 @@ class LatentWindows:
             index["episode"].append(w.index["episode"] + episodes)
             rows += len(w.latents)
             episodes += int(w.index["episode"].max()) + 1 if len(w) else 0
-        return cls(torch.cat([w.latents for w in parts]), torch.cat([w.actions for w in parts]),
-                   {k: torch.cat(v) for k, v in index.items()})
+        return cls(
+            torch.cat([w.latents for w in parts]),
+            torch.cat([w.actions for w in parts]),
+            {k: torch.cat(v) for k, v in index.items()},
+        )
 
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(history (B, T, C, h, w), actions (B, H, 7), future (B, H, C, h, w)) for window indices ``idx``."""
@@ -159,16 +181,26 @@ class LatentWindows:
         """Every window ``k`` times (the index repeated, the latents shared): a larger share of uniform batches."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return LatentWindows(self.latents, self.actions, {key: v.repeat(k, *([1] * (v.dim() - 1)))
-                                                          for key, v in self.index.items()})
+        return LatentWindows(
+            self.latents, self.actions, {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in self.index.items()}
+        )
 
     def spread(self, n: int) -> torch.Tensor:
         """``n`` window indices spread evenly over all windows (deterministic evaluation sets)."""
         return torch.linspace(0, len(self) - 1, min(n, len(self))).long()
 
 
-def branch_windows(codec: Codec, codec_file: Path, files: list[Path], cache_dir: Path, device: torch.device,
-                   normalize, history: int, horizon: int, progress: bool = True) -> LatentWindows:
+def branch_windows(
+    codec: Codec,
+    codec_file: Path,
+    files: list[Path],
+    cache_dir: Path,
+    device: torch.device,
+    normalize,
+    history: int,
+    horizon: int,
+    progress: bool = True,
+) -> LatentWindows:
     """World-model windows of branch shards (:mod:`vidplan_server.data.branches`): one window per branch, its
     T recorded history frames, its H rendered future frames and its H knot actions (normalised with
     ``normalize``, the world model's action statistics). Latents are cached like :func:`cached_latents`."""
@@ -182,20 +214,28 @@ def branch_windows(codec: Codec, codec_file: Path, files: list[Path], cache_dir:
     frames, knots = read_branches(files)
     N, L = frames.shape[:2]
     if L != history + horizon or knots.shape[1] != horizon:
-        raise DatasetError(f"branches hold {L} frames and {knots.shape[1]} actions per branch, the world model "
-                           f"needs {history} + {horizon}: record them with a bundle of the same history and horizon")
+        raise DatasetError(
+            f"branches hold {L} frames and {knots.shape[1]} actions per branch, the world model "
+            f"needs {history} + {horizon}: record them with a bundle of the same history and horizon"
+        )
     if path.is_file():
         latents = load_file(str(path))["latents"]
     else:
         flat = frames.reshape(N * L, *frames.shape[2:])
-        parts = [encode_frames(codec.to(device).eval(), flat[i:i + 512], device)
-                 for i in tqdm(range(0, len(flat), 512), desc="encode branches", disable=not progress, leave=False)]
+        parts = [
+            encode_frames(codec.to(device).eval(), flat[i : i + 512], device)
+            for i in tqdm(range(0, len(flat), 512), desc="encode branches", disable=not progress, leave=False)
+        ]
         latents = torch.cat(parts)
         _write_atomic(path, lambda tmp: save_file({"latents": latents.contiguous()}, tmp))
     rows = torch.arange(N)[:, None] * L
     future = rows + history + torch.arange(horizon)[None]
     actions = torch.zeros((N * L, knots.shape[-1]), dtype=torch.float32)
     actions[future.reshape(-1)] = normalize(torch.from_numpy(knots).reshape(-1, knots.shape[-1])).float()
-    index = {"history": rows + torch.arange(history)[None], "future": future, "action": future,
-             "episode": torch.arange(N)}
+    index = {
+        "history": rows + torch.arange(history)[None],
+        "future": future,
+        "action": future,
+        "episode": torch.arange(N),
+    }
     return LatentWindows(latents, actions, index)

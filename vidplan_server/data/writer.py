@@ -308,8 +308,10 @@ class DatasetWriter:
                 row[f"stats/{feat}/{stat}"] = value
         row.update({"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file})
         # Ours (seed, ground-truth names, ...) beside LeRobot's metadata, written before the commit point.
-        _atomic_write_text(self.root / fmt.VIDPLAN_EPISODES_PATH.format(**loc),
-                           json.dumps({"episode_index": index, **staged.extra}, default=_json_value))
+        _atomic_write_text(
+            self.root / fmt.VIDPLAN_EPISODES_PATH.format(**loc),
+            json.dumps({"episode_index": index, **staged.extra}, default=_json_value),
+        )
         # Commit point: the episode exists once its metadata file does.
         _atomic_write_parquet(pa.Table.from_pylist([row]), self.root / fmt.EPISODES_PATH.format(**loc))
         shutil.rmtree(staged.folder, ignore_errors=True)
@@ -375,7 +377,7 @@ class DatasetWriter:
 def _row_stats(row: dict, feature: str) -> dict | None:
     """The stats of ``feature`` in an episode-metadata row (None when the row has none, e.g. an older layout)."""
     prefix = f"stats/{feature}/"
-    found = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
+    found = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
     return found if {"min", "max", "mean", "std", "count"} <= set(found) else None
 
 

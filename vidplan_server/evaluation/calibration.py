@@ -47,8 +47,9 @@ class CalibrationAccumulator:
         return ece, mce, table
 
 
-def calibration_errors(conf: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray,
-                       n_bins: int = 10) -> tuple[float, float, dict]:
+def calibration_errors(
+    conf: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray, n_bins: int = 10
+) -> tuple[float, float, dict]:
     """(ECE, MCE, per-bin table) of predicted probabilities ``conf`` (N,) for 0/1 outcomes ``correct`` (N,)."""
     acc = CalibrationAccumulator(n_bins)
     acc.add(conf, correct)
@@ -60,8 +61,12 @@ def correlation(uncertainty: np.ndarray, error: np.ndarray) -> dict[str, float]:
     u, e = np.asarray(uncertainty, float).ravel(), np.asarray(error, float).ravel()
     tau = stats.kendalltau(u, e)
     r = stats.pearsonr(u, e)
-    return {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue), "pearson_r": float(r.statistic),
-            "pearson_p": float(r.pvalue)}
+    return {
+        "kendall_tau": float(tau.statistic),
+        "kendall_p": float(tau.pvalue),
+        "pearson_r": float(r.statistic),
+        "pearson_p": float(r.pvalue),
+    }
 
 
 def auroc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:

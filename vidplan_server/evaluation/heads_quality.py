@@ -62,8 +62,10 @@ def split_data(model: WorldModel, data: Path, progress: bool = True) -> SplitDat
     """Episodes of ``data`` with frames, their latents (one phase per episode, as in training) and windows."""
     stride, T, H = model.config.frame_stride, model.history, model.horizon
     eps = load_episodes(data, image_size=model.codec.config.image_size, progress=progress)
-    latents = [encode_phase(model.codec, ep.frames, model.device, stride, ep.index % stride)
-               for ep in tqdm(eps, desc="encode", disable=not progress, leave=False)]
+    latents = [
+        encode_phase(model.codec, ep.frames, model.device, stride, ep.index % stride)
+        for ep in tqdm(eps, desc="encode", disable=not progress, leave=False)
+    ]
     acts = [model.normalizer.normalize(torch.from_numpy(ep.action)) for ep in eps]
     windows = LatentWindows.build(latents, acts, T, H, stride, [ep.index % stride for ep in eps])
     return SplitData(eps, latents, windows)
@@ -79,8 +81,9 @@ def _true_frames(split: SplitData, rows: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def calibration_split(model: WorldModel, uq: UQHead, split: SplitData, cfg: CalibrationConfig,
-                      progress: bool = True) -> dict:
+def calibration_split(
+    model: WorldModel, uq: UQHead, split: SplitData, cfg: CalibrationConfig, progress: bool = True
+) -> dict:
     device = model.device
     idx = split.windows.spread(cfg.windows)
     events = {f"p_le_{eps:g}": CalibrationAccumulator(cfg.n_bins) for eps in cfg.thresholds}
@@ -117,8 +120,12 @@ def calibration_split(model: WorldModel, uq: UQHead, split: SplitData, cfg: Cali
         "mean_entropy": float(ent_f.mean()),
         "mean_expected_error": float(exp_f.mean()),
         "mean_abs_error": float(err_f.mean()),
-        "pixel": {"kendall_tau": pixel_corr["kendall_tau"], "kendall_p": pixel_corr["kendall_p"],
-                  "pearson_r": pixel_corr["pearson_r"], "mean_abs_error": float(pix_f.mean())},
+        "pixel": {
+            "kendall_tau": pixel_corr["kendall_tau"],
+            "kendall_p": pixel_corr["kendall_p"],
+            "pearson_r": pixel_corr["pearson_r"],
+            "mean_abs_error": float(pix_f.mean()),
+        },
         "events": per_event,
         "windows": int(len(idx)),
         "frames": int(len(ent_f)),
@@ -128,8 +135,9 @@ def calibration_split(model: WorldModel, uq: UQHead, split: SplitData, cfg: Cali
 
 
 @torch.no_grad()
-def heatmap_panel(model: WorldModel, uq: UQHead, colormap: LatentColormap, split: SplitData, window: int,
-                  seed: int = 0) -> np.ndarray:
+def heatmap_panel(
+    model: WorldModel, uq: UQHead, colormap: LatentColormap, split: SplitData, window: int, seed: int = 0
+) -> np.ndarray:
     """One window as an RGB image: rows = true future, prediction, latent colour map over the prediction,
     per-pixel entropy map over the prediction, |prediction - truth| (grey); columns = the H frames, each
     the three views side by side."""
@@ -145,27 +153,40 @@ def heatmap_panel(model: WorldModel, uq: UQHead, colormap: LatentColormap, split
     err = np.abs(frames.astype(np.int16) - truth.astype(np.int16)).mean(-1, keepdims=True)
     err = np.repeat(np.clip(err * 4, 0, 255).astype(np.uint8), 3, -1)
     rows = [truth, frames, latent_map, pixel_map, err]
+
     # (H, V, h, w, 3) -> (h, H * V * w, 3) per row, a 2-pixel gap between frames
     def strip(x):
         pad = np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 2), (0, 0)), constant_values=255)
         return np.concatenate([np.concatenate(list(f), 1) for f in pad], 1)
+
     return np.concatenate([strip(r) for r in rows], 0)
 
 
-def run_calibration(model: WorldModel, uq: UQHead, splits: dict[str, Path], out: Path,
-                    cfg: CalibrationConfig = CalibrationConfig(), progress: bool = True,
-                    colormap: LatentColormap | None = None) -> dict:
+def run_calibration(
+    model: WorldModel,
+    uq: UQHead,
+    splits: dict[str, Path],
+    out: Path,
+    cfg: CalibrationConfig = CalibrationConfig(),
+    progress: bool = True,
+    colormap: LatentColormap | None = None,
+) -> dict:
     """Evaluate every split (name -> dataset), write ``calibration.json``, one reliability PNG per split and,
     with a ``colormap``, a heatmap panel per split (``heatmaps_<split>.png``, the middle window)."""
     out.mkdir(parents=True, exist_ok=True)
-    result = {"config": {"windows": cfg.windows, "thresholds": list(cfg.thresholds), "n_bins": cfg.n_bins,
-                         "seed": cfg.seed}, "splits": {}}
+    result = {
+        "config": {"windows": cfg.windows, "thresholds": list(cfg.thresholds), "n_bins": cfg.n_bins, "seed": cfg.seed},
+        "splits": {},
+    }
     for name, data in splits.items():
         split = split_data(model, data, progress)
         r = calibration_split(model, uq, split, cfg, progress)
         r["data"] = str(data)
-        png = reliability_diagram({k: v["table"] for k, v in r["events"].items()}, out / f"reliability_{name}.png",
-                                  f"{name}: UQ head reliability (ECE max {r['ece']:.3f})")
+        png = reliability_diagram(
+            {k: v["table"] for k, v in r["events"].items()},
+            out / f"reliability_{name}.png",
+            f"{name}: UQ head reliability (ECE max {r['ece']:.3f})",
+        )
         r["reliability_png"] = png.name
         if colormap is not None:
             panel = heatmap_panel(model, uq, colormap, split, len(split.windows) // 2, cfg.seed)
@@ -178,12 +199,15 @@ def run_calibration(model: WorldModel, uq: UQHead, splits: dict[str, Path], out:
 
 
 def format_calibration(result: dict) -> str:
-    rows = [f"{'split':<6} {'ECE':>6} {'MCE':>6} {'tau':>6} {'p':>9} {'r':>6} {'entropy':>8} {'|err|':>6} "
-            f"{'tau_px':>6}"]
+    rows = [
+        f"{'split':<6} {'ECE':>6} {'MCE':>6} {'tau':>6} {'p':>9} {'r':>6} {'entropy':>8} {'|err|':>6} {'tau_px':>6}"
+    ]
     for name, r in result["splits"].items():
-        rows.append(f"{name:<6} {r['ece']:6.3f} {r['mce']:6.3f} {r['kendall_tau']:6.3f} {r['kendall_p']:9.2e} "
-                    f"{r['pearson_r']:6.3f} {r['mean_entropy']:8.4f} {r['mean_abs_error']:6.3f} "
-                    f"{r['pixel']['kendall_tau']:6.3f}")
+        rows.append(
+            f"{name:<6} {r['ece']:6.3f} {r['mce']:6.3f} {r['kendall_tau']:6.3f} {r['kendall_p']:9.2e} "
+            f"{r['pearson_r']:6.3f} {r['mean_entropy']:8.4f} {r['mean_abs_error']:6.3f} "
+            f"{r['pixel']['kendall_tau']:6.3f}"
+        )
         rows.append("       " + "  ".join(f"{k} {v['ece']:.3f}/{v['mce']:.3f}" for k, v in r["events"].items()))
     return "\n".join(rows)
 
@@ -198,8 +222,9 @@ class RewardEvalConfig:
 
 
 @torch.no_grad()
-def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: int = 32,
-                  failure_modes: list[str] | None = None) -> dict:
+def value_quality(
+    model: WorldModel, value: ValueHead, split: SplitData, batch: int = 32, failure_modes: list[str] | None = None
+) -> dict:
     """Kendall tau of expected value vs. true return over all frames; success AUROC at final frames. With the
     simulator's ``failure_modes`` (per episode), also the AUROC without ``wrong_target`` failures: the value
     head does not see the instruction, so a wrong object put in the container looks like a success to it."""
@@ -220,9 +245,15 @@ def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: 
         last[e] = i
     final = np.array([float(values[i, -1]) for i in last.values()])
     success = np.array([split.episodes[e].success for e in last])
-    out = {"value_kendall_tau": corr["kendall_tau"], "value_kendall_p": corr["kendall_p"],
-           "value_pearson_r": corr["pearson_r"], "success_auroc": auroc(final[success], final[~success]),
-           "episodes": len(last), "successes": int(success.sum()), "frames": int(truth.numel())}
+    out = {
+        "value_kendall_tau": corr["kendall_tau"],
+        "value_kendall_p": corr["kendall_p"],
+        "value_pearson_r": corr["pearson_r"],
+        "success_auroc": auroc(final[success], final[~success]),
+        "episodes": len(last),
+        "successes": int(success.sum()),
+        "frames": int(truth.numel()),
+    }
     if failure_modes is not None:
         visible = np.array([failure_modes[e] != "wrong_target" for e in last])
         out["success_auroc_without_wrong_target"] = auroc(final[success], final[~success & visible])
@@ -231,8 +262,14 @@ def value_quality(model: WorldModel, value: ValueHead, split: SplitData, batch: 
 
 
 @torch.no_grad()
-def semantic_quality(model: WorldModel, semantic: SemanticBackend, data: Path, split: SplitData,
-                     cfg: RewardEvalConfig, progress: bool = True) -> dict:
+def semantic_quality(
+    model: WorldModel,
+    semantic: SemanticBackend,
+    data: Path,
+    split: SplitData,
+    cfg: RewardEvalConfig,
+    progress: bool = True,
+) -> dict:
     dataset = EpisodeDataset(data)
     device = model.device
     hits = {"rendered": [], "decoded": []}
@@ -264,40 +301,61 @@ def semantic_quality(model: WorldModel, semantic: SemanticBackend, data: Path, s
     for kind, parts in hits.items():
         arr = np.concatenate(parts)
         vis = arr[:, 1] >= cfg.min_visible_px
-        out[f"{kind}_by_target_size"] = {f">={px}px": float(arr[arr[:, 1] >= px, 0].mean())
-                                         for px in (cfg.min_visible_px, 16, 64) if (arr[:, 1] >= px).any()}
+        out[f"{kind}_by_target_size"] = {
+            f">={px}px": float(arr[arr[:, 1] >= px, 0].mean())
+            for px in (cfg.min_visible_px, 16, 64)
+            if (arr[:, 1] >= px).any()
+        }
         out[kind] = float(arr[vis, 0].mean()) if vis.any() else float("nan")
-        out[f"{kind}_per_view"] = {c: float(arr[vis & (view_idx == v), 0].mean()) if (vis & (view_idx == v)).any()
-                                   else float("nan") for v, c in enumerate(CAMERA_NAMES)}
+        out[f"{kind}_per_view"] = {
+            c: float(arr[vis & (view_idx == v), 0].mean()) if (vis & (view_idx == v)).any() else float("nan")
+            for v, c in enumerate(CAMERA_NAMES)
+        }
         out["visible_frames"] = int(vis.sum())  # the same frames for both kinds
     return out
 
 
-def run_reward_eval(model: WorldModel, value: ValueHead, semantic: SemanticBackend, data: Path, out: Path,
-                    cfg: RewardEvalConfig = RewardEvalConfig(), progress: bool = True,
-                    filename: str = "reward.json") -> dict:
+def run_reward_eval(
+    model: WorldModel,
+    value: ValueHead,
+    semantic: SemanticBackend,
+    data: Path,
+    out: Path,
+    cfg: RewardEvalConfig = RewardEvalConfig(),
+    progress: bool = True,
+    filename: str = "reward.json",
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     split = split_data(model, data, progress)
     dataset = EpisodeDataset(data)
     modes = [str(dataset.episode_row(ep.index).get("vidplan/failure_mode") or "") for ep in split.episodes]
     v = value_quality(model, value, split, cfg.batch, modes)
     s = semantic_quality(model, semantic, data, split, cfg, progress)
-    result = {**{k: v[k] for k in ("value_kendall_tau", "success_auroc")}, "centroid_hit_rate": s["rendered"],
-              "value": v, "semantic": s, "data": str(data), "gamma": value.config.gamma}
+    result = {
+        **{k: v[k] for k in ("value_kendall_tau", "success_auroc")},
+        "centroid_hit_rate": s["rendered"],
+        "value": v,
+        "semantic": s,
+        "data": str(data),
+        "gamma": value.config.gamma,
+    }
     (out / filename).write_text(json.dumps(result, indent=1))
     return result
 
 
 def format_reward(result: dict) -> str:
     v, s = result["value"], result["semantic"]
-    return "\n".join([
-        f"value     Kendall tau {v['value_kendall_tau']:.3f} (p {v['value_kendall_p']:.1e}, {v['frames']} frames), "
-        f"success AUROC {v['success_auroc']:.3f} ({v['successes']}/{v['episodes']} successful; "
-        f"{v.get('success_auroc_without_wrong_target', float('nan')):.3f} without the "
-        f"{v.get('wrong_target_failures', 0)} wrong-target failures)",
-        f"semantic  centroid in target mask {s['rendered']:.3f} rendered, {s['decoded']:.3f} through the codec "
-        f"({s['visible_frames']} visible frames)",
-        "          by target size: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_by_target_size"].items()),
-        "          per view: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_per_view"].items()),
-        "          through the codec: " + ", ".join(f"{k} {val:.3f}" for k, val in s["decoded_per_view"].items()),
-    ])
+    return "\n".join(
+        [
+            f"value     Kendall tau {v['value_kendall_tau']:.3f} (p {v['value_kendall_p']:.1e}, {v['frames']} frames), "
+            f"success AUROC {v['success_auroc']:.3f} ({v['successes']}/{v['episodes']} successful; "
+            f"{v.get('success_auroc_without_wrong_target', float('nan')):.3f} without the "
+            f"{v.get('wrong_target_failures', 0)} wrong-target failures)",
+            f"semantic  centroid in target mask {s['rendered']:.3f} rendered, {s['decoded']:.3f} through the codec "
+            f"({s['visible_frames']} visible frames)",
+            "          by target size: "
+            + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_by_target_size"].items()),
+            "          per view: " + ", ".join(f"{k} {val:.3f}" for k, val in s["rendered_per_view"].items()),
+            "          through the codec: " + ", ".join(f"{k} {val:.3f}" for k, val in s["decoded_per_view"].items()),
+        ]
+    )

@@ -97,7 +97,7 @@ def approach_steps(episode: Episode, count: int, min_distance_m: float, first: i
     # The approach phase only: stop at the first step where the gripper closes.
     closed = np.nonzero(grip >= 0.5)[0]
     if len(closed):
-        ok[closed[0]:] = False
+        ok[closed[0] :] = False
     candidates = np.nonzero(ok)[0]
     if len(candidates) == 0:
         return []
@@ -158,14 +158,19 @@ class SignalProbe:
             if text is not None:
                 instructions["distractor"], objects["distractor"] = text, j
         N = cfg.num_proposals or pl.config.num_proposals
-        req = request_from_episode(episode, step, pl.history_len, pl.frame_stride,
-                                   PlanOptions(num_proposals=N, seed=cfg.seed))
+        req = request_from_episode(
+            episode, step, pl.history_len, pl.frame_stride, PlanOptions(num_proposals=N, seed=cfg.seed)
+        )
         history = pl.encode_history(req.history)
         props = pl.propose(req, N, np.random.default_rng(cfg.seed))
         ends = props.actions[:, -1, :3]
-        out = StepSignal(episode.metadata.get("episode_index", -1), step, instructions,
-                         {k: np.linalg.norm(ends - gt.object_poses[step, o, :3], axis=1).tolist()
-                          for k, o in objects.items()}, kinds=list(props.kinds))
+        out = StepSignal(
+            episode.metadata.get("episode_index", -1),
+            step,
+            instructions,
+            {k: np.linalg.norm(ends - gt.object_poses[step, o, :3], axis=1).tolist() for k, o in objects.items()},
+            kinds=list(props.kinds),
+        )
         variants = cfg.variants
         hist = history.expand(len(props), *history.shape[1:])
         score_cfg = pl.config.score
@@ -174,8 +179,11 @@ class SignalProbe:
         if any(v in ("model", "model-no-uq", "value") for v in variants):
             noise = pl.rollout_noise(len(props), tuple(history.shape[2:]), cfg.seed)  # as the planner rolls out
             pred = pl.rollout(history, pl.knots(props.actions), pl.config.flow_steps, noise)
-            model = (pred, uq_maps(pl.uq, pred, hist, score_cfg.confidence_eps)[0],
-                     decode_views(pl.world.codec, pred, ids))
+            model = (
+                pred,
+                uq_maps(pl.uq, pred, hist, score_cfg.confidence_eps)[0],
+                decode_views(pl.world.codec, pred, ids),
+            )
         if self.oracle is not None:
             self.oracle.load(episode, step)
             sim = self._sim_inputs(self.oracle.rollout(props.actions, pl.frame_stride), hist, ids)
@@ -239,16 +247,23 @@ def summarize(steps: list[StepSignal], variants: tuple[str, ...]) -> dict:
                     rhos.append(rho)
                     wins.append(win)
             if rhos:
-                rows[v] = {"spearman": float(np.mean(rhos)), "spearman_sem": float(np.std(rhos) / math.sqrt(len(rhos))),
-                           "winner_best_third": float(np.mean(wins)), "steps": len(rhos)}
+                rows[v] = {
+                    "spearman": float(np.mean(rhos)),
+                    "spearman_sem": float(np.std(rhos) / math.sqrt(len(rhos))),
+                    "winner_best_third": float(np.mean(wins)),
+                    "steps": len(rhos),
+                }
         out[kind] = rows
     return out
 
 
 def format_table(summary: dict) -> str:
     variants = list(dict.fromkeys(v for k in INSTRUCTIONS for v in summary.get(k, {})))
-    lines = ["| variant | Spearman (target) | winner in best third (target) | Spearman (distractor named) | "
-             "winner in best third (distractor) | steps |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| variant | Spearman (target) | winner in best third (target) | Spearman (distractor named) | "
+        "winner in best third (distractor) | steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for v in variants:
         t = summary.get("target", {}).get(v)
         d = summary.get("distractor", {}).get(v)
@@ -258,13 +273,16 @@ def format_table(summary: dict) -> str:
                 return "-"
             return f"{r[key]:+.3f} ± {r['spearman_sem']:.3f}" if key == "spearman" else f"{r[key]:.2f}"
 
-        lines.append(f"| {v} | {cell(t, 'spearman')} | {cell(t, 'winner_best_third')} | {cell(d, 'spearman')} | "
-                     f"{cell(d, 'winner_best_third')} | {t['steps'] if t else 0} |")
+        lines.append(
+            f"| {v} | {cell(t, 'spearman')} | {cell(t, 'winner_best_third')} | {cell(d, 'spearman')} | "
+            f"{cell(d, 'winner_best_third')} | {t['steps'] if t else 0} |"
+        )
     return "\n".join(lines)
 
 
-def run_planning_signal(planner: Planner, data: Path, out: Path, config: SignalConfig = SignalConfig(),
-                        progress: bool = True) -> dict:
+def run_planning_signal(
+    planner: Planner, data: Path, out: Path, config: SignalConfig = SignalConfig(), progress: bool = True
+) -> dict:
     """Probe every selected step of dataset ``data``; write ``planning_signal.json`` and ``.md`` into ``out``."""
     from vidplan_server.data.reader import EpisodeDataset
 
@@ -288,8 +306,13 @@ def run_planning_signal(planner: Planner, data: Path, out: Path, config: SignalC
         probe.close()
     summary = summarize(steps, config.variants)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"config": asdict(config), "data": str(data), "model_version": planner.model_version,
-              "summary": summary, "steps": [asdict(s) for s in steps]}
+    result = {
+        "config": asdict(config),
+        "data": str(data),
+        "model_version": planner.model_version,
+        "summary": summary,
+        "steps": [asdict(s) for s in steps],
+    }
     (out / "planning_signal.json").write_text(json.dumps(result, indent=1))
     (out / "planning_signal.md").write_text(format_table(summary) + "\n")
     return result

@@ -69,8 +69,10 @@ class SimOracle:
             p.resetJointState(scene.robot, j, finger, 0.0, physicsClientId=c)
         poses = episode.ground_truth.object_poses[step]
         if len(poses) != len(scene.objects):
-            raise ValueError(f"the rebuilt scene has {len(scene.objects)} objects, the recording {len(poses)}: "
-                             "the episode was recorded with other scene settings")
+            raise ValueError(
+                f"the rebuilt scene has {len(scene.objects)} objects, the recording {len(poses)}: "
+                "the episode was recorded with other scene settings"
+            )
         for obj, pose in zip(scene.objects, poses, strict=True):
             p.resetBasePositionAndOrientation(obj.body, pose[:3].tolist(), pose[3:].tolist(), physicsClientId=c)
             p.resetBaseVelocity(obj.body, [0, 0, 0], [0, 0, 0], physicsClientId=c)

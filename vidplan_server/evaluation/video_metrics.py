@@ -22,11 +22,16 @@ def ssim(pred: np.ndarray, true: np.ndarray) -> float:
     """Mean SSIM over frames (..., H, W, 3): Gaussian window sigma 1.5, as in Wang et al. 2004."""
     p = np.asarray(pred, np.float64).reshape(-1, *pred.shape[-3:])
     t = np.asarray(true, np.float64).reshape(-1, *true.shape[-3:])
-    return float(np.mean([
-        structural_similarity(a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False)
-        for a, b in zip(p, t, strict=True)
-    ]))
+    return float(
+        np.mean(
+            [
+                structural_similarity(
+                    a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+                )
+                for a, b in zip(p, t, strict=True)
+            ]
+        )
+    )
 
 
 def moving_mask(true_future: np.ndarray, last_frame: np.ndarray, threshold: float = 0.1, dilate: int = 1) -> np.ndarray:

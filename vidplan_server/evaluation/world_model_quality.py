@@ -109,8 +109,9 @@ def run_benchmark(model: WorldModel, data: str | Path, cfg: BenchConfig = BenchC
     for name, (method, steps) in tqdm(methods.items(), desc="methods", disable=not progress):
         preds = []
         for s in range(0, N, cfg.batch):
-            lat = model.rollout(hist_lat[s:s + cfg.batch], actions[s:s + cfg.batch], method, steps,
-                                noise=noise[s:s + cfg.batch])
+            lat = model.rollout(
+                hist_lat[s : s + cfg.batch], actions[s : s + cfg.batch], method, steps, noise=noise[s : s + cfg.batch]
+            )
             preds.append(model.decode(lat).float().cpu())
         pred = torch.cat(preds).permute(0, 1, 2, 4, 5, 3).numpy()  # (N, H, V, H, W, 3)
         ms = _time(lambda m=method, k=steps: model.rollout(hist_c, act_c, m, k, noise=noise_c), cfg.repeats, device)
@@ -136,23 +137,37 @@ def run_benchmark(model: WorldModel, data: str | Path, cfg: BenchConfig = BenchC
         "methods": results,
         "vs_diffusion": summary,
         "timing": extra,
-        "setup": {"windows": N, "episodes": w["episodes"], "candidates": C, "device": str(device),
-                  "threads": torch.get_num_threads(), "moving_fraction": float(mask.mean()),
-                  "heun_steps": cfg.heun_steps, "horizon": H, "history": model.history,
-                  "frame_stride": model.config.frame_stride},
+        "setup": {
+            "windows": N,
+            "episodes": w["episodes"],
+            "candidates": C,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "moving_fraction": float(mask.mean()),
+            "heun_steps": cfg.heun_steps,
+            "horizon": H,
+            "history": model.history,
+            "frame_stride": model.config.frame_stride,
+        },
     }
 
 
 def format_table(result: dict) -> str:
     rows = [f"{'method':<10} {'nfe':>4} {'ms/rollout':>11} {'psnr':>7} {'ssim':>6} {'psnr_moving':>12}"]
     for name, r in result["methods"].items():
-        rows.append(f"{name:<10} {r['nfe']:>4} {r['ms_per_rollout']:>11.1f} {r['psnr']:>7.2f} {r['ssim']:>6.3f} "
-                    f"{r['psnr_moving']:>12.2f}")
+        rows.append(
+            f"{name:<10} {r['nfe']:>4} {r['ms_per_rollout']:>11.1f} {r['psnr']:>7.2f} {r['ssim']:>6.3f} "
+            f"{r['psnr_moving']:>12.2f}"
+        )
     for name, s in result["vs_diffusion"].items():
-        rows.append(f"{name}: {s['speedup']:.1f}x faster than diffusion for {s['nfe_ratio']:.1f}x fewer evaluations, "
-                    f"PSNR {s['psnr_gap_db']:+.2f} dB below it")
+        rows.append(
+            f"{name}: {s['speedup']:.1f}x faster than diffusion for {s['nfe_ratio']:.1f}x fewer evaluations, "
+            f"PSNR {s['psnr_gap_db']:+.2f} dB below it"
+        )
     t = result["timing"]
     setup = result["setup"]
-    rows.append(f"encode {t['encode_ms']:.1f} ms, decode {t['decode_ms']:.1f} ms for {setup['candidates']} frames; "
-                f"{setup['windows']} windows, moving region {100 * setup['moving_fraction']:.1f}% of pixels")
+    rows.append(
+        f"encode {t['encode_ms']:.1f} ms, decode {t['decode_ms']:.1f} ms for {setup['candidates']} frames; "
+        f"{setup['windows']} windows, moving region {100 * setup['moving_fraction']:.1f}% of pixels"
+    )
     return "\n".join(rows)

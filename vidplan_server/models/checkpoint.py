@@ -97,8 +97,9 @@ def read_manifest(ckpt: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                              f"expected {FORMAT!r}")
+        raise CheckpointError(
+            f"{path}: format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT!r}"
+        )
     if manifest.get("version") != VERSION:
         raise CheckpointError(f"{path}: version {manifest.get('version')!r} is not supported (expected {VERSION})")
     if not isinstance(manifest.get("modules"), dict):

@@ -110,8 +110,10 @@ class UQHead(nn.Module):
         """pred (B, H, C, h, w), history (B, T, C, h, w) latents -> logits (B, H, C, h, w, bins)."""
         B, H, C, h, w = pred.shape
         if H != self.config.net.frames or history.shape[1] != self.config.history:
-            raise ValueError(f"UQ head expects {self.config.net.frames} predicted and {self.config.history} "
-                             f"history frames, got {H} and {history.shape[1]}")
+            raise ValueError(
+                f"UQ head expects {self.config.net.frames} predicted and {self.config.history} "
+                f"history frames, got {H} and {history.shape[1]}"
+            )
         hist = history.reshape(B, 1, -1, h, w).expand(B, H, -1, h, w)
         x = torch.cat([pred, hist], 2).reshape(B * H, -1, h, w)
         out = self.unet(x).reshape(B, H, C, self.config.bins, h, w)

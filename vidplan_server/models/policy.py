@@ -145,34 +145,45 @@ class FlowPolicy(nn.Module):
     def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
         super().__init__()
         self.config = config
-        self.tokenizer = Tokenizer(SemanticConfig(vocab=config.vocab, oov_buckets=config.oov_buckets,
-                                                  max_words=config.max_words))
+        self.tokenizer = Tokenizer(
+            SemanticConfig(vocab=config.vocab, oov_buckets=config.oov_buckets, max_words=config.max_words)
+        )
         self.chunk_codec = ChunkCodec(config)
         self.words = nn.Embedding(self.tokenizer.size, config.text_dim, padding_idx=0)
-        self.text_mlp = nn.Sequential(nn.Linear(config.text_dim, config.text_dim), nn.SiLU(),
-                                      nn.Linear(config.text_dim, config.text_dim))
+        self.text_mlp = nn.Sequential(
+            nn.Linear(config.text_dim, config.text_dim), nn.SiLU(), nn.Linear(config.text_dim, config.text_dim)
+        )
         chans = (3, *config.channels)
-        self.blocks = nn.ModuleList(_FiLMBlock(a, b, config.text_dim) for a, b in zip(chans[:-1], chans[1:],
-                                                                                     strict=True))
+        self.blocks = nn.ModuleList(
+            _FiLMBlock(a, b, config.text_dim) for a, b in zip(chans[:-1], chans[1:], strict=True)
+        )
         self.view_embed = nn.Parameter(torch.zeros(len(config.views), config.channels[-1], 1, 1))
         h, w = (s // 2 ** len(config.channels) for s in config.image_size)
         if config.pooling == "spatial_softmax":
             flat = len(config.views) * config.channels[-1] * 3  # (x, y) keypoint + mean activation per channel
             self.log_temperature = nn.Parameter(torch.zeros(()))
-            self.register_buffer("grid", torch.stack(torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w),
-                                                                    indexing="ij"), 0).flip(0).reshape(2, h * w),
-                                 persistent=False)  # (2, h*w): x then y in [-1, 1]
+            self.register_buffer(
+                "grid",
+                torch.stack(torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"), 0)
+                .flip(0)
+                .reshape(2, h * w),
+                persistent=False,
+            )  # (2, h*w): x then y in [-1, 1]
         else:
             flat = len(config.views) * config.channels[-1] * h * w
         self.register_buffer("pos_mean", torch.tensor(config.position_mean), persistent=False)
         self.register_buffer("pos_std", torch.tensor(config.position_std), persistent=False)
-        self.obs = nn.Sequential(nn.Linear(flat + 10 + config.text_dim, config.feature_dim), nn.SiLU(),
-                                 nn.LayerNorm(config.feature_dim))
+        self.obs = nn.Sequential(
+            nn.Linear(flat + 10 + config.text_dim, config.feature_dim), nn.SiLU(), nn.LayerNorm(config.feature_dim)
+        )
         d = config.chunk * ACTION_DIM
         self.velocity = nn.Sequential(
-            nn.Linear(d + 32 + config.feature_dim, config.hidden), nn.SiLU(),
-            nn.Linear(config.hidden, config.hidden), nn.SiLU(),
-            nn.Linear(config.hidden, config.hidden), nn.SiLU(),
+            nn.Linear(d + 32 + config.feature_dim, config.hidden),
+            nn.SiLU(),
+            nn.Linear(config.hidden, config.hidden),
+            nn.SiLU(),
+            nn.Linear(config.hidden, config.hidden),
+            nn.SiLU(),
             nn.Linear(config.hidden, d),
         )
 
@@ -215,8 +226,14 @@ class FlowPolicy(nn.Module):
         inp = torch.cat([x.flatten(1), timestep_embedding(t), features], -1)
         return self.velocity(inp).view_as(x)
 
-    def loss(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str], chunk: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        images: torch.Tensor,
+        state: torch.Tensor,
+        instructions: list[str],
+        chunk: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Flow-matching loss of absolute target chunks (B, S, 7)."""
         x1 = self.chunk_codec.encode(chunk, state)
         B = len(x1)
@@ -226,8 +243,9 @@ class FlowPolicy(nn.Module):
         features = self.encode_obs(images, state, self.encode_text(instructions))
         return F.mse_loss(self.predict_clean(xt, t, features), x1)
 
-    def sample(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
-               noise: torch.Tensor) -> torch.Tensor:
+    def sample(
+        self, images: torch.Tensor, state: torch.Tensor, instructions: list[str], noise: torch.Tensor
+    ) -> torch.Tensor:
         """One chunk per noise draw. images (B, V, 3, H, W), state (B, 7), noise (B, K, S, 7) -> (B, K, S, 7).
 
         The observation is encoded once and shared by its K draws.

@@ -33,8 +33,15 @@ from torch import nn
 from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT, load_config, load_weights
 from vidplan_server.models.semantic_backend import SemanticBackend, SemanticScores, relevance_centroid
 
-__all__ = ["SemanticBackend", "SemanticConfig", "SemanticScores", "SimDualEncoder", "Tokenizer", "load_semantic",
-           "relevance_centroid"]
+__all__ = [
+    "SemanticBackend",
+    "SemanticConfig",
+    "SemanticScores",
+    "SimDualEncoder",
+    "Tokenizer",
+    "load_semantic",
+    "relevance_centroid",
+]
 
 
 # ---------------------------------------------------------------------------------- own dual encoder
@@ -86,11 +93,21 @@ class SimDualEncoder(nn.Module, SemanticBackend):
         c1, c2 = config.channels
         D = config.dim
         self.image_net = nn.Sequential(
-            nn.Conv2d(3, c1, 3, stride=2, padding=1), nn.GroupNorm(8, c1), nn.SiLU(),
-            nn.Conv2d(c1, c1, 3, padding=1), nn.GroupNorm(8, c1), nn.SiLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GroupNorm(8, c2), nn.SiLU(),
-            nn.Conv2d(c2, c2, 3, padding=2, dilation=2), nn.GroupNorm(8, c2), nn.SiLU(),
-            nn.Conv2d(c2, c2, 3, padding=4, dilation=4), nn.GroupNorm(8, c2), nn.SiLU(),
+            nn.Conv2d(3, c1, 3, stride=2, padding=1),
+            nn.GroupNorm(8, c1),
+            nn.SiLU(),
+            nn.Conv2d(c1, c1, 3, padding=1),
+            nn.GroupNorm(8, c1),
+            nn.SiLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.GroupNorm(8, c2),
+            nn.SiLU(),
+            nn.Conv2d(c2, c2, 3, padding=2, dilation=2),
+            nn.GroupNorm(8, c2),
+            nn.SiLU(),
+            nn.Conv2d(c2, c2, 3, padding=4, dilation=4),
+            nn.GroupNorm(8, c2),
+            nn.SiLU(),
             nn.Conv2d(c2, D, 1),
         )
         self.image_global = nn.Linear(D, D)
@@ -143,8 +160,9 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, same
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True)))
 
 
-def load_semantic(ckpt: str | Path | None = None, clip_folder: str | Path | None = None,
-                  device: str | torch.device = "cpu") -> SemanticBackend:
+def load_semantic(
+    ckpt: str | Path | None = None, clip_folder: str | Path | None = None, device: str | torch.device = "cpu"
+) -> SemanticBackend:
     """The semantic reward: a user's CLIP / SigLIP folder when given, else the bundle's ``semantic`` module."""
     if clip_folder is not None:
         from vidplan_server.models.semantic_hf import HFDualEncoder

@@ -37,8 +37,9 @@ class SemanticBackend(ABC):
         """Score images (N, 3, H, W) float in [0, 1] against per-image text embeddings (N, D)."""
 
 
-def relevance_centroid(relevance: torch.Tensor, margin: float = 0.5, radius: float = 1.5,
-                       upsample: int = 4) -> torch.Tensor:
+def relevance_centroid(
+    relevance: torch.Tensor, margin: float = 0.5, radius: float = 1.5, upsample: int = 4
+) -> torch.Tensor:
     """Centroid (N, 2) as (x, y) in [0, 1] of the most relevant region of maps (N, gh, gw).
 
     Decided (batched, no connected-component pass): the map is first upsampled ``upsample`` times
@@ -51,8 +52,9 @@ def relevance_centroid(relevance: torch.Tensor, margin: float = 0.5, radius: flo
     space between two objects.
     """
     if upsample > 1:
-        relevance = F.interpolate(relevance[:, None].float(), scale_factor=upsample, mode="bilinear",
-                                  align_corners=False)[:, 0]
+        relevance = F.interpolate(
+            relevance[:, None].float(), scale_factor=upsample, mode="bilinear", align_corners=False
+        )[:, 0]
         radius = radius * upsample
     N, gh, gw = relevance.shape
     flat = relevance.reshape(N, -1).float()

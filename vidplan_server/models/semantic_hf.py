@@ -78,8 +78,9 @@ class HFDualEncoder(SemanticBackend):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         padding = "max_length" if self.kind == "siglip" else True  # SigLIP was trained on max-length padding
         max_len = self.model.config.text_config.max_position_embeddings
-        tok = self.tokenizer(texts, padding=padding, truncation=True, max_length=max_len,
-                             return_tensors="pt").to(self.device)
+        tok = self.tokenizer(texts, padding=padding, truncation=True, max_length=max_len, return_tensors="pt").to(
+            self.device
+        )
         out = self.model.text_model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))
         emb = out.pooler_output
         if self.kind == "clip":
@@ -94,14 +95,15 @@ class HFDualEncoder(SemanticBackend):
         head = vm.head
         attn = head.attention
         D = hidden.shape[-1]
-        v = F.linear(hidden, attn.in_proj_weight[2 * D:], attn.in_proj_bias[2 * D:])
+        v = F.linear(hidden, attn.in_proj_weight[2 * D :], attn.in_proj_bias[2 * D :])
         x = attn.out_proj(v)
         return x + head.mlp(head.layernorm(x))
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, text: torch.Tensor) -> SemanticScores:
-        x = F.interpolate(images.float().to(self.device), size=self.image_size, mode="bicubic",
-                          align_corners=False).clamp(0, 1)
+        x = F.interpolate(
+            images.float().to(self.device), size=self.image_size, mode="bicubic", align_corners=False
+        ).clamp(0, 1)
         out = self.model.vision_model(pixel_values=(x - self.mean) / self.std)
         glob = out.pooler_output
         if self.kind == "clip":

@@ -150,8 +150,9 @@ class VideoNet(nn.Module):
         super().__init__()
         self.config = c = config
         E, H = c.embed_dim, c.horizon
-        self.noise_embed = nn.Sequential(FourierEmbedding(c.fourier_features), nn.Linear(2 * c.fourier_features, E),
-                                         nn.SiLU(), nn.Linear(E, E))
+        self.noise_embed = nn.Sequential(
+            FourierEmbedding(c.fourier_features), nn.Linear(2 * c.fourier_features, E), nn.SiLU(), nn.Linear(E, E)
+        )
         a_in = c.action_dim * (2 if c.action_deltas else 1)
         self.action_embed = nn.Sequential(nn.Linear(a_in, E), nn.SiLU(), nn.Linear(E, E))
         self.frame_embed = nn.Parameter(torch.zeros(H, E))
@@ -204,8 +205,11 @@ class VideoNet(nn.Module):
                 f"expected {self.config.horizon} future and {self.config.history} history frames, "
                 f"got {H} and {history.shape[1]}"
             )
-        emb = self.noise_embed(c_noise)[:, None] + self.action_embed(self.action_features(actions)) + \
-            self.frame_embed[None]
+        emb = (
+            self.noise_embed(c_noise)[:, None]
+            + self.action_embed(self.action_features(actions))
+            + self.frame_embed[None]
+        )
         if cond is not None:
             emb = emb + cond[:, None]
         emb = emb.reshape(B * H, -1)

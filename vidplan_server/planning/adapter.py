@@ -72,8 +72,9 @@ class ActionAdapter:
         """DROID normalised joint_velocity actions (..., 7) in [-1, 1] -> rad/s."""
         return np.clip(action, -1.0, 1.0) * self.config.droid_max_joint_delta_rad / self.config.dt_s
 
-    def feasible_cartesian(self, targets: np.ndarray, pose0: np.ndarray,
-                           q0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def feasible_cartesian(
+        self, targets: np.ndarray, pose0: np.ndarray, q0: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Pose targets + gripper (S, 7) -> (feasible actions (S, 7), joint positions (S, 7)).
 
         Starting from the current pose0 (6,) and configuration q0 (7,).

@@ -44,8 +44,9 @@ class SafetyLimits:
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min_m), np.asarray(self.workspace_max_m)
         if lo.shape != (3,) or hi.shape != (3,) or not np.all(hi > lo):
-            raise ValueError(f"workspace must be 3 mins below 3 maxes, got {self.workspace_min_m} / "
-                             f"{self.workspace_max_m}")
+            raise ValueError(
+                f"workspace must be 3 mins below 3 maxes, got {self.workspace_min_m} / {self.workspace_max_m}"
+            )
         if self.max_translation_per_step_m <= 0 or self.max_rotation_per_step_rad <= 0:
             raise ValueError("per-step limits must be positive")
         if len(self.joint_lower_rad) != 7 or len(self.joint_upper_rad) != 7:
@@ -97,13 +98,17 @@ def check_chunk(
     trans = np.linalg.norm(np.diff(poses[:, :3], axis=0), axis=1)
     fast = np.nonzero(trans > limits.max_translation_per_step_m + eps)[0]
     if len(fast):
-        problems.append(f"steps {fast.tolist()} move {trans[fast].max():.4f} m > {limits.max_translation_per_step_m} m "
-                        "per step (step 0 from the current pose)")
+        problems.append(
+            f"steps {fast.tolist()} move {trans[fast].max():.4f} m > {limits.max_translation_per_step_m} m "
+            "per step (step 0 from the current pose)"
+        )
     rot = rotation_steps_rad(poses)
     turn = np.nonzero(rot > limits.max_rotation_per_step_rad + eps)[0]
     if len(turn):
-        problems.append(f"steps {turn.tolist()} rotate {rot[turn].max():.4f} rad > {limits.max_rotation_per_step_rad} "
-                        "rad per step (step 0 from the current pose)")
+        problems.append(
+            f"steps {turn.tolist()} rotate {rot[turn].max():.4f} rad > {limits.max_rotation_per_step_rad} "
+            "rad per step (step 0 from the current pose)"
+        )
     g_lo, g_hi = limits.gripper_range
     bad_g = np.nonzero((a[:, 6] < g_lo - eps) | (a[:, 6] > g_hi + eps))[0]
     if len(bad_g):
@@ -117,17 +122,21 @@ def check_chunk(
         if kinematics is not None:
             reached = np.stack([kinematics.fk_pose(qi) for qi in q])
             pos_err = np.linalg.norm(reached[:, :3] - a[:, :3], axis=1)
-            rot_err = (Rotation.from_euler("xyz", reached[:, 3:]).inv()
-                       * Rotation.from_euler("xyz", a[:, 3:6])).magnitude()
+            rot_err = (
+                Rotation.from_euler("xyz", reached[:, 3:]).inv() * Rotation.from_euler("xyz", a[:, 3:6])
+            ).magnitude()
             unreachable = np.nonzero((pos_err > limits.ik_tolerance_m) | (rot_err > limits.ik_tolerance_rad))[0]
             if len(unreachable):
-                problems.append(f"steps {unreachable.tolist()} are not reachable within the joint limits "
-                                f"(IK error up to {pos_err.max():.4f} m, {rot_err.max():.4f} rad)")
+                problems.append(
+                    f"steps {unreachable.tolist()} are not reachable within the joint limits "
+                    f"(IK error up to {pos_err.max():.4f} m, {rot_err.max():.4f} rad)"
+                )
     return problems
 
 
-def solve_joint_positions(kinematics: PandaKinematics, actions: np.ndarray, q0: np.ndarray,
-                          seeds: np.ndarray | None = None) -> np.ndarray:
+def solve_joint_positions(
+    kinematics: PandaKinematics, actions: np.ndarray, q0: np.ndarray, seeds: np.ndarray | None = None
+) -> np.ndarray:
     """IK of every pose of a chunk (S, 7) -> (S, 7) rad.
 
     Each step starts from ``seeds[s]`` when given (e.g. the joints of a nearby chunk the arm is known to

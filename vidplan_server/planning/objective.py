@@ -109,7 +109,7 @@ class Judgement:
 def view_rows(latents: torch.Tensor, view: int, views: int) -> torch.Tensor:
     """The latent rows (..., C, h, w) of one view from stacked latents (..., C, V*h, w)."""
     h = latents.shape[-2] // views
-    return latents[..., view * h:(view + 1) * h, :]
+    return latents[..., view * h : (view + 1) * h, :]
 
 
 def decode_views(codec: Codec, latents: torch.Tensor, views: list[int]) -> torch.Tensor:
@@ -121,8 +121,9 @@ def decode_views(codec: Codec, latents: torch.Tensor, views: list[int]) -> torch
     # In chunks: one large decoder batch was several times slower per image on CPU (cache), measured.
     # channels_last: with the decoder's weights in that layout too (the planner converts them) oneDNN's
     # convolutions decoded 60 wrist frames in 126 ms instead of 208 ms on 2 CPU cores, same values to 4e-6.
-    images = torch.cat([codec.decode_raw(part.contiguous(memory_format=torch.channels_last))
-                        for part in flat.split(DECODE_CHUNK)]).clamp(0.0, 1.0)
+    images = torch.cat(
+        [codec.decode_raw(part.contiguous(memory_format=torch.channels_last)) for part in flat.split(DECODE_CHUNK)]
+    ).clamp(0.0, 1.0)
     return images.reshape(*lead, len(views), *images.shape[-3:])
 
 
@@ -143,9 +144,16 @@ class FrameTerms:
 
 
 @torch.no_grad()
-def score_frames(frames: torch.Tensor, view_ids: list[int], names: list[str], text: torch.Tensor,
-                 semantic: SemanticBackend, cfg: ScoreConfig, entropy: torch.Tensor | None = None,
-                 relevance: torch.Tensor | None = None) -> FrameTerms:
+def score_frames(
+    frames: torch.Tensor,
+    view_ids: list[int],
+    names: list[str],
+    text: torch.Tensor,
+    semantic: SemanticBackend,
+    cfg: ScoreConfig,
+    entropy: torch.Tensor | None = None,
+    relevance: torch.Tensor | None = None,
+) -> FrameTerms:
     """The selection score of frames (B, H, n, 3, h, w) in [0, 1] showing views ``view_ids`` (indices into
     ``names``, the model's view order); ``entropy`` (B, H, C, V*h, w) is the UQ head's normalised entropy map
     (None: no uncertainty, h = 0). ``relevance`` (B, H, gh, gw) replaces the encoder's relevance map of the
@@ -182,8 +190,13 @@ def score_frames(frames: torch.Tensor, view_ids: list[int], names: list[str], te
         h_region = torch.zeros_like(r_s)
     else:
         u_view = view_rows(entropy, c_id, len(names)).mean(2)  # (B, H, h, w)
-        r = F.interpolate(rel.flatten(0, 1)[:, None], size=u_view.shape[-2:], mode="bilinear",
-                          align_corners=False)[:, 0].reshape(u_view.shape).clamp_min(0)
+        r = (
+            F.interpolate(rel.flatten(0, 1)[:, None], size=u_view.shape[-2:], mode="bilinear", align_corners=False)[
+                :, 0
+            ]
+            .reshape(u_view.shape)
+            .clamp_min(0)
+        )
         h_region = (r * u_view).sum((-2, -1)) / r.sum((-2, -1)).clamp_min(1e-6)
     terms = weighted(r_s - cfg.centre_weight * dist, weight(h_region, cfg))
     return FrameTerms(terms.max(1).values, terms, r_s, dist, h_region)
@@ -199,8 +212,15 @@ def scored_view_ids(names: list[str], cfg: ScoreConfig) -> list[int]:
 
 
 @torch.no_grad()
-def judge(pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, uq: UQHead, semantic: SemanticBackend,
-          codec: Codec, cfg: ScoreConfig) -> Judgement:
+def judge(
+    pred: torch.Tensor,
+    history: torch.Tensor,
+    text: torch.Tensor,
+    uq: UQHead,
+    semantic: SemanticBackend,
+    codec: Codec,
+    cfg: ScoreConfig,
+) -> Judgement:
     """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     names = list(codec.config.views)
@@ -208,21 +228,29 @@ def judge(pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, uq: UQH
     frames = decode_views(codec, pred, ids)  # (B, H, n, 3, Hi, Wi)
     t = score_frames(frames, ids, names, text, semantic, cfg, ent)
     return Judgement(
-        score=t.score, frame_scores=t.terms, semantic=t.semantic, centre_distance=t.centre_distance,
-        region_uncertainty=t.region_uncertainty, uncertainty=ent.mean((2, 3, 4)), expected_error=err.mean((2, 3, 4)),
-        confidence=ok.mean((2, 3, 4)), entropy_map=ent,
+        score=t.score,
+        frame_scores=t.terms,
+        semantic=t.semantic,
+        centre_distance=t.centre_distance,
+        region_uncertainty=t.region_uncertainty,
+        uncertainty=ent.mean((2, 3, 4)),
+        expected_error=err.mean((2, 3, 4)),
+        confidence=ok.mean((2, 3, 4)),
+        entropy_map=ent,
     )
 
 
-def value_objective(pred: torch.Tensor, history: torch.Tensor, uq: UQHead, value: ValueHead,
-                    cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def value_objective(
+    pred: torch.Tensor, history: torch.Tensor, uq: UQHead, value: ValueHead, cfg: ScoreConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Refinement objective J (B,) with the per-frame expected value (B, H) and uncertainty (B, H); differentiable."""
     logits, attn = value.spatial(pred)  # (B, H, bins, h, w), (B, H, h, w)
     v = VALUE_BINS.expected((logits * attn[:, :, None]).sum((-2, -1)))
     ent = ERROR_BINS.normalized_entropy(uq(pred, history)).mean(2)  # (B, H, V*h, w)
     if ent.shape[-2:] != attn.shape[-2:]:
-        attn = F.interpolate(attn.flatten(0, 1)[:, None], size=ent.shape[-2:], mode="bilinear",
-                             align_corners=False)[:, 0].reshape(ent.shape)
+        attn = F.interpolate(attn.flatten(0, 1)[:, None], size=ent.shape[-2:], mode="bilinear", align_corners=False)[
+            :, 0
+        ].reshape(ent.shape)
         attn = attn / attn.sum((-2, -1), keepdim=True)
     h = (attn * ent).sum((-2, -1))
     return (weight(h, cfg) * v).mean(1), v, h

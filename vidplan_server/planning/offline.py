@@ -19,8 +19,14 @@ from vidplan_server.data.schema import CAMERA_NAMES, Episode
 from vidplan_server.planning.types import PlanningError, PlanOptions, PlanRequest, PlanResult, RobotState
 
 
-def request_from_episode(episode: Episode, step: int, history: int, frame_stride: int,
-                         options: PlanOptions = PlanOptions(), instruction: str | None = None) -> PlanRequest:
+def request_from_episode(
+    episode: Episode,
+    step: int,
+    history: int,
+    frame_stride: int,
+    options: PlanOptions = PlanOptions(),
+    instruction: str | None = None,
+) -> PlanRequest:
     """The plan request at ``step`` of ``episode``."""
     if not 0 <= step < len(episode):
         raise PlanningError(f"step: must be in [0, {len(episode) - 1}] for this episode, got {step}")
@@ -67,9 +73,12 @@ def plan_figure(request: PlanRequest, result: PlanResult, path: Path) -> Path:
             ax = fig.add_subplot(grid[r, t])
             if images is not None:
                 ax.imshow(np.concatenate(list(images[t]), axis=0))
-            ax.set_title(f"{title}, +{(t + 1) * result.frame_stride * result.dt_s:.1f} s\n"
-                         f"u={result.uncertainty[t]:.2f} r_s={result.semantic_reward[t]:+.2f} "
-                         f"V={result.value[t]:.2f}", fontsize=7)
+            ax.set_title(
+                f"{title}, +{(t + 1) * result.frame_stride * result.dt_s:.1f} s\n"
+                f"u={result.uncertainty[t]:.2f} r_s={result.semantic_reward[t]:+.2f} "
+                f"V={result.value[t]:.2f}",
+                fontsize=7,
+            )
             ax.axis("off")
     ax = fig.add_subplot(grid[3, :])
     scores = result.proposal_scores
@@ -78,8 +87,11 @@ def plan_figure(request: PlanRequest, result: PlanResult, path: Path) -> Path:
     ax.set_xticks(range(len(scores)), result.proposal_kinds, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("score")
     state = "refined" if result.refined else "not refined"
-    ax.set_title(f"proposal scores (winner in red, {state}; confidence {result.confidence:.2f}; "
-                 f"{result.timings_ms['total']:.0f} ms)", fontsize=9)
+    ax.set_title(
+        f"proposal scores (winner in red, {state}; confidence {result.confidence:.2f}; "
+        f"{result.timings_ms['total']:.0f} ms)",
+        fontsize=9,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -145,17 +145,27 @@ def _model_version(ckpt: Path) -> str:
 class Planner:
     """Plans action chunks with a world-model bundle. Not thread-safe: call ``plan`` from one thread."""
 
-    def __init__(self, world: WorldModel, uq: UQHead, value: ValueHead, semantic: SemanticBackend,
-                 colormap: LatentColormap | None = None, config: PlannerConfig = PlannerConfig(),
-                 model_version: str = "unversioned", clock: Callable[[], float] = time.perf_counter,
-                 policy: FlowPolicy | None = None) -> None:
+    def __init__(
+        self,
+        world: WorldModel,
+        uq: UQHead,
+        value: ValueHead,
+        semantic: SemanticBackend,
+        colormap: LatentColormap | None = None,
+        config: PlannerConfig = PlannerConfig(),
+        model_version: str = "unversioned",
+        clock: Callable[[], float] = time.perf_counter,
+        policy: FlowPolicy | None = None,
+    ) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
         if tuple(world.codec.config.views) != CAMERA_NAMES:
             raise CheckpointError(f"the codec's views {world.codec.config.views} are not DROID's {CAMERA_NAMES}")
         if uq.config.net.frames != world.horizon or value.config.net.frames != world.horizon:
-            raise CheckpointError(f"heads see {uq.config.net.frames} / {value.config.net.frames} frames, the world "
-                                  f"model predicts {world.horizon}")
+            raise CheckpointError(
+                f"heads see {uq.config.net.frames} / {value.config.net.frames} frames, the world "
+                f"model predicts {world.horizon}"
+            )
         self.world = world
         self.uq = uq
         self.value = value
@@ -180,15 +190,22 @@ class Planner:
         self.frame_period_s = stride_dt
 
     @classmethod
-    def load(cls, ckpt: str | Path | None = None, device: str | torch.device = "cpu",
-             config: PlannerConfig = PlannerConfig(), clip_folder: str | Path | None = None) -> Planner:
+    def load(
+        cls,
+        ckpt: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        config: PlannerConfig = PlannerConfig(),
+        clip_folder: str | Path | None = None,
+    ) -> Planner:
         """A planner on the bundle at ``ckpt`` (default: the bundled checkpoint) on ``device``."""
         ckpt = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT
         modules = read_manifest(ckpt)["modules"]
         missing = [m for m in ("uq", "value") + (() if clip_folder else ("semantic",)) if m not in modules]
         if missing:
-            raise CheckpointError(f"{ckpt}: the planner needs module(s) {', '.join(missing)} "
-                                  f"(train them with `vidplan train {missing[0]}`)")
+            raise CheckpointError(
+                f"{ckpt}: the planner needs module(s) {', '.join(missing)} "
+                f"(train them with `vidplan train {missing[0]}`)"
+            )
         world = WorldModel.load(ckpt, device)
         uq = load_uq_head(ckpt).to(device)
         value = load_value_head(ckpt).to(device)
@@ -251,7 +268,8 @@ class Planner:
             area = history.shape[2] * history.shape[3] > h * w
             interp = cv2.INTER_AREA if area else cv2.INTER_LINEAR
             history = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in flat]).reshape(
-                *history.shape[:2], h, w, 3)
+                *history.shape[:2], h, w, 3
+            )
         with torch.no_grad(), self._autocast():
             return self.world.encode(history).float()[None]
 
@@ -273,18 +291,23 @@ class Planner:
         from the rollout noise), so a seeded request is reproducible."""
         pol = self.policy
         if pol is None:
-            raise PlanningError("options.mode: this checkpoint has no policy module (train one with "
-                                "`vidplan train policy`)")
+            raise PlanningError(
+                "options.mode: this checkpoint has no policy module (train one with `vidplan train policy`)"
+            )
         h, w = pol.config.image_size
         frames = req.history[-1]
         if frames.shape[1:3] != (h, w):
             area = frames.shape[1] * frames.shape[2] > h * w
-            frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
-                               for f in frames])
+            frames = np.stack(
+                [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR) for f in frames]
+            )
         images = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2)[None].float() / 255.0
         s = req.state
-        state = torch.tensor([[*np.asarray(s.cartesian_position, dtype=np.float64),
-                               float(np.clip(s.gripper_position, 0.0, 1.0))]], dtype=torch.float32, device=self.device)
+        state = torch.tensor(
+            [[*np.asarray(s.cartesian_position, dtype=np.float64), float(np.clip(s.gripper_position, 0.0, 1.0))]],
+            dtype=torch.float32,
+            device=self.device,
+        )
         gen = torch.Generator().manual_seed((int(req.options.seed) + 7919) % 2**64)  # own stream, any valid seed
         noise = torch.randn((1, count, pol.config.chunk, 7), generator=gen)
         with torch.no_grad():
@@ -303,15 +326,24 @@ class Planner:
             if K > 0:
                 policy = self.policy_chunks(req, K)
         P = c.policy_perturbations if o.policy_perturbations is None else o.policy_perturbations
-        return self.proposer.propose(np.asarray(s.joint_position, dtype=np.float64),
-                                     np.asarray(s.cartesian_position, dtype=np.float64),
-                                     float(np.clip(s.gripper_position, 0.0, 1.0)), self.chunk_steps, count, rng,
-                                     req.nominal, req.nominal_space, o.nominal_perturbations, policy, P)
+        return self.proposer.propose(
+            np.asarray(s.joint_position, dtype=np.float64),
+            np.asarray(s.cartesian_position, dtype=np.float64),
+            float(np.clip(s.gripper_position, 0.0, 1.0)),
+            self.chunk_steps,
+            count,
+            rng,
+            req.nominal,
+            req.nominal_space,
+            o.nominal_perturbations,
+            policy,
+            P,
+        )
 
     def knots(self, actions: np.ndarray) -> torch.Tensor:
         """Control-rate chunks (N, S, 7) -> the model's actions (N, H, 7): steps stride-1, 2*stride-1, ..."""
         st = self.frame_stride
-        return torch.as_tensor(actions[:, st - 1::st], dtype=torch.float32, device=self.device)
+        return torch.as_tensor(actions[:, st - 1 :: st], dtype=torch.float32, device=self.device)
 
     def rollout(self, history: torch.Tensor, knots: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
         """All proposals in one batched flow-map call: (N, H, C, V*h, w)."""
@@ -322,25 +354,50 @@ class Planner:
 
     def judge(self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor) -> Judgement:
         with self._autocast():
-            return judge(pred, history.expand(len(pred), *history.shape[1:]), text, self.uq, self.semantic,
-                         self.world.codec, self.config.score)
+            return judge(
+                pred,
+                history.expand(len(pred), *history.shape[1:]),
+                text,
+                self.uq,
+                self.semantic,
+                self.world.codec,
+                self.config.score,
+            )
 
     def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
         pred = self.world.rollout(history, knots_raw, "flow", steps, noise=noise)
         J, v, h = value_objective(pred.float(), history, self.uq, self.value, self.config.score)
         return J, v, h, pred
 
-    def refine(self, history: torch.Tensor, start_knots: torch.Tensor, start_state: torch.Tensor,
-               noise: torch.Tensor, steps: int, iters: int, deadline: float | None,
-               first_estimate_s: float) -> tuple[list[_Rollout], list[RefineStep], bool]:
+    def refine(
+        self,
+        history: torch.Tensor,
+        start_knots: torch.Tensor,
+        start_state: torch.Tensor,
+        noise: torch.Tensor,
+        steps: int,
+        iters: int,
+        deadline: float | None,
+        first_estimate_s: float,
+    ) -> tuple[list[_Rollout], list[RefineStep], bool]:
         """Gradient ascent on the winner (:func:`~vidplan_server.planning.refine.gradient_ascent`) of the
         uncertainty-weighted expected value through the k-step flow map with the winner's noise fixed. history
         (1, T, ...), start_knots (1, H, 7) raw, start_state (1, 4) current x, y, z, gripper. Returns (the iterates
         that beat iteration 0, best first; the trace; whether the deadline cut it)."""
         return gradient_ascent(
-            lambda raw: self._objective(raw, history, noise, steps), self.world.normalizer, start_knots, start_state,
-            self.config.limits, self.frame_stride, iters, self.config.refine_lr, self.clock, self._autocast,
-            deadline, first_estimate_s)
+            lambda raw: self._objective(raw, history, noise, steps),
+            self.world.normalizer,
+            start_knots,
+            start_state,
+            self.config.limits,
+            self.frame_stride,
+            iters,
+            self.config.refine_lr,
+            self.clock,
+            self._autocast,
+            deadline,
+            first_estimate_s,
+        )
 
     def control_chunk(self, knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float) -> np.ndarray:
         """Refined knots (H, 7) -> control-rate chunk (S, 7) (:func:`~vidplan_server.planning.refine.control_chunk`)."""
@@ -361,7 +418,7 @@ class Planner:
         report = judged if not chosen.refined else self.judge(chosen.rollout.pred, history, text)  # what is returned
         call.lap("refine")
         r = 0 if chosen.refined else winner
-        predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r:r + 1])
+        predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r : r + 1])
         call.lap("decode")
         return self._result(call, chosen, report, r, judged, props, winner, predicted, heat)
 
@@ -371,15 +428,21 @@ class Planner:
         t_start = self.clock()
         counts = check_request(req, self.info())
         state = req.state
-        call = _Call(req=req, counts=counts, clock=self.clock, t_start=t_start,
-                     deadline=None if req.options.deadline_s is None else t_start + req.options.deadline_s,
-                     q0=np.asarray(state.joint_position, dtype=np.float64),
-                     pose0=np.asarray(state.cartesian_position, dtype=np.float64),
-                     g0=float(np.clip(state.gripper_position, 0.0, 1.0)))
+        call = _Call(
+            req=req,
+            counts=counts,
+            clock=self.clock,
+            t_start=t_start,
+            deadline=None if req.options.deadline_s is None else t_start + req.options.deadline_s,
+            q0=np.asarray(state.joint_position, dtype=np.float64),
+            pose0=np.asarray(state.cartesian_position, dtype=np.float64),
+            g0=float(np.clip(state.gripper_position, 0.0, 1.0)),
+        )
         problems = check_chunk(np.r_[call.pose0, call.g0][None], call.pose0, self.config.limits)
         if problems:
-            raise PlanningError("state.cartesian_position: the robot is outside the safety limits (" +
-                                "; ".join(problems) + ")")
+            raise PlanningError(
+                "state.cartesian_position: the robot is outside the safety limits (" + "; ".join(problems) + ")"
+            )
         call.start_laps()  # stage times count from here: validation is not a stage
         return call
 
@@ -418,30 +481,48 @@ class Planner:
         call.lap("rollout")
         return noise, pred
 
-    def _score(self, call: _Call, pred: torch.Tensor, history: torch.Tensor,
-               text: torch.Tensor) -> tuple[Judgement, int]:
+    def _score(
+        self, call: _Call, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor
+    ) -> tuple[Judgement, int]:
         """Judge every proposal; the winner is the highest score."""
         judged = self.judge(pred, history, text)
         winner = int(torch.argmax(judged.score))
         call.lap("score")
         return judged, winner
 
-    def _refine_safely(self, call: _Call, history: torch.Tensor, props: Proposals, knots: torch.Tensor,
-                       pred: torch.Tensor, noise: torch.Tensor, winner: int) -> _Chosen:
+    def _refine_safely(
+        self,
+        call: _Call,
+        history: torch.Tensor,
+        props: Proposals,
+        knots: torch.Tensor,
+        pred: torch.Tensor,
+        noise: torch.Tensor,
+        winner: int,
+    ) -> _Chosen:
         """Refine the winner, then return the best iterate that passes the full safety check (IK included), else
         the selected proposal; UnsafePlanError when even that fails."""
-        chosen = _Chosen(_Rollout(knots[winner:winner + 1], pred[winner:winner + 1]), props.actions[winner],
-                         props.joints[winner])
+        chosen = _Chosen(
+            _Rollout(knots[winner : winner + 1], pred[winner : winner + 1]), props.actions[winner], props.joints[winner]
+        )
         iters = call.counts.refine_iters
         if iters > 0:
             start_state = torch.tensor([[*call.pose0[:3], call.g0]], dtype=torch.float32, device=self.device)
-            better, chosen.trace, cut = self.refine(history, chosen.rollout.knots, start_state,
-                                                    noise[winner:winner + 1], call.counts.flow_steps, iters,
-                                                    call.deadline, call.timings["rollout"] / 1e3)
+            better, chosen.trace, cut = self.refine(
+                history,
+                chosen.rollout.knots,
+                start_state,
+                noise[winner : winner + 1],
+                call.counts.flow_steps,
+                iters,
+                call.deadline,
+                call.timings["rollout"] / 1e3,
+            )
             call.deadline_hit |= cut
             if cut:
-                call.notes.append(f"deadline: refinement stopped after {max(len(chosen.trace) - 1, 0)} of {iters} "
-                                  "iterations")
+                call.notes.append(
+                    f"deadline: refinement stopped after {max(len(chosen.trace) - 1, 0)} of {iters} iterations"
+                )
             rejected = []
             for it in better:
                 candidate = self.control_chunk(it.knots[0].cpu().numpy(), props.actions[winner], call.pose0, call.g0)
@@ -452,16 +533,19 @@ class Planner:
                     break
                 rejected.append("; ".join(problems))
             if rejected:
-                call.notes.append(f"{len(rejected)} better refined iterate(s) failed the safety check (first: "
-                                  f"{rejected[0]})" + ("" if chosen.refined else "; returning the selected proposal"))
+                call.notes.append(
+                    f"{len(rejected)} better refined iterate(s) failed the safety check (first: "
+                    f"{rejected[0]})" + ("" if chosen.refined else "; returning the selected proposal")
+                )
         if not chosen.refined:
             problems = check_chunk(chosen.actions, call.pose0, self.config.limits, chosen.joints, self.kinematics)
             if problems:
                 raise UnsafePlanError(problems)
         return chosen
 
-    def _render_in_time(self, call: _Call, pred: torch.Tensor,
-                        entropy: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _render_in_time(
+        self, call: _Call, pred: torch.Tensor, entropy: torch.Tensor
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Decoded frames and heatmaps when asked for and when the time scoring took still fits the deadline."""
         if not call.req.options.return_heatmaps:
             return None, None
@@ -471,8 +555,18 @@ class Planner:
             return None, None
         return self.render(pred, entropy)
 
-    def _result(self, call: _Call, chosen: _Chosen, report: Judgement, r: int, judged: Judgement,
-                props: Proposals, winner: int, predicted: np.ndarray | None, heat: np.ndarray | None) -> PlanResult:
+    def _result(
+        self,
+        call: _Call,
+        chosen: _Chosen,
+        report: Judgement,
+        r: int,
+        judged: Judgement,
+        props: Proposals,
+        winner: int,
+        predicted: np.ndarray | None,
+        heat: np.ndarray | None,
+    ) -> PlanResult:
         call.timings["total"] = (self.clock() - call.t_start) * 1e3
         return PlanResult(
             actions=np.asarray(chosen.actions, dtype=np.float64),
@@ -508,10 +602,22 @@ class Planner:
         call.timings["total"] = (self.clock() - call.t_start) * 1e3
         empty = np.zeros(0)
         return PlanResult(
-            actions=actions, joint_positions=joints, dt_s=DT_S, frame_stride=self.frame_stride, uncertainty=empty,
-            expected_error=empty, semantic_reward=empty, value=empty, confidence=0.0,
-            proposal_scores=np.zeros(1), proposal_kinds=["policy:0"], winner=0, refinement=[], refined=False,
-            timings_ms=call.timings, notes=["mode policy: the policy's own chunk, not judged by the world model"],
+            actions=actions,
+            joint_positions=joints,
+            dt_s=DT_S,
+            frame_stride=self.frame_stride,
+            uncertainty=empty,
+            expected_error=empty,
+            semantic_reward=empty,
+            value=empty,
+            confidence=0.0,
+            proposal_scores=np.zeros(1),
+            proposal_kinds=["policy:0"],
+            winner=0,
+            refinement=[],
+            refined=False,
+            timings_ms=call.timings,
+            notes=["mode policy: the policy's own chunk, not judged by the world model"],
         )
 
     @torch.no_grad()
@@ -537,7 +643,10 @@ class Planner:
         from vidplan_server.robot.panda import Q_HOME
 
         h, w = self.image_size
-        req = PlanRequest("warm up", np.zeros((self.history_len, len(CAMERA_NAMES), h, w, 3), np.uint8),
-                          RobotState(Q_HOME, self.kinematics.fk_pose(Q_HOME), 0.0),
-                          options=PlanOptions(refine_iters=1, return_heatmaps=True))
+        req = PlanRequest(
+            "warm up",
+            np.zeros((self.history_len, len(CAMERA_NAMES), h, w, 3), np.uint8),
+            RobotState(Q_HOME, self.kinematics.fk_pose(Q_HOME), 0.0),
+            options=PlanOptions(refine_iters=1, return_heatmaps=True),
+        )
         self.plan(req)

@@ -107,8 +107,9 @@ class Proposer:
         for (grip_mode, scale), name in bank[:count]:
             key = (name, scale)
             if key not in trajectories:
-                q = self.basis_joints(q0, np.asarray(DIRECTIONS[name], dtype=np.float64),
-                                      scale * self.config.speed_m_s, steps)
+                q = self.basis_joints(
+                    q0, np.asarray(DIRECTIONS[name], dtype=np.float64), scale * self.config.speed_m_s, steps
+                )
                 trajectories[key] = q
             q = trajectories[key]
             g = gripper if grip_mode == "keep" else (0.0 if gripper >= 0.5 else 1.0)
@@ -141,8 +142,9 @@ class Proposer:
         """``count`` ramp perturbations (count, S, 7) of targets (S, 7); see the module docstring."""
         S = len(targets)
         c = self.config
-        eps = rng.standard_normal((count, 7)) * np.array([c.perturb_std_m] * 3 + [c.perturb_std_rad] * 3
-                                                         + [c.perturb_std_gripper])
+        eps = rng.standard_normal((count, 7)) * np.array(
+            [c.perturb_std_m] * 3 + [c.perturb_std_rad] * 3 + [c.perturb_std_gripper]
+        )
         ramp = (np.arange(S) + 1.0) / S
         out = np.repeat(targets[None], count, 0)
         out[..., :3] += ramp[None, :, None] * eps[:, None, :3]
@@ -153,10 +155,20 @@ class Proposer:
         return out
 
     # ---------------------------------------------------------------------------------------- all
-    def propose(self, q0: np.ndarray, pose0: np.ndarray, gripper: float, steps: int, count: int,
-                rng: np.random.Generator, nominal: np.ndarray | None = None, nominal_space: str = "cartesian_position",
-                perturbations: int | None = None, policy: np.ndarray | None = None,
-                policy_perturbations: int = 0) -> Proposals:
+    def propose(
+        self,
+        q0: np.ndarray,
+        pose0: np.ndarray,
+        gripper: float,
+        steps: int,
+        count: int,
+        rng: np.random.Generator,
+        nominal: np.ndarray | None = None,
+        nominal_space: str = "cartesian_position",
+        perturbations: int | None = None,
+        policy: np.ndarray | None = None,
+        policy_perturbations: int = 0,
+    ) -> Proposals:
         """``count`` feasible proposals of ``steps`` control steps from the current state. ``policy`` (K, steps, 7):
         chunks sampled from the robot's policy (cartesian targets + gripper), used first."""
         if count < 1:
@@ -177,12 +189,22 @@ class Proposer:
         remaining = count - sum(len(p) for p in parts)
         if remaining > 0:
             parts.append(self.basis(q0, gripper, steps, remaining))
-        props = Proposals(np.concatenate([p.actions for p in parts]), np.concatenate([p.joints for p in parts]),
-                          [k for p in parts for k in p.kinds])
+        props = Proposals(
+            np.concatenate([p.actions for p in parts]),
+            np.concatenate([p.joints for p in parts]),
+            [k for p in parts for k in p.kinds],
+        )
         return self._keep_feasible(props, pose0)
 
-    def _policy_part(self, samples: np.ndarray, count: int, pose0: np.ndarray, q0: np.ndarray,
-                     rng: np.random.Generator, perturbations: int) -> Proposals:
+    def _policy_part(
+        self,
+        samples: np.ndarray,
+        count: int,
+        pose0: np.ndarray,
+        q0: np.ndarray,
+        rng: np.random.Generator,
+        perturbations: int,
+    ) -> Proposals:
         """The policy samples, then ``perturbations`` perturbed copies (sample i % K for the i-th), within count."""
         K = min(len(samples), count)
         P = max(0, min(perturbations, count - K))

@@ -83,8 +83,9 @@ def gradient_ascent(
     return [r for _, r in sorted(better, key=lambda b: -b[0])], trace, cut
 
 
-def control_chunk(knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float,
-                  stride: int) -> np.ndarray:
+def control_chunk(
+    knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float, stride: int
+) -> np.ndarray:
     """Refined knots (H, 7) -> control-rate chunk (S, 7): positions and gripper linear between knots (starting
     from the current state), orientations from the proposal (S, 7)."""
     H = len(knots)

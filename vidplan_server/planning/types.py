@@ -126,8 +126,7 @@ class OptionCounts:
     flow_steps: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"num_proposals": self.num_proposals, "refine_iters": self.refine_iters,
-                "flow_steps": self.flow_steps}
+        return {"num_proposals": self.num_proposals, "refine_iters": self.refine_iters, "flow_steps": self.flow_steps}
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,14 @@ from vidplan_server.robot.panda import JOINT_LOWER, JOINT_UPPER
 
 UINT64_MAX = 2**64 - 1
 #: The per-request counts of :class:`PlanOptions` that may be unset (unset = the planner's default).
-OPTIONAL_COUNTS = ("num_proposals", "refine_iters", "flow_steps", "nominal_perturbations", "policy_samples",
-                   "policy_perturbations")
+OPTIONAL_COUNTS = (
+    "num_proposals",
+    "refine_iters",
+    "flow_steps",
+    "nominal_perturbations",
+    "policy_samples",
+    "policy_perturbations",
+)
 #: How the planner explains a mode its bundle does not offer ("policy" without a policy module).
 PLANNER_MODE_REFUSAL = "needs a checkpoint with a policy module (train one with `vidplan train policy`)"
 
@@ -92,8 +98,9 @@ _TWO_PI = round(2 * math.pi, 4)
 #: (the Panda reaches 0.855 m); Euler angles within one turn either way; gripper 0 (open) to 1 (closed);
 #: DROID's normalised joint velocities in [-1, 1].
 STATE_RANGES = {
-    "joint_position": Range(tuple(round(float(x) - 0.1, 4) for x in JOINT_LOWER),
-                            tuple(round(float(x) + 0.1, 4) for x in JOINT_UPPER)),
+    "joint_position": Range(
+        tuple(round(float(x) - 0.1, 4) for x in JOINT_LOWER), tuple(round(float(x) + 0.1, 4) for x in JOINT_UPPER)
+    ),
     "cartesian_position": Range((-2.0,) * 3 + (-_TWO_PI,) * 3, (2.0,) * 3 + (_TWO_PI,) * 3),
     "gripper_position": Range(0.0, 1.0),
 }
@@ -171,20 +178,26 @@ def check_vector(values: object, bounds: Range, length: int, field: str) -> np.n
     return arr
 
 
-def check_state(joint_position: object, cartesian_position: object, gripper_position: object,
-                field: str = "state") -> RobotState:
+def check_state(
+    joint_position: object, cartesian_position: object, gripper_position: object, field: str = "state"
+) -> RobotState:
     """The robot state within :data:`STATE_RANGES`; fields are reported as ``<field>.joint_position`` etc."""
     return RobotState(
         joint_position=check_vector(joint_position, STATE_RANGES["joint_position"], 7, f"{field}.joint_position"),
-        cartesian_position=check_vector(cartesian_position, STATE_RANGES["cartesian_position"], 6,
-                                        f"{field}.cartesian_position"),
-        gripper_position=check_number(gripper_position, STATE_RANGES["gripper_position"],
-                                      f"{field}.gripper_position"),
+        cartesian_position=check_vector(
+            cartesian_position, STATE_RANGES["cartesian_position"], 6, f"{field}.cartesian_position"
+        ),
+        gripper_position=check_number(gripper_position, STATE_RANGES["gripper_position"], f"{field}.gripper_position"),
     )
 
 
-def check_nominal(nominal: object, space: object, field: str = "nominal", space_field: str = "nominal_space",
-                  max_steps: int | None = None) -> np.ndarray | None:
+def check_nominal(
+    nominal: object,
+    space: object,
+    field: str = "nominal",
+    space_field: str = "nominal_space",
+    max_steps: int | None = None,
+) -> np.ndarray | None:
     """A nominal chunk as (steps, width) float64 rows within :data:`NOMINAL_RANGES` of ``space``; None when no
     chunk is given (``None`` or no rows). The space is checked either way."""
     if space not in NOMINAL_WIDTH:
@@ -209,8 +222,13 @@ def check_nominal(nominal: object, space: object, field: str = "nominal", space_
     return arr
 
 
-def check_options(options: PlanOptions, ranges: Mapping[str, IntRange], modes: tuple[str, ...],
-                  mode_refusal: str = PLANNER_MODE_REFUSAL, field: str = "options") -> PlanOptions:
+def check_options(
+    options: PlanOptions,
+    ranges: Mapping[str, IntRange],
+    modes: tuple[str, ...],
+    mode_refusal: str = PLANNER_MODE_REFUSAL,
+    field: str = "options",
+) -> PlanOptions:
     """Every option within ``ranges`` (:func:`option_ranges`) and a mode among ``modes`` (the offered ones;
     ``mode_refusal`` says why another is not). Returns the options with the seed as a Python int."""
     for name in OPTIONAL_COUNTS:
@@ -234,8 +252,9 @@ def check_history(history: object, frames: int, views: int) -> np.ndarray:
         got = f"{getattr(history, 'dtype', type(history).__name__)} {getattr(history, 'shape', '')}"
         raise PlanningError(f"must be a uint8 array (T, V, H, W, 3), got {got}", field="history")
     if history.shape[0] != frames or history.shape[1] != views or history.shape[4] != 3 or min(history.shape[2:4]) < 8:
-        raise PlanningError(f"expected ({frames}, {views}, H, W, 3) with H, W >= 8, got {history.shape}",
-                            field="history")
+        raise PlanningError(
+            f"expected ({frames}, {views}, H, W, 3) with H, W >= 8, got {history.shape}", field="history"
+        )
     return history
 
 

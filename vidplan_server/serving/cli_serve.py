@@ -87,9 +87,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
         "samples already differ)",
     )
-    p.add_argument("--host", default=None,
-                   help=f"address both servers bind (default {d.host}: this machine only; use 0.0.0.0 for robots "
-                   "on the network, together with --token and TLS)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help=f"address both servers bind (default {d.host}: this machine only; use 0.0.0.0 for robots "
+        "on the network, together with --token and TLS)",
+    )
     p.add_argument(
         "--grpc-port",
         type=port,
@@ -194,35 +197,86 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "token or frame bytes (refusals rate-limited as other request lines) (default off)",
     )
     dash = p.add_argument_group("operator dashboard (http://HOST:HTTP_PORT/dashboard)")
-    dash.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
-                      help="serve the operator dashboard at /dashboard on the HTTP port: every robot session, the "
-                      "watched one's plans and uncertainty heatmaps (its data behind --token) (default on)")
-    dash.add_argument("--dashboard-hz", type=positive_float, default=None, metavar="HZ",
-                      help="heatmap renders per watched session and second, at most; rendered off the robots' "
-                      "critical path, only for sessions someone watches (default 2)")
-    dash.add_argument("--dashboard-record", type=Path, default=None, metavar="FILE",
-                      help="append every session's dashboard events (plans, heatmaps at --dashboard-hz, the session "
-                      "list) to this plan log, for `vidplan dashboard --replay FILE` (default: none)")
+    dash.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the operator dashboard at /dashboard on the HTTP port: every robot session, the "
+        "watched one's plans and uncertainty heatmaps (its data behind --token) (default on)",
+    )
+    dash.add_argument(
+        "--dashboard-hz",
+        type=positive_float,
+        default=None,
+        metavar="HZ",
+        help="heatmap renders per watched session and second, at most; rendered off the robots' "
+        "critical path, only for sessions someone watches (default 2)",
+    )
+    dash.add_argument(
+        "--dashboard-record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append every session's dashboard events (plans, heatmaps at --dashboard-hz, the session "
+        "list) to this plan log, for `vidplan dashboard --replay FILE` (default: none)",
+    )
     ray = p.add_argument_group("scale-out on Ray Serve (pip install -e '.[scale]'; deploy/ray/)")
-    ray.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
-                     help="serve through Ray Serve: replicas of the same planning service behind Serve's HTTP proxy "
-                     "(--http-port) and gRPC proxy (--grpc-port), autoscaled on ongoing requests (default off)")
-    ray.add_argument("--ray-address", default=None, metavar="ADDR",
-                     help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray instance)")
-    ray.add_argument("--ray-min-replicas", type=positive_int, default=None, metavar="N",
-                     help="replicas that are always up; never 0, a robot's planner must not cold-start (default 1)")
-    ray.add_argument("--ray-max-replicas", type=positive_int, default=None, metavar="N",
-                     help="replicas the autoscaler may add when ongoing requests per replica exceed the target "
-                     "(default 1)")
-    ray.add_argument("--ray-target-ongoing", type=positive_float, default=None, metavar="R",
-                     help="ongoing requests per replica the autoscaler aims at (default 2)")
-    ray.add_argument("--ray-gpus-per-replica", type=float, default=None, metavar="G",
-                     help="GPUs each replica reserves; 0 for CPU replicas (default 0; with --device cuda use 1)")
-    ray.add_argument("--ray-cpus-per-replica", type=positive_float, default=None, metavar="C",
-                     help="CPUs each replica reserves (default 1)")
-    ray.add_argument("--ray-max-queued", type=positive_int, default=None, metavar="N",
-                     help="requests Serve holds while every replica is busy; more are refused at once (HTTP 503, "
-                     "gRPC RESOURCE_EXHAUSTED) (default 8)")
+    ray.add_argument(
+        "--ray",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve through Ray Serve: replicas of the same planning service behind Serve's HTTP proxy "
+        "(--http-port) and gRPC proxy (--grpc-port), autoscaled on ongoing requests (default off)",
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray instance)",
+    )
+    ray.add_argument(
+        "--ray-min-replicas",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="replicas that are always up; never 0, a robot's planner must not cold-start (default 1)",
+    )
+    ray.add_argument(
+        "--ray-max-replicas",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="replicas the autoscaler may add when ongoing requests per replica exceed the target (default 1)",
+    )
+    ray.add_argument(
+        "--ray-target-ongoing",
+        type=positive_float,
+        default=None,
+        metavar="R",
+        help="ongoing requests per replica the autoscaler aims at (default 2)",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-replica",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs each replica reserves; 0 for CPU replicas (default 0; with --device cuda use 1)",
+    )
+    ray.add_argument(
+        "--ray-cpus-per-replica",
+        type=positive_float,
+        default=None,
+        metavar="C",
+        help="CPUs each replica reserves (default 1)",
+    )
+    ray.add_argument(
+        "--ray-max-queued",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="requests Serve holds while every replica is busy; more are refused at once (HTTP 503, "
+        "gRPC RESOURCE_EXHAUSTED) (default 8)",
+    )
     p.epilog = (
         "Every option can also be set by the environment variable VIDPLAN_<OPTION> (--max-queue: "
         "VIDPLAN_MAX_QUEUE=8) or by a key of the --config file (max_queue = 8); a flag wins over the variable, "

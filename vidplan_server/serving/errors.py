@@ -111,7 +111,7 @@ def wire_field(planner_path: str) -> str:
     (``observation.state.gripper_position``)."""
     for planner, wire in _WIRE_PATHS:
         if planner_path == planner or planner_path.startswith(planner) and planner.endswith("."):
-            return wire + planner_path[len(planner):]
+            return wire + planner_path[len(planner) :]
     return planner_path
 
 

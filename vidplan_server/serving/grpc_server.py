@@ -64,8 +64,9 @@ def parse(message_type: type[Message], data: bytes) -> Message:
         return message_type.FromString(data)
     except DecodeError as exc:
         reason = str(exc).rsplit(": ", 1)[-1] if str(exc) else "could not be parsed"
-        raise InvalidArgument(f"not a valid {message_type.DESCRIPTOR.full_name} message ({reason})",
-                              field="request") from None
+        raise InvalidArgument(
+            f"not a valid {message_type.DESCRIPTOR.full_name} message ({reason})", field="request"
+        ) from None
 
 
 class VidPlanServicer:
@@ -165,8 +166,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` metadata (UNAUTHENTICATED), except the methods
     under ``public_prefixes``."""
 
-    def __init__(self, token: str, service: PlanService | None = None,
-                 public_prefixes: tuple[str, ...] = (HEALTH_PREFIX, REFLECTION_PREFIX)) -> None:
+    def __init__(
+        self,
+        token: str,
+        service: PlanService | None = None,
+        public_prefixes: tuple[str, ...] = (HEALTH_PREFIX, REFLECTION_PREFIX),
+    ) -> None:
         self._token = token
         self._service = service
         self._public = public_prefixes

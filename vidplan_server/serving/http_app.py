@@ -66,8 +66,14 @@ METRICS_AND_DOCS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/op
 #: The ``call`` label of the request counter by path (a fixed set; never a path a client made up).
 CALLS = {"/v1/plan": "plan", "/v1/info": "info", "/metrics": "metrics"}
 #: gRPC status names of the HTTP statuses Starlette answers on its own.
-_HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
-               413: "INVALID_ARGUMENT", 500: "INTERNAL"}
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+}
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _PRINTABLE_ASCII = r"^[ -~]*$"
 
@@ -75,8 +81,9 @@ log = logging.getLogger(__name__)
 
 
 def _error_body(code: str, message: str, field: str | None = None, violations: Iterable[str] = ()) -> dict:
-    return m.ErrorResponse(error=m.ErrorBody(code=code, message=message, field=field,
-                                             violations=list(violations))).model_dump()
+    return m.ErrorResponse(
+        error=m.ErrorBody(code=code, message=message, field=field, violations=list(violations))
+    ).model_dump()
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
@@ -118,8 +125,9 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     def _error(self, size: str) -> JSONResponse:
-        return _error_response(TooLarge(f"{size} is larger than the server's limit of {self.max_bytes} bytes",
-                                        field="body"))
+        return _error_response(
+            TooLarge(f"{size} is larger than the server's limit of {self.max_bytes} bytes", field="body")
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
@@ -164,8 +172,13 @@ def _responses(*statuses: int) -> dict:
     return {s: {"model": m.ErrorResponse, "description": descriptions[s]} for s in statuses}
 
 
-def create_app(service: PlanService, token: str | None = None, max_body_bytes: int = 48 * 2**20,
-               public_metrics: bool = True, dashboard: DashboardConfig | None = DashboardConfig()) -> FastAPI:
+def create_app(
+    service: PlanService,
+    token: str | None = None,
+    max_body_bytes: int = 48 * 2**20,
+    public_metrics: bool = True,
+    dashboard: DashboardConfig | None = DashboardConfig(),
+) -> FastAPI:
     """The HTTP API of ``service``; ``token`` (optional) is the bearer token ``/v1/*`` requires, and with
     ``public_metrics`` False also ``/metrics`` and the docs. With ``dashboard`` (None: off) the operator dashboard
     is served at ``/dashboard`` (:mod:`vidplan_server.serving.dashboard`), its data behind the same token."""
@@ -207,8 +220,9 @@ def create_app(service: PlanService, token: str | None = None, max_body_bytes: i
 
     @app.exception_handler(Exception)
     async def on_internal_error(request: Request, exc: Exception) -> JSONResponse:
-        service.log.log(logging.ERROR, "internal", f"HTTP {show(request.url.path)} failed: {type(exc).__name__}",
-                        exc_info=exc)
+        service.log.log(
+            logging.ERROR, "internal", f"HTTP {show(request.url.path)} failed: {type(exc).__name__}", exc_info=exc
+        )
         return JSONResponse(_error_body("INTERNAL", f"internal error: {type(exc).__name__}"), status_code=500)
 
     @app.post(
@@ -260,20 +274,26 @@ def create_app(service: PlanService, token: str | None = None, max_body_bytes: i
             )
             if failed
         ]
-        body = m.Readiness(ready=not reasons, reasons=reasons, queue_depth=service.worker.waiting,
-                           max_queue=service.worker.max_queue)
+        body = m.Readiness(
+            ready=not reasons, reasons=reasons, queue_depth=service.worker.waiting, max_queue=service.worker.max_queue
+        )
         return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_responses(*private_auth),
-             summary="Prometheus metrics (text exposition format)")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses=_responses(*private_auth),
+        summary="Prometheus metrics (text exposition format)",
+    )
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Requests by route template ("/v1/plan"), method and status class; a path no route has is "none".
     if dashboard is not None:
         mount_dashboard(app, service, dashboard, token)
-    Instrumentator(registry=service.metrics.registry, excluded_handlers=["/metrics", "/dashboard.*"],
-                   should_group_untemplated=True).instrument(app)
+    Instrumentator(
+        registry=service.metrics.registry, excluded_handlers=["/metrics", "/dashboard.*"], should_group_untemplated=True
+    ).instrument(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if token:
         app.add_middleware(BearerAuth, token=token, public_metrics=public_metrics, service=service)
@@ -319,9 +339,10 @@ def _openapi(app: FastAPI, limits: Limits, token: bool, public_metrics: bool) ->
     request["instruction"].update(minLength=1, maxLength=limits.max_instruction_chars, pattern=r"\S")
     request["history"].update(maxItems=limits.max_history)
     widths = [len(r[f"nominal.rows ({space})"].low) for space in ("cartesian_position", "joint_velocity")]
-    props["NominalChunk"]["rows"].update(maxItems=limits.max_nominal_steps,
-                                         items={"type": "array", "items": {"type": "number"},
-                                                "minItems": min(widths), "maxItems": max(widths)})
+    props["NominalChunk"]["rows"].update(
+        maxItems=limits.max_nominal_steps,
+        items={"type": "array", "items": {"type": "number"}, "minItems": min(widths), "maxItems": max(widths)},
+    )
     for name in (*OPTIONAL_COUNTS, "deadline_ms", "seed"):
         option = props["PlanOptions"][name]
         target = next((a for a in option.get("anyOf", ()) if a.get("type") == "integer"), option)
@@ -345,9 +366,13 @@ def _bounds(bounds: Range | IntRange) -> dict:
 def _vector(bounds: Range) -> dict:
     n = max(len(b) for b in (bounds.low, bounds.high) if isinstance(b, tuple))
     lo, hi = np.broadcast_to(bounds.low, (n,)), np.broadcast_to(bounds.high, (n,))
-    return {"minItems": n, "maxItems": n,
-            "prefixItems": [{"type": "number", "minimum": float(a), "maximum": float(b)} for a, b in zip(lo, hi,
-                                                                                                      strict=True)]}
+    return {
+        "minItems": n,
+        "maxItems": n,
+        "prefixItems": [
+            {"type": "number", "minimum": float(a), "maximum": float(b)} for a, b in zip(lo, hi, strict=True)
+        ],
+    }
 
 
 def _example(limits: Limits) -> dict:
@@ -359,8 +384,9 @@ def _example(limits: Limits) -> dict:
         "instruction": "put the red cube in the tray",
         "observation": {
             "timestamp_s": 1.0,
-            "frames": [{"camera": c, "encoding": "raw", "width": 1, "height": 1, "data": pixel}
-                       for c in limits.cameras],
+            "frames": [
+                {"camera": c, "encoding": "raw", "width": 1, "height": 1, "data": pixel} for c in limits.cameras
+            ],
             "state": {
                 "joint_position": [0.0, -0.35, 0.0, -2.3, 0.0, 1.95, 0.7854],
                 "cartesian_position": [0.4444, 0.0, 0.3806, 3.1416, 0.0, 0.0],

@@ -25,8 +25,10 @@ class CameraFrame(BaseModel):
     encoding: Literal["jpeg", "png", "raw"] = Field(description="raw: height * width * 3 bytes, RGB, row-major")
     width: int = Field(0, description="pixels; required for raw, else 0 or the image's own width")
     height: int = Field(0, description="pixels; required for raw, else 0 or the image's own height")
-    data: str = Field(description="the encoded image, standard base64; at most the server's image size "
-                      "(GET /v1/info: serving.max_image_long_side x max_image_short_side, either orientation)")
+    data: str = Field(
+        description="the encoded image, standard base64; at most the server's image size "
+        "(GET /v1/info: serving.max_image_long_side x max_image_short_side, either orientation)"
+    )
 
 
 class RobotState(BaseModel):
@@ -49,8 +51,10 @@ class NominalChunk(BaseModel):
     model_config = _STRICT
 
     space: Literal["cartesian_position", "joint_velocity"]
-    rows: list[list[float]] = Field(description="(S, 7) pose + gripper, or (S, 8) DROID joint_velocity (7, "
-                                    "normalised to [-1, 1]; 1 = 0.2 rad per 15 Hz step) + gripper")
+    rows: list[list[float]] = Field(
+        description="(S, 7) pose + gripper, or (S, 8) DROID joint_velocity (7, "
+        "normalised to [-1, 1]; 1 = 0.2 rad per 15 Hz step) + gripper"
+    )
 
 
 class PlanOptions(BaseModel):
@@ -59,32 +63,44 @@ class PlanOptions(BaseModel):
     num_proposals: int | None = Field(None, description="candidate chunks rolled out in one batch")
     refine_iters: int | None = Field(None, description="gradient steps on the winner; 0 = selection only")
     flow_steps: int | None = Field(None, description="network evaluations per rollout")
-    deadline_ms: int | None = Field(None, description="wall-clock budget from arrival, ms, decoding and queueing "
-                                    "included; shorter than serving.min_deadline_ms (GET /v1/info) is 504 at once")
+    deadline_ms: int | None = Field(
+        None,
+        description="wall-clock budget from arrival, ms, decoding and queueing "
+        "included; shorter than serving.min_deadline_ms (GET /v1/info) is 504 at once",
+    )
     seed: int = Field(0, description="uint64, as on the wire")
     return_heatmaps: bool = False
     nominal_perturbations: int | None = Field(None, description="perturbations of the nominal chunk")
-    policy_samples: int | None = Field(None, description="chunks sampled from the bundle's policy as proposals when "
-                                       "no nominal is sent (0 = none); unset = the server's --policy-samples")
-    policy_perturbations: int | None = Field(None, description="perturbed copies of the policy samples, within "
-                                             "num_proposals; unset = the server's --policy-perturbations")
-    mode: Literal["plan", "policy"] = Field("plan", description="plan: VidPlan; policy: the bundle's policy alone "
-                                            "(the baseline): one seeded chunk, feasible and safety-checked, no world "
-                                            "model, per-frame fields empty and confidence 0; only when GET /v1/info "
-                                            "lists it in `modes`, else 400 naming options.mode")
+    policy_samples: int | None = Field(
+        None,
+        description="chunks sampled from the bundle's policy as proposals when "
+        "no nominal is sent (0 = none); unset = the server's --policy-samples",
+    )
+    policy_perturbations: int | None = Field(
+        None,
+        description="perturbed copies of the policy samples, within "
+        "num_proposals; unset = the server's --policy-perturbations",
+    )
+    mode: Literal["plan", "policy"] = Field(
+        "plan",
+        description="plan: VidPlan; policy: the bundle's policy alone "
+        "(the baseline): one seeded chunk, feasible and safety-checked, no world "
+        "model, per-frame fields empty and confidence 0; only when GET /v1/info "
+        "lists it in `modes`, else 400 naming options.mode",
+    )
 
 
 class PlanRequest(BaseModel):
     model_config = _STRICT
 
-    session_id: str = Field("", description="one robot episode; the server keeps its frame history; printable "
-                            "ASCII")
+    session_id: str = Field("", description="one robot episode; the server keeps its frame history; printable ASCII")
     sequence: int = Field(0, description="strictly increasing per session; echoed")
     instruction: str = Field(description="language task, e.g. 'put the red cube in the tray'; not blank")
     observation: Observation
     history: list[Observation] = Field(
-        default_factory=list, description="earlier observations, oldest first; replaces the session history; "
-        "at most serving.max_history (GET /v1/info), of which only those the model sees are decoded"
+        default_factory=list,
+        description="earlier observations, oldest first; replaces the session history; "
+        "at most serving.max_history (GET /v1/info), of which only those the model sees are decoded",
     )
     nominal: NominalChunk | None = None
     options: PlanOptions = Field(default_factory=PlanOptions)
@@ -120,8 +136,9 @@ class PlanResponse(BaseModel):
     semantic_reward: list[float]
     value: list[float]
     confidence: float
-    proposal_scores: list[float | None] = Field(description="(N,) selection score of every proposal (null only "
-                                                "if a score is not finite)")
+    proposal_scores: list[float | None] = Field(
+        description="(N,) selection score of every proposal (null only if a score is not finite)"
+    )
     proposal_kinds: list[str]
     winner: int
     refinement: list[RefineStep]

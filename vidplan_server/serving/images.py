@@ -21,8 +21,9 @@ from vidplan_server.serving.messages import ENCODINGS, Image
 MAX_IMAGE_SIZE = (720, 1280)
 
 
-def decode_image(image: Image, size_hw: tuple[int, int], field: str,
-                 max_size: tuple[int, int] = MAX_IMAGE_SIZE) -> np.ndarray:
+def decode_image(
+    image: Image, size_hw: tuple[int, int], field: str, max_size: tuple[int, int] = MAX_IMAGE_SIZE
+) -> np.ndarray:
     """Decode one wire image to RGB ``uint8`` of shape ``(*size_hw, 3)``.
 
     ``field`` is the request path used in error messages, e.g. ``observation.frames[wrist_image_left]``.
@@ -95,8 +96,10 @@ def _header_size(image: Image, field: str, max_size: tuple[int, int]) -> tuple[i
         with PILImage.open(io.BytesIO(image.data)) as header:
             width, height = header.size
     except PILImage.DecompressionBombError:  # Pillow's own guard (> ~179 M pixels) fired first
-        raise InvalidArgument(f"the header declares a bomb-sized image, larger than the server's limit of "
-                              f"{max_size[1]}x{max_size[0]}", field=f"{field}.data") from None
+        raise InvalidArgument(
+            f"the header declares a bomb-sized image, larger than the server's limit of {max_size[1]}x{max_size[0]}",
+            field=f"{field}.data",
+        ) from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError):
         raise InvalidArgument(f"not a decodable {image.encoding.upper()} image", field=f"{field}.data") from None
     _check_fits(height, width, max_size, f"{field}.data")

@@ -49,9 +49,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 class LocalServer:
     """``vidplan serve`` as a subprocess on free localhost ports; a context manager that always stops it."""
 
-    def __init__(self, log_path: Path, ckpt: Path | None = None, device: str | None = None,
-                 token: str | None = None, startup_timeout_s: float = 180.0,
-                 dashboard_record: Path | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        ckpt: Path | None = None,
+        device: str | None = None,
+        token: str | None = None,
+        startup_timeout_s: float = 180.0,
+        dashboard_record: Path | None = None,
+    ) -> None:
         self.log_path, self.ckpt, self.device, self.token = log_path, ckpt, device, token
         self.dashboard_record = dashboard_record  # plan log of the server's dashboard events (vidplan dashboard)
         self.startup_timeout_s = startup_timeout_s
@@ -72,8 +78,20 @@ class LocalServer:
 
     def start(self) -> None:
         grpc_port, http_port = free_ports(2)
-        cmd = [sys.executable, "-m", "vidplan_server.cli", "serve", "--host", "127.0.0.1",
-               "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--log-level", "info"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vidplan_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--log-level",
+            "info",
+        ]
         if self.ckpt is not None:
             cmd += ["--ckpt", str(self.ckpt)]
         if self.device is not None:
@@ -99,17 +117,21 @@ class LocalServer:
             while True:
                 code = self.proc.poll()
                 if code is not None:
-                    raise LocalServerError(f"vidplan serve exited with status {code} during start-up; the end "
-                                           f"of {self.log_path}:\n{_tail(self.log_path)}")
+                    raise LocalServerError(
+                        f"vidplan serve exited with status {code} during start-up; the end "
+                        f"of {self.log_path}:\n{_tail(self.log_path)}"
+                    )
                 try:
                     if client.health(timeout_s=1.0) == "SERVING":
                         return
                 except grpc.RpcError:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
-                    raise LocalServerError(f"--startup-timeout {self.startup_timeout_s:g}: vidplan serve did not "
-                                           f"report SERVING in time; the end of {self.log_path}:\n"
-                                           f"{_tail(self.log_path)}")
+                    raise LocalServerError(
+                        f"--startup-timeout {self.startup_timeout_s:g}: vidplan serve did not "
+                        f"report SERVING in time; the end of {self.log_path}:\n"
+                        f"{_tail(self.log_path)}"
+                    )
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -142,8 +164,9 @@ def connect(target: str, token: str | None, started_here: bool):
     except grpc.RpcError as exc:
         client.close()
         details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-        raise LocalServerError(f"{where}: not reachable as a VidPlan gRPC server ({exc.code().name}: "
-                               f"{details})") from None
+        raise LocalServerError(
+            f"{where}: not reachable as a VidPlan gRPC server ({exc.code().name}: {details})"
+        ) from None
     except BaseException:
         client.close()
         raise

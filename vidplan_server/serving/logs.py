@@ -65,8 +65,9 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "info", fmt: str = "text", secrets: Iterable[str | None] = (),
-                      stream=None) -> logging.Handler:
+def configure_logging(
+    level: str = "info", fmt: str = "text", secrets: Iterable[str | None] = (), stream=None
+) -> logging.Handler:
     """One handler on the root logger (stderr), text or JSON, that never shows ``secrets``; returns it."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
@@ -82,8 +83,7 @@ def configure_logging(level: str = "info", fmt: str = "text", secrets: Iterable[
 class RateLimitedLog:
     """A logger front that lets ``burst`` lines per key through every ``period_s`` seconds."""
 
-    def __init__(self, logger: logging.Logger, period_s: float = 10.0, burst: int = 5,
-                 clock=time.monotonic) -> None:
+    def __init__(self, logger: logging.Logger, period_s: float = 10.0, burst: int = 5, clock=time.monotonic) -> None:
         self.logger = logger
         self.period_s = period_s
         self.burst = burst
@@ -91,8 +91,15 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._windows: dict[Hashable, list] = {}  # key -> [window start, lines in it, held back]
 
-    def log(self, level: int, key: Hashable, message: str, *, exc_info: BaseException | None = None,
-            extra: Mapping[str, object] | None = None) -> bool:
+    def log(
+        self,
+        level: int,
+        key: Hashable,
+        message: str,
+        *,
+        exc_info: BaseException | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
         """Log ``message`` unless this key is over its budget; True when it was written."""
         now = self._clock()
         with self._lock:

@@ -76,10 +76,12 @@ class ServingMetrics:
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         PlatformCollector(registry=self.registry)  # python_info
         GCCollector(registry=self.registry)  # python_gc_*
-        self.build_info = Info("vidplan_build", "Server version, model version, Python and device of this server.",
-                               registry=self.registry)
-        self.build_info.info({"version": server_version(), "model_version": "", "python": platform.python_version(),
-                              "device": ""})
+        self.build_info = Info(
+            "vidplan_build", "Server version, model version, Python and device of this server.", registry=self.registry
+        )
+        self.build_info.info(
+            {"version": server_version(), "model_version": "", "python": platform.python_version(), "device": ""}
+        )
         self.requests = Counter(
             "vidplan_requests",
             "Plan requests by transport, call and outcome.",
@@ -115,7 +117,8 @@ class ServingMetrics:
         )
         self.sessions = Gauge("vidplan_sessions", "Live robot sessions.", registry=self.registry)
         self.session_bytes = Gauge(
-            "vidplan_session_bytes", "Bytes all sessions hold (frames and ids); bounded by --max-session-mb.",
+            "vidplan_session_bytes",
+            "Bytes all sessions hold (frames and ids); bounded by --max-session-mb.",
             registry=self.registry,
         )
         self.ready = Gauge(
@@ -125,8 +128,14 @@ class ServingMetrics:
         )
 
     def set_build_info(self, model_version: str, device: str = "") -> None:
-        self.build_info.info({"version": server_version(), "model_version": model_version,
-                              "python": platform.python_version(), "device": device})
+        self.build_info.info(
+            {
+                "version": server_version(),
+                "model_version": model_version,
+                "python": platform.python_version(),
+                "device": device,
+            }
+        )
 
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
         """Record a request's stage timings (ms): decode, queue and plan; others (``total``) are not stages."""

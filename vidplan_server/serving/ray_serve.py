@@ -94,15 +94,19 @@ class VidPlanReplica:
         from vidplan_server.serving.http_app import create_app
 
         config = self.server_config
-        app = create_app(self.service, config.token, max_body_bytes=config.max_message_bytes * 4 // 3,
-                         public_metrics=config.metrics_public, dashboard=None)
+        app = create_app(
+            self.service,
+            config.token,
+            max_body_bytes=config.max_message_bytes * 4 // 3,
+            public_metrics=config.metrics_public,
+            dashboard=None,
+        )
         replica = self.replica_id.encode()
 
         async def with_replica_header(scope, receive, send):
             async def send_with_header(message):
                 if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", ()), (REPLICA_HEADER.encode(),
-                                                                                     replica)]}
+                    message = {**message, "headers": [*message.get("headers", ()), (REPLICA_HEADER.encode(), replica)]}
                 await send(message)
 
             await app(scope, receive, send_with_header)
@@ -171,8 +175,9 @@ class VidPlanReplica:
             self.service.count("grpc", "info", outcome_of(exc))
             return self._fail(grpc_context, exc, pb.InfoResponse())
         service = self.service
-        return self._ok(grpc_context, convert.info_response(service.model, service.limits.modes,
-                                                            service.serving_info()))
+        return self._ok(
+            grpc_context, convert.info_response(service.model, service.limits.modes, service.serving_info())
+        )
 
     async def StreamPlan(self, request_stream, grpc_context=None) -> AsyncIterator[pb.PlanResponse]:  # noqa: N802
         """Bidirectional planning on the newest observation, on this replica for the stream's life."""
@@ -312,8 +317,13 @@ def serve_until_signal(settings: ServeSettings) -> int:
     http, grpc = proxy_options(settings)
     serve.start(http_options=http, grpc_options=grpc)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    log.info("ready on Ray Serve: gRPC %s, HTTP %s, replicas %d-%d", settings.grpc_port, settings.http_port,
-             settings.ray_min_replicas, settings.ray_max_replicas)
+    log.info(
+        "ready on Ray Serve: gRPC %s, HTTP %s, replicas %d-%d",
+        settings.grpc_port,
+        settings.http_port,
+        settings.ray_min_replicas,
+        settings.ray_max_replicas,
+    )
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -327,4 +337,3 @@ def serve_until_signal(settings: ServeSettings) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
-

@@ -45,9 +45,13 @@ class VidPlanServer:
         self.grpc = GrpcServer(service, config) if config.grpc_port >= 0 else None
         self.grpc_port = self.grpc.port if self.grpc else None
         # base64 JSON is 4/3 of the binary frames gRPC carries: the same images fit both transports
-        self.app = create_app(service, config.token, max_body_bytes=config.max_message_bytes * 4 // 3,
-                              public_metrics=config.metrics_public,
-                              dashboard=config.dashboard if config.http_port >= 0 else None)
+        self.app = create_app(
+            service,
+            config.token,
+            max_body_bytes=config.max_message_bytes * 4 // 3,
+            public_metrics=config.metrics_public,
+            dashboard=config.dashboard if config.http_port >= 0 else None,
+        )
         if config.dashboard_record is not None and config.dashboard is not None and config.http_port >= 0:
             from vidplan_server.serving.dashboard.monitor import DashboardMonitor
             from vidplan_server.serving.dashboard.planlog import PlanLogWriter

@@ -225,8 +225,15 @@ class PlanService:
     def count(self, transport: str, call: str, outcome: str) -> None:
         self.metrics.requests.labels(transport=transport, call=call, outcome=outcome).inc()
 
-    def finished(self, transport: str, call: str, outcome: str, plan_call: PlanCall, arrived: float,
-                 request_id: str | None = None) -> None:
+    def finished(
+        self,
+        transport: str,
+        call: str,
+        outcome: str,
+        plan_call: PlanCall,
+        arrived: float,
+        request_id: str | None = None,
+    ) -> None:
         """A plan request answered (``outcome`` "ok") or refused: counted, its latency observed when answered, and
         with ``access_log`` one line (request id, session, sequence, transport, outcome, latency; refusals
         rate-limited per transport and outcome, as a client in a loop must not flood the log)."""
@@ -237,11 +244,19 @@ class PlanService:
         if not self.config.access_log:
             return
         session = show(plan_call.session_id, 64) if plan_call.session_id else ""
-        fields = {"request_id": request_id or uuid.uuid4().hex[:16], "session": session,
-                  "sequence": int(plan_call.sequence), "transport": transport, "call": call, "outcome": outcome,
-                  "latency_ms": round(latency_ms, 1)}
-        message = (f"{transport} {call} {outcome} in {latency_ms:.1f} ms: session {session or '-'} sequence "
-                   f"{plan_call.sequence} request {fields['request_id']}")
+        fields = {
+            "request_id": request_id or uuid.uuid4().hex[:16],
+            "session": session,
+            "sequence": int(plan_call.sequence),
+            "transport": transport,
+            "call": call,
+            "outcome": outcome,
+            "latency_ms": round(latency_ms, 1),
+        }
+        message = (
+            f"{transport} {call} {outcome} in {latency_ms:.1f} ms: session {session or '-'} sequence "
+            f"{plan_call.sequence} request {fields['request_id']}"
+        )
         if outcome == "ok":
             access_log.info(message, extra=fields)
         else:
@@ -362,6 +377,7 @@ class PlanService:
         t = time.perf_counter()
         loop = asyncio.get_running_loop()
         t0_s = float(call.observation.timestamp_s)
+
         def run(fn, *args):
             return loop.run_in_executor(self._decoder, fn, *args)
 
@@ -434,8 +450,11 @@ class PlanService:
 
         def expired() -> DeadlineExceeded:
             waited_ms = (time.perf_counter() - stamps["queued"]) * 1000.0
-            return DeadlineExceeded(f"passed while the request waited for the planner ({waited_ms:.0f} ms in the "
-                                    "queue); it left the queue unplanned", field="deadline")
+            return DeadlineExceeded(
+                f"passed while the request waited for the planner ({waited_ms:.0f} ms in the "
+                "queue); it left the queue unplanned",
+                field="deadline",
+            )
 
         result = await slot.run(run, deadline_at, expired)
         done = time.perf_counter()

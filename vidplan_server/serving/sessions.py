@@ -41,8 +41,9 @@ class Session:
 class SessionStore:
     """Thread-safe map of session id to :class:`Session`."""
 
-    def __init__(self, capacity: int, ttl_s: float, max_sessions: int, keep_s: float = math.inf,
-                 max_bytes: float = math.inf) -> None:
+    def __init__(
+        self, capacity: int, ttl_s: float, max_sessions: int, keep_s: float = math.inf, max_bytes: float = math.inf
+    ) -> None:
         self.capacity = capacity
         self.keep_s = keep_s
         self.ttl_s = ttl_s

@@ -84,8 +84,9 @@ class ServeSettings(BaseSettings):
     session_ttl: float = Field(60.0, gt=0, description="seconds a robot session lives without a request")
     max_sessions: int = Field(256, ge=0, description="sessions kept (least recently used dropped)")
     # NoDecode: the variable holds WIDTHxHEIGHT, not the JSON pydantic-settings expects of a tuple.
-    max_image_size: Annotated[tuple[int, int], NoDecode] = Field((720, 1280),
-                                                                 description="largest camera image, WIDTHxHEIGHT")
+    max_image_size: Annotated[tuple[int, int], NoDecode] = Field(
+        (720, 1280), description="largest camera image, WIDTHxHEIGHT"
+    )
     max_session_mb: float = Field(256.0, gt=0, description="memory all sessions together may hold (MiB)")
     # logs
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -132,8 +133,9 @@ class ServeSettings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Flags (passed as init values), then VIDPLAN_* variables, then the config file; no .env files.
         return init_settings, env_settings, _FileSource(settings_cls)
 
@@ -161,8 +163,9 @@ class ServeSettings(BaseSettings):
         if self.ray and self.tls_cert is not None:
             raise ValueError("--ray serves plaintext: terminate TLS in front of Ray Serve (an ingress), not here")
         if self.ray_max_replicas < self.ray_min_replicas:
-            raise ValueError(f"--ray-max-replicas {self.ray_max_replicas} is below --ray-min-replicas "
-                             f"{self.ray_min_replicas}")
+            raise ValueError(
+                f"--ray-max-replicas {self.ray_max_replicas} is below --ray-min-replicas {self.ray_min_replicas}"
+            )
 
     def configs(self):
         """Checked (:meth:`check`), the server's and the service's configs (:class:`~vidplan_server.serving.config.
@@ -186,9 +189,14 @@ class ServeSettings(BaseSettings):
             dashboard=DashboardConfig(render_hz=self.dashboard_hz) if self.dashboard else None,
             dashboard_record=self.dashboard_record,
         )
-        service = ServiceConfig(max_queue=self.max_queue, session_ttl_s=self.session_ttl,
-                                max_sessions=self.max_sessions, max_image_size=tuple(self.max_image_size),
-                                max_session_bytes=int(self.max_session_mb * 2**20), access_log=self.access_log)
+        service = ServiceConfig(
+            max_queue=self.max_queue,
+            session_ttl_s=self.session_ttl,
+            max_sessions=self.max_sessions,
+            max_image_size=tuple(self.max_image_size),
+            max_session_bytes=int(self.max_session_mb * 2**20),
+            access_log=self.access_log,
+        )
         return server, service
 
     def planner_config(self):
@@ -240,8 +248,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = {**{k: v for k, v in data.items() if k != "serve"}, **data["serve"]}
     unknown = sorted(set(data) - set(ServeSettings.model_fields))
     if unknown:
-        raise ValueError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(ServeSettings.model_fields)}")
+        raise ValueError(
+            f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(ServeSettings.model_fields)}"
+        )
     return data
 
 
@@ -272,8 +281,9 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def sources(flags: Mapping[str, Any], config_file: Path | None,
-            environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def sources(
+    flags: Mapping[str, Any], config_file: Path | None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Where each setting's value came from: the flag, the variable, the file, or ``default``."""
     environ = os.environ if environ is None else environ
     file_keys = set(read_config_file(config_file)) if config_file is not None else set()

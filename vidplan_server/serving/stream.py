@@ -74,8 +74,11 @@ class PlanStream:
         try:
             checked = service.check(call)  # the session id too, so the message below quotes a bounded one
             if self._session is not None and client_session != self._session:
-                raise InvalidArgument(f"{client_session!r} is unknown on this stream, which belongs to session "
-                                      f"{self._session!r}; open a new stream for another session", field="session_id")
+                raise InvalidArgument(
+                    f"{client_session!r} is unknown on this stream, which belongs to session "
+                    f"{self._session!r}; open a new stream for another session",
+                    field="session_id",
+                )
             prepared = await service.prepare(service.schedule(call, checked, arrived))
         except Exception as exc:
             error = service.serving_error(exc) or ServingError(str(exc))

@@ -45,8 +45,9 @@ TIMESTAMP_RANGE = Range(0.0, 1e10)
 DEFAULT_MAXIMA = OptionCounts(num_proposals=64, refine_iters=50, flow_steps=16)
 
 
-def field_ranges(maxima: OptionCounts = DEFAULT_MAXIMA,
-                 max_image_side: int = ServiceConfig().max_image_size[1]) -> dict[str, Range | IntRange]:
+def field_ranges(
+    maxima: OptionCounts = DEFAULT_MAXIMA, max_image_side: int = ServiceConfig().max_image_size[1]
+) -> dict[str, Range | IntRange]:
     """The valid range of every number of a PlanRequest, by wire path (vectors: per element)."""
     options = option_ranges(maxima)
     return {
@@ -118,8 +119,7 @@ class Limits:
     @property
     def mode_refusal(self) -> str:
         """Why a mode outside :attr:`modes` is refused, after its name."""
-        return (f"is not offered by this server (its model bundle has no policy; GetInfo modes: "
-                f"{', '.join(self.modes)})")
+        return f"is not offered by this server (its model bundle has no policy; GetInfo modes: {', '.join(self.modes)})"
 
     def as_dict(self) -> dict[str, Any]:
         """For GetInfo / ``GET /v1/info``."""
@@ -151,8 +151,9 @@ def check_session_id(session_id: object, limits: Limits) -> str:
     if not isinstance(session_id, str):
         raise InvalidArgument("expected a string", field="session_id")
     if len(session_id) > limits.max_session_id_chars:
-        raise InvalidArgument(f"{len(session_id)} characters, at most {limits.max_session_id_chars}",
-                              field="session_id")
+        raise InvalidArgument(
+            f"{len(session_id)} characters, at most {limits.max_session_id_chars}", field="session_id"
+        )
     if not all(" " <= ch <= "~" for ch in session_id):
         raise InvalidArgument(f"{show(session_id)} has characters other than printable ASCII", field="session_id")
     return session_id
@@ -177,8 +178,12 @@ def check_call(call: PlanCall, limits: Limits) -> CheckedCall:
     if obs.state is None:
         raise InvalidArgument("missing", field="observation.state")
     with _wire_fields():
-        state = rules.check_state(obs.state.joint_position, obs.state.cartesian_position,
-                                  obs.state.gripper_position, field="observation.state")
+        state = rules.check_state(
+            obs.state.joint_position,
+            obs.state.cartesian_position,
+            obs.state.gripper_position,
+            field="observation.state",
+        )
     if len(call.history) > limits.max_history:
         raise InvalidArgument(
             f"{len(call.history)} observations, at most {limits.max_history} (the span the model's history "
@@ -196,8 +201,9 @@ def check_call(call: PlanCall, limits: Limits) -> CheckedCall:
                 field=f"history[{i}].timestamp_s",
             )
         previous = ts
-    return CheckedCall(instruction=instruction, state=state, nominal=_nominal(call, limits),
-                       options=_options(call, limits))
+    return CheckedCall(
+        instruction=instruction, state=state, nominal=_nominal(call, limits), options=_options(call, limits)
+    )
 
 
 def check_frames(frames: Mapping[str, Image], limits: Limits, field: str) -> None:
@@ -223,8 +229,13 @@ def check_range(value: object, bounds: Range | IntRange, field: str) -> Any:
 
 def _nominal(call: PlanCall, limits: Limits) -> np.ndarray | None:
     with _wire_fields():
-        return rules.check_nominal(call.nominal, call.nominal_space, field="nominal", space_field="nominal.space",
-                                   max_steps=limits.max_nominal_steps)
+        return rules.check_nominal(
+            call.nominal,
+            call.nominal_space,
+            field="nominal",
+            space_field="nominal.space",
+            max_steps=limits.max_nominal_steps,
+        )
 
 
 def _options(call: PlanCall, limits: Limits) -> PlanOptions:

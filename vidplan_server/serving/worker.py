@@ -173,8 +173,12 @@ class Slot:
             self._used = True
             self._worker._release()
 
-    async def run(self, fn: Callable[[], T], deadline_at: float | None = None,
-                  on_expired: Callable[[], BaseException] | None = None) -> T:
+    async def run(
+        self,
+        fn: Callable[[], T],
+        deadline_at: float | None = None,
+        on_expired: Callable[[], BaseException] | None = None,
+    ) -> T:
         """Run ``fn`` on the worker thread and return its result.
 
         While the call waits in the queue, reaching ``deadline_at`` (``time.perf_counter`` seconds) withdraws

@@ -65,8 +65,11 @@ class Caption:
     kind: str = "object"
 
     def matches(self, entity: Entity) -> bool:
-        return (entity.kind == self.kind and (self.colour is None or entity.colour == self.colour)
-                and (self.noun is None or entity.noun == self.noun))
+        return (
+            entity.kind == self.kind
+            and (self.colour is None or entity.colour == self.colour)
+            and (self.noun is None or entity.noun == self.noun)
+        )
 
 
 def simulator_vocabulary() -> tuple[str, ...]:

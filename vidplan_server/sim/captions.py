@@ -128,8 +128,9 @@ def _pose(scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig) -> tupl
     return T, focus
 
 
-def render_image(scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig,
-                 bodies: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_image(
+    scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig, bodies: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One arm pose in the current scene: images (V, H, W, 3), labels (V, H, W), TCP pose (6,)."""
     for _ in range(cfg.max_ik_tries):
         target, focus = _pose(scene, rng, cfg)
@@ -145,8 +146,9 @@ def render_image(scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig,
         pos, orn = scene.object_pose(obj)
         lo, hi = p.getAABB(obj.body, physicsClientId=scene.client)
         centre = (np.array(lo) + np.array(hi)) / 2
-        p.resetBasePositionAndOrientation(obj.body, (pos + tcp_T[:3, 3] - centre).tolist(), orn.tolist(),
-                                          physicsClientId=scene.client)
+        p.resetBasePositionAndOrientation(
+            obj.body, (pos + tcp_T[:3, 3] - centre).tolist(), orn.tolist(), physicsClientId=scene.client
+        )
         finger = float(np.clip(obj.half_extents[:2].min(), 0.004, 0.04))
     _set_arm(scene, q, finger)
     images, seg = scene.render(*cfg.resolution, tcp_T=tcp_T)
@@ -176,8 +178,12 @@ def render_shard(seed: int, shard: int, count: int, cfg: CaptionConfig, scene: S
         labels.append(lab)
         tcp.append(pose)
         entities.append([e.to_json() for e in ents])
-    return {"images": np.stack(images), "labels": np.stack(labels), "tcp": np.stack(tcp),
-            "entities": np.array(json.dumps(entities))}
+    return {
+        "images": np.stack(images),
+        "labels": np.stack(labels),
+        "tcp": np.stack(tcp),
+        "entities": np.array(json.dumps(entities)),
+    }
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -201,8 +207,10 @@ def _check_manifest(out: Path, seed: int, cfg: CaptionConfig) -> None:
     old = json.loads(path.read_text())
     mine = json.loads(json.dumps(asdict(cfg)))
     if old.get("seed") != seed or old.get("config") != mine:
-        raise DatasetError(f"{out}: holds captions of another seed or config (seed {old.get('seed')}); "
-                           "use another --out or the same arguments to resume")
+        raise DatasetError(
+            f"{out}: holds captions of another seed or config (seed {old.get('seed')}); "
+            "use another --out or the same arguments to resume"
+        )
 
 
 _worker_scene: SimScene | None = None
@@ -229,15 +237,26 @@ def _savez(tmp: str, arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def generate_captions(out: str | Path, images: int, seed: int = 0, cfg: CaptionConfig | None = None,
-                      workers: int = 1, progress: bool = True) -> CaptionSummary:
+def generate_captions(
+    out: str | Path,
+    images: int,
+    seed: int = 0,
+    cfg: CaptionConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> CaptionSummary:
     """Make ``out`` hold ``images`` captioned images, rendering only the shards that are missing or short."""
     cfg = cfg or CaptionConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, seed, cfg)
-    manifest = {"generator": GENERATOR, "seed": seed, "images": images, "config": asdict(cfg),
-                "views": list(CAMERA_NAMES)}
+    manifest = {
+        "generator": GENERATOR,
+        "seed": seed,
+        "images": images,
+        "config": asdict(cfg),
+        "views": list(CAMERA_NAMES),
+    }
     _write_atomic(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n"))
     sizes = shard_sizes(images, cfg.images_per_shard)
     todo = [(seed, k, n, cfg, str(out)) for k, n in enumerate(sizes) if _shard_count(_shard_path(out, k)) != n]
@@ -271,12 +290,19 @@ def load_captions(folder: str | Path, progress: bool = False) -> CaptionSet:
     for k in tqdm(range(len(sizes)), desc=f"load {folder.name}", disable=not progress, leave=False):
         shard = _shard_path(folder, k)
         if _shard_count(shard) != sizes[k]:
-            raise DatasetError(f"{shard}: missing or incomplete; re-run `vidplan sim captions` with the same "
-                               "arguments to finish the folder")
+            raise DatasetError(
+                f"{shard}: missing or incomplete; re-run `vidplan sim captions` with the same "
+                "arguments to finish the folder"
+            )
         with np.load(shard, allow_pickle=False) as z:
             images.append(z["images"])
             labels.append(z["labels"])
             tcp.append(z["tcp"])
             entities += [[Entity(**e) for e in ents] for ents in json.loads(str(z["entities"]))]
-    return CaptionSet(np.concatenate(images), np.concatenate(labels), entities, np.concatenate(tcp),
-                      manifest["config"]["images_per_shard"])
+    return CaptionSet(
+        np.concatenate(images),
+        np.concatenate(labels),
+        entities,
+        np.concatenate(tcp),
+        manifest["config"]["images_per_shard"],
+    )

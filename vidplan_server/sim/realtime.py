@@ -17,8 +17,12 @@ from collections.abc import Callable
 class ScaledClock:
     """Loop clock = wall clock / ``slowdown``, from 0 at creation; ``sleep`` sleeps ``slowdown`` times longer."""
 
-    def __init__(self, slowdown: float = 1.0, wall: Callable[[], float] = time.monotonic,
-                 wall_sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        slowdown: float = 1.0,
+        wall: Callable[[], float] = time.monotonic,
+        wall_sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.slowdown, self._wall, self._wall_sleep = slowdown, wall, wall_sleep
         self._start = wall()
 

@@ -75,9 +75,13 @@ class SimRobotEnv:
         tcp_T = self.scene.kin.fk(q)
         h, w = self.config.resolution
         images, _ = self.scene.render(h, w, tcp_T)
-        return observation_dict({c: images[c] for c in CAMERA_NAMES}, q, matrix_to_pose(tcp_T),
-                                float(self.scene.gripper_position()),
-                                timestamp={"step": self.steps, "sim_time_s": self.clock()})
+        return observation_dict(
+            {c: images[c] for c in CAMERA_NAMES},
+            q,
+            matrix_to_pose(tcp_T),
+            float(self.scene.gripper_position()),
+            timestamp={"step": self.steps, "sim_time_s": self.clock()},
+        )
 
     def update_robot(self, action, action_space: str = ACTION_SPACE, blocking: bool = False) -> dict:
         """Execute one control step toward ``action`` (7,): TCP pose (m, rad) + gripper [0, 1].

@@ -68,9 +68,17 @@ from vidplan_server.training.loop import Stage
 
 MAX_ENTITIES = 8  # labels 1..7: up to 6 objects and the container (label 0: nothing)
 # integer ids of every colour, noun and kind, to match captions and entities as arrays
-_ID = {w: i for i, w in enumerate(sorted(
-    {o.name for o in TRAIN_OBJECTS + OOD_OBJECTS} | {c.name for c in CONTAINERS}
-    | {*TRAIN_COLOURS, *OOD_COLOURS, *CONTAINER_COLOURS} | {"object", "container"}))}
+_ID = {
+    w: i
+    for i, w in enumerate(
+        sorted(
+            {o.name for o in TRAIN_OBJECTS + OOD_OBJECTS}
+            | {c.name for c in CONTAINERS}
+            | {*TRAIN_COLOURS, *OOD_COLOURS, *CONTAINER_COLOURS}
+            | {"object", "container"}
+        )
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -151,15 +159,22 @@ def codec_round_trip(codec: Codec, images: np.ndarray, batch: int = 64, progress
     codec = codec.eval().to(memory_format=torch.channels_last)
     out = []
     for s in tqdm(range(0, len(images), batch), desc="codec round trip", disable=not progress, leave=False):
-        x = torch.from_numpy(images[s:s + batch]).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(images[s : s + batch]).permute(0, 3, 1, 2).float() / 255.0
         z = codec.posterior(x.contiguous(memory_format=torch.channels_last)).mean
         y = codec.decode_raw(z.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
         out.append((y * 255).round().byte().permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else images[:0].copy()
 
 
-def attach_codec(views: CaptionViews, codec: Codec, codec_file: Path, fraction: float, cache_dir: Path,
-                 seed: int = 0, progress: bool = True) -> None:
+def attach_codec(
+    views: CaptionViews,
+    codec: Codec,
+    codec_file: Path,
+    fraction: float,
+    cache_dir: Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
     """Give ``fraction`` of the views (a seeded choice) their codec round trip, cached by codec and images."""
     chosen = np.random.default_rng(seed).random(len(views)) < fraction
     views.has_codec = chosen
@@ -210,9 +225,15 @@ def _grid_coverage(labels: torch.Tensor, grid: int) -> torch.Tensor:
 class CaptionSemanticStage(Stage):
     name = "semantic"
 
-    def __init__(self, config: SemanticConfig, train: CaptionViews, held_out: CaptionViews,
-                 cfg: CaptionTrainConfig = CaptionTrainConfig(), robot: SemanticFrames | None = None,
-                 robot_held_out: SemanticFrames | None = None) -> None:
+    def __init__(
+        self,
+        config: SemanticConfig,
+        train: CaptionViews,
+        held_out: CaptionViews,
+        cfg: CaptionTrainConfig = CaptionTrainConfig(),
+        robot: SemanticFrames | None = None,
+        robot_held_out: SemanticFrames | None = None,
+    ) -> None:
         self.config = config
         self.cfg = cfg
         self.model = SimDualEncoder(config)
@@ -231,8 +252,9 @@ class CaptionSemanticStage(Stage):
         n_codec = min(n_codec, batch_size - n_robot)
         n_plain = batch_size - n_robot - n_codec
         data = self.train_set
-        idx = np.concatenate([self.codec_pool[rng.integers(len(self.codec_pool), size=n_codec)],
-                              rng.integers(len(data), size=n_plain)]).astype(int)
+        idx = np.concatenate(
+            [self.codec_pool[rng.integers(len(self.codec_pool), size=n_codec)], rng.integers(len(data), size=n_plain)]
+        ).astype(int)
         images = np.concatenate([data.codec[idx[:n_codec]], data.images[idx[n_codec:]]])
         img = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         # robot-frame stage augmentation on the plain renders: blur on half, a little gain on all
@@ -251,18 +273,24 @@ class CaptionSemanticStage(Stage):
         # match[c, e]: caption c refers to entity label e of its own view; pos[b, c]: c's referent visible in b
         attrs = np.stack([data.attrs[i] for i in idx])  # (B, E, 3) colour, noun, kind ids (-1 = no entity)
         cap = np.array([[_ID.get(c.colour, -1), _ID.get(c.noun, -1), _ID[c.kind]] for c in captions])  # (C, 3)
-        hit = ((attrs[:, None, :, 2] == cap[None, :, None, 2])
-               & ((cap[None, :, None, 0] < 0) | (attrs[:, None, :, 0] == cap[None, :, None, 0]))
-               & ((cap[None, :, None, 1] < 0) | (attrs[:, None, :, 1] == cap[None, :, None, 1])))  # (B, C, E)
+        hit = (
+            (attrs[:, None, :, 2] == cap[None, :, None, 2])
+            & ((cap[None, :, None, 0] < 0) | (attrs[:, None, :, 0] == cap[None, :, None, 0]))
+            & ((cap[None, :, None, 1] < 0) | (attrs[:, None, :, 1] == cap[None, :, None, 1]))
+        )  # (B, C, E)
         visible = data.pixels[idx][:, 1:] >= cfg.min_visible_px  # (B, E)
         match = np.zeros((len(captions), MAX_ENTITIES), np.float32)
         match[:, 1:] = hit[view_of, np.arange(len(captions))]
         texts = [c.text for c in captions]
         pos = np.zeros((len(idx) + n_robot, len(captions) + n_robot), np.float32)
         pos[: len(idx), : len(captions)] = (hit & visible[:, None]).any(-1)
-        batch = {"idx": idx, "img": img.clamp(0, 1).to(device),
-                 "labels": torch.from_numpy(data.labels[idx]).long().to(device),
-                 "view_of": torch.from_numpy(view_of).to(device), "match": torch.from_numpy(match).to(device)}
+        batch = {
+            "idx": idx,
+            "img": img.clamp(0, 1).to(device),
+            "labels": torch.from_numpy(data.labels[idx]).long().to(device),
+            "view_of": torch.from_numpy(view_of).to(device),
+            "match": torch.from_numpy(match).to(device),
+        }
         if n_robot:
             r = rng.integers(len(self.robot.images), size=n_robot)
             rimg = torch.from_numpy(self.robot.images[r]).permute(0, 3, 1, 2).float() / 255.0
@@ -273,7 +301,7 @@ class CaptionSemanticStage(Stage):
             batch["robot_mask"] = torch.from_numpy(masks).to(device)
             rtext = [self.robot.instructions[t] for t in self.robot.text[r]]
             seen = masks.reshape(n_robot, -1).sum(1) * self.px_per_cell >= cfg.min_visible_px
-            pos[len(idx):, len(captions):] = (np.array(rtext)[:, None] == np.array(rtext)[None]) & seen[:, None]
+            pos[len(idx) :, len(captions) :] = (np.array(rtext)[:, None] == np.array(rtext)[None]) & seen[:, None]
             texts += rtext
         # region term: every visible entity of a view with another entity against all descriptions of its image
         region, target, groups = [], [], []
@@ -291,9 +319,14 @@ class CaptionSemanticStage(Stage):
         col = np.full((len(groups), MAX_ENTITIES - 1), -1)
         for r_, g in enumerate(groups):
             col[r_, : len(g)] = [where[t] for t in g]
-        batch.update(texts=unique, text_of=torch.tensor([where[t] for t in texts], device=device),
-                     pos=torch.from_numpy(pos).to(device), region=torch.tensor(region, dtype=torch.long).reshape(-1, 2),
-                     region_text=torch.from_numpy(col).to(device), region_target=torch.tensor(target, dtype=torch.long))
+        batch.update(
+            texts=unique,
+            text_of=torch.tensor([where[t] for t in texts], device=device),
+            pos=torch.from_numpy(pos).to(device),
+            region=torch.tensor(region, dtype=torch.long).reshape(-1, 2),
+            region_text=torch.from_numpy(col).to(device),
+            region_target=torch.tensor(target, dtype=torch.long),
+        )
         return batch
 
     # ------------------------------------------------------------------ loss
@@ -351,8 +384,12 @@ class CaptionSemanticStage(Stage):
         into seen (train words) and novel (ood object or colour), raw and through the codec, wrist view alone;
         and on held-out robot frames with their instruction."""
         data, cfg = self.held_out, self.cfg
-        pairs = [(i, k) for i in range(len(data)) for k in data.visible(i, cfg.min_visible_px)
-                 if data.entities[i][k].kind == "object"]
+        pairs = [
+            (i, k)
+            for i in range(len(data))
+            for k in data.visible(i, cfg.min_visible_px)
+            if data.entities[i][k].kind == "object"
+        ]
         pick = np.linspace(0, len(pairs) - 1, min(cfg.eval_pairs, len(pairs))).astype(int) if pairs else []
         pairs = [pairs[j] for j in pick]
         out: dict[str, float] = {}
@@ -387,9 +424,9 @@ class CaptionSemanticStage(Stage):
     def _hits(model: SimDualEncoder, images: np.ndarray, texts: list[str], mask: torch.Tensor, device) -> np.ndarray:
         hits = []
         for s in range(0, len(images), 128):
-            img = torch.from_numpy(images[s:s + 128]).to(device).permute(0, 3, 1, 2).float() / 255.0
-            scores = model.score(img, model.encode_text(texts[s:s + 128]))
-            hits.append(centroid_hits(scores.centroid, mask[s:s + 128]).cpu().numpy())
+            img = torch.from_numpy(images[s : s + 128]).to(device).permute(0, 3, 1, 2).float() / 255.0
+            scores = model.score(img, model.encode_text(texts[s : s + 128]))
+            hits.append(centroid_hits(scores.centroid, mask[s : s + 128]).cpu().numpy())
         return np.concatenate(hits)
 
     def export(self, model, ckpt: Path, meta: dict) -> None:

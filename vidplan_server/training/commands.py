@@ -58,15 +58,26 @@ class TrainOptions:
 def _loop(base: LoopConfig, opts: TrainOptions) -> LoopConfig:
     cfg = replace(base, seed=opts.seed)
     if opts.steps is not None:
-        cfg = replace(cfg, steps=opts.steps, eval_every=min(cfg.eval_every, opts.steps),
-                      save_every=min(cfg.save_every, opts.steps), warmup_steps=min(cfg.warmup_steps, opts.steps))
+        cfg = replace(
+            cfg,
+            steps=opts.steps,
+            eval_every=min(cfg.eval_every, opts.steps),
+            save_every=min(cfg.save_every, opts.steps),
+            warmup_steps=min(cfg.warmup_steps, opts.steps),
+        )
     return cfg
 
 
 def _meta(opts: TrainOptions, n_train: int, n_held: int) -> dict:
-    return {"data": str(opts.data), "train_episodes": n_train, "held_out_episodes": n_held, "preset": opts.preset,
-            "seed": opts.seed, "host": f"{platform.machine()} {torch.get_num_threads()} threads",
-            "torch": torch.__version__}
+    return {
+        "data": str(opts.data),
+        "train_episodes": n_train,
+        "held_out_episodes": n_held,
+        "preset": opts.preset,
+        "seed": opts.seed,
+        "host": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
 
 
 def _require(ckpt: Path, module: str, command: str) -> None:
@@ -88,12 +99,18 @@ def train_codec(opts: TrainOptions) -> TrainResult:
     train_eps = load_episodes(opts.data, train_idx, size, opts.progress)
     held_eps = load_episodes(opts.data, held_idx or train_idx[:1], size, opts.progress)
     stage = CodecStage(preset.model, CodecTrainConfig(), train_eps, held_eps)
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta=_meta(opts, len(train_idx), len(held_idx)))
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta=_meta(opts, len(train_idx), len(held_idx)),
+    )
 
 
-def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None,
-             branches: tuple[Path, ...] = ()):
+def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=None, branches: tuple[Path, ...] = ()):
     """Latent windows (train, held-out), the action stats of the training episodes, the episode counts and
     the (train, held-out) episodes themselves (without frames). ``branches``: branch folders (``vidplan sim
     branches``) whose windows are added, their shards split into training and held-out like the episodes."""
@@ -108,8 +125,17 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
     by_index = {ep.index: ep for ep in eps}
     train_eps, held_eps = [by_index[k] for k in train_idx], [by_index[k] for k in held_idx]
     phases = {ep.index: ep.index % stride for ep in eps}
-    latents = cached_latents(codec, opts.out / "codec.safetensors", eps, opts.data, opts.out / "training" / "latents",
-                             device, opts.progress, stride=stride, phases=[phases[ep.index] for ep in eps])
+    latents = cached_latents(
+        codec,
+        opts.out / "codec.safetensors",
+        eps,
+        opts.data,
+        opts.out / "training" / "latents",
+        device,
+        opts.progress,
+        stride=stride,
+        phases=[phases[ep.index] for ep in eps],
+    )
     by_latent = {ep.index: z for ep, z in zip(eps, latents, strict=True)}
     if stats is None:
         stats = fit_action_stats(np.concatenate([ep.action for ep in train_eps]))
@@ -117,8 +143,14 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
 
     def build(episodes):
         acts = [norm.normalize(torch.from_numpy(ep.action)) for ep in episodes]
-        return LatentWindows.build([by_latent[ep.index] for ep in episodes], acts, history, horizon, stride,
-                                   [phases[ep.index] for ep in episodes])
+        return LatentWindows.build(
+            [by_latent[ep.index] for ep in episodes],
+            acts,
+            history,
+            horizon,
+            stride,
+            [phases[ep.index] for ep in episodes],
+        )
 
     train_w, held_w = build(train_eps), build(held_eps)
     for folder in branches:
@@ -128,12 +160,26 @@ def _windows(opts: TrainOptions, history: int, horizon: int, stride: int, stats=
         files = shard_files(folder)
         recorded = branch_manifest(folder).get("frame_stride")
         if recorded != stride:
-            raise DatasetError(f"--extra-data {folder}: recorded at frame stride {recorded}, the world model uses "
-                               f"{stride}")
+            raise DatasetError(
+                f"--extra-data {folder}: recorded at frame stride {recorded}, the world model uses {stride}"
+            )
         b_train, b_held = split_episodes(len(files), opts.held_out_fraction, opts.seed)
-        parts = [branch_windows(codec, opts.out / "codec.safetensors", [files[i] for i in idx],
-                                opts.out / "training" / "latents", device, norm.normalize, history, horizon,
-                                opts.progress) if idx else None for idx in (b_train, b_held)]
+        parts = [
+            branch_windows(
+                codec,
+                opts.out / "codec.safetensors",
+                [files[i] for i in idx],
+                opts.out / "training" / "latents",
+                device,
+                norm.normalize,
+                history,
+                horizon,
+                opts.progress,
+            )
+            if idx
+            else None
+            for idx in (b_train, b_held)
+        ]
         # Decided: branch windows are repeated until they are about half of the windows (of training batches and
         # of the held-out evaluation set): they are the only windows whose future the history does not predict,
         # and at their natural share (~1 in 9) a run learned nothing from them (action gain -0.005 at step 500).
@@ -161,9 +207,15 @@ def world_init(init_from: Path, action_deltas: bool = False) -> tuple[WorldConfi
     return config, weights
 
 
-def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_stride: int = 3,
-                init_from: Path | None = None, branches: tuple[Path, ...] = (),
-                action_deltas: bool = False) -> TrainResult:
+def train_world(
+    opts: TrainOptions,
+    history: int = 2,
+    horizon: int = 5,
+    frame_stride: int = 3,
+    init_from: Path | None = None,
+    branches: tuple[Path, ...] = (),
+    action_deltas: bool = False,
+) -> TrainResult:
     """The EDM video model on windows of ``opts.data``. ``init_from``: a bundle whose world module (weights,
     architecture, action statistics) the run starts from -- a fine-tune, e.g. longer training or new data; its
     codec must be the one in ``opts.out`` (the latent space the weights predict in). ``action_deltas``: the
@@ -177,40 +229,62 @@ def train_world(opts: TrainOptions, history: int = 2, horizon: int = 5, frame_st
     if init_from is not None and not (opts.resume and state.exists()):
         _require(init_from, "world", f"vidplan train world --out {init_from}")
         if (Path(init_from) / "codec.safetensors").read_bytes() != (opts.out / "codec.safetensors").read_bytes():
-            raise CheckpointError(f"--init-from {init_from}: its codec differs from {opts.out}'s; the world "
-                                  "weights predict in their own codec's latent space (copy that codec first)")
+            raise CheckpointError(
+                f"--init-from {init_from}: its codec differs from {opts.out}'s; the world "
+                "weights predict in their own codec's latent space (copy that codec first)"
+            )
         config, init_weights = world_init(init_from, action_deltas)
-        train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon, config.frame_stride,
-                                                 config.actions, branches)
+        train_w, held_w, _, counts, _ = _windows(
+            opts, config.net.history, config.net.horizon, config.frame_stride, config.actions, branches
+        )
     elif opts.resume and state.exists():
         # Resuming: keep the statistics the run started with, whatever the dataset holds now.
         config = load_config(opts.out, "world", WorldConfig)
-        train_w, held_w, _, counts, _ = _windows(opts, config.net.history, config.net.horizon,
-                                                 config.frame_stride, config.actions, branches)
+        train_w, held_w, _, counts, _ = _windows(
+            opts, config.net.history, config.net.horizon, config.frame_stride, config.actions, branches
+        )
     else:
         train_w, held_w, stats, counts, _ = _windows(opts, history, horizon, frame_stride, branches=branches)
         rows = train_w.latents[train_w.index["future"].unique()].float()
         sigma_data = float(rows.std())
-        config = WorldConfig(actions=stats, net=net, frame_stride=frame_stride,
-                             edm=EDMConfig(sigma_data=round(sigma_data, 4)))
+        config = WorldConfig(
+            actions=stats, net=net, frame_stride=frame_stride, edm=EDMConfig(sigma_data=round(sigma_data, 4))
+        )
     stage = WorldStage(config, train_w, held_w)
     if init_weights is not None:
         stage.model.load_state_dict(init_weights)
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
-                                                     "init_from": str(init_from) if init_from else None,
-                                                     "branches": [str(b) for b in branches]})
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta={
+            **_meta(opts, *counts),
+            "windows": len(train_w),
+            "init_from": str(init_from) if init_from else None,
+            "branches": [str(b) for b in branches],
+        },
+    )
 
 
 def train_flowmap(opts: TrainOptions, branches: tuple[Path, ...] = ()) -> TrainResult:
     _require(opts.out, "world", f"vidplan train world --data {opts.data} --out {opts.out}")
     denoiser, world = load_denoiser(opts.out)
-    train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
-                                             world.actions, branches)
+    train_w, held_w, _, counts, _ = _windows(
+        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions, branches
+    )
     stage = FlowMapStage(FlowConfig(world=world), denoiser, train_w, held_w)
-    return train(stage, _loop(presets.FLOWMAP[opts.preset], opts), opts.out, resume=opts.resume,
-                 device=pick_device(opts.device), progress=opts.progress,
-                 extra_meta={**_meta(opts, *counts), "windows": len(train_w), "branches": [str(b) for b in branches]})
+    return train(
+        stage,
+        _loop(presets.FLOWMAP[opts.preset], opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta={**_meta(opts, *counts), "windows": len(train_w), "branches": [str(b) for b in branches]},
+    )
 
 
 # ------------------------------------------------------------------------------------------- heads
@@ -222,27 +296,37 @@ def train_uq(opts: TrainOptions, flow_steps: int = 1, branches: tuple[Path, ...]
     flow_map, flow_cfg = load_flow_map(opts.out)
     world = flow_cfg.world
     device = pick_device(opts.device)
-    train_w, held_w, _, counts, _ = _windows(opts, world.net.history, world.net.horizon, world.frame_stride,
-                                             world.actions, branches)
+    train_w, held_w, _, counts, _ = _windows(
+        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions, branches
+    )
     cache = opts.out / "training" / "rollouts"
     flow_file = opts.out / "flow_map.safetensors"
-    preds = [flow_rollouts(flow_map, flow_file, w, flow_steps, cache, device, seed=opts.seed + i,
-                           progress=opts.progress) for i, w in enumerate((train_w, held_w))]
+    preds = [
+        flow_rollouts(flow_map, flow_file, w, flow_steps, cache, device, seed=opts.seed + i, progress=opts.progress)
+        for i, w in enumerate((train_w, held_w))
+    ]
     preset = presets.UQ[opts.preset]
     net = replace(preset.net, latent_channels=world.net.latent_channels, frames=world.net.horizon)
     config = UQHeadConfig(net=net, history=world.net.history, flow_steps=flow_steps)
     stage = UQStage(config, (train_w, preds[0]), (held_w, preds[1]))
-    result = train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=device,
-                   progress=opts.progress, extra_meta={**_meta(opts, *counts), "windows": len(train_w),
-                                                       "branches": [str(b) for b in branches]})
+    result = train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=device,
+        progress=opts.progress,
+        extra_meta={**_meta(opts, *counts), "windows": len(train_w), "branches": [str(b) for b in branches]},
+    )
     codec = load_codec(opts.out).to(device)
     basis = fit_colormap(codec)
     save_module(opts.out, "colormap", basis, basis.config, {"codec": "codec.safetensors"})
     return result
 
 
-def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1,
-                extra_data: tuple[Path, ...] = ()) -> TrainResult:
+def train_value(
+    opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1, extra_data: tuple[Path, ...] = ()
+) -> TrainResult:
     """Value head on windows of ``opts.data`` (the training dataset) and any ``extra_data`` folders (each split
     into training and held-out episodes the same way), half of each batch on flow-map samples."""
     _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
@@ -257,7 +341,8 @@ def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1,
     train_parts, held_parts, n_train, n_held, successes = [], [], 0, 0, 0
     for data in (opts.data, *extra_data):
         train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
-            replace(opts, data=Path(data)), world.net.history, world.net.horizon, world.frame_stride, world.actions)
+            replace(opts, data=Path(data)), world.net.history, world.net.horizon, world.frame_stride, world.actions
+        )
         train_parts.append(ValueData(train_w, returns(train_eps)))
         held_parts.append(ValueData(held_w, returns(held_eps)))
         n_train, n_held = n_train + counts[0], n_held + counts[1]
@@ -271,14 +356,27 @@ def train_value(opts: TrainOptions, gamma: float = 0.99, flow_steps: int = 1,
     config = ValueHeadConfig(net=net, gamma=gamma)
     train_set = merge(train_parts)
     stage = ValueStage(config, flow_map, flow_steps, train_set, merge(held_parts))
-    meta = {**_meta(opts, n_train, n_held), "extra_data": [str(d) for d in extra_data],
-            "windows": len(train_set.windows), "train_successes": int(successes), "flow_steps": flow_steps}
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta=meta)
+    meta = {
+        **_meta(opts, n_train, n_held),
+        "extra_data": [str(d) for d in extra_data],
+        "windows": len(train_set.windows),
+        "train_successes": int(successes),
+        "flow_steps": flow_steps,
+    }
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta=meta,
+    )
 
 
-def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int], grid: int, frame_step: int,
-                    progress: bool = True) -> SemanticFrames:
+def semantic_frames(
+    data: Path, indices: list[int], image_size: tuple[int, int], grid: int, frame_step: int, progress: bool = True
+) -> SemanticFrames:
     """Every ``frame_step``-th step of each episode, all views, with the target mask's coverage per patch."""
     from vidplan_server.data.reader import EpisodeDataset
 
@@ -287,8 +385,10 @@ def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int],
     for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
         ep = dataset.load_episode(k, images=True, ground_truth=True)
         if ep.ground_truth is None:
-            raise DatasetError(f"{data}: episode {k} has no ground-truth target masks (semantic training "
-                               "needs simulator episodes from `vidplan sim record`)")
+            raise DatasetError(
+                f"{data}: episode {k} has no ground-truth target masks (semantic training "
+                "needs simulator episodes from `vidplan sim record`)"
+            )
         t = instructions.setdefault(ep.language_instruction, len(instructions))
         for cam in CAMERA_NAMES:
             frames = ep.images[cam][::frame_step]
@@ -299,8 +399,7 @@ def semantic_frames(data: Path, indices: list[int], image_size: tuple[int, int],
             images.append(frames)
             masks.append(cover.astype(np.float16))
             texts.append(np.full(len(frames), t))
-    return SemanticFrames(np.concatenate(images), np.concatenate(masks), np.concatenate(texts),
-                          list(instructions))
+    return SemanticFrames(np.concatenate(images), np.concatenate(masks), np.concatenate(texts), list(instructions))
 
 
 def train_semantic_captions(opts: TrainOptions, captions: Path, frame_step: int = 4, cfg=None) -> TrainResult:
@@ -347,11 +446,25 @@ def train_semantic_captions(opts: TrainOptions, captions: Path, frame_step: int 
     attach_codec(train_v, codec, codec_ckpt / "codec.safetensors", cfg.codec_fraction, cache, opts.seed, opts.progress)
     attach_codec(held_v, codec, codec_ckpt / "codec.safetensors", 1.0, cache, opts.seed, opts.progress)
     stage = CaptionSemanticStage(config, train_v, held_v, cfg, robot, robot_held)
-    meta = {**_meta(opts, n_train, n_held), "captions": str(captions), "caption_images": len(train_img),
-            "caption_held_out_images": len(held_img), "robot_frames": len(robot.images) if robot else 0,
-            "frame_step": frame_step, "codec_from": str(codec_ckpt), "caption_training": asdict(cfg)}
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta=meta)
+    meta = {
+        **_meta(opts, n_train, n_held),
+        "captions": str(captions),
+        "caption_images": len(train_img),
+        "caption_held_out_images": len(held_img),
+        "robot_frames": len(robot.images) if robot else 0,
+        "frame_step": frame_step,
+        "codec_from": str(codec_ckpt),
+        "caption_training": asdict(cfg),
+    }
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta=meta,
+    )
 
 
 def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
@@ -362,16 +475,31 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
     train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
     held_idx = held_idx or train_idx[:1]
     # The vocabulary is rebuilt from the same training episodes on --resume, so it is identical.
-    vocab = sorted({w for k in train_idx
-                    for w in words(dataset.load_episode(k, images=False, ground_truth=False).language_instruction)})
+    vocab = sorted(
+        {
+            w
+            for k in train_idx
+            for w in words(dataset.load_episode(k, images=False, ground_truth=False).language_instruction)
+        }
+    )
     config = replace(preset.model, vocab=tuple(vocab))
     grid = config.image_size[0] // 4
     train_f = semantic_frames(opts.data, train_idx, config.image_size, grid, frame_step, opts.progress)
     held_f = semantic_frames(opts.data, held_idx, config.image_size, grid, frame_step, opts.progress)
     stage = SemanticStage(config, train_f, held_f)
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress, extra_meta={**_meta(opts, len(train_idx), len(held_idx)),
-                                                     "frames": len(train_f.images), "frame_step": frame_step})
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta={
+            **_meta(opts, len(train_idx), len(held_idx)),
+            "frames": len(train_f.images),
+            "frame_step": frame_step,
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------ policy
@@ -412,12 +540,26 @@ def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = (), pooling: str 
     if not (opts.resume and state.exists()):
         vocab = sorted({w for t in train_d.instructions for w in words(t)})
         pos = train_d.state[:, :3]
-        config = replace(config, vocab=tuple(vocab), delta_scale=fit_delta_scale(train_d.chunk, train_d.state),
-                         position_mean=tuple(float(v) for v in pos.mean(0)),
-                         position_std=tuple(float(max(v, 1e-3)) for v in pos.std(0)))
+        config = replace(
+            config,
+            vocab=tuple(vocab),
+            delta_scale=fit_delta_scale(train_d.chunk, train_d.state),
+            position_mean=tuple(float(v) for v in pos.mean(0)),
+            position_std=tuple(float(max(v, 1e-3)) for v in pos.std(0)),
+        )
     stage = PolicyStage(config, train_d, held_d)
-    return train(stage, _loop(preset.loop, opts), opts.out, resume=opts.resume, device=pick_device(opts.device),
-                 progress=opts.progress,
-                 extra_meta={**_meta(opts, len(train_idx), len(held_idx)), "samples": len(train_d),
-                             "demonstration_samples": demos, "extra_data": [str(d) for d in extra],
-                             "instructions": len(train_d.instructions)})
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=pick_device(opts.device),
+        progress=opts.progress,
+        extra_meta={
+            **_meta(opts, len(train_idx), len(held_idx)),
+            "samples": len(train_d),
+            "demonstration_samples": demos,
+            "extra_data": [str(d) for d in extra],
+            "instructions": len(train_d.instructions),
+        },
+    )

@@ -107,8 +107,9 @@ class PolicyActor:
         frames = np.stack([obs["image"][c] for c in CAMERA_NAMES])
         images = torch.as_tensor(resize_views(frames, pol.config.image_size)).permute(0, 3, 1, 2)[None].float() / 255
         rs = obs["robot_state"]
-        state = torch.tensor([[*rs["cartesian_position"], float(np.clip(rs["gripper_position"], 0, 1))]],
-                             dtype=torch.float32)
+        state = torch.tensor(
+            [[*rs["cartesian_position"], float(np.clip(rs["gripper_position"], 0, 1))]], dtype=torch.float32
+        )
         noise = torch.randn((1, 1, pol.config.chunk, 7), generator=self.generator)
         with torch.no_grad():
             return pol.sample(images, state, [instruction], noise)[0, 0].double().numpy()
@@ -148,9 +149,14 @@ def run_dagger_episode(env: SimRobotEnv, actor, seed: int, config: DaggerConfig,
         success_run = success_run + 1 if success else 0
         if success_run >= config.success_hold_steps:
             break
-    return {"frames": np.stack(frames).astype(np.uint8), "state": np.asarray(states, dtype=np.float32),
-            "chunk": np.stack(labels), "instruction": np.array(instruction), "success": np.array(bool(success)),
-            "seed": np.array(seed, dtype=np.uint64)}
+    return {
+        "frames": np.stack(frames).astype(np.uint8),
+        "state": np.asarray(states, dtype=np.float32),
+        "chunk": np.stack(labels),
+        "instruction": np.array(instruction),
+        "success": np.array(bool(success)),
+        "seed": np.array(seed, dtype=np.uint64),
+    }
 
 
 def episode_file(out: Path, index: int) -> Path:
@@ -195,8 +201,9 @@ def _work(index: int) -> tuple[int, bool, int]:
     return index, bool(arrays["success"]), len(arrays["frames"])
 
 
-def collect(ckpt: Path, out: Path, episodes: int, config: DaggerConfig | None = None, workers: int = 1,
-            progress: bool = True) -> dict:
+def collect(
+    ckpt: Path, out: Path, episodes: int, config: DaggerConfig | None = None, workers: int = 1, progress: bool = True
+) -> dict:
     """Make ``out`` hold ``episodes`` DAgger episodes of the policy in bundle ``ckpt``; only missing ones run.
 
     Returns a summary: episodes, new (run now), successes and samples of the new ones, seconds.
@@ -218,8 +225,10 @@ def collect(ckpt: Path, out: Path, episodes: int, config: DaggerConfig | None = 
         stored = json.loads(manifest.read_text())
         diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in wanted.items() if stored.get(k) != v]
         if diff:
-            raise DaggerError(f"--out {out} holds episodes collected with other options ({'; '.join(diff)}); use "
-                              "the same options to resume, or another --out")
+            raise DaggerError(
+                f"--out {out} holds episodes collected with other options ({'; '.join(diff)}); use "
+                "the same options to resume, or another --out"
+            )
     else:
         manifest.write_text(json.dumps(wanted, indent=1) + "\n")
     todo = [i for i in range(episodes) if not episode_file(out, i).exists()]
@@ -244,14 +253,20 @@ def collect(ckpt: Path, out: Path, episodes: int, config: DaggerConfig | None = 
                 _state["scene"].close()
         elif todo:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(todo)), initializer=_init,
-                          initargs=(str(ckpt), config, str(out), True)) as pool:
+            with ctx.Pool(
+                min(workers, len(todo)), initializer=_init, initargs=(str(ckpt), config, str(out), True)
+            ) as pool:
                 for result in pool.imap_unordered(_work, todo):
                     tick(result)
     finally:
         bar.close()
-    return {"episodes": episodes, "new": len(todo), "successes": wins, "samples": samples,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "episodes": episodes,
+        "new": len(todo),
+        "successes": wins,
+        "samples": samples,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progress: bool = True):
@@ -273,5 +288,10 @@ def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progre
             states.append(z["state"])
             chunks.append(c)
             texts.append(np.full(len(fr), instructions.setdefault(str(z["instruction"]), len(instructions))))
-    return PolicyData(np.concatenate(frames), np.concatenate(states).astype(np.float32),
-                      np.concatenate(chunks).astype(np.float32), np.concatenate(texts), list(instructions))
+    return PolicyData(
+        np.concatenate(frames),
+        np.concatenate(states).astype(np.float32),
+        np.concatenate(chunks).astype(np.float32),
+        np.concatenate(texts),
+        list(instructions),
+    )

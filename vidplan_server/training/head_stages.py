@@ -51,8 +51,17 @@ HL_GAUSS_SIGMA_BINS = 0.75  # value targets: Gaussian of 0.75 bin widths around 
 
 
 @torch.no_grad()
-def flow_rollouts(flow_map: FlowMap, flow_file: Path, windows: LatentWindows, steps: int, cache_dir: Path,
-                  device: torch.device, seed: int = 0, batch: int = 64, progress: bool = True) -> torch.Tensor:
+def flow_rollouts(
+    flow_map: FlowMap,
+    flow_file: Path,
+    windows: LatentWindows,
+    steps: int,
+    cache_dir: Path,
+    device: torch.device,
+    seed: int = 0,
+    batch: int = 64,
+    progress: bool = True,
+) -> torch.Tensor:
     """k-step flow-map predictions (N, H, C, h, w) float16 for every window, cached by model and windows."""
     h = hashlib.sha256()
     h.update(flow_file.read_bytes())
@@ -87,8 +96,12 @@ def top_bin_ece(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 10) ->
 class UQStage(Stage):
     name = "uq"
 
-    def __init__(self, config: UQHeadConfig, train: tuple[LatentWindows, torch.Tensor],
-                 held_out: tuple[LatentWindows, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        config: UQHeadConfig,
+        train: tuple[LatentWindows, torch.Tensor],
+        held_out: tuple[LatentWindows, torch.Tensor],
+    ) -> None:
         self.config = config
         self.model = UQHead(config)
         self.train_set = train
@@ -134,8 +147,15 @@ class ValueData:
 class ValueStage(Stage):
     name = "value"
 
-    def __init__(self, config: ValueHeadConfig, flow_map: FlowMap | None, flow_steps: int, train: ValueData,
-                 held_out: ValueData, predicted_fraction: float = 0.5) -> None:
+    def __init__(
+        self,
+        config: ValueHeadConfig,
+        flow_map: FlowMap | None,
+        flow_steps: int,
+        train: ValueData,
+        held_out: ValueData,
+        predicted_fraction: float = 0.5,
+    ) -> None:
         self.config = config
         self.model = ValueHead(config)
         self.flow_map = flow_map.eval().requires_grad_(False) if flow_map is not None else None
@@ -153,8 +173,9 @@ class ValueStage(Stage):
                 self._flow_device = device
             noise = torch.randn(fut[:n_pred].shape, generator=generator).to(device)
             with torch.no_grad():
-                fut = torch.cat([self.flow_map.sample(hist[:n_pred], act[:n_pred], self.flow_steps, noise=noise),
-                                 fut[n_pred:]])
+                fut = torch.cat(
+                    [self.flow_map.sample(hist[:n_pred], act[:n_pred], self.flow_steps, noise=noise), fut[n_pred:]]
+                )
         labels = data.returns[data.windows.index["future"][idx]].to(device)
         return fut, labels
 
@@ -224,8 +245,9 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 class SemanticStage(Stage):
     name = "semantic"
 
-    def __init__(self, config: SemanticConfig, train: SemanticFrames, held_out: SemanticFrames,
-                 dense_weight: float = 2.0) -> None:
+    def __init__(
+        self, config: SemanticConfig, train: SemanticFrames, held_out: SemanticFrames, dense_weight: float = 2.0
+    ) -> None:
         self.config = config
         self.model = SimDualEncoder(config)
         self.train_set = train
@@ -276,8 +298,10 @@ class SemanticStage(Stage):
         glob, _ = model.encode_image(img)
         own = torch.from_numpy(text).to(device)
         retrieval = ((glob @ texts.T).argmax(1) == own).float().mean().item()
-        return {"centroid_hit_rate": float(hit[visible].float().mean()) if visible.any() else float("nan"),
-                "retrieval": retrieval}
+        return {
+            "centroid_hit_rate": float(hit[visible].float().mean()) if visible.any() else float("nan"),
+            "retrieval": retrieval,
+        }
 
     def export(self, model, ckpt: Path, meta: dict) -> None:
         save_module(ckpt, "semantic", model, self.config, meta)
@@ -289,4 +313,3 @@ def centroid_hits(centroid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     x = (centroid[:, 0] * W).long().clamp(0, W - 1)
     y = (centroid[:, 1] * H).long().clamp(0, H - 1)
     return mask[torch.arange(N, device=mask.device), y, x] > 0
-

@@ -219,13 +219,25 @@ def train(
         tensors.update(opt_tensors)
         tensors["generator"] = generator.get_state()
         _write_atomic(state_file, lambda tmp: save_file(tensors, tmp))
-        meta = {"stage": stage.name, "step": step, "elapsed_s": elapsed, "history": history,
-                "loop": asdict(cfg), "optimizer": opt_meta}
+        meta = {
+            "stage": stage.name,
+            "step": step,
+            "elapsed_s": elapsed,
+            "history": history,
+            "loop": asdict(cfg),
+            "optimizer": opt_meta,
+        }
         _write_atomic(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
 
     def export(final_eval: dict[str, float]) -> None:
-        meta = {"steps": step, "train_seconds": round(elapsed, 1), "device": str(device),
-                "loop": asdict(cfg), "eval": final_eval, **(extra_meta or {})}
+        meta = {
+            "steps": step,
+            "train_seconds": round(elapsed, 1),
+            "device": str(device),
+            "loop": asdict(cfg),
+            "eval": final_eval,
+            **(extra_meta or {}),
+        }
         with _weights_for_export(model, ema) as m:
             stage.export(m, ckpt, meta)
 
@@ -251,8 +263,11 @@ def train(
         step += 1
         elapsed += time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.4g}" for k, v in shown.items()},
-                        **{f"val_{k}": f"{v:.4g}" for k, v in list(last_eval.items())[:2] if k != "step"})
+        bar.set_postfix(
+            loss=f"{loss.item():.4f}",
+            **{k: f"{v:.4g}" for k, v in shown.items()},
+            **{f"val_{k}": f"{v:.4g}" for k, v in list(last_eval.items())[:2] if k != "step"},
+        )
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last_eval = run_eval()
         if step % cfg.save_every == 0 or step == cfg.steps:

@@ -55,8 +55,13 @@ class PolicyData:
         for d in parts:
             remap = np.array([instructions.setdefault(t, len(instructions)) for t in d.instructions])
             texts.append(remap[d.text])
-        return PolicyData(np.concatenate([d.frames for d in parts]), np.concatenate([d.state for d in parts]),
-                          np.concatenate([d.chunk for d in parts]), np.concatenate(texts), list(instructions))
+        return PolicyData(
+            np.concatenate([d.frames for d in parts]),
+            np.concatenate([d.state for d in parts]),
+            np.concatenate([d.chunk for d in parts]),
+            np.concatenate(texts),
+            list(instructions),
+        )
 
 
 def is_demonstration(success: bool, metadata: dict) -> bool:
@@ -64,8 +69,9 @@ def is_demonstration(success: bool, metadata: dict) -> bool:
     return bool(success) and not metadata.get("failure_mode")
 
 
-def policy_data(data: Path, indices: list[int], image_size: tuple[int, int], chunk: int,
-                progress: bool = True) -> PolicyData:
+def policy_data(
+    data: Path, indices: list[int], image_size: tuple[int, int], chunk: int, progress: bool = True
+) -> PolicyData:
     """The samples of the demonstrations among episodes ``indices`` of dataset ``data``."""
     from vidplan_server.data.reader import EpisodeDataset
 
@@ -89,8 +95,13 @@ def policy_data(data: Path, indices: list[int], image_size: tuple[int, int], chu
         texts.append(np.full(T, instructions.setdefault(ep.language_instruction, len(instructions))))
     if not frames:
         raise DatasetError(f"{data}: no successful nominal episodes among {len(indices)} to learn the policy from")
-    return PolicyData(np.concatenate(frames), np.concatenate(states).astype(np.float32),
-                      np.concatenate(chunks).astype(np.float32), np.concatenate(texts), list(instructions))
+    return PolicyData(
+        np.concatenate(frames),
+        np.concatenate(states).astype(np.float32),
+        np.concatenate(chunks).astype(np.float32),
+        np.concatenate(texts),
+        list(instructions),
+    )
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -101,7 +112,7 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     flat = F.pad(images.flatten(0, 1), (pad, pad, pad, pad), mode="replicate")
     dx = torch.randint(0, 2 * pad + 1, (B * V,), generator=generator).tolist()
     dy = torch.randint(0, 2 * pad + 1, (B * V,), generator=generator).tolist()
-    out = torch.stack([flat[i, :, y:y + H, x:x + W] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
+    out = torch.stack([flat[i, :, y : y + H, x : x + W] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
     return out.view(B, V, C, H, W)
 
 

@@ -49,13 +49,15 @@ WORLD = {
     ),
     "small": WorldPreset(
         VideoNetConfig(channels=(64, 96, 128), attention_heads=4, embed_dim=128),
-        LoopConfig(steps=3000, batch_size=8, lr=5e-4, warmup_steps=100, ema_decay=0.999, eval_every=500,
-                   save_every=250),
+        LoopConfig(
+            steps=3000, batch_size=8, lr=5e-4, warmup_steps=100, ema_decay=0.999, eval_every=500, save_every=250
+        ),
     ),
     "base": WorldPreset(
         VideoNetConfig(channels=(128, 256, 384), attention_heads=8, embed_dim=256, blocks_per_level=2),
-        LoopConfig(steps=100000, batch_size=64, lr=2e-4, warmup_steps=1000, ema_decay=0.9999, eval_every=5000,
-                   save_every=2500),
+        LoopConfig(
+            steps=100000, batch_size=64, lr=2e-4, warmup_steps=1000, ema_decay=0.9999, eval_every=5000, save_every=2500
+        ),
     ),
 }
 
@@ -65,10 +67,12 @@ WORLD = {
 # and, for `small`, the batch is halved to 8 flow + 4 distill samples; the 2:1 split is the paper's.
 FLOWMAP = {
     "tiny": LoopConfig(steps=20, batch_size=6, lr=1e-3, warmup_steps=2, eval_every=10, save_every=10),
-    "small": LoopConfig(steps=800, batch_size=12, lr=1e-4, warmup_steps=50, ema_decay=0.999, eval_every=400,
-                        save_every=200),
-    "base": LoopConfig(steps=20000, batch_size=24, lr=2e-5, warmup_steps=500, ema_decay=0.9999, eval_every=2500,
-                       save_every=1000),
+    "small": LoopConfig(
+        steps=800, batch_size=12, lr=1e-4, warmup_steps=50, ema_decay=0.999, eval_every=400, save_every=200
+    ),
+    "base": LoopConfig(
+        steps=20000, batch_size=24, lr=2e-5, warmup_steps=500, ema_decay=0.9999, eval_every=2500, save_every=1000
+    ),
 }
 
 
@@ -81,24 +85,36 @@ class HeadPreset:
 # UQ and value heads (App. A.6: 2-level U-Nets, attention in the bottleneck; the paper's bottleneck is
 # 512 channels for SVD latents, ours 64 for 4 x 48 x 16 latents on CPU).
 UQ = {
-    "tiny": HeadPreset(HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
-                       LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
-    "small": HeadPreset(HeadNetConfig(channels=(32, 48, 64)),
-                        LoopConfig(steps=1200, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300,
-                                   save_every=200)),
-    "base": HeadPreset(HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
-                       LoopConfig(steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, eval_every=2000,
-                                  save_every=1000)),
+    "tiny": HeadPreset(
+        HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
+        LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10),
+    ),
+    "small": HeadPreset(
+        HeadNetConfig(channels=(32, 48, 64)),
+        LoopConfig(steps=1200, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300, save_every=200),
+    ),
+    "base": HeadPreset(
+        HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
+        LoopConfig(steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, eval_every=2000, save_every=1000),
+    ),
 }
 VALUE = {
-    "tiny": HeadPreset(HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
-                       LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
-    "small": HeadPreset(HeadNetConfig(channels=(24, 32, 48)),
-                        LoopConfig(steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, weight_decay=0.05,
-                                   eval_every=500, save_every=250)),
-    "base": HeadPreset(HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
-                       LoopConfig(steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, weight_decay=0.01,
-                                  eval_every=2000, save_every=1000)),
+    "tiny": HeadPreset(
+        HeadNetConfig(channels=(8, 8, 16), attention_heads=2, embed_dim=8),
+        LoopConfig(steps=20, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10),
+    ),
+    "small": HeadPreset(
+        HeadNetConfig(channels=(24, 32, 48)),
+        LoopConfig(
+            steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, weight_decay=0.05, eval_every=500, save_every=250
+        ),
+    ),
+    "base": HeadPreset(
+        HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
+        LoopConfig(
+            steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, weight_decay=0.01, eval_every=2000, save_every=1000
+        ),
+    ),
 }
 
 
@@ -109,14 +125,22 @@ class SemanticPreset:
 
 
 SEMANTIC = {
-    "tiny": SemanticPreset(SemanticConfig(channels=(8, 8), dim=16),
-                           LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
-    "small": SemanticPreset(SemanticConfig(channels=(32, 64), dim=64),
-                            LoopConfig(steps=4000, batch_size=64, lr=2e-3, warmup_steps=50, weight_decay=0.01,
-                                       eval_every=1000, save_every=500)),
-    "base": SemanticPreset(SemanticConfig(channels=(64, 128), dim=128),
-                           LoopConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=500, weight_decay=0.01,
-                                      eval_every=2000, save_every=1000)),
+    "tiny": SemanticPreset(
+        SemanticConfig(channels=(8, 8), dim=16),
+        LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10),
+    ),
+    "small": SemanticPreset(
+        SemanticConfig(channels=(32, 64), dim=64),
+        LoopConfig(
+            steps=4000, batch_size=64, lr=2e-3, warmup_steps=50, weight_decay=0.01, eval_every=1000, save_every=500
+        ),
+    ),
+    "base": SemanticPreset(
+        SemanticConfig(channels=(64, 128), dim=128),
+        LoopConfig(
+            steps=20000, batch_size=256, lr=1e-3, warmup_steps=500, weight_decay=0.01, eval_every=2000, save_every=1000
+        ),
+    ),
 }
 
 
@@ -127,13 +151,35 @@ class PolicyPreset:
 
 
 POLICY = {
-    "tiny": PolicyPreset(PolicyConfig(channels=(8, 8, 16, 16), text_dim=16, feature_dim=32, hidden=64, flow_steps=4),
-                         LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10)),
+    "tiny": PolicyPreset(
+        PolicyConfig(channels=(8, 8, 16, 16), text_dim=16, feature_dim=32, hidden=64, flow_steps=4),
+        LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10),
+    ),
     # 2 CPU cores: ~0.4 s per step of 32 samples (three 64x64 views each) when the machine is otherwise idle.
-    "small": PolicyPreset(PolicyConfig(),
-                          LoopConfig(steps=5000, batch_size=32, lr=1e-3, warmup_steps=200, weight_decay=1e-4,
-                                     ema_decay=0.999, eval_every=500, save_every=250)),
-    "base": PolicyPreset(PolicyConfig(channels=(64, 128, 192, 256), feature_dim=512, hidden=1024),
-                         LoopConfig(steps=60000, batch_size=256, lr=3e-4, warmup_steps=1000, weight_decay=1e-4,
-                                    ema_decay=0.9999, eval_every=5000, save_every=2500)),
+    "small": PolicyPreset(
+        PolicyConfig(),
+        LoopConfig(
+            steps=5000,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=200,
+            weight_decay=1e-4,
+            ema_decay=0.999,
+            eval_every=500,
+            save_every=250,
+        ),
+    ),
+    "base": PolicyPreset(
+        PolicyConfig(channels=(64, 128, 192, 256), feature_dim=512, hidden=1024),
+        LoopConfig(
+            steps=60000,
+            batch_size=256,
+            lr=3e-4,
+            warmup_steps=1000,
+            weight_decay=1e-4,
+            ema_decay=0.9999,
+            eval_every=5000,
+            save_every=2500,
+        ),
+    ),
 }

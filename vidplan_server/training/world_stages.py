@@ -79,8 +79,14 @@ class FlowMapStage(_WindowStage):
 
     name = "flowmap"
 
-    def __init__(self, config: FlowConfig, denoiser: EDMDenoiser, train: LatentWindows, held_out: LatentWindows,
-                 flow_share: float = 2.0 / 3.0) -> None:
+    def __init__(
+        self,
+        config: FlowConfig,
+        denoiser: EDMDenoiser,
+        train: LatentWindows,
+        held_out: LatentWindows,
+        flow_share: float = 2.0 / 3.0,
+    ) -> None:
         self.config = config
         self.model = build_flow_map(config, denoiser)
         self.train_windows = train
@@ -93,7 +99,7 @@ class FlowMapStage(_WindowStage):
         n_flow = max(1, min(B - 1, round(B * self.flow_share))) if B > 1 else 1
         x0 = torch.randn(fut.shape, generator=generator).to(fut.device)
         t = sample_times(n_flow, generator, model.t_min)[0].clamp(max=model.t_max).to(fut.device)
-        vel = lambda h, a: (lambda x, s, e: model.velocity(x, s, e, h, a))
+        vel = lambda h, a: lambda x, s, e: model.velocity(x, s, e, h, a)
         l_flow = flow_loss(vel(hist[:n_flow], act[:n_flow]), fut[:n_flow], x0[:n_flow], t)
         if n_flow == B:
             return l_flow, {"flow": l_flow.item()}

@@ -26,8 +26,15 @@ class EpisodeRobot:
         frames = []
         for cam in CAMERA_NAMES:
             image = np.ascontiguousarray(ep.images[cam][step])
-            frames.append({"camera": cam, "encoding": "raw", "width": int(image.shape[1]),
-                           "height": int(image.shape[0]), "data": base64.b64encode(image.tobytes()).decode()})
+            frames.append(
+                {
+                    "camera": cam,
+                    "encoding": "raw",
+                    "width": int(image.shape[1]),
+                    "height": int(image.shape[0]),
+                    "data": base64.b64encode(image.tobytes()).decode(),
+                }
+            )
         return {
             "session_id": self.session,
             "sequence": self.sequence,
@@ -35,16 +42,19 @@ class EpisodeRobot:
             "observation": {
                 "timestamp_s": 0.2 * self.sequence,
                 "frames": frames,
-                "state": {"joint_position": [float(v) for v in ep.joint_position[step]],
-                          "cartesian_position": [float(v) for v in ep.cartesian_position[step]],
-                          "gripper_position": float(np.ravel(ep.gripper_position[step])[0])},
+                "state": {
+                    "joint_position": [float(v) for v in ep.joint_position[step]],
+                    "cartesian_position": [float(v) for v in ep.cartesian_position[step]],
+                    "gripper_position": float(np.ravel(ep.gripper_position[step])[0]),
+                },
             },
             "options": {**self.options, "seed": self.sequence},
         }
 
     def plan(self, step: int, timeout_s: float = 120.0) -> dict:
         """One plan; raises on an HTTP error."""
-        response = httpx.post(f"{self.base_url}/v1/plan", json=self.request(step), headers=self.headers,
-                              timeout=timeout_s)
+        response = httpx.post(
+            f"{self.base_url}/v1/plan", json=self.request(step), headers=self.headers, timeout=timeout_s
+        )
         response.raise_for_status()
         return response.json()

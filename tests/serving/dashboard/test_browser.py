@@ -46,8 +46,10 @@ def open_page(browser, url: str, problems: list[str]):
 
 
 def spread(page, selector: str) -> float:
-    page.wait_for_function(f"document.querySelector('{selector}').complete && "
-                           f"document.querySelector('{selector}').naturalWidth > 0", timeout=WAIT_MS)
+    page.wait_for_function(
+        f"document.querySelector('{selector}').complete && document.querySelector('{selector}').naturalWidth > 0",
+        timeout=WAIT_MS,
+    )
     return page.eval_on_selector(selector, SPREAD)
 
 
@@ -97,8 +99,9 @@ def test_an_operator_watches_a_robot_plan_by_plan(browser, dashboard_server, sho
 
     # The overlay toggles: per-pixel map (its own legend), raw prediction (no legend), back to the latent map.
     page.click('.toggle button[data-view="pixel"]')
-    assert page.get_attribute("#heatmap", "data-view") == "pixel" and "pixel" in page.get_attribute("#legend-bar",
-                                                                                                      "class")
+    assert page.get_attribute("#heatmap", "data-view") == "pixel" and "pixel" in page.get_attribute(
+        "#legend-bar", "class"
+    )
     assert spread(page, "#heatmap") > 2.0
     page.click('.toggle button[data-view="predicted"]')
     assert page.get_attribute("#heatmap", "data-view") == "predicted" and not page.is_visible("#legend")
@@ -172,8 +175,9 @@ def test_replay_steps_through_a_recorded_run(browser, dashboard_server, short_ep
             robot.plan(step)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not any(
-                    e["type"] == "render" and e["sequence"] == sequence
-                    for e in map(json.loads, writer.path.read_text().splitlines())):
+                e["type"] == "render" and e["sequence"] == sequence
+                for e in map(json.loads, writer.path.read_text().splitlines())
+            ):
                 time.sleep(0.1)
     finally:
         monitor.sinks.remove(writer)

@@ -240,7 +240,11 @@ def test_a_plan_log_records_every_session_with_heatmaps(make_service, tmp_path):
     kinds = [e["type"] for e in events]
     assert kinds[0] == "hello" and "snapshot" in kinds
     assert {(e["session"], e["sequence"]) for e in events if e["type"] == "plan"} == {
-        ("robot-a", 1), ("robot-b", 1), ("robot-a", 2), ("robot-b", 2)}
+        ("robot-a", 1),
+        ("robot-b", 1),
+        ("robot-a", 2),
+        ("robot-b", 2),
+    }
     assert {e["session"] for e in events if e["type"] == "render"} == {"robot-a", "robot-b"}
 
 

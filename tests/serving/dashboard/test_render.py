@@ -37,8 +37,19 @@ def test_rendered_frames_and_colour_map_are_the_planners(tiny_planner, short_epi
     assert np.abs(rendered.latent.astype(int) - result.heatmaps).max() <= 1
     assert np.array_equal(rendered.views, history[-1])
     # A reply that carried the images is not decoded again.
-    reused = PlanRenderer(tiny_planner)(RenderJob("robot", 1, 0.0, history, result.actions, 11, None,
-                                                  predicted=result.predicted_frames, heatmaps=result.heatmaps))
+    reused = PlanRenderer(tiny_planner)(
+        RenderJob(
+            "robot",
+            1,
+            0.0,
+            history,
+            result.actions,
+            11,
+            None,
+            predicted=result.predicted_frames,
+            heatmaps=result.heatmaps,
+        )
+    )
     assert reused.latent is result.heatmaps and reused.pixel.shape == rendered.pixel.shape
 
 
@@ -48,8 +59,11 @@ def test_the_render_process_renders_what_the_planner_judged(tiny_heads_bundle, t
     ep = short_episodes[1]
     history = np.stack([np.stack([ep.images[c][s] for c in CAMERA_NAMES]) for s in (3, 6)])
     state = RobotState(ep.joint_position[6], ep.cartesian_position[6], float(np.ravel(ep.gripper_position[6])[0]))
-    result = tiny_planner.plan(PlanRequest(ep.language_instruction, history, state,
-                                           options=PlanOptions(num_proposals=6, refine_iters=1, seed=5)))
+    result = tiny_planner.plan(
+        PlanRequest(
+            ep.language_instruction, history, state, options=PlanOptions(num_proposals=6, refine_iters=1, seed=5)
+        )
+    )
     job = RenderJob("robot", 1, 0.0, history, result.actions, seed=5, flow_steps=None)
     renderer = ProcessRenderer(RenderModel(str(tiny_heads_bundle)), nice=19, threads=1)
     try:

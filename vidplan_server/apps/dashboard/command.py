@@ -21,8 +21,13 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--replay", type=Path, required=True, metavar="DIR",
-                   help="plan log to show: a folder with planlog.jsonl, or the .jsonl file")
+    p.add_argument(
+        "--replay",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="plan log to show: a folder with planlog.jsonl, or the .jsonl file",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=8001, help="HTTP port; 0 picks a free one (default 8001)")
 
@@ -41,8 +46,9 @@ class ReplayServer:
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(replay_app(log_path), log_level=log_level, access_log=False,
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(replay_app(log_path), log_level=log_level, access_log=False, lifespan="off")
+        )
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
@@ -78,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         server = ReplayServer(log_path, args.host, args.port, log_level="warning")
     except OSError as exc:
         raise CliError(f"--host {args.host} --port {args.port}: cannot listen ({exc.strerror or exc})") from None
-    print(f"vidplan dashboard: replaying {log_path} ({plans} plans) at {server.url}/dashboard (Ctrl-C to stop)",
-          file=sys.stderr)
+    print(
+        f"vidplan dashboard: replaying {log_path} ({plans} plans) at {server.url}/dashboard (Ctrl-C to stop)",
+        file=sys.stderr,
+    )
     try:
         server.run()
     except KeyboardInterrupt:

@@ -34,17 +34,30 @@ def run_demo(args: argparse.Namespace) -> dict:
         if args.server is None:
             (out / "planlog.jsonl").unlink(missing_ok=True)  # this run's dashboard events only
             server = stack.enter_context(
-                LocalServer(out / "server.log", args.ckpt, args.device, token, args.startup_timeout,
-                            dashboard_record=out / "planlog.jsonl"))
-            print(f"vidplan demo: started vidplan serve at {server.target} (pid {server.proc.pid}, "
-                  f"log {out / 'server.log'})", file=sys.stderr)
+                LocalServer(
+                    out / "server.log",
+                    args.ckpt,
+                    args.device,
+                    token,
+                    args.startup_timeout,
+                    dashboard_record=out / "planlog.jsonl",
+                )
+            )
+            print(
+                f"vidplan demo: started vidplan serve at {server.target} (pid {server.proc.pid}, "
+                f"log {out / 'server.log'})",
+                file=sys.stderr,
+            )
         target = args.server or server.target
         client, info = connect(target, token, started_here=server is not None)
         with client:
             report = run_episode(client, info, args, out)
-    report.update(server=target, server_started_here=server is not None,
-                  server_pid=server.proc.pid if server is not None else None,
-                  server_exit_code=server.exit_code if server is not None else None,
-                  total_wall_time_s=round(time.monotonic() - wall_start, 3))
+    report.update(
+        server=target,
+        server_started_here=server is not None,
+        server_pid=server.proc.pid if server is not None else None,
+        server_exit_code=server.exit_code if server is not None else None,
+        total_wall_time_s=round(time.monotonic() - wall_start, 3),
+    )
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

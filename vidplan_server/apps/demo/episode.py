@@ -44,10 +44,19 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
         task_instruction = sim.reset(args.seed)
         instruction = args.instruction or task_instruction
         config = LoopConfig.for_server(
-            info, instruction, session_id=f"demo-{args.seed}-{uuid.uuid4().hex[:8]}", open_loop_steps=args.open_loop,
+            info,
+            instruction,
+            session_id=f"demo-{args.seed}-{uuid.uuid4().hex[:8]}",
+            open_loop_steps=args.open_loop,
             plan_timeout_s=args.plan_timeout,
-            options=plan_options(num_proposals=args.proposals, refine_iters=args.refine_iters,
-                                 flow_steps=args.flow_steps, seed=args.seed, return_heatmaps=True))
+            options=plan_options(
+                num_proposals=args.proposals,
+                refine_iters=args.refine_iters,
+                flow_steps=args.flow_steps,
+                seed=args.seed,
+                return_heatmaps=True,
+            ),
+        )
         dt_s = config.dt_s
         env, timed = RecordingEnv(sim), TimedClient(client, args.slowdown)
         clock = ScaledClock(args.slowdown)
@@ -66,10 +75,14 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
     video = out / "demo.mp4"
     frames = video_frames(env.views, records, responses, args.view_scale, tuple(CAMERA_NAMES))
     encode_video(frames, video, fps=round(1.0 / dt_s))
-    answered = [timed.wall_ms[p.sequence] for p in plans if p.outcome in ("used", "dropped")
-                and p.sequence in timed.wall_ms]
-    server_ms = [timed.responses[p.sequence].timings_ms["total"] for p in plans
-                 if p.sequence in timed.responses and "total" in timed.responses[p.sequence].timings_ms]
+    answered = [
+        timed.wall_ms[p.sequence] for p in plans if p.outcome in ("used", "dropped") and p.sequence in timed.wall_ms
+    ]
+    server_ms = [
+        timed.responses[p.sequence].timings_ms["total"]
+        for p in plans
+        if p.sequence in timed.responses and "total" in timed.responses[p.sequence].timings_ms
+    ]
     gaps = np.diff([r.time_s for r in records])
     return {
         "instruction": instruction,

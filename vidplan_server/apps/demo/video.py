@@ -8,8 +8,9 @@ import numpy as np
 from vidplan_server.data.video_frames import compose_frame, heatmaps_by_frame
 
 
-def video_frames(views: list[dict[str, np.ndarray]], records, responses: dict[int, object], scale: int,
-                  cameras: tuple[str, ...]) -> np.ndarray:
+def video_frames(
+    views: list[dict[str, np.ndarray]], records, responses: dict[int, object], scale: int, cameras: tuple[str, ...]
+) -> np.ndarray:
     """Frames of the episode: step k shows the views the loop saw and the heatmaps of the plan it executed."""
     decoded: dict[int, dict[int, dict[str, np.ndarray]]] = {}
     shown: tuple[int, int] | None = None  # (sequence, frame) of the last heatmap shown; holds keep showing it

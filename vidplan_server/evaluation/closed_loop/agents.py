@@ -112,8 +112,10 @@ def check_agent(name: str) -> None:
 
 
 def _missing(name: str) -> str:
-    return (f"agent {name!r}: needs {PLANNING_AGENTS_MODULE}, which is not installed in this checkout "
-            "(only 'expert' runs without it)")
+    return (
+        f"agent {name!r}: needs {PLANNING_AGENTS_MODULE}, which is not installed in this checkout "
+        "(only 'expert' runs without it)"
+    )
 
 
 def build_agent(name: str, ckpt: Path | str | None = None, device: str = "cpu", **options) -> Agent:

@@ -29,14 +29,18 @@ from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
 PLANNING_AGENTS = ("policy", "vidplan", "vidplan-no-uq", "vidplan-basis")
 
 
-def request_from_history(history: list[dict], instruction: str, history_len: int, frame_stride: int,
-                         options: PlanOptions) -> PlanRequest:
+def request_from_history(
+    history: list[dict], instruction: str, history_len: int, frame_stride: int, options: PlanOptions
+) -> PlanRequest:
     """A plan request from DROID-style observation dicts (oldest first, the current one last)."""
     idx = [max(len(history) - 1 - (history_len - 1 - j) * frame_stride, 0) for j in range(history_len)]
     frames = np.stack([np.stack([history[i]["image"][c] for c in CAMERA_NAMES]) for i in idx])
     rs = history[-1]["robot_state"]
-    state = RobotState(np.asarray(rs["joint_positions"], dtype=np.float64),
-                       np.asarray(rs["cartesian_position"], dtype=np.float64), float(rs["gripper_position"]))
+    state = RobotState(
+        np.asarray(rs["joint_positions"], dtype=np.float64),
+        np.asarray(rs["cartesian_position"], dtype=np.float64),
+        float(rs["gripper_position"]),
+    )
     return PlanRequest(instruction, frames, state, options=options)
 
 
@@ -59,15 +63,24 @@ class PlannerAgent:
         req = request_from_history(history, instruction, pl.history_len, pl.frame_stride, opts)
         t0 = time.perf_counter()
         result = pl.plan(req)
-        info = {"kind": result.proposal_kinds[result.winner], "plan_ms": (time.perf_counter() - t0) * 1e3,
-                "confidence": float(result.confidence)}
+        info = {
+            "kind": result.proposal_kinds[result.winner],
+            "plan_ms": (time.perf_counter() - t0) * 1e3,
+            "confidence": float(result.confidence),
+        }
         if result.heatmaps is not None:
             info["heatmaps"] = result.heatmaps
         return AgentStep(np.asarray(result.actions, dtype=np.float64), info)
 
 
-def build_planning_agent(name: str, ckpt: Path | str | None = None, device: str = "cpu", seed: int = 0,
-                         heatmaps: bool = True, **planner_options) -> PlannerAgent:
+def build_planning_agent(
+    name: str,
+    ckpt: Path | str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    heatmaps: bool = True,
+    **planner_options,
+) -> PlannerAgent:
     """The agent ``name`` on the bundle at ``ckpt`` (default: the bundled one). ``planner_options`` override
     :class:`~vidplan_server.planning.planner.PlannerConfig` fields (e.g. ``num_proposals``, ``refine_iters``)."""
     from vidplan_server.planning.planner import Planner, PlannerConfig

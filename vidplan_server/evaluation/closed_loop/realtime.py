@@ -60,8 +60,9 @@ class RealtimeConfig:
 
     def __post_init__(self) -> None:
         if not self.slowdown > 0 or not self.plan_timeout_s > 0:
-            raise ClosedLoopError(f"--slowdown and --plan-timeout must be > 0, got {self.slowdown}, "
-                                  f"{self.plan_timeout_s}")
+            raise ClosedLoopError(
+                f"--slowdown and --plan-timeout must be > 0, got {self.slowdown}, {self.plan_timeout_s}"
+            )
 
 
 def realtime_name(agent: str, slowdown: float) -> str:
@@ -95,8 +96,15 @@ def _heatmap_array(response) -> np.ndarray | None:
     return np.stack([np.stack([by_frame[f][c] for c in CAMERA_NAMES]) for f in sorted(by_frame)])
 
 
-def run_realtime_episode(client, info, scene: SimScene, job: Job, config: ClosedLoopConfig, rt: RealtimeConfig,
-                         video: EpisodeVideo | None = None) -> dict:
+def run_realtime_episode(
+    client,
+    info,
+    scene: SimScene,
+    job: Job,
+    config: ClosedLoopConfig,
+    rt: RealtimeConfig,
+    video: EpisodeVideo | None = None,
+) -> dict:
     """One episode through ``RobotLoop`` against ``client`` (a connected ``VidPlanClient``; ``info``: its GetInfo)."""
     from vidplan_client import LoopConfig, RobotLoop, plan_options
 
@@ -109,12 +117,17 @@ def run_realtime_episode(client, info, scene: SimScene, job: Job, config: Closed
     monitor = GraspMonitor(scene)
     dt_s = info.dt_s or DT_S
     loop_config = LoopConfig(
-        instruction=instruction, session_id=f"closed-loop-{job.split}-{job.index}-{uuid.uuid4().hex[:8]}",
-        open_loop_steps=config.open_loop_horizon, dt_s=dt_s, plan_timeout_s=rt.plan_timeout_s,
-        history_frames=max(int(info.history) - 1, 0), frame_stride=int(info.frame_stride) or 3,
+        instruction=instruction,
+        session_id=f"closed-loop-{job.split}-{job.index}-{uuid.uuid4().hex[:8]}",
+        open_loop_steps=config.open_loop_horizon,
+        dt_s=dt_s,
+        plan_timeout_s=rt.plan_timeout_s,
+        history_frames=max(int(info.history) - 1, 0),
+        frame_stride=int(info.frame_stride) or 3,
         max_translation_per_step_m=info.limits.max_translation_per_step_m or 0.075,
         max_rotation_per_step_rad=info.limits.max_rotation_per_step_rad or 0.15,
-        options=plan_options(seed=seed, return_heatmaps=video is not None))
+        options=plan_options(seed=seed, return_heatmaps=video is not None),
+    )
     env, timed, clock = _Watched(sim), TimedClient(client, rt.slowdown), ScaledClock(rt.slowdown)
     error: str | None = None
     success_run, success_step = 0, None
@@ -164,28 +177,47 @@ def run_realtime_episode(client, info, scene: SimScene, job: Job, config: Closed
     confidences = [r.confidence for r in responses if len(r.chunk)]
     outcomes = Counter(p.outcome for p in plans)
     return {
-        "split": job.split, "agent": job.agent, "index": job.index, "seed": seed, "instruction": instruction,
-        "task_kind": sim.task.kind, "success": success and error is None, "first_grasp": monitor.first,
-        "first_grasp_object": monitor.first_object, "first_grasp_step": monitor.first_step,
-        "success_step": success_step, "steps": int(sim.steps), "plans": len(plans),
+        "split": job.split,
+        "agent": job.agent,
+        "index": job.index,
+        "seed": seed,
+        "instruction": instruction,
+        "task_kind": sim.task.kind,
+        "success": success and error is None,
+        "first_grasp": monitor.first,
+        "first_grasp_object": monitor.first_object,
+        "first_grasp_step": monitor.first_step,
+        "success_step": success_step,
+        "steps": int(sim.steps),
+        "plans": len(plans),
         "mean_plan_ms": round(statistics.fmean(answered), 3) if answered else None,
         "agent_plan_ms": round(statistics.fmean(server_ms), 3) if server_ms else None,
         "plan_kinds": dict(kinds),
         "mean_confidence": round(statistics.fmean(confidences), 4) if confidences else None,
         "failure_cause": failure_cause(success and error is None, monitor.first, target_held, error),
-        "ik_failures": int(sim.ik_failures), "wall_s": round(time.perf_counter() - t_start, 3),
+        "ik_failures": int(sim.ik_failures),
+        "wall_s": round(time.perf_counter() - t_start, 3),
         "options": config.outcome_options(),
         "realtime": {
-            "slowdown": rt.slowdown, "plan_timeout_s": rt.plan_timeout_s,
+            "slowdown": rt.slowdown,
+            "plan_timeout_s": rt.plan_timeout_s,
             "holds": sum(r.kind == "hold" for r in records),
-            "plans_used": outcomes["used"], "plans_dropped": outcomes["dropped"], "plans_failed": outcomes["failed"],
+            "plans_used": outcomes["used"],
+            "plans_dropped": outcomes["dropped"],
+            "plans_failed": outcomes["failed"],
             "median_round_trip_ms": round(statistics.median(answered), 1) if answered else None,
         },
     }
 
 
-def run_realtime(out: Path, splits: list[str], agents: dict[str, int], config: ClosedLoopConfig | None = None,
-                 rt: RealtimeConfig | None = None, progress: bool = True) -> list[dict]:
+def run_realtime(
+    out: Path,
+    splits: list[str],
+    agents: dict[str, int],
+    config: ClosedLoopConfig | None = None,
+    rt: RealtimeConfig | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Run ``agents`` (name -> episodes per split; only ``vidplan``) through the server; return their records.
 
     Resumable like the synchronous runner; episodes are stored under ``realtime_name(agent, rt.slowdown)``.
@@ -196,8 +228,10 @@ def run_realtime(out: Path, splits: list[str], agents: dict[str, int], config: C
     config, rt = config or ClosedLoopConfig(), rt or RealtimeConfig()
     bad = [a for a in agents if a not in REALTIME_AGENTS]
     if bad:
-        raise ClosedLoopError(f"--realtime runs {', '.join(REALTIME_AGENTS)} (the server's default planning), not "
-                              f"{', '.join(bad)}; run those without --realtime")
+        raise ClosedLoopError(
+            f"--realtime runs {', '.join(REALTIME_AGENTS)} (the server's default planning), not "
+            f"{', '.join(bad)}; run those without --realtime"
+        )
     if rt.server is not None and config.ckpt is not None:
         raise ClosedLoopError("--ckpt configures the server started here; not with --server")
     jobs = plan_jobs(splits, {realtime_name(a, rt.slowdown): n for a, n in agents.items()})
@@ -205,14 +239,26 @@ def run_realtime(out: Path, splits: list[str], agents: dict[str, int], config: C
     check_options(out, config)
     todo = [j for j in jobs if not episode_path(out, j).exists()]
     if todo:
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="closed loop, realtime", unit="ep",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(jobs),
+            initial=len(jobs) - len(todo),
+            desc="closed loop, realtime",
+            unit="ep",
+            disable=not progress,
+        )
         try:
             with contextlib.ExitStack() as stack:  # a server started here stops on every way out
                 target = rt.server
                 if target is None:
-                    server = stack.enter_context(LocalServer(out / "server.log", Path(config.ckpt) if config.ckpt
-                                                             else None, config.device, rt.token, rt.startup_timeout_s))
+                    server = stack.enter_context(
+                        LocalServer(
+                            out / "server.log",
+                            Path(config.ckpt) if config.ckpt else None,
+                            config.device,
+                            rt.token,
+                            rt.startup_timeout_s,
+                        )
+                    )
                     target = server.target
                 client, info = connect(target, rt.token, started_here=rt.server is None)
                 stack.enter_context(client)

@@ -46,11 +46,19 @@ def cell(records: list[dict], baseline: list[dict] | None = None) -> dict:
     followed = sum(r["first_grasp"] == "target" for r in records)
     w, f = wilson_interval(wins, n), wilson_interval(followed, n)
     out = {
-        "success": round(w.estimate, 4), "ci_low": round(w.low, 4), "ci_high": round(w.high, 4),
-        "successes": wins, "episodes": n,
-        "instruction_following": round(f.estimate, 4), "if_ci_low": round(f.low, 4), "if_ci_high": round(f.high, 4),
+        "success": round(w.estimate, 4),
+        "ci_low": round(w.low, 4),
+        "ci_high": round(w.high, 4),
+        "successes": wins,
+        "episodes": n,
+        "instruction_following": round(f.estimate, 4),
+        "if_ci_low": round(f.low, 4),
+        "if_ci_high": round(f.high, 4),
         "wrong_object": round(sum(r["first_grasp"] == "other" for r in records) / n, 4),
-        "paired_diff_to_policy": None, "paired_ci_low": None, "paired_ci_high": None, "paired_episodes": 0,
+        "paired_diff_to_policy": None,
+        "paired_ci_low": None,
+        "paired_ci_high": None,
+        "paired_episodes": 0,
         "failure_causes": dict(sorted(Counter(c for r in records if (c := _cause(r))).items())),
         "mean_steps": _mean(r["steps"] for r in records),
         "mean_plans": _mean(r["plans"] for r in records),
@@ -62,8 +70,12 @@ def cell(records: list[dict], baseline: list[dict] | None = None) -> dict:
         pairs = [(bool(r["success"]), by_index[k]) for r in records if (k := (r["index"], r["seed"])) in by_index]
         if pairs:
             d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
-            out.update(paired_diff_to_policy=round(d.estimate, 4), paired_ci_low=round(d.low, 4),
-                       paired_ci_high=round(d.high, 4), paired_episodes=len(pairs))
+            out.update(
+                paired_diff_to_policy=round(d.estimate, 4),
+                paired_ci_low=round(d.low, 4),
+                paired_ci_high=round(d.high, 4),
+                paired_episodes=len(pairs),
+            )
     return out
 
 
@@ -83,9 +95,12 @@ def summarize(records: list[dict]) -> dict:
             base = baseline if agent != BASELINE else None
             entry = cell(mine, base)
             entry["by_kind"] = {
-                kind: cell([r for r in mine if r["task_kind"] == kind],
-                           [r for r in baseline if r["task_kind"] == kind] if base else None)
-                for kind in TASK_KINDS if any(r["task_kind"] == kind for r in mine)
+                kind: cell(
+                    [r for r in mine if r["task_kind"] == kind],
+                    [r for r in baseline if r["task_kind"] == kind] if base else None,
+                )
+                for kind in TASK_KINDS
+                if any(r["task_kind"] == kind for r in mine)
             }
             summary[split][agent] = entry
     return summary
@@ -106,8 +121,10 @@ def format_table(summary: dict) -> str:
         for agent, c in agents.items():
             diff = "–"
             if c["paired_diff_to_policy"] is not None:
-                diff = (f"{100 * c['paired_diff_to_policy']:+.0f} [{100 * c['paired_ci_low']:+.0f}, "
-                        f"{100 * c['paired_ci_high']:+.0f}] ({c['paired_episodes']})")
+                diff = (
+                    f"{100 * c['paired_diff_to_policy']:+.0f} [{100 * c['paired_ci_low']:+.0f}, "
+                    f"{100 * c['paired_ci_high']:+.0f}] ({c['paired_episodes']})"
+                )
             kinds = c.get("by_kind", {})
             place = f"{_pct(kinds['place']['success'])} (n={kinds['place']['episodes']})" if "place" in kinds else "–"
             pick = f"{_pct(kinds['pick']['success'])} (n={kinds['pick']['episodes']})" if "pick" in kinds else "–"
@@ -130,18 +147,29 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = list(summary)
-    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(4.2 * max(len(splits), 1), 3.6), squeeze=False,
-                             sharey=True)
-    colours = {"expert": "0.6", "policy": "tab:blue", "vidplan": "tab:green", "vidplan-no-uq": "tab:orange",
-               "vidplan-basis": "tab:purple"}
+    fig, axes = plt.subplots(
+        1, max(len(splits), 1), figsize=(4.2 * max(len(splits), 1), 3.6), squeeze=False, sharey=True
+    )
+    colours = {
+        "expert": "0.6",
+        "policy": "tab:blue",
+        "vidplan": "tab:green",
+        "vidplan-no-uq": "tab:orange",
+        "vidplan-basis": "tab:purple",
+    }
     for ax, split in zip(axes[0], splits, strict=False):
         agents = list(summary[split])
         x = np.arange(len(agents))
         rates = np.array([summary[split][a]["success"] for a in agents])
         low = rates - np.array([summary[split][a]["ci_low"] for a in agents])
         high = np.array([summary[split][a]["ci_high"] for a in agents]) - rates
-        ax.bar(x, 100 * rates, color=[colours.get(a, "tab:gray") for a in agents], yerr=100 * np.stack([low, high]),
-               capsize=4)
+        ax.bar(
+            x,
+            100 * rates,
+            color=[colours.get(a, "tab:gray") for a in agents],
+            yerr=100 * np.stack([low, high]),
+            capsize=4,
+        )
         ax.set_xticks(x, [f"{a}\n(n={summary[split][a]['episodes']})" for a in agents], fontsize=8)
         ax.set_ylim(0, 105)
         ax.set_title(f"{split}: success, Wilson 95 % CI", fontsize=9)
@@ -160,7 +188,8 @@ def write_report(out: Path, records: list[dict]) -> dict:
     (out / "closed_loop.md").write_text(
         "# Closed-loop benchmark\n\nSuccess with Wilson 95 % intervals; difference to `policy` on the same seeds "
         "with Newcombe's paired interval. Instruction following: the first object grasped was the instructed "
-        "one.\n\n" + format_table(summary) + "\n")
+        "one.\n\n" + format_table(summary) + "\n"
+    )
     if summary:
         plot(summary, out / "closed_loop.png")
     return summary

@@ -117,13 +117,16 @@ def check_step(step: AgentStep, cameras: int = len(CAMERA_NAMES)) -> np.ndarray:
     if heatmaps is not None:
         heatmaps = np.asarray(heatmaps)
         if heatmaps.dtype != np.uint8 or heatmaps.ndim != 5 or heatmaps.shape[1] != cameras or heatmaps.shape[4] != 3:
-            raise ValueError(f"AgentStep.info['heatmaps'] must be uint8 (H, {cameras}, h, w, 3), got "
-                             f"{heatmaps.dtype} {heatmaps.shape}")
+            raise ValueError(
+                f"AgentStep.info['heatmaps'] must be uint8 (H, {cameras}, h, w, 3), got "
+                f"{heatmaps.dtype} {heatmaps.shape}"
+            )
     return actions
 
 
-def run_episode(env: SimRobotEnv, agent: Agent, job: Job, config: ClosedLoopConfig,
-                video: EpisodeVideo | None = None) -> dict:
+def run_episode(
+    env: SimRobotEnv, agent: Agent, job: Job, config: ClosedLoopConfig, video: EpisodeVideo | None = None
+) -> dict:
     """Run one episode of ``agent`` on ``env`` (already configured for ``job.split``); return its record.
 
     Record fields: split, agent, index, seed, instruction, task_kind ("place" / "pick"), success, first_grasp
@@ -134,8 +137,14 @@ def run_episode(env: SimRobotEnv, agent: Agent, job: Job, config: ClosedLoopConf
     """
     t_start = time.perf_counter()
     seed = episode_seed(config.seed, job.split, job.index)
-    rec: dict = {"split": job.split, "agent": job.agent, "index": job.index, "seed": seed, "instruction": None,
-                 "task_kind": None}
+    rec: dict = {
+        "split": job.split,
+        "agent": job.agent,
+        "index": job.index,
+        "seed": seed,
+        "instruction": None,
+        "task_kind": None,
+    }
     error: str | None = None
     monitor: GraspMonitor | None = None
     plans_ms: list[float] = []
@@ -212,8 +221,14 @@ def run_episode(env: SimRobotEnv, agent: Agent, job: Job, config: ClosedLoopConf
     if video is not None and rec["instruction"] is not None:
         try:  # the final state, with the verdict
             verdict = "SUCCESS" if cause is None else f"FAILED: {cause}"
-            video.add(env.get_observation()["image"], None, 0, 1, f"{job.agent} s{env.steps} {verdict}"[:80],
-                      alert=cause is not None)
+            video.add(
+                env.get_observation()["image"],
+                None,
+                0,
+                1,
+                f"{job.agent} s{env.steps} {verdict}"[:80],
+                alert=cause is not None,
+            )
         except Exception:  # noqa: BLE001 - the video only loses its last frame; the cause is recorded already
             pass
     rec.update(
@@ -311,11 +326,16 @@ def check_options(out: Path, config: ClosedLoopConfig) -> None:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ClosedLoopError(f"--out {out}: cannot read {path.name} ({exc})") from None
-        diff = [f"--{k.replace('_', '-')} {stored.get(k)!r} there, {v!r} now" for k, v in wanted.items()
-                if stored.get(k) != v]
+        diff = [
+            f"--{k.replace('_', '-')} {stored.get(k)!r} there, {v!r} now"
+            for k, v in wanted.items()
+            if stored.get(k) != v
+        ]
         if diff:
-            raise ClosedLoopError(f"--out {out} holds episodes run with other options ({'; '.join(diff)}); use "
-                                  "the same options to resume, or another --out")
+            raise ClosedLoopError(
+                f"--out {out} holds episodes run with other options ({'; '.join(diff)}); use "
+                "the same options to resume, or another --out"
+            )
         return
     write_json_atomic(path, wanted)
 
@@ -329,8 +349,14 @@ def plan_jobs(splits: list[str], agents: dict[str, int]) -> list[Job]:
     return [Job(s, a, i) for i in range(top) for s in splits for a, n in agents.items() if i < n]
 
 
-def run_closed_loop(out: Path, splits: list[str], agents: dict[str, int], config: ClosedLoopConfig | None = None,
-                    workers: int = 1, progress: bool = True) -> list[dict]:
+def run_closed_loop(
+    out: Path,
+    splits: list[str],
+    agents: dict[str, int],
+    config: ClosedLoopConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[dict]:
     """Run ``agents`` (name -> episodes per split) on ``splits``; return the records of all those episodes.
 
     Episodes already in ``out`` are read, not re-run. ``workers > 1`` runs episodes in that many spawned

@@ -46,8 +46,7 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> Interval:
     return Interval(p, low, high)
 
 
-def paired_difference(a: list[bool] | tuple[bool, ...], b: list[bool] | tuple[bool, ...],
-                      z: float = Z_95) -> Interval:
+def paired_difference(a: list[bool] | tuple[bool, ...], b: list[bool] | tuple[bool, ...], z: float = Z_95) -> Interval:
     """Interval of ``P(a) - P(b)`` from paired outcomes (``a[i]``, ``b[i]`` on the same scene): Newcombe's method 10.
 
     With the 2x2 table ``e`` (both succeed), ``f`` (only ``a``), ``g`` (only ``b``), ``h`` (neither), ``n`` pairs:

@@ -35,8 +35,15 @@ class EpisodeVideo:
         self.frames: list[np.ndarray] = []
         self.has_heatmaps = False
 
-    def add(self, views: dict[str, np.ndarray], heatmaps: np.ndarray | None, row: int, rows: int, label: str,
-            alert: bool = False) -> None:
+    def add(
+        self,
+        views: dict[str, np.ndarray],
+        heatmaps: np.ndarray | None,
+        row: int,
+        rows: int,
+        label: str,
+        alert: bool = False,
+    ) -> None:
         """Add the frame of one control step; ``heatmaps``: the executed chunk's ``(H, V, h, w, 3)`` or None."""
         shown = None
         if heatmaps is not None:

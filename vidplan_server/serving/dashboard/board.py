@@ -66,8 +66,9 @@ def _finite(x: float | None) -> float | None:
 class SessionBoard:
     """Sessions by key (the robot's session id), least recently planned first; bounded in sessions and points."""
 
-    def __init__(self, history_s: float = 300.0, stale_s: float = 10.0, max_sessions: int = 256,
-                 max_points: int = 4096) -> None:
+    def __init__(
+        self, history_s: float = 300.0, stale_s: float = 10.0, max_sessions: int = 256, max_points: int = 4096
+    ) -> None:
         self.history_s = history_s
         self.stale_s = stale_s
         self.max_sessions = max_sessions
@@ -157,12 +158,18 @@ class SessionBoard:
         track = self._tracks.get(key)
         if track is None:
             return []
-        return [[round(p.t, 3), round(p.confidence, 4), _finite(p.uncertainty), round(p.latency_ms, 1)]
-                for p in track.points]
+        return [
+            [round(p.t, 3), round(p.confidence, 4), _finite(p.uncertainty), round(p.latency_ms, 1)]
+            for p in track.points
+        ]
 
     def server(self, now: float) -> dict:
         """Server-wide plans/s (last 10 s) and latency percentiles (last 60 s), over every session."""
         window = [ms for t, ms in self._all if t > now - SERVER_WINDOW_S]
         rate = sum(1 for t, _ in self._all if t > now - RATE_WINDOW_S) / RATE_WINDOW_S
-        return {"plans_per_s": round(rate, 2), "p50_ms": _percentile(window, 50), "p99_ms": _percentile(window, 99),
-                "sessions": len(self._tracks)}
+        return {
+            "plans_per_s": round(rate, 2),
+            "p50_ms": _percentile(window, 50),
+            "p99_ms": _percentile(window, 99),
+            "sessions": len(self._tracks),
+        }

@@ -39,8 +39,10 @@ def _mean(values) -> float | None:
 def plan_event(key: str, instruction: str, reply: PlanReply, t: float) -> dict:
     """The figures of one answered plan (no images)."""
     r = reply.result
-    timings = {**{f"planner_{k}": round(float(v), 2) for k, v in r.timings_ms.items()},
-               **{k: round(float(v), 2) for k, v in reply.timings_ms.items()}}
+    timings = {
+        **{f"planner_{k}": round(float(v), 2) for k, v in r.timings_ms.items()},
+        **{k: round(float(v), 2) for k, v in reply.timings_ms.items()},
+    }
     kinds = list(r.proposal_kinds)
     return {
         "type": "plan",
@@ -60,9 +62,15 @@ def plan_event(key: str, instruction: str, reply: PlanReply, t: float) -> dict:
         "winner": int(r.winner),
         "winner_kind": kinds[r.winner] if 0 <= r.winner < len(kinds) else "",
         "refined": bool(r.refined),
-        "refinement": [{"iteration": s.iteration, "objective": _floats([s.objective])[0],
-                        "value": _floats([s.value])[0], "uncertainty": _floats([s.uncertainty])[0]}
-                       for s in r.refinement],
+        "refinement": [
+            {
+                "iteration": s.iteration,
+                "objective": _floats([s.objective])[0],
+                "value": _floats([s.value])[0],
+                "uncertainty": _floats([s.uncertainty])[0],
+            }
+            for s in r.refinement
+        ],
         "timings_ms": timings,
         "latency_ms": round(float(reply.timings_ms.get("total", r.timings_ms.get("total", 0.0))), 2),
         "deadline_hit": bool(r.deadline_hit),
@@ -84,16 +92,25 @@ def sheet(stack: np.ndarray) -> np.ndarray:
 
 def png_data_url(rgb: np.ndarray) -> str:
     """An RGB uint8 image as a ``data:image/png;base64,...`` URL (fast compression: these change twice a second)."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, data = cv2.imencode(
+        ".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    )
     if not ok:
         raise ValueError(f"could not encode an image of shape {rgb.shape} as PNG")
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode()
 
 
-def render_event(key: str, sequence: int, t: float, views: np.ndarray | None, predicted: np.ndarray | None,
-                 latent: np.ndarray | None, pixel: np.ndarray | None, render_ms: float,
-                 cameras: Sequence[str]) -> dict:
+def render_event(
+    key: str,
+    sequence: int,
+    t: float,
+    views: np.ndarray | None,
+    predicted: np.ndarray | None,
+    latent: np.ndarray | None,
+    pixel: np.ndarray | None,
+    render_ms: float,
+    cameras: Sequence[str],
+) -> dict:
     """Images of one plan: ``views`` (V, h, w, 3), the others (H, V, h, w, 3) uint8, each optional."""
     return {
         "type": "render",

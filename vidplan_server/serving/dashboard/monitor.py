@@ -50,9 +50,15 @@ log = logging.getLogger(__name__)
 #: The board's key of plans sent without a session id.
 ANONYMOUS = "(no session)"
 #: Request outcomes the server panel counts as rejects, by the panel's name.
-REJECTS = {"overloaded": "overloaded", "invalid_argument": "bad input", "deadline_exceeded": "deadline",
-           "unauthenticated": "unauthenticated", "no_safe_plan": "no safe plan", "unavailable": "unavailable",
-           "error": "error"}
+REJECTS = {
+    "overloaded": "overloaded",
+    "invalid_argument": "bad input",
+    "deadline_exceeded": "deadline",
+    "unauthenticated": "unauthenticated",
+    "no_safe_plan": "no safe plan",
+    "unavailable": "unavailable",
+    "error": "error",
+}
 
 
 class EventSink(Protocol):
@@ -90,9 +96,15 @@ class Subscription:
 class DashboardMonitor:
     """Session board, watchers, render thread and event fan-out of one plan service (module docstring)."""
 
-    def __init__(self, service: PlanService, config: DashboardConfig = DashboardConfig(),
-                 render: Callable[[RenderJob], Rendered] | None = None, auth: bool = False,
-                 clock: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        service: PlanService,
+        config: DashboardConfig = DashboardConfig(),
+        render: Callable[[RenderJob], Rendered] | None = None,
+        auth: bool = False,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.service = service
         self.config = config
         self.auth = auth
@@ -104,9 +116,17 @@ class DashboardMonitor:
             render = PlanRenderer(service.planner) if PlanRenderer.supports(service.planner) else reply_images
         worker = service.worker
         self.renderer = RenderWorker(
-            render, self._rendered, rate_hz=config.render_hz, threads=config.render_threads, nice=config.render_nice,
-            send_grace_s=config.send_grace_s, defer_s=config.defer_s,
-            idle=lambda: worker.running == 0 and worker.waiting == 0, on_outcome=self._count_render, clock=mono)
+            render,
+            self._rendered,
+            rate_hz=config.render_hz,
+            threads=config.render_threads,
+            nice=config.render_nice,
+            send_grace_s=config.send_grace_s,
+            defer_s=config.defer_s,
+            idle=lambda: worker.running == 0 and worker.waiting == 0,
+            on_outcome=self._count_render,
+            clock=mono,
+        )
         self.sinks: list[EventSink] = []
         self._subs: set[Subscription] = set()
         self._watchers: Counter[str] = Counter()
@@ -117,21 +137,30 @@ class DashboardMonitor:
         self._sink_snapshot_at = -float("inf")
         registry = service.metrics.registry
         self.m_watchers = Gauge("vidplan_dashboard_watchers", "Dashboard browsers connected.", registry=registry)
-        self.m_renders = PromCounter("vidplan_dashboard_renders", "Heatmap renders of watched sessions by outcome "
-                                     "(rendered, superseded: dropped for a newer plan, failed).", ["outcome"],
-                                     registry=registry)
-        self.m_render_s = Histogram("vidplan_dashboard_render_seconds", "Time of one heatmap render (s).",
-                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), registry=registry)
-        self.m_dropped = PromCounter("vidplan_dashboard_events_dropped", "Events dropped for a browser that did not "
-                                     "keep up.", registry=registry)
+        self.m_renders = PromCounter(
+            "vidplan_dashboard_renders",
+            "Heatmap renders of watched sessions by outcome (rendered, superseded: dropped for a newer plan, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.m_render_s = Histogram(
+            "vidplan_dashboard_render_seconds",
+            "Time of one heatmap render (s).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
+        self.m_dropped = PromCounter(
+            "vidplan_dashboard_events_dropped", "Events dropped for a browser that did not keep up.", registry=registry
+        )
         # Keys made up front: the render thread only updates values, so the event loop can copy it any time.
         self.render_counts: Counter[str] = Counter({"rendered": 0, "superseded": 0, "failed": 0})
         self.render_ms: list[float] = []  # the last renders' times, for the server panel
         service.observers.append(self)
 
     @classmethod
-    def of(cls, service: PlanService, config: DashboardConfig = DashboardConfig(), auth: bool = False
-           ) -> DashboardMonitor:
+    def of(
+        cls, service: PlanService, config: DashboardConfig = DashboardConfig(), auth: bool = False
+    ) -> DashboardMonitor:
         """The service's monitor, made on first use (its metrics live in the service's registry, once)."""
         for observer in service.observers:
             if isinstance(observer, cls):
@@ -151,12 +180,30 @@ class DashboardMonitor:
         t = self.clock()
         options = prepared.checked.options
         uncertainty = np.asarray(r.uncertainty, dtype=np.float64)
-        self.board.record(key, reply.sequence, prepared.checked.instruction, PlanPoint(
-            t=t, latency_ms=float(reply.timings_ms.get("total", 0.0)), confidence=float(r.confidence),
-            uncertainty=float(uncertainty.mean()) if uncertainty.size else None, deadline_hit=bool(r.deadline_hit)))
-        job = RenderJob(key=key, sequence=reply.sequence, t=t, history=prepared.history, actions=r.actions,
-                        seed=options.seed, flow_steps=options.flow_steps, predicted=r.predicted_frames,
-                        heatmaps=r.heatmaps, has_rollout=options.mode != "policy" and uncertainty.size > 0)
+        self.board.record(
+            key,
+            reply.sequence,
+            prepared.checked.instruction,
+            PlanPoint(
+                t=t,
+                latency_ms=float(reply.timings_ms.get("total", 0.0)),
+                confidence=float(r.confidence),
+                uncertainty=float(uncertainty.mean()) if uncertainty.size else None,
+                deadline_hit=bool(r.deadline_hit),
+            ),
+        )
+        job = RenderJob(
+            key=key,
+            sequence=reply.sequence,
+            t=t,
+            history=prepared.history,
+            actions=r.actions,
+            seed=options.seed,
+            flow_steps=options.flow_steps,
+            predicted=r.predicted_frames,
+            heatmaps=r.heatmaps,
+            has_rollout=options.mode != "policy" and uncertainty.size > 0,
+        )
         self._last[key] = (job, prepared.checked.instruction, reply)
         if len(self._last) > self.board.max_sessions:  # sessions the board dropped (e.g. many short streams)
             for gone in [k for k in self._last if k not in self.board]:
@@ -185,19 +232,32 @@ class DashboardMonitor:
     # ------------------------------------------------------------------------------------------- the browser side
     def hello(self, mode: str = "live") -> dict:
         m = self.service.model
-        return {"type": "hello", "mode": mode, "auth": self.auth, "render_hz": self.config.render_hz,
-                "stale_s": self.config.stale_s, "history_s": self.config.history_s,
-                "model": {"model_version": m.model_version, "cameras": list(m.cameras), "horizon": m.horizon,
-                          "frame_dt_s": round(m.frame_stride * m.dt_s, 4), "image_size": list(m.image_size),
-                          "device": m.device}}
+        return {
+            "type": "hello",
+            "mode": mode,
+            "auth": self.auth,
+            "render_hz": self.config.render_hz,
+            "stale_s": self.config.stale_s,
+            "history_s": self.config.history_s,
+            "model": {
+                "model_version": m.model_version,
+                "cameras": list(m.cameras),
+                "horizon": m.horizon,
+                "frame_dt_s": round(m.frame_stride * m.dt_s, 4),
+                "image_size": list(m.image_size),
+                "device": m.device,
+            },
+        }
 
     def subscribe(self, watch: str | None = None) -> Subscription:
         """A new browser connection watching ``watch`` (a session on the board, or None); Overloaded past
         ``max_watchers``. Its queue starts with hello, a snapshot and, for a watched session, what is known."""
         self._loop = asyncio.get_running_loop()
         if len(self._subs) >= self.config.max_watchers:
-            raise Overloaded(f"{len(self._subs)} dashboard browsers are connected, the limit is "
-                             f"{self.config.max_watchers}", retry_after_s=5.0)
+            raise Overloaded(
+                f"{len(self._subs)} dashboard browsers are connected, the limit is {self.config.max_watchers}",
+                retry_after_s=5.0,
+            )
         sub = Subscription(watch or None, self.config.send_queue)
         self._subs.add(sub)
         self.m_watchers.set(len(self._subs))
@@ -313,8 +373,17 @@ class DashboardMonitor:
 
     def _rendered(self, job: RenderJob, rendered: Rendered) -> None:
         """On the render thread: encode the images, then hand the event to the event loop."""
-        event = render_event(job.key, job.sequence, job.t, rendered.views, rendered.predicted, rendered.latent,
-                             rendered.pixel, rendered.render_ms, self.service.cameras)
+        event = render_event(
+            job.key,
+            job.sequence,
+            job.t,
+            rendered.views,
+            rendered.predicted,
+            rendered.latent,
+            rendered.pixel,
+            rendered.render_ms,
+            self.service.cameras,
+        )
         self.m_render_s.observe(rendered.render_ms / 1e3)
         for sink in self.sinks:
             sink.offer(event)

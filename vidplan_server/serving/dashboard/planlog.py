@@ -83,7 +83,7 @@ class PlanLogWriter:
                 event = self._queue.get()
                 if event is None:
                     return
-                self._file.write(sse(event)[len("data: "):-1])  # the same JSON the browser gets, one line
+                self._file.write(sse(event)[len("data: ") : -1])  # the same JSON the browser gets, one line
                 self.written += 1
                 if self._queue.empty():
                     self._file.flush()

@@ -37,7 +37,7 @@ STATIC = Path(__file__).parent / "static"
 #: The page may load only its own script, style and the data URLs of the heatmaps, and talk only to its server.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -81,8 +81,9 @@ def add_page(app: FastAPI, mode: str, auth: bool) -> None:
         return JSONResponse({"mode": mode, "auth": auth}, headers={"Cache-Control": "no-store"})
 
 
-def mount_live(app: FastAPI, service, config: DashboardConfig = DashboardConfig(), token: str | None = None
-               ) -> DashboardMonitor:
+def mount_live(
+    app: FastAPI, service, config: DashboardConfig = DashboardConfig(), token: str | None = None
+) -> DashboardMonitor:
     """The live dashboard on the server's app: page, config and the event stream of ``service``'s monitor."""
     monitor = DashboardMonitor.of(service, config, auth=token is not None)
     add_page(app, "live", token is not None)
@@ -90,8 +91,9 @@ def mount_live(app: FastAPI, service, config: DashboardConfig = DashboardConfig(
     @app.get("/dashboard/api/events", include_in_schema=False)
     async def events(request: Request, watch: str | None = None) -> StreamingResponse:
         if token is not None and not bearer_token_matches(request.headers.get("authorization"), token):
-            service.log.warning(("http", "dashboard-unauthenticated"), "refused a dashboard stream without a valid "
-                                "token")
+            service.log.warning(
+                ("http", "dashboard-unauthenticated"), "refused a dashboard stream without a valid token"
+            )
             raise Unauthenticated("missing or wrong bearer token", field="authorization")
         if watch is not None and (len(watch) > 256 or not watch.isprintable()):
             watch = None  # not a session the board could hold
@@ -104,8 +106,9 @@ def mount_live(app: FastAPI, service, config: DashboardConfig = DashboardConfig(
             finally:
                 monitor.unsubscribe(sub)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     return monitor
 
