@@ -150,8 +150,14 @@ class ProcessRenderer:
     network is involved). It loads the server's bundle once (seconds), so the first heatmap comes that much later.
     """
 
-    def __init__(self, model: RenderModel, nice: int = 19, threads: int = 1, start_timeout_s: float = 600.0,
-                 render_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        model: RenderModel,
+        nice: int = 19,
+        threads: int = 1,
+        start_timeout_s: float = 600.0,
+        render_timeout_s: float = 120.0,
+    ) -> None:
         self.model, self.nice, self.threads = model, nice, threads
         self.start_timeout_s, self.render_timeout_s = start_timeout_s, render_timeout_s
         self._proc = None
@@ -163,8 +169,12 @@ class ProcessRenderer:
 
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads or locks
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_render_process, args=(child, self.model, self.nice, self.threads),
-                           name="vidplan-dashboard-render", daemon=True)
+        proc = ctx.Process(
+            target=_render_process,
+            args=(child, self.model, self.nice, self.threads),
+            name="vidplan-dashboard-render",
+            daemon=True,
+        )
         proc.start()
         child.close()
         if not parent.poll(self.start_timeout_s):
@@ -223,10 +233,19 @@ class RenderWorker:
     says whether the planner is idle; with ``defer_s`` > 0 a render waits for it that long at most.
     """
 
-    def __init__(self, render: Callable[[RenderJob], Rendered], deliver: Callable[[RenderJob, Rendered], None],
-                 rate_hz: float = 2.0, threads: int = 1, nice: int = 0, send_grace_s: float = 0.0, defer_s: float = 0.0,
-                 idle: Callable[[], bool] | None = None, on_outcome: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        render: Callable[[RenderJob], Rendered],
+        deliver: Callable[[RenderJob, Rendered], None],
+        rate_hz: float = 2.0,
+        threads: int = 1,
+        nice: int = 0,
+        send_grace_s: float = 0.0,
+        defer_s: float = 0.0,
+        idle: Callable[[], bool] | None = None,
+        on_outcome: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._render, self._deliver = render, deliver
         self.min_interval_s = 1.0 / rate_hz
         self.threads = threads
@@ -284,8 +303,9 @@ class RenderWorker:
         with self._cond:
             while not self._stopping:
                 now = self._clock()
-                ready = [(max(self._next_at.get(k, 0.0), at + self.send_grace_s), k)
-                         for k, (_, at) in self._pending.items()]
+                ready = [
+                    (max(self._next_at.get(k, 0.0), at + self.send_grace_s), k) for k, (_, at) in self._pending.items()
+                ]
                 if ready:
                     start, key = min(ready)
                     if start <= now:
@@ -322,8 +342,13 @@ class RenderWorker:
                 rendered = self._render(job)
                 self._deliver(job, rendered)
             except Exception as exc:  # noqa: BLE001 - a render must never take the server down
-                log.warning("dashboard render of %r #%d failed: %s: %s", job.key, job.sequence, type(exc).__name__,
-                            str(exc)[:200])
+                log.warning(
+                    "dashboard render of %r #%d failed: %s: %s",
+                    job.key,
+                    job.sequence,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
                 self._on_outcome("failed")
             else:
                 self._on_outcome("rendered")
