@@ -28,9 +28,10 @@ class DashboardConfig:
     max_watchers: int = 16  # browsers connected at once; more are refused (503)
     max_sessions: int = 256  # sessions the board tracks (least recently planned dropped first)
     render_threads: int = 1  # intra-op threads of the render thread (the planner keeps its own)
-    # OS priority (nice) of the renderer, Linux: 19 = the lowest, so the planner gets the CPU first and rendering
-    # soaks up what it leaves idle; 0 = the server's own.
-    render_nice: int = 19
+    # OS priority (nice) of the renderer, Linux: 15 = about 3.5 % of a core the planner also wants (Linux's
+    # weights: 36 against 1024), all of what it leaves idle; 19 = 1.5 %, which starves renders of a busy planner;
+    # 0 = the server's own.
+    render_nice: int = 15
     # Render in a child process that loads this model (what `vidplan serve` does); None: with the service's own
     # planner on the render thread (tests, and planners given in-process).
     render_model: RenderModel | None = None

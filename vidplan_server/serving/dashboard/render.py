@@ -110,9 +110,7 @@ class PlanRenderer:
 
 
 def _render_process(conn, model: RenderModel, nice: int, threads: int) -> None:
-    """The render process: lowest priority, its own threads and model; renders the jobs it is sent."""
-    if nice and hasattr(os, "nice"):
-        os.nice(nice)
+    """The render process: its own threads and model, a low priority once loaded; renders the jobs it is sent."""
     import torch
 
     from vidplan_server.planning.planner import Planner, PlannerConfig
@@ -124,6 +122,10 @@ def _render_process(conn, model: RenderModel, nice: int, threads: int) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     render = PlanRenderer(planner)
+    # Loaded at the server's priority (seconds, once, with the first watcher: at a low one a busy planner starved
+    # the load for minutes); rendering at ``nice``, so that it takes only a small share of a CPU the planner wants.
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     conn.send(("ready", None))
     while True:
         try:
@@ -145,9 +147,11 @@ class ProcessRenderer:
     on the shared 2-core machine (``benchmarks/dashboard_cost.py``), a niced render thread still added 13-15 % to
     the median plan latency of a watched robot, because the planner -- mostly Python dispatch of small tensor ops
     on a CPU -- waited for the lock while the low-priority thread held it. A process shares no lock with the
-    planner and runs at the lowest OS priority with its own intra-op threads, so it takes only CPU time the
-    planner leaves. Jobs and results cross a local pipe between the server and its own child (pickled there; no
-    network is involved). It loads the server's bundle once (seconds), so the first heatmap comes that much later.
+    planner and renders at a low OS priority (``nice``, default 15: Linux's scheduler then gives it about 3.5 %
+    of a core the planner also wants, weight 36 against 1024) with its own intra-op threads. It loads the server's
+    bundle once, at the server's priority (seconds; at nice 19 a planner that never idles starved the load for
+    the whole 10-minute benchmark), so the first heatmap comes that much later. Jobs and results cross a local
+    pipe between the server and its own child (pickled there; no network is involved).
     """
 
     def __init__(
