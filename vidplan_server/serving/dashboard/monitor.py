@@ -120,7 +120,9 @@ class DashboardMonitor:
             self._rendered,
             rate_hz=config.render_hz,
             threads=config.render_threads,
-            nice=config.render_nice,
+            # With a render process the thread only waits for it and encodes PNGs: a niced thread holding the
+            # interpreter lock for that would make the planner wait for it.
+            nice=0 if isinstance(render, ProcessRenderer) else config.render_nice,
             send_grace_s=config.send_grace_s,
             defer_s=config.defer_s,
             idle=lambda: worker.running == 0 and worker.waiting == 0,
