@@ -28,9 +28,7 @@ trains on it (:func:`~vidplan_server.data.windows.branch_windows`).
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vidplan_server.data.branches import MANIFEST, shard_file
+from vidplan_server.data.npz import write_npz_atomic
 from vidplan_server.data.schema import CAMERA_NAMES
 
 
@@ -76,15 +75,6 @@ def pick_states(
     rng = np.random.default_rng(seed)
     take = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
     return sorted(candidates[i] for i in take)
-
-
-def _write_npz_atomic(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def record_branches(
@@ -156,7 +146,7 @@ def record_branches(
             K = len(props)
             frames = np.concatenate([np.broadcast_to(hist, (K, *hist.shape)), future], axis=1)
             knots = props.actions[:, stride - 1 :: stride][:, :H]
-            _write_npz_atomic(
+            write_npz_atomic(
                 shard_file(out, i),
                 {
                     "frames": frames.astype(np.uint8),

@@ -28,7 +28,6 @@ actions, ``instruction``, ``success`` (the executed episode's, for the summary o
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing as mp
 import os
@@ -41,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vidplan_server.data.errors import DatasetError
+from vidplan_server.data.npz import write_npz_atomic
 from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.sim.episode import episode_seed
 from vidplan_server.sim.expert import ExpertConfig, ScriptedExpert
@@ -163,15 +163,6 @@ def episode_file(out: Path, index: int) -> Path:
     return out / "episodes" / f"{index:05d}.npz"
 
 
-def _write_npz_atomic(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------- workers
 _state: dict = {}
 
@@ -197,7 +188,7 @@ def _work(index: int) -> tuple[int, bool, int]:
         sys.modules["torch"].set_num_threads(1)
     env = SimRobotEnv(SimEnvConfig(split="train", resolution=config.resolution), scene=_state["scene"])
     arrays = run_dagger_episode(env, actor, seed, config, actor.policy.config.chunk)
-    _write_npz_atomic(episode_file(_state["out"], index), arrays)
+    write_npz_atomic(episode_file(_state["out"], index), arrays)
     return index, bool(arrays["success"]), len(arrays["frames"])
 
 
