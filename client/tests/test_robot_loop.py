@@ -320,19 +320,27 @@ def test_an_overrun_cycle_is_not_made_up_for():
 
 
 def test_the_worker_thread_keeps_real_cycles_on_time():
-    """Real clock, real thread: a server taking 0.2 s never stretches a 1/15 s cycle (the old loop blocked 0.2 s)."""
+    """Real clock, real thread: the loop keeps commanding the robot while a plan is in flight.
+
+    The fake server answers a request only after the loop has sent four more commands (or gives up after 10 s): a loop
+    that blocked on the server would never get there. No wall-clock threshold, so a loaded CI machine cannot fail it.
+    """
+    env = FakeEnv()
+    waited = []
 
     def script(request):
-        time.sleep(0.2)
+        start = len(env.commands)
+        deadline = time.monotonic() + 10.0
+        while len(env.commands) < start + 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        waited.append(len(env.commands) - start)
         return moving_response(request)
 
-    env = FakeEnv()
-    with RobotLoop(env, FakePlanClient(script), LoopConfig(instruction="go", plan_timeout_s=2.0)) as loop:
+    with RobotLoop(env, FakePlanClient(script), LoopConfig(instruction="go", plan_timeout_s=30.0)) as loop:
         loop.run(20)
-    gaps = np.diff([r.time_s for r in loop.records])
     assert len(env.commands) == 20
-    assert gaps.max() < 0.18, gaps  # 1/15 s plus scheduling slack; a cycle waiting for the answer takes >= 0.2 s
-    assert sum(r.kind == "chunk" for r in loop.records) >= 8
+    assert waited and min(waited[:-1] or waited) >= 4, waited  # the last answer may be cut short by the loop's end
+    assert sum(r.kind == "chunk" for r in loop.records) >= 4
     assert len([p for p in loop.plans if p.outcome == "used"]) >= 2
 
 
