@@ -107,14 +107,16 @@ def test_renders_are_rate_limited_per_session_and_the_newest_plan_wins():
     outcomes: list[str] = []
     worker = RenderWorker(render, lambda job, r: None, rate_hz=5.0, on_outcome=outcomes.append)
     try:
+        t0 = time.monotonic()
         for i in range(1, 21):  # 20 plans in ~0.4 s: at 5 Hz about 3 renders, the last plan among them
             worker.submit(RenderJob("a", i, 0.0, np.zeros((2, 3, 4, 4, 3), np.uint8), np.zeros((15, 7)), 0, 1))
             time.sleep(0.02)
+        submitting_s = time.monotonic() - t0  # ~0.4 s, longer on a loaded machine
         assert done.wait(5)
     finally:
         worker.close()
     starts = [t for _, t in rendered]
-    assert 2 <= len(rendered) <= 5 and rendered[-1][0] == 20
+    assert 2 <= len(rendered) <= 2 + submitting_s * 5.0 and rendered[-1][0] == 20
     assert min(np.diff(starts)) >= 0.2 - 0.01  # never faster than render_hz
     assert outcomes.count("superseded") == 20 - len(rendered) and outcomes.count("rendered") == len(rendered)
 
@@ -128,19 +130,18 @@ def test_a_renderer_that_falls_behind_drops_older_plans_and_never_delays_a_reply
         sub = monitor.subscribe("robot-a")
         await service.plan(call(sequence=1, t=1.0, session="robot-a"))
         assert await asyncio.to_thread(renderer.started.wait, 5)  # rendering plan 1, held by the gate
-        replies_s = []
-        for i in range(2, 6):  # replies come back at once although the renderer is stuck
-            t0 = time.perf_counter()
+        stuck_while_replying = []
+        for i in range(2, 6):  # replies come back although the renderer is stuck on plan 1
             await service.plan(call(sequence=i, t=float(i), session="robot-a"))
-            replies_s.append(time.perf_counter() - t0)
+            stuck_while_replying.append(not renderer.gate.is_set())
         assert monitor.renderer.pending == 1  # only the newest plan waits
         renderer.gate.set()
         events = await _drain(sub, until=lambda e: e["type"] == "render" and e["sequence"] == 5)
         monitor.unsubscribe(sub)
-        return replies_s, events
+        return stuck_while_replying, events
 
-    replies_s, events = asyncio.run(run())
-    assert max(replies_s) < 2.0
+    stuck_while_replying, events = asyncio.run(run())
+    assert stuck_while_replying == [True] * 4
     assert [j.sequence for j in renderer.jobs] == [1, 5]  # 2, 3 and 4 were dropped, not queued
     assert monitor.render_counts["superseded"] == 3
     assert [e["sequence"] for e in events if e["type"] == "render"] == [1, 5]
