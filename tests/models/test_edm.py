@@ -79,3 +79,28 @@ def test_heun_schedule_runs_from_sigma_max_to_zero():
     sig = heun_sigmas(18, EDMConfig())
     assert sig[0] == pytest.approx(80.0) and sig[-2] == pytest.approx(0.002, rel=1e-4) and sig[-1] == 0
     assert torch.all(sig[1:] < sig[:-1])
+
+
+def test_a_residual_denoiser_starts_at_the_current_frame_and_keeps_the_edm_identities():
+    """EDMConfig.residual: with a zero output layer (untrained) D is centred on the current frame at every sigma, and
+    x = x1_hat + sigma * eps_hat still holds (the samplers and the flow map rely on it)."""
+    torch.manual_seed(0)
+    x, hist, act = _inputs()
+    fresh = EDMDenoiser(VideoNet(tiny_net_config()), EDMConfig(sigma_data=0.2, residual=True)).eval()
+    current = hist[:, -1:].expand_as(x)
+    with torch.no_grad():
+        for sigma in (80.0, 1.0):
+            x1_hat, _ = fresh(current + sigma * x, torch.full((2,), sigma), hist, act)
+            assert torch.allclose(x1_hat, current + (0.2**2 / (sigma**2 + 0.2**2)) * sigma * x, atol=1e-5)
+        sample = heun_sample(fresh, hist, act, steps=18, generator=torch.Generator().manual_seed(1))
+    # untrained, D is the exact denoiser of N(current frame, sd^2): samples spread around the current frame by sd
+    change = sample - current
+    assert abs(change.mean().item()) < 0.05 and change.std().item() == pytest.approx(0.2, rel=0.3)
+    randomise_output(fresh.net)
+    with torch.no_grad():
+        for sigma in (0.01, 3.0, 60.0):
+            x1_hat, eps_hat = fresh(x, torch.full((2,), sigma), hist, act)
+            assert torch.allclose(x1_hat + sigma * eps_hat, x, atol=1e-4 * max(1.0, sigma))
+        absolute = EDMDenoiser(fresh.net, EDMConfig(sigma_data=0.2))(x, torch.full((2,), 3.0), hist, act)[0]
+        residual = fresh(x, torch.full((2,), 3.0), hist, act)[0]
+    assert not torch.allclose(absolute, residual, atol=1e-3)  # the anchor changes the prediction

@@ -119,3 +119,24 @@ def test_gradient_flows_from_k_step_output_to_actions(steps):
     out.square().mean().backward()
     assert act.grad is not None and torch.isfinite(act.grad).all()
     assert act.grad.abs().sum() > 0
+
+
+def test_spatial_action_maps_make_the_output_depend_on_where_the_action_points():
+    """VideoNetConfig.action_maps: k extra input channels from a per-position MLP of the action; the output
+    changes with the action even with the per-frame embedding (AdaGN) path removed."""
+    from vidplan_server.models.video_net import VideoNet, position_features
+
+    torch.manual_seed(0)
+    net = VideoNet(tiny_net_config(action_maps=4)).eval()
+    randomise_output(net)
+    with torch.no_grad():
+        net.action_embed[-1].weight.zero_()
+        net.action_embed[-1].bias.zero_()
+    x, hist = torch.randn(1, 3, 4, 12, 4), torch.randn(1, 2, 4, 12, 4)
+    a, b = torch.zeros(1, 3, 7), torch.full((1, 3, 7), 0.5)
+    with torch.no_grad():
+        out_a, out_b = (net(x, hist, act, torch.zeros(1)) for act in (a, b))
+    assert out_a.shape == x.shape and not torch.allclose(out_a, out_b, atol=1e-4)
+    pos = position_features(6, 2, 3)
+    assert pos.shape == (12, 6, 2) and pos.abs().max() <= 1.0
+    assert not torch.allclose(pos[:, 0], pos[:, -1])  # rows (the stacked views) are told apart

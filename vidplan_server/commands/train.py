@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vidplan_server.argtypes import CliError, check_device, fraction, positive_int
+from vidplan_server.commands import train_probes
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -25,6 +26,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.action_deltas and args.stage != "world":
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
+    if (args.residual or args.action_maps) and (args.stage != "world" or args.init_from is not None):
+        raise CliError("--residual and --action-maps are only for a fresh `train world` (not with --init-from)")
     if args.pooling is not None and args.stage != "policy":
         raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
@@ -69,6 +72,8 @@ def _train_stage(args: argparse.Namespace, commands, opts):
             init_from=args.init_from,
             branches=tuple(args.extra_data),
             action_deltas=args.action_deltas,
+            residual=args.residual,
+            action_maps=args.action_maps,
         )
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
@@ -78,6 +83,8 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = commands.train_value(
             opts, gamma=args.gamma, flow_steps=args.flow_steps, extra_data=tuple(args.extra_data)
         )
+    elif args.stage in train_probes.STAGES:
+        result = train_probes.run(args, opts)
     elif args.stage == "policy":
         result = commands.train_policy(opts, extra=tuple(args.extra_data), pooling=args.pooling)
     elif args.captions is not None:
@@ -106,8 +113,12 @@ def register(groups) -> None:
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
     tr.add_argument(
-        "stage", choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy"), help="what to train"
+        "stage",
+        choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy", *train_probes.STAGES),
+        help="what to train (c3: C3's confidence probe, squbed: S-QUBED's probability map; both on the "
+        "calibration data of uq)",
     )
+    train_probes.add_arguments(tr)
     tr.add_argument(
         "--data",
         type=Path,
@@ -190,6 +201,20 @@ def register(groups) -> None:
         action="store_true",
         help="world: the network also embeds each frame's motion (its action minus the previous "
         "frame's); with --init-from, the new inputs start at zero weight (default: off, as bundled)",
+    )
+    tr.add_argument(
+        "--residual",
+        action="store_true",
+        help="world: the denoiser models the change from the current frame instead of the whole frame "
+        "(models/edm.py); a fresh run only (default: off, as bundled)",
+    )
+    tr.add_argument(
+        "--action-maps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="world: K spatial action-map channels, a learned map from each frame's pose to image positions "
+        "(models/video_net.py); a fresh run only (default: 0, none)",
     )
     tr.add_argument(
         "--pooling",

@@ -11,6 +11,18 @@ where sd = sigma_data is measured on the training latents and stored in the conf
 eps_hat = sigma x / (sigma^2 + sd^2) - sd F / sqrt(sigma^2 + sd^2): finite as sigma -> 0, which the
 flow map (Algorithm 1) relies on. Training: ln(sigma) ~ N(p_mean, p_std^2), loss weight
 lambda(sigma) = (sigma^2 + sd^2) / (sigma * sd)^2, i.e. Eq. 2 with w = lambda * c_out^2.
+
+``residual`` (decided here, not in the paper): the preconditioning is applied around the current frame a
+(the last history latent, broadcast over the H future frames) instead of around 0,
+
+    D(x; sigma) = a + c_skip * (x - a) + c_out * F(c_in * (x - a); c_noise),     eps_hat = (x - D) / sigma,
+
+so the network models the change from the current frame and sd is the std of that change. Samplers, the
+flow map and the losses still work in absolute latents (only D knows about a). Why: most of a frame is
+static, and a small model trained for minutes on a CPU spends its capacity redrawing the scene -- the bundled
+absolute model's Heun samples were further from the truth (MSE 0.31) than copying the current frame (0.185),
+and its rollouts did not depend on the actions. With the anchor an untrained network (zero output layer)
+already predicts "nothing moves", and training is spent on what moves: the arm, i.e. the actions.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ class EDMConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    residual: bool = False  # precondition around the current frame (see the module docstring)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -65,11 +78,13 @@ class EDMDenoiser(nn.Module):
         normalised actions (B, H, 7) -> (x1_hat, eps_hat), both (B, H, C, h, w)."""
         sigma = sigma.to(x.dtype).reshape(-1).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = self.precondition(sigma)
-        out = self.net(_bcast(c_in, x) * x, history, actions, c_noise, cond)
+        anchor = history[:, -1:].to(x.dtype) if self.config.residual else torch.zeros_like(x[:, :1])
+        y = x - anchor
+        out = self.net(_bcast(c_in, x) * y, history, actions, c_noise, cond)
         out = out.to(x.dtype)
-        x1_hat = _bcast(c_skip, x) * x + _bcast(c_out, x) * out
+        x1_hat = anchor + _bcast(c_skip, x) * y + _bcast(c_out, x) * out
         sd = self.config.sigma_data
-        eps_hat = _bcast(sigma / (sigma**2 + sd**2), x) * x - _bcast(sd / (sigma**2 + sd**2).sqrt(), x) * out
+        eps_hat = _bcast(sigma / (sigma**2 + sd**2), x) * y - _bcast(sd / (sigma**2 + sd**2).sqrt(), x) * out
         return x1_hat, eps_hat
 
 

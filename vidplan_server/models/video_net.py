@@ -22,6 +22,12 @@ Design (decided here; the paper's backbone is SVD, far too slow for 2 CPU cores)
   hand should be, not how far it moves from the frame before, which is what changes the picture. Measured:
   without it, the bundled model and a fine-tune on half branch windows ignored the actions (action gain
   0.000 after 1000 steps).
+- Spatial action maps (``action_maps`` = k > 0): the embedding above can only scale and shift whole channels,
+  so turning "the hand goes to (x, y, z)" into "the arm appears at these pixels" must be built from global
+  modulations. The maps give the convolutions that relation directly: a per-position MLP (1x1 convolutions)
+  of the frame's action features and Fourier features of the position (y over the stacked views, x) gives k
+  channels per frame at the patchified resolution, concatenated to the input. The cameras are fixed up to a
+  few cm (DESIGN: DROID's rig), so a learned map from pose to position can be shared by all episodes.
 - Space: 2x2 patchify (space-to-depth; a 48 x 16 latent is processed at 24 x 8, which cut a training
   step ~4x on CPU against full resolution), then 3x3 convolutions per frame at three resolutions
   (strided-conv down, nearest up, skip connections). Time: after every residual block, a residual
@@ -58,6 +64,8 @@ class VideoNetConfig:
     fourier_features: int = 32
     patch_size: int = 2  # space-to-depth before the first level (DiT-style patchify)
     action_deltas: bool = False  # also embed each frame's action minus the previous frame's (see the docstring)
+    action_maps: int = 0  # channels of the spatial action maps (0: none; see the docstring)
+    position_frequencies: int = 4  # Fourier frequencies per axis of the action maps' position features
 
     def __post_init__(self) -> None:
         if not 1 <= self.history <= 6:
@@ -145,6 +153,35 @@ class SpaceTimeAttention(nn.Module):
         return x + y
 
 
+def position_features(h: int, w: int, frequencies: int) -> torch.Tensor:
+    """(4 * frequencies, h, w): sin/cos of pi * 2^j * y and x for j < frequencies, with y, x in [-1, 1]."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    f = math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32)
+    arg = torch.cat([ys[None] * f[:, None, None], xs[None] * f[:, None, None]])
+    return torch.cat([arg.sin(), arg.cos()])
+
+
+class ActionMaps(nn.Module):
+    """Per-frame action features (N, A) -> k spatial maps (N, k, h, w) at the given resolution."""
+
+    def __init__(self, action_features: int, maps: int, frequencies: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.frequencies = frequencies
+        self.mlp = nn.Sequential(
+            nn.Conv2d(action_features + 4 * frequencies, hidden, 1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, maps, 1),
+        )
+
+    def forward(self, features: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        pos = position_features(h, w, self.frequencies).to(features.device, features.dtype)
+        N = features.shape[0]
+        z = torch.cat([features[:, :, None, None].expand(N, -1, h, w), pos[None].expand(N, -1, h, w)], 1)
+        return self.mlp(z)
+
+
 class VideoNet(nn.Module):
     def __init__(self, config: VideoNetConfig = VideoNetConfig()) -> None:
         super().__init__()
@@ -157,7 +194,8 @@ class VideoNet(nn.Module):
         self.action_embed = nn.Sequential(nn.Linear(a_in, E), nn.SiLU(), nn.Linear(E, E))
         self.frame_embed = nn.Parameter(torch.zeros(H, E))
         p2 = c.patch_size**2
-        self.conv_in = nn.Conv2d(c.latent_channels * (1 + c.history) * p2, c.channels[0], 3, padding=1)
+        self.action_maps = ActionMaps(a_in, c.action_maps, c.position_frequencies) if c.action_maps else None
+        self.conv_in = nn.Conv2d(c.latent_channels * (1 + c.history) * p2 + c.action_maps, c.channels[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -205,17 +243,17 @@ class VideoNet(nn.Module):
                 f"expected {self.config.horizon} future and {self.config.history} history frames, "
                 f"got {H} and {history.shape[1]}"
             )
-        emb = (
-            self.noise_embed(c_noise)[:, None]
-            + self.action_embed(self.action_features(actions))
-            + self.frame_embed[None]
-        )
+        features = self.action_features(actions)
+        emb = self.noise_embed(c_noise)[:, None] + self.action_embed(features) + self.frame_embed[None]
         if cond is not None:
             emb = emb + cond[:, None]
         emb = emb.reshape(B * H, -1)
         hist = history.reshape(B, 1, -1, h, w).expand(B, H, -1, h, w)
         z = torch.cat([x, hist], dim=2).reshape(B * H, -1, h, w)
-        z = self.conv_in(F.pixel_unshuffle(z, self.config.patch_size))
+        z = F.pixel_unshuffle(z, self.config.patch_size)
+        if self.action_maps is not None:
+            z = torch.cat([z, self.action_maps(features.reshape(B * H, -1), *z.shape[-2:])], 1)
+        z = self.conv_in(z)
 
         skips = []
         for blocks, down in zip(self.down, self.downsample, strict=True):

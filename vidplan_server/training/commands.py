@@ -215,15 +215,21 @@ def train_world(
     init_from: Path | None = None,
     branches: tuple[Path, ...] = (),
     action_deltas: bool = False,
+    residual: bool = False,
+    action_maps: int = 0,
 ) -> TrainResult:
-    """The EDM video model on windows of ``opts.data``. ``init_from``: a bundle whose world module (weights,
-    architecture, action statistics) the run starts from -- a fine-tune, e.g. longer training or new data; its
-    codec must be the one in ``opts.out`` (the latent space the weights predict in). ``action_deltas``: the
-    network also embeds each frame's motion (``VideoNetConfig.action_deltas``); from an ``init_from`` bundle
-    without it, the new inputs' weights start at zero, so training starts from the bundle's function."""
+    """The EDM video model on windows of ``opts.data``.
+
+    ``init_from``: a bundle whose world module (weights, architecture, action statistics) the run starts from --
+    a fine-tune, e.g. longer training or new data; its codec must be the one in ``opts.out`` (the latent space the
+    weights predict in). ``action_deltas``: the network also embeds each frame's motion
+    (``VideoNetConfig.action_deltas``); from an ``init_from`` bundle without it, the new inputs' weights start at
+    zero, so training starts from the bundle's function. ``residual``: the denoiser models the change from the
+    current frame (``EDMConfig.residual``; sigma_data is then the std of that change); ``action_maps``: spatial
+    action-map channels (``VideoNetConfig.action_maps``); these two only for a fresh run."""
     _require(opts.out, "codec", f"vidplan train codec --data {opts.data} --out {opts.out}")
     preset = presets.WORLD[opts.preset]
-    net = replace(preset.net, history=history, horizon=horizon, action_deltas=action_deltas)
+    net = replace(preset.net, history=history, horizon=horizon, action_deltas=action_deltas, action_maps=action_maps)
     state = opts.out / "training" / "world" / "state.json"
     init_weights = None
     if init_from is not None and not (opts.resume and state.exists()):
@@ -245,10 +251,16 @@ def train_world(
         )
     else:
         train_w, held_w, stats, counts, _ = _windows(opts, history, horizon, frame_stride, branches=branches)
-        rows = train_w.latents[train_w.index["future"].unique()].float()
-        sigma_data = float(rows.std())
+        if residual:  # the std of the change from the current frame, over (up to) 2000 windows
+            hist, _, fut = train_w.gather(train_w.spread(2000), torch.device("cpu"))
+            sigma_data = float((fut - hist[:, -1:]).std())
+        else:
+            sigma_data = float(train_w.latents[train_w.index["future"].unique()].float().std())
         config = WorldConfig(
-            actions=stats, net=net, frame_stride=frame_stride, edm=EDMConfig(sigma_data=round(sigma_data, 4))
+            actions=stats,
+            net=net,
+            frame_stride=frame_stride,
+            edm=EDMConfig(sigma_data=round(sigma_data, 4), residual=residual),
         )
     stage = WorldStage(config, train_w, held_w)
     if init_weights is not None:
