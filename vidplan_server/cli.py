@@ -10,14 +10,14 @@
     vidplan serve        [--ckpt DIR] [--grpc-port 50051] [--http-port 8000] [--device cpu|cuda] [--max-queue N] ...
     vidplan demo         [--server ADDR] [--out DIR] [--seed S] [--steps N] [--open-loop K] [--slowdown F] ...
     vidplan dashboard    --replay DIR [--host 127.0.0.1] [--port 8001]
+    vidplan loadtest     --target HOST:PORT --data DIR [--transport grpc|http] [--robots R] [--duration S] [--ramp] ...
 
 Every command checks its arguments before starting work and exits with status 2 and a message
 naming the bad option or file on bad input (:class:`~vidplan_server.argtypes.CliError`).
 
-This module only registers the subcommands; each lives in its own module: ``commands/{sim,data,train,eval,plan}.py``,
-``serving/cli_serve.py`` (``serve``), ``apps/demo/command.py`` (``demo``), ``apps/dashboard/command.py``
-(``dashboard``) and ``evaluation/closed_loop/cli.py``
-(``eval closed-loop``).
+This module only registers the subcommands; each lives in its own module:
+``commands/{sim,data,train,eval,plan,loadtest}.py``, ``serving/cli_serve.py`` (``serve``), ``apps/demo/command.py``
+(``demo``), ``apps/dashboard/command.py`` (``dashboard``) and ``evaluation/closed_loop/cli.py`` (``eval closed-loop``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vidplan_server.argtypes import CliError
 def build_parser() -> argparse.ArgumentParser:
     from vidplan_server.apps.dashboard import command as dashboard
     from vidplan_server.apps.demo import command as demo
-    from vidplan_server.commands import data, eval, plan, sim, train
+    from vidplan_server.commands import data, eval, loadtest, plan, sim, train
     from vidplan_server.serving import cli_serve
 
     parser = argparse.ArgumentParser(
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"vidplan-server {__version__}")
     groups = parser.add_subparsers(
-        dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo,dashboard}"
+        dest="group", required=True, metavar="{sim,data,train,eval,plan,serve,demo,dashboard,loadtest}"
     )
     for module in (sim, data, train, eval, plan):
         module.register(groups)
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_arguments(dash)
     dash.set_defaults(func=dashboard.run)
+    loadtest.register(groups)
     return parser
 
 
