@@ -38,7 +38,7 @@ def plot_percentiles(stages: list[StageTrace], budget_ms: float, path: Path) -> 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     widest = 10
     for stage in stages:
-        count = max(stage.recorder.corrected.get_total_count(), 1)
+        count = max(stage.recorder.corrected.count, 1)
         widest = max(widest, count)
         curve = percentile_curve_ms(stage.recorder.corrected)
         if curve:
@@ -46,7 +46,7 @@ def plot_percentiles(stages: list[StageTrace], budget_ms: float, path: Path) -> 
             ax.plot(xs, [v for _, v in curve], drawstyle="steps-post", label=f"{stage.robots} robot(s)")
     if len(stages) == 1:
         raw = percentile_curve_ms(stages[0].recorder.raw)
-        count = max(stages[0].recorder.raw.get_total_count(), 1)
+        count = max(stages[0].recorder.raw.count, 1)
         if raw:
             xs = [_inverse_tail(p, count) for p, _ in raw]
             ax.plot(xs, [v for _, v in raw], "--", drawstyle="steps-post", color="grey", label="uncorrected")
