@@ -27,15 +27,38 @@ def _cmd_eval_calibration(args: argparse.Namespace) -> int:
     from vidplan_server.models.heads import load_uq_head
     from vidplan_server.models.heatmaps import load_colormap
 
+    try:
+        from vidplan_server.evaluation.uq_compare import parse_methods
+
+        methods = parse_methods(args.methods)
+    except ValueError as exc:
+        raise CliError(f"--methods {args.methods}: {exc}") from None
     ckpt, model = _load_for_eval(args)
-    uq = load_uq_head(ckpt).to(model.device)
     colormap = load_colormap(ckpt, model.codec)
     splits = {"val": args.data, **({"ood": args.ood} if args.ood else {})}
+    if methods != ("bins",):
+        return _compare(args, ckpt, model, methods, splits, colormap)
+    uq = load_uq_head(ckpt).to(model.device)
     cfg = CalibrationConfig(windows=args.windows, seed=args.seed)
     result = run_calibration(model, uq, splits, args.out, cfg, progress=not args.quiet, colormap=colormap)
     print(format_calibration(result))
     print(f"wrote {args.out / 'calibration.json'}")
     return 0
+
+
+def _compare(args, ckpt, model, methods, splits, colormap) -> int:
+    from vidplan_server.evaluation.uq_compare import CompareConfig, load_methods, run_compare
+    from vidplan_server.models.checkpoint import CheckpointError
+
+    try:
+        loaded = load_methods(ckpt, methods, model.device)
+    except CheckpointError as exc:
+        raise CliError(f"--methods: {exc}") from None
+    cfg = CompareConfig(windows=args.windows, seed=args.seed)
+    result = run_compare(model, loaded, splits, args.out, cfg, progress=not args.quiet, colormap=colormap)
+    print((args.out / "uq_compare.md").read_text(), end="")
+    print(f"wrote {args.out / 'uq_compare.json'}, uq_compare.md and reliability_all.png")
+    return 0 if result else 1
 
 
 def _cmd_eval_reward(args: argparse.Namespace) -> int:
@@ -138,6 +161,14 @@ def register(groups) -> None:
         )
     cal.add_argument("--windows", type=positive_int, default=256, help="windows per split (default 256)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the rollout noise (default 0)")
+    cal.add_argument(
+        "--methods",
+        default="bins",
+        help="comma-separated uncertainty methods: bins (the 30-bin UQ head), c3-fsc, c3-cs (C3's probe; `vidplan "
+        "train c3`), squbed (S-QUBED; `vidplan train squbed`). Anything but bins alone compares them on the same "
+        "rollouts (ECE, MCE, Brier, Kendall tau / Pearson r, AUROC, ood/val ratio, ms per plan) and writes "
+        "OUT/uq_compare.json, uq_compare.md, reliability_all.png and uq_heatmaps_*.png (default bins)",
+    )
     cal.set_defaults(func=_cmd_eval_calibration)
     from vidplan_server.evaluation.closed_loop import cli as closed_loop_cli
 

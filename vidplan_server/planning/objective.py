@@ -220,9 +220,14 @@ def judge(
     semantic: SemanticBackend,
     codec: Codec,
     cfg: ScoreConfig,
+    method_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Judgement:
-    """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding."""
+    """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding. ``method_maps``: (uncertainty,
+    P(err <= eps)) of another ``uq_method`` (``planning/uq_methods.py``) in place of the bins head's entropy and
+    confidence; the expected error stays the bins head's."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
+    if method_maps is not None:
+        ent, ok = method_maps
     names = list(codec.config.views)
     ids = scored_view_ids(names, cfg)
     frames = decode_views(codec, pred, ids)  # (B, H, n, 3, Hi, Wi)

@@ -66,6 +66,7 @@ from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
 from vidplan_server.planning.types import (
     MODES,
+    UQ_METHODS,
     ModelInfo,
     OptionCounts,
     PlanningError,
@@ -74,6 +75,7 @@ from vidplan_server.planning.types import (
     RefineStep,
     UnsafePlanError,
 )
+from vidplan_server.planning.uq_methods import UQSources
 from vidplan_server.planning.validation import check_request
 from vidplan_server.robot.panda import PandaKinematics
 
@@ -93,6 +95,7 @@ class PlannerConfig:
     text_cache: int = 64  # instruction embeddings kept
     policy_samples: int = 6  # K chunks from the bundle's policy per plan (when it has one and no nominal is sent)
     policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
+    uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     limits: SafetyLimits = field(default_factory=SafetyLimits)
@@ -156,6 +159,7 @@ class Planner:
         model_version: str = "unversioned",
         clock: Callable[[], float] = time.perf_counter,
         policy: FlowPolicy | None = None,
+        uq_sources: UQSources | None = None,
     ) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
@@ -168,6 +172,11 @@ class Planner:
             )
         self.world = world
         self.uq = uq
+        self.uq_sources = uq_sources or UQSources()
+        if config.uq_method not in UQ_METHODS or config.uq_method not in self.uq_sources.offered:
+            raise CheckpointError(
+                f"uq_method {config.uq_method!r}: this bundle offers {', '.join(self.uq_sources.offered)}"
+            )
         self.value = value
         self.semantic = semantic
         self.colormap = colormap
@@ -212,7 +221,10 @@ class Planner:
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
         policy = load_policy(ckpt).to(device) if "policy" in modules else None
-        return cls(world, uq, value, semantic, colormap, config, _model_version(ckpt), policy=policy)
+        sources = UQSources.load(ckpt, device)
+        return cls(
+            world, uq, value, semantic, colormap, config, _model_version(ckpt), policy=policy, uq_sources=sources
+        )
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -252,6 +264,7 @@ class Planner:
             limits=c.limits,
             modes=MODES if self.policy is not None else ("plan",),
             device=str(self.device),
+            uq_methods=self.uq_sources.offered,
         )
 
     def _autocast(self):
@@ -352,7 +365,7 @@ class Planner:
             pred = self.world.rollout(history.expand(N, *history.shape[1:]), knots, "flow", steps, noise=noise)
         return pred.float()
 
-    def judge(self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor) -> Judgement:
+    def judge(self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, method_maps=None) -> Judgement:
         with self._autocast():
             return judge(
                 pred,
@@ -362,6 +375,7 @@ class Planner:
                 self.semantic,
                 self.world.codec,
                 self.config.score,
+                method_maps,
             )
 
     def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
@@ -413,9 +427,13 @@ class Planner:
         history, text = self._encode(call)
         props, knots = self._propose(call)
         noise, pred = self._rollout(call, history, knots)
-        judged, winner = self._score(call, pred, history, text)
+        judged, winner = self._score(call, pred, history, text, knots, noise)
         chosen = self._refine_safely(call, history, props, knots, pred, noise, winner)
-        report = judged if not chosen.refined else self.judge(chosen.rollout.pred, history, text)  # what is returned
+        if chosen.refined:  # what is returned
+            r_maps = self._uq_maps(call, chosen.rollout.pred, history, chosen.rollout.knots, noise[:1])
+            report = self.judge(chosen.rollout.pred, history, text, *([r_maps] if r_maps is not None else []))
+        else:
+            report = judged
         call.lap("refine")
         r = 0 if chosen.refined else winner
         predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r : r + 1])
@@ -477,15 +495,46 @@ class Planner:
     def _rollout(self, call: _Call, history: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The seeded rollout noise (N, H, C, V*h, w) and all N predictions in one batched flow-map call."""
         noise = self.rollout_noise(len(knots), tuple(history.shape[2:]), call.req.options.seed)
-        pred = self.rollout(history, knots, call.counts.flow_steps, noise)
+        tap = self.uq_sources.tap(self.world, self._uq_method(call))
+        with tap or nullcontext():
+            pred = self.rollout(history, knots, call.counts.flow_steps, noise)
+        self._tap = tap  # the C3 probe's features of exactly these rollouts
         call.lap("rollout")
         return noise, pred
 
+    def _uq_method(self, call: _Call) -> str:
+        return call.req.options.uq_method or self.config.uq_method
+
+    def _uq_maps(self, call: _Call, pred, history, knots, noise, tap=None):
+        """(uncertainty, P(err <= eps)) of the call's ``uq_method``, or None for bins (the judge's default)."""
+        method = self._uq_method(call)
+        if method == "bins":
+            return None
+        return self.uq_sources.maps(
+            method,
+            self.world,
+            pred,
+            history,
+            knots,
+            self.config.score.confidence_eps,
+            tap=tap,
+            noise=noise,
+            steps=call.counts.flow_steps,
+            seed=call.req.options.seed,
+        )
+
     def _score(
-        self, call: _Call, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor
+        self,
+        call: _Call,
+        pred: torch.Tensor,
+        history: torch.Tensor,
+        text: torch.Tensor,
+        knots: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[Judgement, int]:
-        """Judge every proposal; the winner is the highest score."""
-        judged = self.judge(pred, history, text)
+        """Judge every proposal with the call's ``uq_method``; the winner is the highest score."""
+        maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
+        judged = self.judge(pred, history, text, *([maps] if maps is not None else []))  # bins: as before
         winner = int(torch.argmax(judged.score))
         call.lap("score")
         return judged, winner

@@ -26,6 +26,9 @@ from vidplan_server.planning.limits import SafetyLimits
 #: What a request asks for: a VidPlan plan, or the bundle's policy alone (the baseline).
 MODES = ("plan", "policy")
 
+#: Uncertainty methods the selection score can be weighted with (``planning/uq_methods.py``); "bins" is the default.
+UQ_METHODS = ("bins", "c3-fsc", "c3-cs", "squbed")
+
 #: Action spaces a nominal chunk may come in.
 NOMINAL_SPACES = ("cartesian_position", "joint_velocity")
 
@@ -65,6 +68,7 @@ class PlanOptions:
     policy_samples: int | None = None  # chunks sampled from the bundle's policy (used when no nominal is sent)
     policy_perturbations: int | None = None  # ramp perturbations of those samples
     mode: str = "plan"  # "plan" (VidPlan) or "policy" (the bundle's policy alone: the baseline, no world model)
+    uq_method: str | None = None  # the uncertainty weighting the selection (UQ_METHODS); None = the planner's
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ class ModelInfo:
     dt_s: float = DT_S  # control period of a chunk's rows
     action_space: str = ACTION_SPACE
     nominal_spaces: tuple[str, ...] = NOMINAL_SPACES
+    uq_methods: tuple[str, ...] = ("bins",)  # ``options.uq_method`` values offered (c3 / squbed need their modules)
 
     @property
     def chunk_steps(self) -> int:

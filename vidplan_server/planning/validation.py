@@ -26,6 +26,7 @@ import numpy as np
 from vidplan_server.planning.types import (
     MODES,
     NOMINAL_SPACES,
+    UQ_METHODS,
     ModelInfo,
     OptionCounts,
     PlanningError,
@@ -228,9 +229,11 @@ def check_options(
     modes: tuple[str, ...],
     mode_refusal: str = PLANNER_MODE_REFUSAL,
     field: str = "options",
+    uq_methods: tuple[str, ...] = UQ_METHODS,
 ) -> PlanOptions:
-    """Every option within ``ranges`` (:func:`option_ranges`) and a mode among ``modes`` (the offered ones;
-    ``mode_refusal`` says why another is not). Returns the options with the seed as a Python int."""
+    """Every option within ``ranges`` (:func:`option_ranges`), a mode among ``modes`` (the offered ones;
+    ``mode_refusal`` says why another is not) and a ``uq_method`` (if set) among ``uq_methods`` (the offered
+    ones). Returns the options with the seed as a Python int."""
     for name in OPTIONAL_COUNTS:
         value = getattr(options, name)
         if value is not None:
@@ -243,6 +246,15 @@ def check_options(
         raise PlanningError(f"{show(options.mode)} is not one of {', '.join(MODES)}", field=f"{field}.mode")
     if options.mode not in modes:
         raise PlanningError(f"{options.mode!r} {mode_refusal}", field=f"{field}.mode")
+    method = options.uq_method
+    if method is not None and method not in UQ_METHODS:
+        raise PlanningError(f"{show(method)} is not one of {', '.join(UQ_METHODS)}", field=f"{field}.uq_method")
+    if method is not None and method not in uq_methods:
+        raise PlanningError(
+            f"{method!r} needs its module in the checkpoint (`vidplan train c3` / `vidplan train squbed`); "
+            f"offered: {', '.join(uq_methods)}",
+            field=f"{field}.uq_method",
+        )
     return options if type(options.seed) is int else replace(options, seed=seed)
 
 
@@ -275,6 +287,6 @@ def check_request(req: PlanRequest, info: ModelInfo) -> OptionCounts:
     check_history(req.history, info.history, len(info.cameras))
     s = req.state
     check_state(s.joint_position, s.cartesian_position, s.gripper_position)
-    check_options(req.options, option_ranges(info.maxima), info.modes)
+    check_options(req.options, option_ranges(info.maxima), info.modes, uq_methods=info.uq_methods)
     check_nominal(req.nominal, req.nominal_space)
     return resolve_counts(req.options, info.defaults)
