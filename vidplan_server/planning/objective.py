@@ -155,7 +155,8 @@ def score_frames(
     relevance: torch.Tensor | None = None,
 ) -> FrameTerms:
     """The selection score of frames (B, H, n, 3, h, w) in [0, 1] showing views ``view_ids`` (indices into
-    ``names``, the model's view order); ``entropy`` (B, H, C, V*h, w) is the UQ head's normalised entropy map
+    ``names``, the model's view order) for ``text`` (D,), or (B, D) one instruction per rollout; ``entropy``
+    (B, H, C, V*h, w) is the UQ head's normalised entropy map
     (None: no uncertainty, h = 0). ``relevance`` (B, H, gh, gw) replaces the encoder's relevance map of the
     centre view (the diagnostic's ground-truth masks): its centroid is the mask's centre of mass, and a frame
     whose map is empty gets the largest distance, 1."""
@@ -163,8 +164,12 @@ def score_frames(
     sem_ids = [names.index(v) for v in cfg.semantic_views]
     c_id = names.index(cfg.centre_view)
     flat = frames.flatten(0, 2)
-    scores = semantic.score(flat, text.reshape(1, -1).expand(len(flat), -1))
     n = len(view_ids)
+    if text.ndim == 2:  # one instruction per rollout (several robots in one batch)
+        rows = text[:, None, None].expand(B, H, n, text.shape[-1]).reshape(len(flat), -1)
+    else:
+        rows = text.reshape(1, -1).expand(len(flat), -1)
+    scores = semantic.score(flat, rows)
     frame = scores.frame.float().reshape(B, H, n)
     k = view_ids.index(c_id)
     centre = torch.tensor(cfg.centre_xy, device=frames.device)
@@ -222,9 +227,9 @@ def judge(
     cfg: ScoreConfig,
     method_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Judgement:
-    """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding. ``method_maps``: (uncertainty,
-    P(err <= eps)) of another ``uq_method`` (``planning/uq_methods.py``) in place of the bins head's entropy and
-    confidence; the expected error stays the bins head's."""
+    """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding, or (B, D) one per rollout.
+    ``method_maps``: (uncertainty, P(err <= eps)) of another ``uq_method`` (``planning/uq_methods.py``) in place of
+    the bins head's entropy and confidence; the expected error stays the bins head's."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     if method_maps is not None:
         ent, ok = method_maps

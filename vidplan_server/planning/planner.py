@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,7 +359,8 @@ class Planner:
         return torch.as_tensor(actions[:, st - 1 :: st], dtype=torch.float32, device=self.device)
 
     def rollout(self, history: torch.Tensor, knots: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
-        """All proposals in one batched flow-map call: (N, H, C, V*h, w)."""
+        """All proposals in one batched flow-map call: history (1 or N, T, C, V*h, w), knots (N, H, 7), noise
+        (N, H, C, V*h, w) -> (N, H, C, V*h, w)."""
         N = knots.shape[0]
         with torch.no_grad(), self._autocast():
             pred = self.world.rollout(history.expand(N, *history.shape[1:]), knots, "flow", steps, noise=noise)
@@ -428,6 +429,46 @@ class Planner:
         props, knots = self._propose(call)
         noise, pred = self._rollout(call, history, knots)
         judged, winner = self._score(call, pred, history, text, knots, noise)
+        return self._finish(call, history, text, props, knots, noise, pred, judged, winner)
+
+    def batch_key(self, req: PlanRequest) -> tuple | None:
+        """What requests must share to be planned in one batched rollout (:meth:`plan_many`): the flow steps k
+        (the rollout's loop) and the uncertainty method; None for a request that is planned alone (mode "policy"
+        runs no rollout; a ``uq_method`` other than "bins" rolls out or taps features per request)."""
+        o = req.options
+        method = o.uq_method or self.config.uq_method
+        if o.mode == "policy" or method != "bins":
+            return None
+        return ("plan", o.flow_steps or self.config.flow_steps, method)
+
+    def plan_many(self, requests: Sequence[PlanRequest]) -> list[PlanResult | Exception]:
+        """Plan several robots' requests; each gets its own result (or the exception its own call raised), the same
+        as :meth:`plan` gives it alone with the same seed (:mod:`~vidplan_server.planning.batch`)."""
+        out: list[PlanResult | Exception | None] = [None] * len(requests)
+        for i, outcome in self.iter_plan_many(requests):
+            out[i] = outcome
+        return out  # type: ignore[return-value]
+
+    def iter_plan_many(self, requests: Sequence[PlanRequest]) -> Iterator[tuple[int, PlanResult | Exception]]:
+        """:meth:`plan_many` as (index, result or exception) in the order they finish: a robot's answer is out
+        as soon as it is ready, not when the whole batch is."""
+        from vidplan_server.planning.batch import plan_batch
+
+        return plan_batch(self, requests)
+
+    def _finish(
+        self,
+        call: _Call,
+        history: torch.Tensor,
+        text: torch.Tensor,
+        props: Proposals,
+        knots: torch.Tensor,
+        noise: torch.Tensor,
+        pred: torch.Tensor,
+        judged: Judgement,
+        winner: int,
+    ) -> PlanResult:
+        """After selection: refine safely, judge what is returned, render when asked, assemble the result."""
         chosen = self._refine_safely(call, history, props, knots, pred, noise, winner)
         if chosen.refined:  # what is returned
             r_maps = self._uq_maps(call, chosen.rollout.pred, history, chosen.rollout.knots, noise[:1])
