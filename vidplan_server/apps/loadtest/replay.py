@@ -51,28 +51,29 @@ def encode_episode(episode, name: str, jpeg_quality: int = 90) -> EncodedEpisode
         state = make_state(episode.joint_position[t], episode.cartesian_position[t], episode.gripper_position[t])
         images = {c: episode.images[c][t] for c in CAMERA_NAMES}
         observations.append(make_observation(images, state, 0.0, "jpeg", jpeg_quality))
-    if not episode.language_instruction.strip():
-        raise LoadTestError(f"--data: episode {name} has no language instruction to send")
     return EncodedEpisode(name, episode.language_instruction, tuple(observations))
 
 
 def load_episodes(
     data: str | Path, count: int, jpeg_quality: int = 90, progress: Callable[[int], None] | None = None
 ) -> list[EncodedEpisode]:
-    """The first ``count`` episodes of the dataset at ``data`` (fewer when it holds fewer), encoded."""
+    """The first ``count`` episodes of the dataset at ``data`` that have steps and an instruction (DROID has
+    episodes without one; the server refuses a blank instruction), encoded; fewer when the dataset has fewer."""
     from vidplan_server.data.reader import EpisodeDataset
 
     dataset = EpisodeDataset(data)
-    if len(dataset) == 0:
-        raise LoadTestError(f"--data {data}: the dataset holds no episodes")
     out = []
-    for k in range(min(count, len(dataset))):
+    for k in range(len(dataset)):
+        if len(out) == count:
+            break
         episode = dataset.load_episode(k, ground_truth=False)
-        if len(episode) == 0:
-            raise LoadTestError(f"--data {data}: episode {k} has no steps")
+        if len(episode) == 0 or not episode.language_instruction.strip():
+            continue
         out.append(encode_episode(episode, f"{Path(data).name}#{k}", jpeg_quality))
         if progress is not None:
-            progress(k + 1)
+            progress(len(out))
+    if not out:
+        raise LoadTestError(f"--data {data}: no episode with steps and a language instruction to replay")
     return out
 
 
