@@ -7,12 +7,12 @@ an unset required message, an unspecified enum); everything else is validated by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 from vidplan_client.wire import vidplan_pb2 as pb
 
+from vidplan_server import __version__
 from vidplan_server.planning.types import ModelInfo
 from vidplan_server.planning.validation import OPTIONAL_COUNTS
 from vidplan_server.serving.errors import DeadlineExceeded, InvalidArgument, ServingError
@@ -168,16 +168,9 @@ def info_response(model: ModelInfo, modes: Sequence[str], serving: Mapping[str, 
             gripper_min=float(limits.gripper_range[0]),
             gripper_max=float(limits.gripper_range[1]),
         ),
-        server_version=server_version(),
+        server_version=__version__,
         request_limits=pb.RequestLimits(
             **{k: v for k, v in serving.items() if k in pb.RequestLimits.DESCRIPTOR.fields_by_name and v is not None}
         ),
         modes=[MODE_ENUMS[mode] for mode in modes if mode in MODE_ENUMS],
     )
-
-
-def server_version() -> str:
-    try:
-        return metadata.version("vidplan-server")
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vidplan_server import __version__
 from vidplan_server.planning.validation import OPTIONAL_COUNTS, IntRange, Range, show
 from vidplan_server.serving import http_models as m
 from vidplan_server.serving.dashboard.config import DashboardConfig
@@ -45,7 +46,6 @@ from vidplan_server.serving.errors import (
     bearer_token_matches,
     outcome_of,
 )
-from vidplan_server.serving.grpc_convert import server_version
 from vidplan_server.serving.images import encode_rollout
 from vidplan_server.serving.messages import (
     Image,
@@ -184,7 +184,7 @@ def create_app(
     is served at ``/dashboard`` (:mod:`vidplan_server.serving.dashboard`), its data behind the same token."""
     app = FastAPI(
         title="VidPlan",
-        version=server_version(),
+        version=__version__,
         description="Action chunks for a Franka in the DROID setup, planned in a learned video world model.",
     )
     auth = (401,) if token else ()
@@ -252,7 +252,7 @@ def create_app(
 
     @app.get("/v1/info", responses=_responses(*auth), summary="Model, cameras, timing, safety and request limits")
     async def info() -> dict[str, Any]:
-        return {**service.describe(), "server_version": server_version()}
+        return {**service.describe(), "server_version": __version__}
 
     @app.get("/livez", summary="The process is up and its event loop answers")
     async def livez() -> m.Liveness:

@@ -28,6 +28,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from vidplan_server import __version__
+
 #: Histogram buckets (s): dense around one 15 Hz cycle (66.7 ms), then out to a few seconds for CPU plans.
 LATENCY_BUCKETS_S = (
     0.001,
@@ -80,7 +82,7 @@ class ServingMetrics:
             "vidplan_build", "Server version, model version, Python and device of this server.", registry=self.registry
         )
         self.build_info.info(
-            {"version": server_version(), "model_version": "", "python": platform.python_version(), "device": ""}
+            {"version": __version__, "model_version": "", "python": platform.python_version(), "device": ""}
         )
         self.requests = Counter(
             "vidplan_requests",
@@ -130,7 +132,7 @@ class ServingMetrics:
     def set_build_info(self, model_version: str, device: str = "") -> None:
         self.build_info.info(
             {
-                "version": server_version(),
+                "version": __version__,
                 "model_version": model_version,
                 "python": platform.python_version(),
                 "device": device,
@@ -148,10 +150,3 @@ class ServingMetrics:
         for stage, ms in timings_ms.items():
             if stage != "total":
                 self.planner_stage_seconds.labels(stage=stage).observe(ms / 1000.0)
-
-
-def server_version() -> str:
-    """The installed vidplan-server's version ("unknown" when run from a tree that is not installed)."""
-    from vidplan_server import __version__
-
-    return __version__

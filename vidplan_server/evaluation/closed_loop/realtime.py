@@ -107,6 +107,7 @@ def run_realtime_episode(
 ) -> dict:
     """One episode through ``RobotLoop`` against ``client`` (a connected ``VidPlanClient``; ``info``: its GetInfo)."""
     from vidplan_client import LoopConfig, RobotLoop, plan_options
+    from vidplan_client.contract import MAX_ROTATION_PER_STEP_RAD, MAX_TRANSLATION_PER_STEP_M
 
     from vidplan_server.sim.realtime import ScaledClock, TimedClient
 
@@ -124,8 +125,9 @@ def run_realtime_episode(
         plan_timeout_s=rt.plan_timeout_s,
         history_frames=max(int(info.history) - 1, 0),
         frame_stride=int(info.frame_stride) or 3,
-        max_translation_per_step_m=info.limits.max_translation_per_step_m or 0.075,
-        max_rotation_per_step_rad=info.limits.max_rotation_per_step_rad or 0.15,
+        # a server that leaves the limits unset (proto3 zero) means the DROID contract's
+        max_translation_per_step_m=info.limits.max_translation_per_step_m or MAX_TRANSLATION_PER_STEP_M,
+        max_rotation_per_step_rad=info.limits.max_rotation_per_step_rad or MAX_ROTATION_PER_STEP_RAD,
         options=plan_options(seed=seed, return_heatmaps=video is not None),
     )
     env, timed, clock = _Watched(sim), TimedClient(client, rt.slowdown), ScaledClock(rt.slowdown)
@@ -171,7 +173,9 @@ def run_realtime_episode(
         success = bool(sim.is_success())
         target_held = bool(scene.in_gripper(scene.objects[0]))
     answered = [timed.wall_ms[p.sequence] for p in plans if p.sequence in timed.wall_ms]
-    responses = [timed.responses[p.sequence] for p in plans if p.sequence in timed.responses]
+    # kinds and confidences of the plans the robot executed: a reply that arrived after the loop ended (or was
+    # dropped as too late) is in timed.responses but never moved the robot
+    responses = [timed.responses[p.sequence] for p in plans if p.outcome == "used" and p.sequence in timed.responses]
     server_ms = [r.timings_ms["total"] for r in responses if "total" in r.timings_ms]
     kinds = Counter(r.proposal_kinds[r.winner] for r in responses if r.winner < len(r.proposal_kinds))
     confidences = [r.confidence for r in responses if len(r.chunk)]
