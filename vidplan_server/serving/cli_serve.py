@@ -35,6 +35,16 @@ DESCRIPTION = (
 )
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def image_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT`` (either orientation) -> (shorter side, longer side)."""
     try:
@@ -168,6 +178,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="memory all robot sessions together may hold (frames and ids, MiB); past it the least recently used "
         f"sessions are dropped (default {s.max_session_bytes / 2**20:g})",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=non_negative_float,
+        default=None,
+        metavar="MS",
+        help="cross-robot batching: plan calls that reach the planner's queue within this many milliseconds of the "
+        "oldest waiting one are planned together (all proposals in one flow-map rollout, one uncertainty and reward "
+        "pass), each robot answered with its own plan, as alone with the same seed, within its own deadline; calls "
+        "whose options cannot share a batch (mode policy, another flow_steps or uq_method) are planned alone; 0 "
+        f"turns batching off (default {s.batch_window_s * 1000:g})",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=None,
+        metavar="R",
+        help="most robots planned in one batch; --max-queue bounds how many can wait to join one "
+        f"(default {s.max_batch})",
     )
     p.add_argument(
         "--shutdown-grace",

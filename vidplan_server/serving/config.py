@@ -33,6 +33,10 @@ class ServiceConfig:
     # Largest image accepted, (shorter side, longer side) in pixels, either orientation: 720p. DROID records
     # 1280x720 and stores 180x320; a bigger image costs decode time for pixels the 64x64 model never sees.
     max_image_size: tuple[int, int] = (720, 1280)
+    # Cross-robot batching (batching.py): calls queued within this window of the oldest are planned in one batched
+    # rollout and scoring; 0 turns it off. A lone robot waits the window once per plan when the planner is idle.
+    batch_window_s: float = 0.005
+    max_batch: int = 8  # robots in one batch at most (the queue bounds it too: max_queue waiting calls)
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -42,6 +46,10 @@ class ServiceConfig:
         short, long = self.max_image_size
         if not 1 <= short <= long:
             raise ValueError(f"max_image_size must be (shorter side, longer side) >= 1, got {self.max_image_size}")
+        if self.batch_window_s < 0:
+            raise ValueError(f"batch_window_s must be >= 0 (0: no batching), got {self.batch_window_s}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_history is not None and self.max_history < 0:
             raise ValueError(f"max_history must be >= 0, got {self.max_history}")
 

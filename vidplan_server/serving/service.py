@@ -36,6 +36,7 @@ import numpy as np
 
 from vidplan_server.planning.types import ModelInfo, PlanOptions, PlanRequest, PlanResult
 from vidplan_server.planning.validation import show
+from vidplan_server.serving.batching import BatchItem, PlanBatcher
 from vidplan_server.serving.config import ServiceConfig
 from vidplan_server.serving.errors import (
     DeadlineExceeded,
@@ -51,7 +52,7 @@ from vidplan_server.serving.messages import Image, Observation, PlanCall, PlanRe
 from vidplan_server.serving.metrics import ServingMetrics
 from vidplan_server.serving.sessions import SessionStore, StoredFrame
 from vidplan_server.serving.validation import CheckedCall, Limits, check_call
-from vidplan_server.serving.worker import PlannerWorker, Slot
+from vidplan_server.serving.worker import Batched, PlannerWorker, Slot
 
 log = logging.getLogger(__name__)
 #: One line per plan request when ServiceConfig.access_log is on.
@@ -122,6 +123,16 @@ class InformedPass:
             e, p, r, s = (min(column) for column in zip(*self._samples, strict=True))
         return e + proposals * (p + s) + proposals * flow_steps * r
 
+    def estimate_batch_ms(self, proposals: list[int], flow_steps: int) -> float | None:
+        """The informed pass of one batch of robots with ``proposals`` each: encode and propose per robot, then
+        one rollout and one scoring of all; None before the first timed plan."""
+        with self._lock:
+            if not self._samples:
+                return None
+            e, p, r, s = (min(column) for column in zip(*self._samples, strict=True))
+        total = sum(proposals)
+        return len(proposals) * e + total * (p + s) + total * flow_steps * r
+
 
 class PlanService:
     """Sessions, validation and the planner's worker thread; shared by all transports of one server."""
@@ -152,6 +163,16 @@ class PlanService:
         )
         self.worker = PlannerWorker(config.max_queue, on_depth=self.metrics.queue_depth.set)
         self.informed_pass = InformedPass()
+        self.batcher: PlanBatcher | None = None
+        if config.batch_window_s > 0 and config.max_batch >= 2 and PlanBatcher.available(planner):
+            self.batcher = PlanBatcher(
+                planner,
+                config.batch_window_s,
+                config.max_batch,
+                budget=self._budgeted,
+                observe=lambda result, n, k: self.informed_pass.observe(result.timings_ms, n, k),
+                estimate_ms=self.informed_pass.estimate_batch_ms,
+            )
         self.log = RateLimitedLog(log)
         self.access = RateLimitedLog(access_log)
         self._decoder = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="vidplan-decode")
@@ -456,7 +477,12 @@ class PlanService:
                 field="deadline",
             )
 
-        result = await slot.run(run, deadline_at, expired)
+        key = self.batcher.key(request) if self.batcher is not None else None
+        if key is None:
+            result = await slot.run(run, deadline_at, expired)
+        else:  # may be planned with other robots' calls (batching.py)
+            item = BatchItem(request, deadline_at, prepared.effort, key, stamps)
+            result = await slot.run(run, deadline_at, expired, batch=Batched(self.batcher, item))
         done = time.perf_counter()
         timings = {
             "decode": prepared.decode_ms,
@@ -487,6 +513,13 @@ class PlanService:
     def _run_plan(self, request: PlanRequest, deadline_at: float | None, effort: tuple[int, int]) -> PlanResult:
         """On the planner thread: refuse if the deadline leaves no time for an informed pass, else plan within
         what is left."""
+        result = self.planner.plan(self._budgeted(request, deadline_at, effort))
+        self.informed_pass.observe(result.timings_ms, *effort)
+        return result
+
+    def _budgeted(self, request: PlanRequest, deadline_at: float | None, effort: tuple[int, int]) -> PlanRequest:
+        """The request with what is left of its deadline as the planner's budget; DeadlineExceeded when that is
+        less than the minimum informed pass."""
         if deadline_at is not None:
             remaining_s = deadline_at - time.perf_counter() - self.config.deadline_margin_s
             if remaining_s <= 0:
@@ -499,6 +532,4 @@ class PlanService:
                     field="deadline",
                 )
             request = replace(request, options=replace(request.options, deadline_s=remaining_s))
-        result = self.planner.plan(request)
-        self.informed_pass.observe(result.timings_ms, *effort)
-        return result
+        return request

@@ -88,6 +88,11 @@ class ServeSettings(BaseSettings):
         (720, 1280), description="largest camera image, WIDTHxHEIGHT"
     )
     max_session_mb: float = Field(256.0, gt=0, description="memory all sessions together may hold (MiB)")
+    # cross-robot batching (vidplan_server/serving/batching.py)
+    batch_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="plan calls queued within this window in one batch (ms); 0 turns it off"
+    )
+    max_batch: int = Field(8, ge=1, le=64, description="robots planned in one batch at most")
     # logs
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="text for a terminal, json lines for a collector")
@@ -196,6 +201,8 @@ class ServeSettings(BaseSettings):
             max_image_size=tuple(self.max_image_size),
             max_session_bytes=int(self.max_session_mb * 2**20),
             access_log=self.access_log,
+            batch_window_s=self.batch_window_ms / 1000.0,
+            max_batch=self.max_batch,
         )
         return server, service
 

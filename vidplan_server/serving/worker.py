@@ -9,6 +9,13 @@ A queued call leaves the queue, and gives its slot back, the moment its deadline
 cancelled (the client went away): :meth:`Slot.run` withdraws it, so it never runs and holds nothing while
 the planner is busy with something else. A call that has already started runs to its end (the planner is
 anytime and keeps to the deadline it was given).
+
+Cross-robot batching (:mod:`.batching`): a call submitted with a :class:`Batched` tag may be planned together
+with other queued calls of the same group. When such a call reaches the head of the queue, the thread waits until
+``window_s`` has passed since it was queued (or ``max_size`` companions are waiting), then lets the group pick the
+calls that share the batch (:meth:`BatchGroup.select`) and runs them in one :meth:`BatchGroup.run`, answering each
+call as soon as its own result is out. Calls the group leaves out stay queued, in order. Until it is picked a
+batched call can leave the queue (deadline, cancellation) like any other.
 """
 
 from __future__ import annotations
@@ -18,22 +25,48 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from vidplan_server.serving.errors import Overloaded
 
 T = TypeVar("T")
 
 
-class _Job(Generic[T]):
-    __slots__ = ("fn", "future", "holds_slot")
+class BatchGroup(Protocol):
+    """Plans several queued calls in one go (:class:`~vidplan_server.serving.batching.PlanBatcher`)."""
 
-    def __init__(self, fn: Callable[[], T], holds_slot: bool) -> None:
+    window_s: float  # how long the first call of a batch waits for companions (s)
+    max_size: int  # the most calls in one batch
+
+    def select(self, items: Sequence[Any]) -> list[int]:
+        """Indices of the queued ``items`` (oldest first) that share the next batch; always includes 0."""
+        ...
+
+    def run(self, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """(index, result or exception) per item, as each is ready."""
+        ...
+
+
+@dataclass(frozen=True)
+class Batched:
+    """Tags a call as batchable: its group and what the group needs to plan it."""
+
+    group: BatchGroup
+    item: Any
+
+
+class _Job(Generic[T]):
+    __slots__ = ("fn", "future", "holds_slot", "batch", "queued_at")
+
+    def __init__(self, fn: Callable[[], T], holds_slot: bool, batch: Batched | None = None) -> None:
         self.fn = fn
         self.future: Future[T] = Future()
         self.holds_slot = holds_slot  # a reserved queue slot, given back when the job leaves the queue
+        self.batch = batch
+        self.queued_at = time.perf_counter()
 
 
 class PlannerWorker:
@@ -106,33 +139,82 @@ class PlannerWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
+                jobs = self._next_jobs()
+                if jobs is None:
                     return
-                job = self._queue.popleft()
-                admitted = job.future.set_running_or_notify_cancel()
-                self._running += admitted
-            if job.holds_slot:
-                self._release()
+                admitted = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+                self._running += len(admitted)
+            for job in jobs:
+                if job.holds_slot:
+                    self._release()
             if not admitted:
                 continue
+            count = len(admitted)
             start = time.perf_counter()
             try:
-                job.future.set_result(job.fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                job.future.set_exception(exc)
+                if admitted[0].batch is None:
+                    self._run_one(admitted[0])
+                else:
+                    self._run_batch(admitted)
             finally:
-                job = None  # drop the request's arrays before waiting for the next job
-                elapsed = time.perf_counter() - start
+                per_call = (time.perf_counter() - start) / count
+                jobs = admitted = []  # drop the requests' arrays before waiting for the next jobs
                 with self._cond:
-                    self._running -= 1
-                    self.mean_run_s = 0.8 * self.mean_run_s + 0.2 * elapsed
+                    self._running -= count
+                    self.mean_run_s = 0.8 * self.mean_run_s + 0.2 * per_call
+
+    def _next_jobs(self) -> list[_Job] | None:
+        """Under the lock: the next job, or the calls of the next batch; None when the worker stops."""
+        while True:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            head = self._queue[0]
+            if head.batch is None:
+                return [self._queue.popleft()]
+            group = head.batch.group
+            mates = [job for job in self._queue if job.batch is not None and job.batch.group is group]
+            picked = [mates[i] for i in group.select([job.batch.item for job in mates])]
+            wait = head.queued_at + group.window_s - time.perf_counter()
+            if wait > 0 and len(picked) < group.max_size and not self._stopping:
+                self._cond.wait(wait)  # a new call, a withdrawal or the end of the window wakes it
+                continue
+            for job in picked:
+                self._queue.remove(job)
+            return picked
+
+    @staticmethod
+    def _run_one(job: _Job) -> None:
+        try:
+            job.future.set_result(job.fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            job.future.set_exception(exc)
+
+    @staticmethod
+    def _run_batch(jobs: list[_Job]) -> None:
+        group = jobs[0].batch.group
+        done = [False] * len(jobs)
+        try:
+            for i, outcome in group.run([job.batch.item for job in jobs]):
+                if isinstance(outcome, BaseException):
+                    jobs[i].future.set_exception(outcome)
+                else:
+                    jobs[i].future.set_result(outcome)
+                done[i] = True
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller still waiting
+            for job, finished in zip(jobs, done, strict=True):
+                if not finished:
+                    job.future.set_exception(exc)
+            return
+        for job, finished in zip(jobs, done, strict=True):
+            if not finished:
+                job.future.set_exception(RuntimeError("the batch ended without an answer for this call"))
 
     # -- used by Slot
-    def _submit(self, fn: Callable[[], T]) -> _Job[T]:
+    def _submit(self, fn: Callable[[], T], batch: Batched | None = None) -> _Job[T]:
         """Queue ``fn`` in a reserved slot; the slot stays taken until the job starts or is withdrawn."""
-        job = _Job(fn, holds_slot=True)
+        job = _Job(fn, holds_slot=True, batch=batch)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the planner worker has shut down")
@@ -148,6 +230,7 @@ class PlannerWorker:
             except ValueError:
                 return False
             job.future.cancel()
+            self._cond.notify()  # a batch window waiting on this call looks again
         self._release()
         return True
 
@@ -178,8 +261,10 @@ class Slot:
         fn: Callable[[], T],
         deadline_at: float | None = None,
         on_expired: Callable[[], BaseException] | None = None,
+        batch: Batched | None = None,
     ) -> T:
-        """Run ``fn`` on the worker thread and return its result.
+        """Run ``fn`` on the worker thread and return its result; with ``batch``, the call may instead be planned
+        with others of its group (the group's answer for it is returned).
 
         While the call waits in the queue, reaching ``deadline_at`` (``time.perf_counter`` seconds) withdraws
         it and raises ``on_expired()``, and cancelling the await withdraws it too; either way its slot is free
@@ -189,7 +274,7 @@ class Slot:
             raise RuntimeError("a slot runs one call")
         self._used = True
         worker = self._worker
-        job = worker._submit(fn)
+        job = worker._submit(fn, batch)
         result = asyncio.wrap_future(job.future)
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody awaits it
         try:
