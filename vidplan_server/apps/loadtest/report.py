@@ -90,7 +90,8 @@ def summary_text(report: dict) -> str:
     stage_ms = last["server_stage_ms"]
     if stage_ms:
         shown = [k for k in ("decode", "queue", "plan", "total") if k in stage_ms]
-        shown += [k for k in stage_ms if k.startswith("planner_") and k not in shown][:5]
+        planner = [k for k in stage_ms if k.startswith("planner_") and k != "planner_total" and stage_ms[k]["mean"]]
+        shown += sorted(planner, key=lambda k: -stage_ms[k]["mean"])[:4]  # where the plan's time went
         lines.append(
             "  server stage means ms: " + "  ".join(f"{k} {stage_ms[k]['mean']:.0f}" for k in shown if stage_ms[k])
         )
