@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.apps.loadtest_fakes import FakePlanServer, VirtualClock, synthetic_episode
+from tests.apps.loadtest_fakes import FakePlanServer, VirtualClock, pb_cameras, synthetic_episode
 from vidplan_server.apps.loadtest.app import robot_settings
 from vidplan_server.apps.loadtest.config import LoadTestConfig
 from vidplan_server.apps.loadtest.driver import run_robots
@@ -102,3 +102,30 @@ def test_a_run_ends_within_its_duration_plus_one_timeout_even_when_the_server_ne
     assert clock.now() <= 3.0 + 1.0 + 1e-9
     assert recorder.errors == {"DEADLINE_EXCEEDED": recorder.requests}
     assert recorder.deadline_misses == recorder.requests > 0
+
+
+@pytest.mark.parametrize("layout", ["v3", "legacy"])
+def test_droid_ports_replay_through_the_same_reader(tmp_path, layout):
+    from vidplan_client.convert import decode_image
+
+    from tests.data.droid_fixtures import (
+        INSTRUCTIONS,
+        LENGTHS,
+        H,
+        W,
+        expected_lowdim,
+        write_droid_legacy,
+        write_droid_v3,
+    )
+    from vidplan_server.apps.loadtest.replay import load_episodes
+
+    root = (write_droid_v3 if layout == "v3" else write_droid_legacy)(tmp_path / "droid")
+    episodes = load_episodes(root, count=5)  # the port holds two
+    assert [e.instruction for e in episodes] == list(INSTRUCTIONS)
+    assert [len(e) for e in episodes] == list(LENGTHS)
+    for k, episode in enumerate(episodes):
+        expected = expected_lowdim(k)
+        for t, obs in enumerate(episode.observations):
+            assert list(obs.state.cartesian_position) == pytest.approx(expected["cartesian"][t], abs=1e-5)
+            assert [f.camera for f in obs.frames] == list(pb_cameras())
+            assert decode_image(obs.frames[0]).shape == (H, W, 3)  # sent at the port's size; the server resizes
