@@ -13,7 +13,13 @@ plan would cost if it were nothing but network evaluations, is
 
 and ``planner_overhead`` = median plan / model_ms: how much proposing, scoring (UQ head, decoding, semantic
 reward), the value head, IK and the safety checks add around the world model. JSON rows carry ``device``,
-``n``, ``k``, ``iters``, ``median_ms``, ``p95_ms``, ``stages_ms`` and these model figures.
+``n``, ``k``, ``iters``, ``median_ms``, ``p95_ms``, ``stages_ms`` and these model figures; ``score_over_rollout``
+is the median score stage over the median rollout stage.
+
+Absolute times differ about 3x between machines of one kind (and with the load of a shared one), so the script
+first prints a reference figure of the machine: the GFLOP/s of a fixed float32 matmul (1024 x 1024, on the
+benchmark's threads; ``meta.reference_gflops`` in the JSON), measured again at the end. Compare absolute times
+from two machines through it; compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ def timed(fn, repeats: int, device: torch.device) -> list[float]:
         sync(device)
         out.append((time.perf_counter() - t) * 1e3)
     return out
+
+
+def reference_gflops(device: torch.device, size: int = 1024, repeats: int = 20) -> float:
+    """The machine's reference figure: GFLOP/s of a fixed float32 ``size`` x ``size`` matmul (median of
+    ``repeats``, after one untimed run)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    ms = float(np.median(timed(lambda: a @ b, repeats, device)))
+    return 2.0 * size**3 / (ms / 1e3) / 1e9
 
 
 def model_costs(planner: Planner, history: torch.Tensor, n: int, repeats: int) -> tuple[float, float, float]:
@@ -96,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 
+    reference = {d: round(reference_gflops(torch.device(d)), 1) for d in devices}
+    print("reference: " + ", ".join(f"{d} {g} GFLOP/s (float32 1024^3 matmul)" for d, g in reference.items()))
     episode = run_episode(3, replace(EpisodeConfig(), max_steps=24, imperfect_fraction=0.0))
     rows = []
     grid = [(d, n, k, i) for d in devices for n in args.n for k in args.k for i in args.iters]
@@ -143,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 "flow_fwd_bwd_batch_1_ms": round(fwd_bwd_1, 1),
                 "model_ms": round(model_ms, 1),
                 "planner_overhead": round(median / model_ms, 2),
+                "score_over_rollout": round(float(np.median(stages["score"]) / np.median(stages["rollout"])), 2),
             }
         )
-    header = ("device", "N", "k", "iters", "median ms", "p95 ms", *STAGES, "model ms", "x model")
+    reference_end = {d: round(reference_gflops(torch.device(d)), 1) for d in devices}
+    header = ("device", "N", "k", "iters", "median ms", "p95 ms", *STAGES, "model ms", "x model", "score/rollout")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for r in rows:
@@ -162,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     *(r["stages_ms"][s] for s in STAGES),
                     r["model_ms"],
                     r["planner_overhead"],
+                    r["score_over_rollout"],
                 )
             )
         )
@@ -171,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "repeats": args.repeats,
         "checkpoint": str(args.ckpt or "bundled default"),
+        "reference_gflops": reference,  # float32 1024^3 matmul, per device, before the grid
+        "reference_gflops_end": reference_end,  # the same after it (the load may have changed)
     }
+    print(
+        "reference: "
+        + ", ".join(f"{d} {reference[d]} -> {reference_end[d]} GFLOP/s (start -> end of the run)" for d in devices)
+    )
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
     return 0

@@ -47,7 +47,14 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
-from vidplan_server.planning.objective import decode_views, score_frames, scored_view_ids, uq_maps, value_objective
+from vidplan_server.planning.objective import (
+    decode_views,
+    score_frames,
+    scored_frame_ids,
+    scored_view_ids,
+    uq_maps,
+    value_objective,
+)
 from vidplan_server.planning.offline import request_from_episode
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
@@ -175,18 +182,19 @@ class SignalProbe:
         hist = history.expand(len(props), *history.shape[1:])
         score_cfg = pl.config.score
         ids = scored_view_ids(self.names, score_cfg)
+        fids = scored_frame_ids(pl.horizon, score_cfg)  # the frames the planner's score reads, for every variant
         model = sim = None
         if any(v in ("model", "model-no-uq", "value") for v in variants):
             noise = pl.rollout_noise(len(props), tuple(history.shape[2:]), cfg.seed)  # as the planner rolls out
             pred = pl.rollout(history, pl.knots(props.actions), pl.config.flow_steps, noise)
             model = (
                 pred,
-                uq_maps(pl.uq, pred, hist, score_cfg.confidence_eps)[0],
-                decode_views(pl.world.codec, pred, ids),
+                uq_maps(pl.uq, pred, hist, score_cfg.confidence_eps)[0][:, fids],
+                decode_views(pl.world.codec, pred[:, fids], ids),
             )
         if self.oracle is not None:
             self.oracle.load(episode, step)
-            sim = self._sim_inputs(self.oracle.rollout(props.actions, pl.frame_stride), hist, ids)
+            sim = self._sim_inputs(self.oracle.rollout(props.actions, pl.frame_stride), hist, ids, fids)
         no_uq = replace(score_cfg, weighting="none")
         for kind, instruction in instructions.items():
             text = pl.text_embedding(instruction)
@@ -214,16 +222,17 @@ class SignalProbe:
             out.scores[kind] = res
         return out
 
-    def _sim_inputs(self, sim, hist: torch.Tensor, ids: list[int]):
-        """(entropy map of the rendered frames' latents, their codec round trip, the raw frames, segmentation)."""
+    def _sim_inputs(self, sim, hist: torch.Tensor, ids: list[int], fids: list[int]):
+        """(entropy map of the rendered frames' latents, their codec round trip, the raw frames, segmentation), of
+        the scored frames ``fids``."""
         pl = self.planner
         N, H = sim.frames.shape[:2]
         latents = pl.world.encode(sim.frames.reshape(N * H, *sim.frames.shape[2:])).float()
         latents = latents.reshape(N, H, *latents.shape[1:])
-        ent = uq_maps(pl.uq, latents, hist, pl.config.score.confidence_eps)[0]
-        decoded = decode_views(pl.world.codec, latents, ids)
-        raw = torch.from_numpy(sim.frames[:, :, ids]).to(pl.device).movedim(-1, -3).float() / 255.0
-        return ent, decoded, raw, sim.segmentation
+        ent = uq_maps(pl.uq, latents, hist, pl.config.score.confidence_eps)[0][:, fids]
+        decoded = decode_views(pl.world.codec, latents[:, fids], ids)
+        raw = torch.from_numpy(sim.frames[:, fids][:, :, ids]).to(pl.device).movedim(-1, -3).float() / 255.0
+        return ent, decoded, raw, sim.segmentation[:, fids]
 
     def _mask_grid(self, segmentation: np.ndarray, obj: int) -> torch.Tensor:
         """The object's coverage of each cell of a 16 x 16 grid over the centre view: (N, H, 16, 16)."""

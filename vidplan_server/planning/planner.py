@@ -60,7 +60,14 @@ from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
 from vidplan_server.planning.limits import SafetyLimits, check_chunk, solve_joint_positions
-from vidplan_server.planning.objective import Judgement, ScoreConfig, decode_views, judge, value_objective
+from vidplan_server.planning.objective import (
+    Judgement,
+    ScoreConfig,
+    complete_frames,
+    decode_views,
+    judge,
+    value_objective,
+)
 from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -475,8 +482,10 @@ class Planner:
             report = self.judge(chosen.rollout.pred, history, text, *([r_maps] if r_maps is not None else []))
         else:
             report = judged
-        call.lap("refine")
         r = 0 if chosen.refined else winner
+        with self._autocast():  # the frames the selection did not decode, of the returned rollout only
+            complete_frames(report, r, chosen.rollout.pred, text, self.semantic, self.world.codec, self.config.score)
+        call.lap("refine")
         predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r : r + 1])
         call.lap("decode")
         return self._result(call, chosen, report, r, judged, props, winner, predicted, heat)
