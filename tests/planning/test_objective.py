@@ -1,5 +1,6 @@
 """Scoring: uncertainty always lowers a score, the relevant region's uncertainty is what counts, and the
-refinement objective is differentiable with respect to the latents."""
+refinement objective is differentiable with respect to the latents. The score's form is checked on every
+predicted frame (``frames=None``); scoring a subset of them is tested in test_score_frames.py."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_an_uncertain_rollout_scores_lower(codec):
     pred[1] = pred[0]  # identical rollouts ...
     hist = torch.zeros(2, 2, 4, 48, 16)
     uq = ConstantUQ(torch.tensor([50.0, 0.0]))  # ... but the UQ head is unsure about the second
-    j = judge(pred, hist, torch.ones(4) / 2, uq, FixedSemantic(), codec, ScoreConfig())
+    j = judge(pred, hist, torch.ones(4) / 2, uq, FixedSemantic(), codec, ScoreConfig(frames=None))
     assert torch.allclose(j.semantic[0], j.semantic[1])
     assert float(j.region_uncertainty[0].max()) < 0.01 and float(j.region_uncertainty[1].min()) > 0.99
     assert float(j.score[1]) < float(j.score[0])
@@ -87,7 +88,7 @@ def test_only_the_relevant_region_counts(codec):
     pred = torch.zeros(2, 5, 4, 48, 16)
     hist = torch.zeros(2, 2, 4, 48, 16)
     sem = FixedSemantic(where=(8, 8))
-    cfg = ScoreConfig()
+    cfg = ScoreConfig(frames=None)
     unsure_elsewhere = judge(pred, hist, torch.ones(4), ConstantUQ(torch.zeros(2), rows=slice(0, 32)), sem, codec, cfg)
     unsure_there = judge(pred, hist, torch.ones(4), ConstantUQ(torch.zeros(2), rows=slice(32, 48)), sem, codec, cfg)
     certain = judge(pred, hist, torch.ones(4), ConstantUQ(torch.full((2,), 50.0)), sem, codec, cfg)
@@ -100,13 +101,19 @@ def test_centring_term(codec):
     pred = torch.zeros(1, 5, 4, 48, 16)
     hist = torch.zeros(1, 2, 4, 48, 16)
     uq = ConstantUQ(torch.full((1,), 50.0))
-    centred = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(10, 8)), codec, ScoreConfig())
-    middle = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig())
-    corner = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(2, 2)), codec, ScoreConfig())
+    centred = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(10, 8)), codec, ScoreConfig(frames=None))
+    middle = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig(frames=None))
+    corner = judge(pred, hist, torch.ones(4), uq, FixedSemantic(where=(2, 2)), codec, ScoreConfig(frames=None))
     assert float(centred.centre_distance.max()) < 0.05
     assert float(corner.score[0]) < float(middle.score[0]) < float(centred.score[0])
     image_centre = judge(
-        pred, hist, torch.ones(4), uq, FixedSemantic(where=(8, 8)), codec, ScoreConfig(centre_xy=(0.5, 0.5))
+        pred,
+        hist,
+        torch.ones(4),
+        uq,
+        FixedSemantic(where=(8, 8)),
+        codec,
+        ScoreConfig(frames=None, centre_xy=(0.5, 0.5)),
     )
     assert float(image_centre.centre_distance.max()) < 0.05
 
@@ -132,12 +139,12 @@ def test_relevance_term_prefers_a_bigger_instructed_region_and_frame_term_reads_
     pred = torch.zeros(1, 5, 4, 48, 16)
     hist = torch.zeros(1, 2, 4, 48, 16)
     uq = ConstantUQ(torch.full((1,), 50.0))
-    small = judge(pred, hist, torch.ones(4), uq, SizedSemantic(1), codec, ScoreConfig())
-    big = judge(pred, hist, torch.ones(4), uq, SizedSemantic(3), codec, ScoreConfig())
+    small = judge(pred, hist, torch.ones(4), uq, SizedSemantic(1), codec, ScoreConfig(frames=None))
+    big = judge(pred, hist, torch.ones(4), uq, SizedSemantic(3), codec, ScoreConfig(frames=None))
     assert torch.allclose(small.semantic, torch.full((1, 5), (9 / 256) ** 0.5), atol=1e-4)
     assert torch.allclose(big.semantic, torch.full((1, 5), (49 / 256) ** 0.5), atol=1e-4)
     assert float(big.score[0]) > float(small.score[0])
-    frame = ScoreConfig(semantic_term="frame")
+    frame = ScoreConfig(semantic_term="frame", frames=None)
     low = judge(pred, hist, torch.ones(4), uq, SizedSemantic(3, frame=0.1), codec, frame)
     high = judge(pred, hist, torch.ones(4), uq, SizedSemantic(1, frame=0.6), codec, frame)
     assert torch.allclose(high.semantic, torch.full((1, 5), 0.6)) and float(high.score[0]) > float(low.score[0])

@@ -28,7 +28,8 @@ def codec():
 
 
 def test_frame_ids():
-    assert scored_frame_ids(5, ScoreConfig()) == [0, 1, 2, 3, 4]
+    assert scored_frame_ids(5, ScoreConfig(frames=None)) == [0, 1, 2, 3, 4]
+    assert scored_frame_ids(5, ScoreConfig()) == [4]  # the default: the last frame
     assert scored_frame_ids(5, ScoreConfig(frames=(-1,))) == [4]
     assert scored_frame_ids(5, ScoreConfig(frames=(4, 2, -1))) == [2, 4]
     with pytest.raises(ValueError, match="outside"):
@@ -42,7 +43,7 @@ def test_only_the_scored_frames_are_decoded_and_the_returned_rollout_is_complete
     pred = torch.randn(3, 5, 4, 48, 16, generator=gen)
     hist = torch.zeros(3, 2, 4, 48, 16)
     uq, sem, text = ConstantUQ(torch.tensor([50.0, 1.0, 0.0])), GrowingSemantic(), torch.ones(4) / 2
-    full = judge(pred, hist, text, uq, sem, codec, ScoreConfig())
+    full = judge(pred, hist, text, uq, sem, codec, ScoreConfig(frames=None))
     decoded = []
     real = objective.decode_views
 
