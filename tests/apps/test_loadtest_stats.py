@@ -69,6 +69,7 @@ def test_errors_are_counted_by_status_and_every_request_without_a_plan_in_time_i
     assert summary["error_rate"] == pytest.approx(6 / 8)
     assert summary["server_stage_ms"]["plan"]["mean"] == pytest.approx(200.0, rel=1e-3)
     assert summary["server_stage_ms"]["queue"]["count"] == 2
+    assert Outcome("OK", 200, pb.PlanResponse()).key == "OK" and Outcome("UNAVAILABLE", 503).key == "503 UNAVAILABLE"
 
 
 def test_requests_sent_during_the_warm_up_are_left_out():
@@ -103,4 +104,5 @@ def test_memory_growth_is_measured_after_the_warm_up():
     assert growth["rss_start_mb"] == 500.0 and growth["rss_end_mb"] == pytest.approx(517.3, abs=0.1)
     assert growth["growth_mb"] == pytest.approx(17.3, abs=0.1)
     assert growth["slope_mb_per_hour"] == pytest.approx(36.0, rel=1e-3)  # 0.01 MB/s
+    assert growth["growth_median_mb"] == pytest.approx(0.01 * (1790 - 60) * 3 / 4, abs=0.5)  # last vs first quarter
     assert memory_growth(samples[:3], warmup_s=60.0)["growth_mb"] is None

@@ -19,7 +19,7 @@ from pathlib import Path
 from vidplan_server.apps.loadtest.clock import Clock, MonotonicClock
 from vidplan_server.apps.loadtest.config import LoadTestConfig, LoadTestError
 from vidplan_server.apps.loadtest.driver import run_robots
-from vidplan_server.apps.loadtest.memory import MemorySample, memory_growth, sample_memory
+from vidplan_server.apps.loadtest.memory import MB, MemorySample, memory_growth, sample_memory
 from vidplan_server.apps.loadtest.plots import StageTrace, plot_percentiles, plot_timeline
 from vidplan_server.apps.loadtest.ramp import judge, ramp_result
 from vidplan_server.apps.loadtest.replay import EncodedEpisode, RobotSettings
@@ -184,7 +184,11 @@ async def run_loadtest(
     if config.memory_port is None:
         report["memory"] = {"reason": "not sampled: give --metrics-port (the server's HTTP port) with gRPC"}
     else:
-        report["memory"] = {**memory_growth(memory, config.warmup_s), "problems": memory_problems}
+        report["memory"] = {
+            **memory_growth(memory, config.warmup_s),
+            "problems": memory_problems,
+            "samples": [[round(m.t_s, 2), round(m.rss_bytes / MB, 2)] for m in memory],  # (s from the start, MB)
+        }
         if not memory and memory_problems:
             report["memory"]["reason"] = f"not sampled: {memory_problems[0]}"
     report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}

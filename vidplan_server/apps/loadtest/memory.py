@@ -4,13 +4,17 @@
 :func:`sample_memory` reads them every ``every_s`` seconds on the target host only (the server's HTTP port), and
 :func:`memory_growth` says how much the server grew after the warm-up: the first sample at or after the end of the
 warm-up against the last one, the peak, and the slope of a least-squares line through the samples after the
-warm-up (MB per hour, from 5 minutes of samples on), which a soak (``--duration 1800``) turns into a leak figure.
+warm-up (MB per hour with its standard error, from 5 minutes of samples on), which a soak (``--duration 1800``)
+turns into a leak figure; the allocator swings the RSS by tens of MB between samples, so the medians of the first
+and the last quarter of the samples are compared too (``growth_median_mb``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+import numpy as np
 
 from vidplan_server.apps.loadtest.clock import Clock
 
@@ -80,17 +84,25 @@ def memory_growth(samples: list[MemorySample], warmup_s: float) -> dict:
         return {"sampled": len(samples), "growth_mb": None, "reason": "fewer than two samples after the warm-up"}
     first, last = after[0], after[-1]
     span_s = last.t_s - first.t_s
-    # A slope fitted to a few minutes of samples is the allocator's noise, not a leak: only from SLOPE_MIN_SPAN_S.
-    slope = (
-        linregress([s.t_s for s in after], [s.rss_bytes for s in after]).slope if span_s >= SLOPE_MIN_SPAN_S else None
-    )
-    return {
+    rss = np.array([s.rss_bytes for s in after]) / MB
+    quarter = max(len(after) // 4, 1)
+    out = {
         "sampled": len(samples),
         "after_warmup": len(after),
         "rss_start_mb": round(first.rss_bytes / MB, 1),
         "rss_end_mb": round(last.rss_bytes / MB, 1),
-        "rss_peak_mb": round(max(s.rss_bytes for s in after) / MB, 1),
+        "rss_peak_mb": round(float(rss.max()), 1),
         "growth_mb": round((last.rss_bytes - first.rss_bytes) / MB, 1),
-        "slope_mb_per_hour": None if slope is None else round(slope * 3600.0 / MB, 2),
+        # The allocator swings the RSS by tens of MB from one sample to the next: medians of the first and the last
+        # quarter of the samples say more than two single samples.
+        "growth_median_mb": round(float(np.median(rss[-quarter:]) - np.median(rss[:quarter])), 1),
+        "slope_mb_per_hour": None,
+        "slope_stderr_mb_per_hour": None,
         "span_s": round(span_s, 1),
     }
+    # A slope fitted to a few minutes of samples is the allocator's noise, not a leak: only from SLOPE_MIN_SPAN_S.
+    if span_s >= SLOPE_MIN_SPAN_S:
+        fit = linregress([s.t_s for s in after], rss)
+        out["slope_mb_per_hour"] = round(fit.slope * 3600.0, 2)
+        out["slope_stderr_mb_per_hour"] = round(fit.stderr * 3600.0, 2)
+    return out

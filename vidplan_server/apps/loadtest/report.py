@@ -106,8 +106,13 @@ def summary_text(report: dict) -> str:
     if memory.get("growth_mb") is not None:
         lines.append(
             f"  server RSS after the warm-up: {memory['rss_start_mb']:.0f} -> {memory['rss_end_mb']:.0f} MB "
-            f"({memory['growth_mb']:+.1f} MB over {memory['span_s']:.0f} s"
-            + ("" if memory["slope_mb_per_hour"] is None else f", {memory['slope_mb_per_hour']:+.1f} MB/h")
+            f"({memory['growth_mb']:+.1f} MB over {memory['span_s']:.0f} s; medians of the first and last quarter "
+            f"{memory['growth_median_mb']:+.1f} MB"
+            + (
+                ""
+                if memory["slope_mb_per_hour"] is None
+                else f"; slope {memory['slope_mb_per_hour']:+.1f} ± {memory['slope_stderr_mb_per_hour']:.1f} MB/h"
+            )
             + f"; peak {memory['rss_peak_mb']:.0f} MB)"
         )
     elif memory.get("reason"):

@@ -47,8 +47,8 @@ class Outcome:
 
     @property
     def key(self) -> str:
-        """How errors are counted: the gRPC status name, or ``"<HTTP status> <code>"`` over HTTP."""
-        return self.code if self.http_status is None else f"{self.http_status} {self.code}"
+        """ "OK", or how errors are counted: the gRPC status name, or ``"<HTTP status> <code>"`` over HTTP."""
+        return self.code if self.ok or self.http_status is None else f"{self.http_status} {self.code}"
 
     @property
     def deadline_exceeded(self) -> bool:
