@@ -5,7 +5,8 @@ One server plans for several robots. Requests whose options let them share a rol
 :meth:`~vidplan_server.planning.planner.Planner.batch_key`: flow steps k and uncertainty method) run the planner's
 named steps like :meth:`~vidplan_server.planning.planner.Planner.plan`, except the two that dominate its cost:
 
-1. per robot: ``_start`` (validation, the clock, the deadline), ``_encode``, ``_propose``;
+1. per robot: ``_start`` (validation, the clock, the deadline; all robots' clocks start together, so a deadline
+   counts from when the batch began), then ``_encode``, ``_propose``;
 2. shared: **one** flow-map rollout of all robots' proposals (sum of N_r rows, each robot's rows from its own
    seeded noise draw, shared by its own proposals as in a lone plan) and **one** judgement (UQ head, decoding,
    semantic reward), each row against its own history latents and instruction;
@@ -83,10 +84,16 @@ def _alone(planner: Planner, req: PlanRequest) -> PlanResult | Exception:
 
 
 def _shared(planner: Planner, items: list[tuple[int, PlanRequest]]) -> Iterator[tuple[int, PlanResult | Exception]]:
-    started: list[_Started] = []
-    for i, req in items:
+    calls = []
+    for i, req in items:  # every clock and deadline starts now, before any robot's own work
         try:
-            call = planner._start(req)
+            calls.append((i, planner._start(req)))
+        except Exception as exc:  # noqa: BLE001 - fails alone
+            yield i, exc
+    started: list[_Started] = []
+    for i, call in calls:
+        try:
+            call.start_laps()  # its encode counts from here, not from the batch's start
             history, text = planner._encode(call)
             props, knots = planner._propose(call)
         except Exception as exc:  # noqa: BLE001 - fails alone
