@@ -516,7 +516,9 @@ def test_a_deadline_passing_in_the_queue_is_answered_then_and_frees_the_slot(mak
         return answered_after
 
     answered_after = asyncio.run(scenario())
-    assert 0.09 < answered_after < 2.0  # at its deadline, while the planner is still held
+    # at (not before) its deadline, and while the planner was still held (asserted inside): no upper wall-clock
+    # bound, which a loaded CI machine can break
+    assert answered_after > 0.09
     assert [r.history.shape[0] for r in stub.requests] == [2, 2]  # the expired one never reached the planner
 
 

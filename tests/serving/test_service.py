@@ -369,10 +369,11 @@ def test_not_warmed_up_and_shutting_down_are_unavailable(stub):
 
 
 def test_idle_sessions_expire(make_service):
-    service = make_service(session_ttl_s=0.05)
+    # a TTL far above what two stub plans take even on a loaded machine, and a sleep just past it
+    service = make_service(session_ttl_s=1.0)
     asyncio.run(service.plan(call(sequence=7, t=1.0, session="r")))
     assert len(service.sessions) == 1
-    time.sleep(0.1)
+    time.sleep(1.1)
     # No sweep needed: the robot restarting after the TTL with the same id starts a fresh session, so its
     # sequence 1 is fine again (nothing else ran in between to expire the old one).
     asyncio.run(service.plan(call(sequence=1, t=0.0, session="r")))
