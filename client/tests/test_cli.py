@@ -82,6 +82,10 @@ def test_plan_asks_for_the_policy_baseline(config, servicer, frames, capsys):
     assert run(config, "plan", "--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go") == 0
     default = servicer.calls[1].options
     assert default.mode == pb.PLAN_MODE_PLAN and not default.HasField("policy_samples")
+    assert default.uq_method == pb.UQ_METHOD_UNSPECIFIED  # the server's --uq-method
+    argv = ["--frames", *frames, "--state-json", json.dumps(STATE), "--instruction", "go", "--uq-method", "c3-fsc"]
+    assert run(config, "plan", *argv) == 0
+    assert servicer.calls[2].options.uq_method == pb.UQ_METHOD_C3_FSC
     with pytest.raises(SystemExit):
         run(
             config,

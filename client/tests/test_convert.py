@@ -7,6 +7,7 @@ import pytest
 from fakes import FakeEnv, canned_response
 from vidplan_client.convert import (
     CAMERA_NAMES,
+    UQ_METHODS,
     PlanFailed,
     WireError,
     decode_image,
@@ -114,6 +115,21 @@ def test_mode_and_policy_proposals_go_into_the_options():
         plan_options(mode="dream")
     with pytest.raises(WireError, match="policy_samples must be >= 0"):
         plan_options(policy_samples=-1)
+
+
+def test_uq_method_goes_into_the_options_unset_by_default():
+    for name, enum in UQ_METHODS.items():
+        sent = pb.PlanOptions.FromString(plan_options(uq_method=name).SerializeToString())
+        assert sent.uq_method == enum != pb.UQ_METHOD_UNSPECIFIED
+    assert [pb.UqMethod.Name(e) for e in UQ_METHODS.values()] == [
+        "UQ_METHOD_BINS",
+        "UQ_METHOD_C3_FSC",
+        "UQ_METHOD_C3_CS",
+        "UQ_METHOD_SQUBED",
+    ]
+    assert plan_options().uq_method == pb.UQ_METHOD_UNSPECIFIED  # the server's --uq-method
+    with pytest.raises(WireError, match="uq_method must be one of bins, c3-fsc, c3-cs, squbed, got 'dropout'"):
+        plan_options(uq_method="dropout")
 
 
 def test_joint_velocity_nominal_needs_eight_columns():

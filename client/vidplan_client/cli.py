@@ -5,6 +5,7 @@
     vidplan-client plan --frames ext1.png ext2.png wrist.png --state-json state.json \\
         --instruction "put the red cube in the tray"
     vidplan-client plan ... --mode policy     # the bundle's policy alone: the baseline, same API
+    vidplan-client plan ... --uq-method c3-cs # another uncertainty weights the selection (`info`: uq_methods)
 
 Exit status: 0 on success, 1 when the server is not SERVING (``health``), 2 on an error (message on stderr).
 """
@@ -30,6 +31,7 @@ from vidplan_client.convert import (
     CAMERA_NAMES,
     ENCODINGS,
     MODES,
+    UQ_METHODS,
     PlanFailed,
     WireError,
     decode_image,
@@ -122,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
         default="plan",
         help="plan: VidPlan (default); policy: the server bundle's policy alone, the baseline to "
         "compare against (no world model; only when `info` lists PLAN_MODE_POLICY in modes)",
+    )
+    plan.add_argument(
+        "--uq-method",
+        choices=list(UQ_METHODS),
+        default=None,
+        help="the uncertainty that weights the selection score and the reported uncertainty: bins (the 30-bin "
+        "head), c3-fsc / c3-cs (C3's probes), squbed (S-QUBED; slow); only one `info` lists in uq_methods "
+        "(default: the server's, `vidplan serve --uq-method`)",
     )
     plan.add_argument(
         "--policy-samples",
@@ -254,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
             policy_samples=args.policy_samples,
             policy_perturbations=args.policy_perturbations,
             mode=args.mode,
+            uq_method=args.uq_method,
         )
         observation = make_observation(images, state, time.time(), encoding=args.encoding)
         request = make_request(args.session_id or uuid.uuid4().hex, 1, args.instruction, observation, options=options)

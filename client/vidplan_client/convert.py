@@ -25,6 +25,13 @@ ACTION_SPACES = {
 _ROW_WIDTH = {"cartesian_position": 7, "joint_velocity": 8}
 #: PlanOptions.mode: a VidPlan plan, or the bundle's policy alone (the baseline; GetInfo ``modes`` says if offered).
 MODES = {"plan": pb.PLAN_MODE_PLAN, "policy": pb.PLAN_MODE_POLICY}
+#: PlanOptions.uq_method: the uncertainty that weights the selection (GetInfo ``uq_methods`` says which are offered).
+UQ_METHODS = {
+    "bins": pb.UQ_METHOD_BINS,
+    "c3-fsc": pb.UQ_METHOD_C3_FSC,
+    "c3-cs": pb.UQ_METHOD_C3_CS,
+    "squbed": pb.UQ_METHOD_SQUBED,
+}
 #: The server stores session ids, so it bounds them (GetInfo ``request_limits.max_session_id_chars``).
 MAX_SESSION_ID_CHARS = 128
 
@@ -133,13 +140,16 @@ def plan_options(
     policy_samples: int | None = None,
     policy_perturbations: int | None = None,
     mode: str = "plan",
+    uq_method: str | None = None,
 ) -> pb.PlanOptions:
     """PlanOptions; ``None`` leaves a field unset, which means the server's default.
 
     ``policy_samples`` / ``policy_perturbations``: the proposals sampled from the server bundle's policy and their
     perturbed copies (when no nominal chunk is sent). ``mode``: "plan" (VidPlan), or "policy": the bundle's policy
     alone, the baseline to compare against (one safety-checked chunk, no world model; per-frame fields empty,
-    confidence 0), only on a server whose GetInfo ``modes`` lists PLAN_MODE_POLICY.
+    confidence 0), only on a server whose GetInfo ``modes`` lists PLAN_MODE_POLICY. ``uq_method``: the uncertainty
+    that weights the selection score and the reported uncertainty (one of :data:`UQ_METHODS`; None = the server's
+    default), only one the server's GetInfo ``uq_methods`` lists.
     """
     given = {
         "num_proposals": num_proposals,
@@ -155,10 +165,13 @@ def plan_options(
             raise WireError(f"{name} must be >= 0, got {value}")
     if mode not in MODES:
         raise WireError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if uq_method is not None and uq_method not in UQ_METHODS:
+        raise WireError(f"uq_method must be one of {', '.join(UQ_METHODS)}, got {uq_method!r}")
     return pb.PlanOptions(
         seed=seed,
         return_heatmaps=return_heatmaps,
         mode=MODES[mode],
+        uq_method=UQ_METHODS[uq_method] if uq_method is not None else pb.UQ_METHOD_UNSPECIFIED,
         **{k: int(v) for k, v in given.items() if v is not None},
     )
 

@@ -89,6 +89,8 @@ def test_model_info_as_json_keeps_the_info_layout():
         "action_space",
         "nominal_spaces",
         "modes",
+        "uq_methods",
+        "default_uq_method",
         "device",
         "defaults",
         "limits",

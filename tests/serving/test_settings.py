@@ -133,3 +133,43 @@ def test_versions(capsys):
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"vidplan-server {__version__}"
     assert __version__ not in ("", "unknown")
+
+
+def test_uq_method_from_the_flag_the_variable_and_the_file(tmp_path, monkeypatch, capsys):
+    from vidplan_server.planning.planner import PlannerConfig
+    from vidplan_server.planning.types import UQ_METHODS
+
+    assert cli_serve.UQ_METHOD_CHOICES == UQ_METHODS  # --help's choices without importing the planner
+    assert cli_serve.planner_config_from_args(_serve_args()).uq_method == PlannerConfig().uq_method == "bins"
+    monkeypatch.setenv("VIDPLAN_UQ_METHOD", "C3-CS")  # read case-insensitively, like the log settings
+    assert cli_serve.planner_config_from_args(_serve_args()).uq_method == "c3-cs"
+    assert cli_serve.planner_config_from_args(_serve_args("--uq-method", "squbed")).uq_method == "squbed"
+    assert main(["serve", "--print-config"]) == 0
+    assert 'uq_method = "c3-cs"  # from VIDPLAN_UQ_METHOD' in capsys.readouterr().out
+    monkeypatch.setenv("VIDPLAN_UQ_METHOD", "dropout")
+    assert main(["serve", "--print-config"]) == 2
+    assert "--uq-method / VIDPLAN_UQ_METHOD / config key uq_method" in capsys.readouterr().err
+    monkeypatch.delenv("VIDPLAN_UQ_METHOD")
+    config = tmp_path / "serve.toml"
+    config.write_text('uq_method = "c3-fsc"\n')
+    assert load_settings({}, config).uq_method == "c3-fsc"
+
+
+def test_a_uq_method_the_bundle_lacks_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import json
+
+    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
+    from vidplan_server.planning.planner import Planner
+
+    manifest = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    manifest["modules"] = {k: v for k, v in manifest["modules"].items() if k not in ("c3_fsc", "c3_cs", "squbed")}
+    (tmp_path / "config.json").write_text(json.dumps(manifest))  # the check reads the manifest only
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model loaded before --uq-method was checked")
+
+    monkeypatch.setattr(Planner, "load", load)
+    assert main(["serve", "--ckpt", str(tmp_path), "--uq-method", "c3-cs", "--grpc-port", "0", "--http-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--uq-method / VIDPLAN_UQ_METHOD c3-cs: the checkpoint" in err
+    assert "`vidplan train c3 --method cs`" in err and "it offers bins" in err

@@ -353,6 +353,43 @@ def test_policy_mode_without_a_policy_is_invalid_argument_on_both_transports(ser
     assert [o.mode for o in stub.options] == ["plan"]  # refused before the planner
 
 
+def test_a_uq_method_unknown_or_not_in_the_bundle_is_invalid_argument_on_both_transports(serve, stub):
+    """The stub's bundle offers bins only: GetInfo / /v1/info say so, and another method, or one without a name, is
+    refused before the planner with the field named; the same message on both transports."""
+    server = serve()
+    missing = "options.uq_method: 'c3-cs' needs its module in the checkpoint"
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        vidplan = pb_grpc.VidPlanStub(channel)
+        info = vidplan.GetInfo(pb.InfoRequest(), timeout=5)
+        assert list(info.uq_methods) == [pb.UQ_METHOD_BINS] and info.default_uq_method == pb.UQ_METHOD_BINS
+        with pytest.raises(grpc.RpcError) as refused:
+            vidplan.Plan(pb_request(uq_method=pb.UQ_METHOD_C3_CS), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        grpc_message = refused.value.details()
+        assert grpc_message.startswith(missing) and grpc_message.endswith("offered: bins")
+        with pytest.raises(grpc.RpcError) as refused:
+            vidplan.Plan(pb_request(uq_method=9), timeout=10)  # proto3 enums are open: a number without a name
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "options.uq_method: 9 is not a valid UqMethod"
+        vidplan.Plan(pb_request(uq_method=pb.UQ_METHOD_BINS), timeout=10)
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        info = http.get("/v1/info").json()
+        assert info["uq_methods"] == ["bins"] and info["default_uq_method"] == "bins"
+        r = http.post("/v1/plan", json=json_request(uq_method="c3-cs"))
+        assert r.status_code == 400 and r.json()["error"] == {
+            "code": "INVALID_ARGUMENT",
+            "message": grpc_message,
+            "field": "options.uq_method",
+            "violations": [],
+        }
+        r = http.post("/v1/plan", json=json_request(uq_method="dropout"))
+        assert r.status_code == 400 and r.json()["error"]["field"] == "options.uq_method"
+        assert http.post("/v1/plan", json=json_request()).status_code == 200
+        schema = http.get("/openapi.json").json()["components"]["schemas"]["PlanOptions"]["properties"]
+        assert next(a for a in schema["uq_method"]["anyOf"] if a.get("type") == "string")["enum"] == ["bins"]
+    assert [o.uq_method for o in stub.options] == ["bins", None]  # only the offered ones reached the planner
+
+
 def _self_signed(tmp_path):
     """A throw-away certificate for 127.0.0.1, made with the openssl command line tool."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

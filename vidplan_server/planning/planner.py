@@ -272,6 +272,7 @@ class Planner:
             modes=MODES if self.policy is not None else ("plan",),
             device=str(self.device),
             uq_methods=self.uq_sources.offered,
+            default_uq_method=c.uq_method,
         )
 
     def _autocast(self):

@@ -152,6 +152,7 @@ class ModelInfo:
     action_space: str = ACTION_SPACE
     nominal_spaces: tuple[str, ...] = NOMINAL_SPACES
     uq_methods: tuple[str, ...] = ("bins",)  # ``options.uq_method`` values offered (c3 / squbed need their modules)
+    default_uq_method: str = "bins"  # what an unset ``options.uq_method`` means (the planner's config)
 
     @property
     def chunk_steps(self) -> int:
@@ -177,6 +178,8 @@ class ModelInfo:
             "action_space": self.action_space,
             "nominal_spaces": list(self.nominal_spaces),
             "modes": list(self.modes),
+            "uq_methods": list(self.uq_methods),
+            "default_uq_method": self.default_uq_method,
             "device": self.device,
             "defaults": self.defaults.as_dict(),
             "limits": self.limits.as_dict(),

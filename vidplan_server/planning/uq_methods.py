@@ -28,7 +28,21 @@ from vidplan_server.models.squbed import SqubedCalibration, estimate, load_sqube
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.types import UQ_METHODS
 
-__all__ = ["UQ_METHODS", "UQSources"]
+__all__ = ["UQ_METHODS", "UQSources", "bundle_methods"]
+
+#: The bundle module each method other than ``bins`` needs.
+MODULES = {"c3-fsc": "c3_fsc", "c3-cs": "c3_cs", "squbed": "squbed"}
+
+
+def bundle_methods(ckpt: str | Path) -> tuple[str, ...]:
+    """The methods the bundle at ``ckpt`` offers, read from its manifest alone (no weights loaded): what
+    ``UQSources.load(ckpt).offered`` gives, for a check before the planner loads (``vidplan serve --uq-method``)."""
+    modules = read_manifest(ckpt)["modules"]
+    return (
+        "bins",
+        *sorted(m for m, module in MODULES.items() if module in modules and m != "squbed"),
+        *(("squbed",) if MODULES["squbed"] in modules else ()),
+    )
 
 
 @dataclass

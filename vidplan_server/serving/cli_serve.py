@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import get_args
 
 from vidplan_server.argtypes import CliError, check_device, non_negative_int, port, positive_float, positive_int
 from vidplan_server.serving.config import ServerConfig, ServiceConfig
@@ -21,6 +22,10 @@ from vidplan_server.serving.settings import (
 DEFAULT_POLICY_SAMPLES = 6
 DEFAULT_POLICY_PERTURBATIONS = 0
 MAX_PROPOSALS = 64
+#: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).
+UQ_METHOD_CHOICES = get_args(ServeSettings.model_fields["uq_method"].annotation)
+#: How each method's module is trained.
+TRAIN_STAGE = {"c3-fsc": "c3 --method fsc", "c3-cs": "c3 --method cs", "squbed": "squbed"}
 
 DESCRIPTION = (
     "Serve the planner over gRPC (service vidplan.v1.VidPlan: Plan, StreamPlan, GetInfo, plus grpc.health.v1 and "
@@ -96,6 +101,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="perturbed copies of those policy samples, within the N, when a request leaves "
         f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
         "samples already differ)",
+    )
+    p.add_argument(
+        "--uq-method",
+        choices=UQ_METHOD_CHOICES,
+        default=None,
+        help="the uncertainty that weights the selection score (and the reported uncertainty, confidence and "
+        "heatmaps) when a request leaves options.uq_method unset: bins (the 30-bin head), c3-fsc / c3-cs (C3's "
+        "probes, `vidplan train c3`), squbed (S-QUBED, `vidplan train squbed`; n x m extra rollouts per proposal); "
+        "a method other than bins needs its module in --ckpt; GetInfo lists the bundle's (default bins)",
     )
     p.add_argument(
         "--host",
@@ -340,6 +354,22 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ServerConfig, ServiceCo
     return configs(settings_from_args(args))
 
 
+def check_uq_method(settings: ServeSettings) -> None:
+    """Refuse a ``--uq-method`` the bundle has no module for, before the model loads (CliError names the option)."""
+    if settings.uq_method == "bins":
+        return
+    from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT
+    from vidplan_server.planning.uq_methods import bundle_methods
+
+    ckpt = settings.ckpt if settings.ckpt is not None else DEFAULT_CHECKPOINT
+    offered = bundle_methods(ckpt)
+    if settings.uq_method not in offered:
+        raise CliError(
+            f"--uq-method / VIDPLAN_UQ_METHOD {settings.uq_method}: the checkpoint {ckpt} has no module for it "
+            f"(train one with `vidplan train {TRAIN_STAGE[settings.uq_method]}`); it offers {', '.join(offered)}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``vidplan serve``: load, warm up, serve until SIGTERM / SIGINT (``--print-config``: print the
     settings and exit)."""
@@ -354,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     check_device(settings.device)
+    if not settings.ray:  # Ray replicas may see another file system; their planners refuse it the same way
+        check_uq_method(settings)
     from vidplan_server.serving.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, secrets=[settings.token_value])

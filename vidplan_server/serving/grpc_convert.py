@@ -37,6 +37,14 @@ SPACE_NAMES = {
 SPACE_ENUMS = {name: enum for enum, name in SPACE_NAMES.items()}
 MODE_NAMES = {pb.PLAN_MODE_UNSPECIFIED: "plan", pb.PLAN_MODE_PLAN: "plan", pb.PLAN_MODE_POLICY: "policy"}
 MODE_ENUMS = {"plan": pb.PLAN_MODE_PLAN, "policy": pb.PLAN_MODE_POLICY}
+#: PlanOptions.uq_method (UQ_METHOD_UNSPECIFIED: the server's default, None here) <-> planning.types.UQ_METHODS.
+UQ_NAMES = {
+    pb.UQ_METHOD_BINS: "bins",
+    pb.UQ_METHOD_C3_FSC: "c3-fsc",
+    pb.UQ_METHOD_C3_CS: "c3-cs",
+    pb.UQ_METHOD_SQUBED: "squbed",
+}
+UQ_ENUMS = {name: enum for enum, name in UQ_NAMES.items()}
 
 
 def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None) -> PlanCall:
@@ -48,11 +56,14 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
     o = request.options
     if o.mode not in MODE_NAMES:
         raise InvalidArgument(f"{o.mode} is not a valid PlanMode", field="options.mode")  # open enum: any number
+    if o.uq_method != pb.UQ_METHOD_UNSPECIFIED and o.uq_method not in UQ_NAMES:
+        raise InvalidArgument(f"{o.uq_method} is not a valid UqMethod", field="options.uq_method")
     options = Options(
         **{name: getattr(o, name) if o.HasField(name) else None for name in OPTIONAL_COUNTS},
         seed=o.seed,
         return_heatmaps=o.return_heatmaps,
         mode=MODE_NAMES[o.mode],
+        uq_method=UQ_NAMES.get(o.uq_method),  # unspecified: None, the server's default
     )
     nominal, nominal_space = None, "cartesian_position"
     if request.HasField("nominal") and request.nominal.rows:
@@ -144,8 +155,8 @@ def error_response(sequence: int, session_id: str, error: ServingError) -> pb.Pl
 
 
 def info_response(model: ModelInfo, modes: Sequence[str], serving: Mapping[str, Any]) -> pb.InfoResponse:
-    """GetInfo's reply: what the model offers, the modes this server offers and its serving limits
-    (:meth:`PlanService.serving_info`)."""
+    """GetInfo's reply: what the model offers (its uncertainty methods included), the modes this server offers and
+    its serving limits (:meth:`PlanService.serving_info`)."""
     limits = model.limits
     return pb.InfoResponse(
         model_version=model.model_version,
@@ -173,4 +184,6 @@ def info_response(model: ModelInfo, modes: Sequence[str], serving: Mapping[str, 
             **{k: v for k, v in serving.items() if k in pb.RequestLimits.DESCRIPTOR.fields_by_name and v is not None}
         ),
         modes=[MODE_ENUMS[mode] for mode in modes if mode in MODE_ENUMS],
+        uq_methods=[UQ_ENUMS[method] for method in model.uq_methods if method in UQ_ENUMS],
+        default_uq_method=UQ_ENUMS.get(model.default_uq_method, pb.UQ_METHOD_UNSPECIFIED),
     )

@@ -348,6 +348,8 @@ def _openapi(app: FastAPI, limits: Limits, token: bool, public_metrics: bool) ->
         target = next((a for a in option.get("anyOf", ()) if a.get("type") == "integer"), option)
         target.update(_bounds(r[f"options.{name}"]))
     props["PlanOptions"]["mode"].update(enum=list(limits.modes))  # "policy" only when the bundle has a policy
+    uq_method = props["PlanOptions"]["uq_method"]  # anyOf [string enum, null]: only the bundle's methods
+    next(a for a in uq_method["anyOf"] if a.get("type") == "string").update(enum=list(limits.uq_methods))
     schema["components"]["schemas"]["PlanRequest"]["examples"] = [_example(limits)]
     if token:
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -447,6 +449,7 @@ def plan_call(body: m.PlanRequest) -> PlanCall:
             seed=o.seed,
             return_heatmaps=o.return_heatmaps,
             mode=o.mode,
+            uq_method=o.uq_method,
         ),
         deadline_s=None if o.deadline_ms is None else o.deadline_ms / 1000.0,
     )

@@ -88,6 +88,13 @@ class PlanOptions(BaseModel):
         "model, per-frame fields empty and confidence 0; only when GET /v1/info "
         "lists it in `modes`, else 400 naming options.mode",
     )
+    uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] | None = Field(
+        None,
+        description="the uncertainty that weights the selection score and the reported uncertainty, confidence and "
+        "heatmaps: bins (the 30-bin head), c3-fsc / c3-cs (C3's probes), squbed (S-QUBED; slow); unset = the "
+        "server's default (GET /v1/info: default_uq_method); only one GET /v1/info lists in `uq_methods`, else 400 "
+        "naming options.uq_method",
+    )
 
 
 class PlanRequest(BaseModel):

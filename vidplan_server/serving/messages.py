@@ -90,6 +90,7 @@ class Options:
     policy_samples: int | None = None  # proposals sampled from the bundle's policy (when no nominal is sent)
     policy_perturbations: int | None = None  # perturbed copies of those samples
     mode: str = "plan"  # one of planning.types.MODES: "plan", or "policy" (the bundle's policy alone, the baseline)
+    uq_method: str | None = None  # one of planning.types.UQ_METHODS weighting the selection; None = the server's
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,9 @@ class ServeSettings(BaseSettings):
     device: str = Field("cpu", description="torch device of the planner: cpu, cuda, cuda:1")
     policy_samples: int | None = Field(None, ge=0, description="policy samples per plan (default: the planner's)")
     policy_perturbations: int | None = Field(None, ge=0, description="perturbed policy samples per plan")
+    uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
+        "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
+    )
     # network
     host: str = Field("127.0.0.1", min_length=1, description="address both servers bind")
     grpc_port: int = Field(50051, ge=-1, le=65535, description="gRPC port; 0 picks a free one, -1 disables gRPC")
@@ -132,7 +135,7 @@ class ServeSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "uq_method", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -222,7 +225,7 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
-        return replace(config, **changes)
+        return replace(config, **changes, uq_method=self.uq_method)
 
 
 def flag(name: str) -> str:

@@ -97,11 +97,13 @@ class Limits:
     max_session_id_chars: int
     max_nominal_steps: int
     modes: tuple[str, ...] = ("plan",)  # what ``options.mode`` may ask for: "policy" only with a policy
+    uq_methods: tuple[str, ...] = ("bins",)  # what ``options.uq_method`` may ask for: the bundle's methods
     options: Mapping[str, IntRange] = field(default_factory=lambda: option_ranges(DEFAULT_MAXIMA))  # by name
 
     @classmethod
     def build(cls, config: ServiceConfig, info: ModelInfo) -> Limits:
-        """From the service's config and what the planner offers (cameras, history span, maxima, modes)."""
+        """From the service's config and what the planner offers (cameras, history span, maxima, modes, uncertainty
+        methods)."""
         model_history = info.history * info.frame_stride
         max_history = model_history if config.max_history is None else min(config.max_history, model_history)
         return cls(
@@ -113,6 +115,7 @@ class Limits:
             max_session_id_chars=config.max_session_id_chars,
             max_nominal_steps=config.max_nominal_steps,
             modes=tuple(info.modes),
+            uq_methods=tuple(info.uq_methods),
             options=option_ranges(info.maxima),
         )
 
@@ -250,6 +253,9 @@ def _options(call: PlanCall, limits: Limits) -> PlanOptions:
         policy_samples=o.policy_samples,
         policy_perturbations=o.policy_perturbations,
         mode=o.mode,
+        uq_method=o.uq_method,
     )
     with _wire_fields():
-        return rules.check_options(options, limits.options, limits.modes, limits.mode_refusal, field="options")
+        return rules.check_options(
+            options, limits.options, limits.modes, limits.mode_refusal, field="options", uq_methods=limits.uq_methods
+        )

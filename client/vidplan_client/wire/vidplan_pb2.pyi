@@ -26,6 +26,14 @@ class PlanMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLAN_MODE_UNSPECIFIED: _ClassVar[PlanMode]
     PLAN_MODE_PLAN: _ClassVar[PlanMode]
     PLAN_MODE_POLICY: _ClassVar[PlanMode]
+
+class UqMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UQ_METHOD_UNSPECIFIED: _ClassVar[UqMethod]
+    UQ_METHOD_BINS: _ClassVar[UqMethod]
+    UQ_METHOD_C3_FSC: _ClassVar[UqMethod]
+    UQ_METHOD_C3_CS: _ClassVar[UqMethod]
+    UQ_METHOD_SQUBED: _ClassVar[UqMethod]
 IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
 IMAGE_ENCODING_JPEG: ImageEncoding
 IMAGE_ENCODING_PNG: ImageEncoding
@@ -36,6 +44,11 @@ ACTION_SPACE_JOINT_VELOCITY: ActionSpace
 PLAN_MODE_UNSPECIFIED: PlanMode
 PLAN_MODE_PLAN: PlanMode
 PLAN_MODE_POLICY: PlanMode
+UQ_METHOD_UNSPECIFIED: UqMethod
+UQ_METHOD_BINS: UqMethod
+UQ_METHOD_C3_FSC: UqMethod
+UQ_METHOD_C3_CS: UqMethod
+UQ_METHOD_SQUBED: UqMethod
 
 class CameraFrame(_message.Message):
     __slots__ = ("camera", "encoding", "width", "height", "data")
@@ -86,7 +99,7 @@ class NominalChunk(_message.Message):
     def __init__(self, space: _Optional[_Union[ActionSpace, str]] = ..., rows: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ...) -> None: ...
 
 class PlanOptions(_message.Message):
-    __slots__ = ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "return_heatmaps", "nominal_perturbations", "policy_samples", "policy_perturbations", "mode")
+    __slots__ = ("num_proposals", "refine_iters", "flow_steps", "deadline_ms", "seed", "return_heatmaps", "nominal_perturbations", "policy_samples", "policy_perturbations", "mode", "uq_method")
     NUM_PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     REFINE_ITERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +110,7 @@ class PlanOptions(_message.Message):
     POLICY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     POLICY_PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    UQ_METHOD_FIELD_NUMBER: _ClassVar[int]
     num_proposals: int
     refine_iters: int
     flow_steps: int
@@ -107,7 +121,8 @@ class PlanOptions(_message.Message):
     policy_samples: int
     policy_perturbations: int
     mode: PlanMode
-    def __init__(self, num_proposals: _Optional[int] = ..., refine_iters: _Optional[int] = ..., flow_steps: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., seed: _Optional[int] = ..., return_heatmaps: _Optional[bool] = ..., nominal_perturbations: _Optional[int] = ..., policy_samples: _Optional[int] = ..., policy_perturbations: _Optional[int] = ..., mode: _Optional[_Union[PlanMode, str]] = ...) -> None: ...
+    uq_method: UqMethod
+    def __init__(self, num_proposals: _Optional[int] = ..., refine_iters: _Optional[int] = ..., flow_steps: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., seed: _Optional[int] = ..., return_heatmaps: _Optional[bool] = ..., nominal_perturbations: _Optional[int] = ..., policy_samples: _Optional[int] = ..., policy_perturbations: _Optional[int] = ..., mode: _Optional[_Union[PlanMode, str]] = ..., uq_method: _Optional[_Union[UqMethod, str]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ("session_id", "sequence", "instruction", "observation", "history", "nominal", "options")
@@ -251,7 +266,7 @@ class SafetyLimits(_message.Message):
     def __init__(self, workspace_min_m: _Optional[_Iterable[float]] = ..., workspace_max_m: _Optional[_Iterable[float]] = ..., max_translation_per_step_m: _Optional[float] = ..., max_rotation_per_step_rad: _Optional[float] = ..., joint_lower_rad: _Optional[_Iterable[float]] = ..., joint_upper_rad: _Optional[_Iterable[float]] = ..., gripper_min: _Optional[float] = ..., gripper_max: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version", "request_limits", "modes")
+    __slots__ = ("model_version", "cameras", "image_height", "image_width", "history", "horizon", "frame_stride", "dt_s", "action_space", "chunk_steps", "limits", "server_version", "request_limits", "modes", "uq_methods", "default_uq_method")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMERAS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +281,8 @@ class InfoResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_LIMITS_FIELD_NUMBER: _ClassVar[int]
     MODES_FIELD_NUMBER: _ClassVar[int]
+    UQ_METHODS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_UQ_METHOD_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     cameras: _containers.RepeatedScalarFieldContainer[str]
     image_height: int
@@ -280,7 +297,9 @@ class InfoResponse(_message.Message):
     server_version: str
     request_limits: RequestLimits
     modes: _containers.RepeatedScalarFieldContainer[PlanMode]
-    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ..., request_limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., modes: _Optional[_Iterable[_Union[PlanMode, str]]] = ...) -> None: ...
+    uq_methods: _containers.RepeatedScalarFieldContainer[UqMethod]
+    default_uq_method: UqMethod
+    def __init__(self, model_version: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., history: _Optional[int] = ..., horizon: _Optional[int] = ..., frame_stride: _Optional[int] = ..., dt_s: _Optional[float] = ..., action_space: _Optional[_Union[ActionSpace, str]] = ..., chunk_steps: _Optional[int] = ..., limits: _Optional[_Union[SafetyLimits, _Mapping]] = ..., server_version: _Optional[str] = ..., request_limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., modes: _Optional[_Iterable[_Union[PlanMode, str]]] = ..., uq_methods: _Optional[_Iterable[_Union[UqMethod, str]]] = ..., default_uq_method: _Optional[_Union[UqMethod, str]] = ...) -> None: ...
 
 class RequestLimits(_message.Message):
     __slots__ = ("max_history", "max_image_short_side", "max_image_long_side", "max_instruction_chars", "max_session_id_chars", "max_nominal_steps", "max_num_proposals", "max_refine_iters", "max_flow_steps", "min_deadline_ms")
