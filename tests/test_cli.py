@@ -94,6 +94,20 @@ def test_record_preview_info_resume(tmp_path, capsys):
         (["sim", "preview", "NOPE", "--out", "sheet.xyz"], "must be a .png or .jpg"),
         (["train", "value", "--data", ".", "--out", "o", "--extra-data", "NOPE"], "--extra-data NOPE: dataset folder"),
         (["train", "codec", "--data", ".", "--out", "o", "--extra-data", "."], "not used by `train codec`"),
+        (["train", "world", "--data", ".", "--out", "o", "--method", "fsc"], "--method: only for `train c3`, not"),
+        (
+            ["train", "uq", "--data", ".", "--out", "o", "--videos", "2"],
+            "--videos: only for `train squbed`, not `train uq`",
+        ),
+        (
+            ["train", "c3", "--data", ".", "--out", "o", "--windows", "4"],
+            "--windows: only for `train squbed`, not `train c3`",
+        ),
+        (
+            ["train", "squbed", "--data", ".", "--out", "o", "--loss", "brier", "--eps", "0.2"],
+            "--loss, --eps: only for `train c3`, not `train squbed`",
+        ),
+        (["train", "c3", "--data", ".", "--out", "o", "--eps", "0.2"], "--eps is only for `train c3 --method fsc`"),
         (["eval", "reward", "--data", "NOPE", "--out", "o"], "--data NOPE: dataset folder does not exist"),
     ],
 )

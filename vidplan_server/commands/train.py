@@ -28,6 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
     if (args.residual or args.action_maps) and (args.stage != "world" or args.init_from is not None):
         raise CliError("--residual and --action-maps are only for a fresh `train world` (not with --init-from)")
+    train_probes.check_options(args)
     if args.pooling is not None and args.stage != "policy":
         raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
