@@ -304,3 +304,24 @@ def test_action_deltas_start_from_the_bundles_function(tmp_path, tiny_bundle, ti
         == 0
     )
     assert load_denoiser(out)[1].net.action_deltas
+
+
+def test_train_world_fresh_residual_with_action_maps_and_high_noise(tmp_path, tiny_bundle, tiny_dataset):
+    """--residual --action-maps K --p-mean M --p-std S: the exported config carries all four, sigma_data is the std
+    of the change from the current frame (smaller than the frames' own), and a resume can move the noise."""
+    import shutil
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    shutil.copy(tiny_bundle / "codec.safetensors", out / "codec.safetensors")
+    shutil.copy(tiny_bundle / "config.json", out / "config.json")
+    base = ["train", "world", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--quiet"]
+    assert main([*base, "--steps", "2", "--residual", "--action-maps", "4", "--p-mean", "0.3", "--p-std", "1.6"]) == 0
+    denoiser, config = load_denoiser(out)
+    assert config.edm.residual and config.net.action_maps == 4 and (config.edm.p_mean, config.edm.p_std) == (0.3, 1.6)
+    assert denoiser.net.action_maps is not None
+    _, absolute = load_denoiser(tiny_bundle)
+    assert 0 < config.edm.sigma_data < absolute.edm.sigma_data
+    assert main([*base, "--steps", "3", "--resume", "--p-mean", "1.0", "--p-std", "1.2"]) == 0
+    assert (load_denoiser(out)[1].edm.p_mean, load_denoiser(out)[1].net.action_maps) == (1.0, 4)
+    assert main([*base, "--steps", "4", "--resume", "--p-mean", "1.0"]) == 2  # --p-std is missing

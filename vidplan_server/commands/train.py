@@ -26,6 +26,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
     if args.action_deltas and args.stage != "world":
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
+    if (args.p_mean is None) != (args.p_std is None) or (args.p_mean is not None and args.stage != "world"):
+        raise CliError("--p-mean and --p-std go together, and only with `train world`")
+    if args.p_std is not None and args.p_std <= 0:
+        raise CliError(f"--p-std must be > 0, got {args.p_std}")
     if (args.residual or args.action_maps) and (args.stage != "world" or args.init_from is not None):
         raise CliError("--residual and --action-maps are only for a fresh `train world` (not with --init-from)")
     train_probes.check_options(args)
@@ -75,6 +79,7 @@ def _train_stage(args: argparse.Namespace, commands, opts):
             action_deltas=args.action_deltas,
             residual=args.residual,
             action_maps=args.action_maps,
+            noise=None if args.p_mean is None else (args.p_mean, args.p_std),
         )
     elif args.stage == "flowmap":
         result = commands.train_flowmap(opts, branches=tuple(args.extra_data))
@@ -216,6 +221,18 @@ def register(groups) -> None:
         metavar="K",
         help="world: K spatial action-map channels, a learned map from each frame's pose to image positions "
         "(models/video_net.py); a fresh run only (default: 0, none)",
+    )
+    tr.add_argument(
+        "--p-mean",
+        type=float,
+        default=None,
+        help="world: mean of ln(sigma) of the training noise; with --p-std. Low noise teaches local denoising, where "
+        "the noisy future already shows the answer and the actions do not matter; what the actions decide is learned "
+        "at high noise (SVD's video fine-tuning uses 1.0 / 1.6 at sigma_data ~1). Also on --resume (default: the "
+        "run's, EDM's -1.2 for a fresh one)",
+    )
+    tr.add_argument(
+        "--p-std", type=float, default=None, help="world: std of ln(sigma) of the training noise (default: 1.2)"
     )
     tr.add_argument(
         "--pooling",

@@ -195,6 +195,10 @@ def _mix(windows: LatentWindows, branch: LatentWindows | None) -> LatentWindows:
     return LatentWindows.concat([windows, branch.repeat(max(1, round(len(windows) / len(branch))))])
 
 
+def _noise_fields(noise: tuple[float, float] | None) -> dict[str, float]:
+    return {} if noise is None else {"p_mean": noise[0], "p_std": noise[1]}
+
+
 def world_init(init_from: Path, action_deltas: bool = False) -> tuple[WorldConfig, dict[str, torch.Tensor]]:
     """The world config and weights a run starts from: the bundle's, with ``action_deltas`` switched on (if
     asked) by zero weights for the new inputs, so the network computes exactly the bundle's function."""
@@ -217,6 +221,7 @@ def train_world(
     action_deltas: bool = False,
     residual: bool = False,
     action_maps: int = 0,
+    noise: tuple[float, float] | None = None,
 ) -> TrainResult:
     """The EDM video model on windows of ``opts.data``.
 
@@ -226,7 +231,9 @@ def train_world(
     (``VideoNetConfig.action_deltas``); from an ``init_from`` bundle without it, the new inputs' weights start at
     zero, so training starts from the bundle's function. ``residual``: the denoiser models the change from the
     current frame (``EDMConfig.residual``; sigma_data is then the std of that change); ``action_maps``: spatial
-    action-map channels (``VideoNetConfig.action_maps``); these two only for a fresh run."""
+    action-map channels (``VideoNetConfig.action_maps``); these two only for a fresh run. ``noise``: (p_mean,
+    p_std) of the training noise, ln sigma ~ N(p_mean, p_std^2) (default EDM's (-1.2, 1.2)); for a fresh run or,
+    on ``resume``, from the step reached on (the run's config is rewritten)."""
     _require(opts.out, "codec", f"vidplan train codec --data {opts.data} --out {opts.out}")
     preset = presets.WORLD[opts.preset]
     net = replace(preset.net, history=history, horizon=horizon, action_deltas=action_deltas, action_maps=action_maps)
@@ -240,12 +247,16 @@ def train_world(
                 "weights predict in their own codec's latent space (copy that codec first)"
             )
         config, init_weights = world_init(init_from, action_deltas)
+        if noise is not None:
+            config = replace(config, edm=replace(config.edm, **_noise_fields(noise)))
         train_w, held_w, _, counts, _ = _windows(
             opts, config.net.history, config.net.horizon, config.frame_stride, config.actions, branches
         )
     elif opts.resume and state.exists():
         # Resuming: keep the statistics the run started with, whatever the dataset holds now.
         config = load_config(opts.out, "world", WorldConfig)
+        if noise is not None:
+            config = replace(config, edm=replace(config.edm, **_noise_fields(noise)))
         train_w, held_w, _, counts, _ = _windows(
             opts, config.net.history, config.net.horizon, config.frame_stride, config.actions, branches
         )
@@ -260,7 +271,7 @@ def train_world(
             actions=stats,
             net=net,
             frame_stride=frame_stride,
-            edm=EDMConfig(sigma_data=round(sigma_data, 4), residual=residual),
+            edm=EDMConfig(sigma_data=round(sigma_data, 4), residual=residual, **_noise_fields(noise)),
         )
     stage = WorldStage(config, train_w, held_w)
     if init_weights is not None:
