@@ -42,6 +42,16 @@ def test_every_option_has_a_setting_a_variable_and_a_config_key():
 def test_defaults_are_the_configs_defaults():
     server, service = cli_serve.configs_from_args(_serve_args())
     assert server == ServerConfig() and service == ServiceConfig()
+    assert service.batch_window_s == 0.0  # no cross-robot batching on CPU, where it shares no compute
+
+
+def test_cross_robot_batching_is_on_by_default_for_a_cuda_planner_only():
+    _, service = cli_serve.configs_from_args(_serve_args("--device", "cuda"))
+    assert service.batch_window_s == 0.005
+    _, service = cli_serve.configs_from_args(_serve_args("--device", "cuda", "--batch-window-ms", "0"))
+    assert service.batch_window_s == 0.0
+    _, service = cli_serve.configs_from_args(_serve_args("--batch-window-ms", "2"))
+    assert service.batch_window_s == 0.002
 
 
 def test_flags_beat_variables_beat_the_file_beat_defaults(tmp_path, monkeypatch):

@@ -202,7 +202,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "oldest waiting one are planned together (all proposals in one flow-map rollout, one uncertainty and reward "
         "pass), each robot answered with its own plan, as alone with the same seed, within its own deadline; calls "
         "whose options cannot share a batch (mode policy, another flow_steps or uq_method) are planned alone; 0 "
-        f"turns batching off (default {s.batch_window_s * 1000:g})",
+        "turns batching off (default: 5 on a CUDA device; 0 on CPU, where a batch of R robots costs what R plans "
+        "cost one by one and the robots wait for each other -- measured in the README)",
     )
     p.add_argument(
         "--max-batch",

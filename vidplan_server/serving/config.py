@@ -35,7 +35,8 @@ class ServiceConfig:
     max_image_size: tuple[int, int] = (720, 1280)
     # Cross-robot batching (batching.py): calls queued within this window of the oldest are planned in one batched
     # rollout and scoring; 0 turns it off. A lone robot waits the window once per plan when the planner is idle.
-    batch_window_s: float = 0.005
+    # Off by default: the server settings turn it on (5 ms) for a CUDA planner (ServeSettings.batch_window_ms).
+    batch_window_s: float = 0.0
     max_batch: int = 8  # robots in one batch at most (the queue bounds it too: max_queue waiting calls)
 
     def __post_init__(self) -> None:

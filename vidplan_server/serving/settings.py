@@ -92,8 +92,15 @@ class ServeSettings(BaseSettings):
     )
     max_session_mb: float = Field(256.0, gt=0, description="memory all sessions together may hold (MiB)")
     # cross-robot batching (vidplan_server/serving/batching.py)
-    batch_window_ms: float = Field(
-        5.0, ge=0, le=1000, description="plan calls queued within this window in one batch (ms); 0 turns it off"
+    # Decided, measured (README "How many robots does one server hold?"): on 2 CPU cores a batch of R robots costs
+    # what R plans cost one after another (no compute is shared) and the robots wait for each other, so batching is
+    # off on CPU by default; on an accelerator one batched rollout costs about one plan's.
+    batch_window_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="plan calls queued within this window in one batch (ms); 0 turns it off "
+        "(default: 5 on a CUDA device, 0 on CPU)",
     )
     max_batch: int = Field(8, ge=1, le=64, description="robots planned in one batch at most")
     # logs
@@ -204,10 +211,16 @@ class ServeSettings(BaseSettings):
             max_image_size=tuple(self.max_image_size),
             max_session_bytes=int(self.max_session_mb * 2**20),
             access_log=self.access_log,
-            batch_window_s=self.batch_window_ms / 1000.0,
+            batch_window_s=self.effective_batch_window_ms() / 1000.0,
             max_batch=self.max_batch,
         )
         return server, service
+
+    def effective_batch_window_ms(self) -> float:
+        """``batch_window_ms``, or when unset 5 ms on a CUDA device and 0 (no batching) on CPU."""
+        if self.batch_window_ms is not None:
+            return self.batch_window_ms
+        return 5.0 if self.device.startswith("cuda") else 0.0
 
     def planner_config(self):
         """The :class:`~vidplan_server.planning.planner.PlannerConfig` (imports torch); ValueError names a bad
