@@ -325,3 +325,27 @@ def test_train_world_fresh_residual_with_action_maps_and_high_noise(tmp_path, ti
     assert main([*base, "--steps", "3", "--resume", "--p-mean", "1.0", "--p-std", "1.2"]) == 0
     assert (load_denoiser(out)[1].edm.p_mean, load_denoiser(out)[1].net.action_maps) == (1.0, 4)
     assert main([*base, "--steps", "4", "--resume", "--p-mean", "1.0"]) == 2  # --p-std is missing
+
+
+def test_world_evaluation_reports_the_conditional_mean_against_copying_the_current_frame():
+    """An untrained residual denoiser's mean (D at sigma_max) is the current frame: mse_mean == mse_copy, and it
+    ignores the actions (mean_action_gain 0); a trained output layer moves both."""
+    from tests.models.helpers import randomise_output, tiny_net_config
+    from vidplan_server.data.windows import LatentWindows
+    from vidplan_server.models.actions import ActionStats
+    from vidplan_server.models.edm import EDMConfig
+    from vidplan_server.models.world_model import WorldConfig
+    from vidplan_server.training.world_stages import WorldStage
+
+    g = torch.Generator().manual_seed(0)
+    latents = [torch.randn(12, 4, 12, 4, generator=g) for _ in range(2)]
+    actions = [torch.rand(12, 7, generator=g) * 2 - 1 for _ in range(2)]
+    windows = LatentWindows.build(latents, actions, history=2, horizon=3, stride=1)
+    stats = ActionStats(low=(-1.0,) * 7, high=(1.0,) * 7, angle_centre=(0.0, 0.0, 0.0))
+    config = WorldConfig(actions=stats, net=tiny_net_config(), edm=EDMConfig(sigma_data=0.5, residual=True))
+    stage = WorldStage(config, windows, windows)
+    out = stage.evaluate(stage.model.eval(), torch.device("cpu"))
+    assert out["mse_mean"] == pytest.approx(out["mse_copy"], rel=1e-3) and out["mean_action_gain"] == 0.0
+    randomise_output(stage.model.net)
+    out = stage.evaluate(stage.model.eval(), torch.device("cpu"))
+    assert out["mse_mean"] != pytest.approx(out["mse_copy"], rel=1e-3) and out["mean_action_gain"] != 0.0

@@ -3,8 +3,11 @@
 Both read latent windows made by :mod:`vidplan_server.data.windows` with the bundle's codec.
 Held-out metrics use fixed noise, so successive evaluations are comparable:
 
-- world:   ``loss`` (Eq. 2 at fixed sigmas and noise) and ``mse_heun`` (latent MSE of an 8-level
-           Heun sample against the true future latents).
+- world:   ``loss`` (Eq. 2 at fixed sigmas and noise), ``mse_heun`` (latent MSE of an 8-level
+           Heun sample against the true future latents), ``mse_mean`` (MSE of the denoiser at sigma_max, i.e. its
+           estimate of the conditional mean future; compare ``mse_copy``, copying the current frame) and
+           ``mean_action_gain`` (the action gain of that mean: less diluted by sampling noise than the Heun
+           sample's ``action_gain``).
 - flowmap: ``mse_k1``, ``mse_k2``, ``mse_k4`` (latent MSE of k-step samples) and ``flow_loss``.
 """
 
@@ -68,7 +71,19 @@ class WorldStage(_WindowStage):
         pred = heun_sample(model, hist, act, steps=8, noise=noise)
         mse = ((pred.float() - fut) ** 2).mean().item()
         shuffled = heun_sample(model, hist, act.roll(1, dims=0), steps=8, noise=noise)
-        return {"loss": loss, "mse_heun": mse, **action_gain(mse, shuffled, fut)}
+        s_max = torch.full((len(fut),), model.config.sigma_max, device=device)
+        mean = model(noise * model.config.sigma_max, s_max, hist, act)[0]
+        mse_mean = ((mean.float() - fut) ** 2).mean().item()
+        mean_shuffled = model(noise * model.config.sigma_max, s_max, hist, act.roll(1, dims=0))[0]
+        gain = action_gain(mse_mean, mean_shuffled, fut)["action_gain"]
+        return {
+            "loss": loss,
+            "mse_heun": mse,
+            **action_gain(mse, shuffled, fut),
+            "mse_mean": mse_mean,
+            "mse_copy": ((hist[:, -1:] - fut) ** 2).mean().item(),
+            "mean_action_gain": gain,
+        }
 
     def export(self, model, ckpt: Path, meta: dict) -> None:
         save_module(ckpt, "world", model, self.config, meta)
