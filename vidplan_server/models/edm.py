@@ -78,11 +78,13 @@ class EDMDenoiser(nn.Module):
         normalised actions (B, H, 7) -> (x1_hat, eps_hat), both (B, H, C, h, w)."""
         sigma = sigma.to(x.dtype).reshape(-1).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = self.precondition(sigma)
-        anchor = history[:, -1:].to(x.dtype) if self.config.residual else torch.zeros_like(x[:, :1])
-        y = x - anchor
+        anchor = history[:, -1:].to(x.dtype) if self.config.residual else None
+        y = x if anchor is None else x - anchor  # no zero tensor on the absolute path
         out = self.net(_bcast(c_in, x) * y, history, actions, c_noise, cond)
         out = out.to(x.dtype)
-        x1_hat = anchor + _bcast(c_skip, x) * y + _bcast(c_out, x) * out
+        x1_hat = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
+        if anchor is not None:
+            x1_hat = x1_hat + anchor
         sd = self.config.sigma_data
         eps_hat = _bcast(sigma / (sigma**2 + sd**2), x) * y - _bcast(sd / (sigma**2 + sd**2).sqrt(), x) * out
         return x1_hat, eps_hat
