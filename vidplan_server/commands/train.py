@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidplan_server.argtypes import CliError, check_device, fraction, positive_int
+from vidplan_server.argtypes import CliError, check_device, fraction, non_negative_int, positive_float, positive_int
 from vidplan_server.commands import train_probes
 
 
@@ -28,8 +28,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
     if (args.p_mean is None) != (args.p_std is None) or (args.p_mean is not None and args.stage != "world"):
         raise CliError("--p-mean and --p-std go together, and only with `train world`")
-    if args.p_std is not None and args.p_std <= 0:
-        raise CliError(f"--p-std must be > 0, got {args.p_std}")
     if (args.residual or args.action_maps) and (args.stage != "world" or args.init_from is not None):
         raise CliError("--residual and --action-maps are only for a fresh `train world` (not with --init-from)")
     train_probes.check_options(args)
@@ -216,7 +214,7 @@ def register(groups) -> None:
     )
     tr.add_argument(
         "--action-maps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="world: K spatial action-map channels, a learned map from each frame's pose to image positions "
@@ -232,7 +230,10 @@ def register(groups) -> None:
         "run's, EDM's -1.2 for a fresh one)",
     )
     tr.add_argument(
-        "--p-std", type=float, default=None, help="world: std of ln(sigma) of the training noise (default: 1.2)"
+        "--p-std",
+        type=positive_float,
+        default=None,
+        help="world: std of ln(sigma) of the training noise (default: 1.2)",
     )
     tr.add_argument(
         "--pooling",
