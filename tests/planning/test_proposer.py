@@ -151,3 +151,33 @@ def test_no_feasible_proposal_is_an_unsafe_plan(proposer, home):
     tight = Proposer(ActionAdapter(proposer.kin, replace(SafetyLimits(), max_rotation_per_step_rad=1e-12)))
     with pytest.raises(UnsafePlanError, match="no feasible proposal"):
         tight.propose(Q_HOME, home, 0.0, STEPS, 6, np.random.default_rng(0))
+
+
+class _OvershootingKinematics(PandaKinematics):
+    """IK that lands 4 mm past its goal along +x: within the 5 mm IK tolerance, as a real solver may."""
+
+    def ik(self, target, q0, tol=1e-6):
+        goal = np.array(target, dtype=np.float64)
+        goal[0] += 0.004
+        return super().ik(goal, q0, tol)
+
+
+def test_steps_stay_within_the_limits_when_ik_lands_off_its_goal(home):
+    proposer = Proposer(ActionAdapter(_OvershootingKinematics(), SafetyLimits()))
+    nominal = np.tile(np.r_[home, 0.0], (STEPS, 1))
+    nominal[:, 0] += np.linspace(0.1, 0.5, STEPS)  # every step asks for more than the per-step limit
+    props = proposer.propose(Q_HOME, home, 0.0, STEPS, 1, np.random.default_rng(0), nominal)
+    assert props.kinds == ["nominal"]  # not dropped as infeasible
+    assert_feasible(proposer, props, home)
+    assert props.actions[0, -1, 0] > home[0] + 0.3  # still moving at close to the limit
+
+
+def test_a_robot_just_past_a_joint_limit_still_gets_a_feasible_chunk(proposer):
+    q0 = Q_HOME.copy()
+    q0[6] = proposer.adapter.limits.joint_upper_rad[6] + 0.002  # reported a hair past the wrist's limit
+    pose0 = proposer.kin.fk_pose(q0)
+    nominal = np.tile(np.r_[pose0, 0.0], (STEPS, 1))
+    nominal[:, 2] += 5.0  # unreachable: every step holds
+    props = proposer.propose(q0, pose0, 0.0, STEPS, 1, np.random.default_rng(0), nominal)
+    assert props.kinds == ["nominal"]
+    assert_feasible(proposer, props, pose0)

@@ -80,11 +80,16 @@ class ActionAdapter:
         Starting from the current pose0 (6,) and configuration q0 (7,).
         """
         lim = self.limits
-        max_t = lim.max_translation_per_step_m * (1 - 1e-3)
-        max_r = lim.max_rotation_per_step_rad * (1 - 1e-3)
+        # The step towards the goal is shortened by the IK tolerance too: IK may land anywhere within that
+        # tolerance of its goal, and the step is measured between the poses reached (closed-loop runs saw a
+        # policy chunk refused for 0.0751 m > 0.075 m before this margin).
+        max_t = (lim.max_translation_per_step_m - lim.ik_tolerance_m) * (1 - 1e-3)
+        max_r = (lim.max_rotation_per_step_rad - lim.ik_tolerance_rad) * (1 - 1e-3)
         prev_p = np.asarray(pose0[:3], dtype=np.float64)
         prev_R = Rotation.from_euler("xyz", pose0[3:6])
-        q = np.asarray(q0, dtype=np.float64)
+        # A robot that reports joints a hair past a limit (a simulated one did) would otherwise make every held
+        # step infeasible: hold the nearest configuration inside the limits instead.
+        q = np.clip(np.asarray(q0, dtype=np.float64), self.q_lo, self.q_hi)
         actions = np.empty((len(targets), 7))
         joints = np.empty((len(targets), 7))
         for s, target in enumerate(np.asarray(targets, dtype=np.float64)):
