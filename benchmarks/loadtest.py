@@ -155,7 +155,7 @@ def main() -> int:
         "options takes 2-3 s and the planner refuses budgets under its minimum informed pass, about 1.75 s)",
     )
     p.add_argument("--proposals", type=int, default=None, help="options.num_proposals (default: the server's, 12)")
-    p.add_argument("--refine-iters", type=int, default=None, help="options.refine_iters (default: the server's, 3)")
+    p.add_argument("--refine-iters", type=int, default=None, help="options.refine_iters (default: the server's, 0)")
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint of the server (default: bundled)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="window of the batched variant (default 5)")

@@ -145,7 +145,7 @@ def _plan(inputs: dict[str, torch.Tensor], planner) -> dict[str, torch.Tensor]:
         RobotState(
             inputs["joint_position"].numpy(), inputs["cartesian_position"].numpy(), float(inputs["gripper_position"][0])
         ),
-        options=PlanOptions(num_proposals=12, refine_iters=3, flow_steps=1, seed=PLAN_SEED),
+        options=PlanOptions(num_proposals=12, policy_samples=6, refine_iters=3, flow_steps=1, seed=PLAN_SEED),
     )
     r = planner.plan(req)
     return {

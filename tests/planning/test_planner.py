@@ -90,7 +90,7 @@ def test_refinement_never_lowers_the_objective(planner, request0):
 
 
 def test_an_unsafe_refined_chunk_falls_back_to_the_proposal(planner, request0, monkeypatch):
-    def jumpy(knots, proposal, pose0, gripper0):
+    def jumpy(knots, proposal):
         out = proposal.copy()
         out[7:, 0] += 0.3  # a 0.3 m jump in one control step
         return out

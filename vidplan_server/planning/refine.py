@@ -83,19 +83,25 @@ def gradient_ascent(
     return [r for _, r in sorted(better, key=lambda b: -b[0])], trace, cut
 
 
-def control_chunk(
-    knots: np.ndarray, proposal: np.ndarray, pose0: np.ndarray, gripper0: float, stride: int
-) -> np.ndarray:
-    """Refined knots (H, 7) -> control-rate chunk (S, 7): positions and gripper linear between knots (starting
-    from the current state), orientations from the proposal (S, 7)."""
+def control_chunk(knots: np.ndarray, proposal: np.ndarray, stride: int) -> np.ndarray:
+    """Refined knots (H, 7) -> control-rate chunk (S, 7): the proposal (S, 7) moved by what refinement changed.
+
+    Decided: the change of each knot's positions and gripper (refined minus the proposal's own knot, its steps
+    ``stride - 1, 2 * stride - 1, ...``) is interpolated linearly between knots, from zero at the current state,
+    and added to the proposal; orientations stay the proposal's. So unrefined knots give back the proposal
+    exactly, with its gripper timing (a policy's close at one control step). The first version drew the chunk
+    straight through the knots instead: that smeared a policy's gripper close over ``stride`` steps and cut the
+    corners of its path even when refinement changed almost nothing.
+    """
     H = len(knots)
-    pts = np.concatenate([np.r_[pose0[:3], gripper0][None], knots[:, REFINED_DIMS]])  # (H + 1, 4)
-    s = np.arange(H * stride) + 1.0  # control step s + 1 reaches knot (s + 1) / stride
+    own = proposal[stride - 1 :: stride][:H]
+    delta = np.asarray(knots, dtype=np.float64)[:, REFINED_DIMS] - own[:, REFINED_DIMS]  # (H, 4)
+    pts = np.concatenate([np.zeros((1, len(REFINED_DIMS))), delta])  # (H + 1, 4)
+    s = np.arange(len(proposal)) + 1.0  # control step s + 1 reaches knot (s + 1) / stride
     x = np.arange(H + 1) * stride
-    lin = np.stack([np.interp(s, x, pts[:, d]) for d in range(4)], 1)
-    out = proposal.copy()
-    out[:, :3] = lin[:, :3]
-    out[:, 6] = lin[:, 3]
+    lin = np.stack([np.interp(s, x, pts[:, d]) for d in range(len(REFINED_DIMS))], 1)
+    out = np.array(proposal, dtype=np.float64, copy=True)
+    out[:, REFINED_DIMS] += lin
     return out
 
 

@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="proposals sampled from the bundle's policy per plan when a request sends no nominal chunk and leaves "
-        f"options.policy_samples unset; the Jacobian basis bank fills the rest of the N (0-{MAX_PROPOSALS}; "
+        f"options.policy_samples unset; the Jacobian basis bank fills the rest of the N, if any (0-{MAX_PROPOSALS}; "
         f"default {DEFAULT_POLICY_SAMPLES}; ignored by a bundle without a policy)",
     )
     p.add_argument(
