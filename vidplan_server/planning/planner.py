@@ -29,13 +29,13 @@ from the current configuration). A refined chunk that fails falls back to the se
 ``notes``); a proposal is feasible by construction, and if even it failed the call raises
 :class:`~vidplan_server.planning.types.UnsafePlanError` rather than returning a clipped surprise.
 
-Defaults decided in the closed loop (``vidplan eval closed-loop`` runner, bundled checkpoint, the same first
-episodes of ``val`` and ``ood`` at ``--seed 1000``; successes): the policy alone 5/10 ``val``, 0/10 ``ood``;
-6 policy samples + 6 basis proposals without refinement 0/10 and 0/10 (the selection score prefers basis moves
-that approach or hover and never grasp: 9 of 20 episodes ended without a grasp on ``ood``, 10 of 10); 12 policy
-samples without refinement 2/6 (the policy 3/6 on those) and 0/6; the same with 3 refinement steps 0/4 and 0/4.
-So the defaults are ``policy_samples`` = ``num_proposals`` (the basis enters only when a request or the server
-config leaves room for it, and with no policy in the bundle) and ``refine_iters`` 0.
+Defaults decided in the closed loop (``vidplan eval closed-loop`` runner, bundled checkpoint with the policy
+before its third DAgger round, the same first episodes of ``val`` and ``ood`` at ``--seed 1000``; successes): the
+policy alone 5/10 ``val``, 0/10 ``ood``; 6 policy samples + 6 basis proposals without refinement 0/10 and 0/10
+(the selection score prefers basis moves that approach or hover and never grasp: no grasp in 6 ``val`` and all 10
+``ood`` episodes); 12 policy samples without refinement 2/6 (the policy 3/6 on those) and 0/6; the same with 3
+refinement steps 0/4 and 0/4. So the defaults are ``policy_samples`` = ``num_proposals`` (the basis enters only
+when a request or the server config leaves room for it, or the bundle has no policy) and ``refine_iters`` 0.
 
 Anytime: with ``deadline_s`` the planner always finishes proposal, rollout and scoring (the minimum for an
 informed answer), then starts a refinement iteration or the heatmap decoding only when the time the last
