@@ -105,8 +105,9 @@ def test_demo_runs_an_episode_against_a_server_it_starts_and_stops(tmp_path, cap
     assert report["video_size"] == [384, 280]
     heatmap_rows = frames[:, 24 + 128 :].reshape(24, -1).mean(axis=1)
     assert heatmap_rows[0] < 5  # no plan yet: black
-    if report["plans_used"]:
-        assert heatmap_rows[-1] > 20  # the executed plan's heatmaps
+    assert 0 <= report["plans_with_heatmaps"] <= report["plans_used"]
+    if report["plans_with_heatmaps"]:  # a loaded server past its deadline skips them (anytime planning)
+        assert heatmap_rows.max() > 20  # the executed plan's heatmaps
     assert not np.array_equal(frames[0, 24:152], frames[-1, 24:152]) or report["chunk_steps"] == 0
 
     # The server the demo started is gone: stopped by SIGTERM (exit 0), reaped, its port closed.

@@ -19,7 +19,7 @@ from vidplan_server.serving.settings import (
 )
 
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
-DEFAULT_POLICY_SAMPLES = 6
+DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
 MAX_PROPOSALS = 64
 #: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).

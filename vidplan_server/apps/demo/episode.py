@@ -96,6 +96,8 @@ def run_episode(client, info, args: argparse.Namespace, out: Path) -> dict:
         "plans_sent": len(plans),
         "plans_received": sum(p.outcome in ("used", "dropped") for p in plans),
         "plans_used": sum(p.outcome == "used" for p in plans),
+        # a server past its deadline skips the heatmaps (anytime planning): the video shows them only for these
+        "plans_with_heatmaps": sum(len(r.heatmaps) > 0 for r in responses.values()),
         "plans_dropped": sum(p.outcome == "dropped" for p in plans),
         "plans_failed": sum(p.outcome == "failed" for p in plans),
         "median_plan_latency_ms": round(statistics.median(answered), 1) if answered else None,
