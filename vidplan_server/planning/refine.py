@@ -115,10 +115,11 @@ def project_knots(knots: torch.Tensor, start: torch.Tensor, limits: SafetyLimits
     """Project model-rate positions + gripper onto the feasible set (no gradient).
 
     knots (B, H, 4): x, y, z (m) and gripper of the model-rate actions; start (B, 4) the current position and
-    gripper. Between knots the control-rate chunk is linear over ``stride`` steps, so each knot may move at
-    most ``stride * max_translation_per_step_m`` from the previous one. Sequentially per knot: shrink the
-    step to that length, clamp into the workspace box (a convex set containing the previous knot, so the
-    step stays short), clamp the gripper to its range. Returns (B, H, 4).
+    gripper. Each knot may move at most ``stride * max_translation_per_step_m`` from the previous one (the most
+    ``stride`` control steps can cover). Sequentially per knot: shrink the step to that length, clamp into the
+    workspace box (a convex set containing the previous knot, so the step stays short), clamp the gripper to its
+    range. Returns (B, H, 4). This bounds the knots only: the control-rate chunk built from them
+    (:func:`control_chunk`, the proposal plus the interpolated changes) gets the full safety check afterwards.
     """
     lo = torch.tensor(limits.workspace_min_m, dtype=knots.dtype, device=knots.device)
     hi = torch.tensor(limits.workspace_max_m, dtype=knots.dtype, device=knots.device)
