@@ -23,10 +23,12 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from vidplan_server.evaluation.closed_loop.agents import build_agent
 from vidplan_server.evaluation.closed_loop.planning_agents import request_from_history
 from vidplan_server.evaluation.closed_loop.runner import DEFAULT_SEED
+from vidplan_server.models.checkpoint import CheckpointError
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
 from vidplan_server.sim.episode import episode_seed
@@ -43,7 +45,7 @@ def _near_grasp(obs: dict, target_xyz: np.ndarray) -> bool:
 
 def probe(planner: Planner, env: SimRobotEnv, split: str, episodes: int, probes: int, seed: int) -> list[dict]:
     rows = []
-    for i in range(episodes):
+    for i in tqdm(range(episodes), desc="grasp choice", unit="scene"):
         ep_seed = episode_seed(seed, split, i)
         instruction = env.reset(ep_seed)
         expert = build_agent("expert")
@@ -94,7 +96,10 @@ def main() -> int:
     args = p.parse_args()
     if args.episodes < 1 or args.probes < 1:
         p.error("--episodes and --probes must be >= 1")
-    planner = Planner.load(args.ckpt)
+    try:
+        planner = Planner.load(args.ckpt)
+    except CheckpointError as exc:
+        p.error(f"--ckpt: {exc}")
     if planner.policy is None:
         p.error("--ckpt: the checkpoint has no policy module")
     env = SimRobotEnv(SimEnvConfig(split=args.split))
