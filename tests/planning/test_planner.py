@@ -71,6 +71,28 @@ def test_selection_takes_the_highest_score(planner, request0, monkeypatch):
     assert r.actions[-1, 2] > request0.state.cartesian_position[2] + 0.1  # the chunk that goes up
 
 
+@pytest.mark.parametrize("gap, kept", [(0.003, True), (0.005, False)])
+def test_the_robots_own_chunk_is_kept_unless_beaten_by_the_margin(planner, request0, monkeypatch, gap, kept):
+    """A nominal chunk (the robot's own) wins over a better-scored proposal when the gap is within keep_margin."""
+    assert planner.config.keep_margin == 0.004
+    real = planner.judge
+    nominal = np.tile(np.r_[request0.state.cartesian_position, 0.0], (15, 1))
+    nominal[:, 0] += np.linspace(0.005, 0.075, 15)
+
+    def judged(pred, history, text):
+        j = real(pred, history, text)
+        j.score = torch.zeros(len(pred))
+        j.score[0], j.score[3] = 0.5, 0.5 + gap  # the nominal, one of its perturbations
+        return j
+
+    monkeypatch.setattr(planner, "judge", judged)
+    r = planner.plan(replace(request0, nominal=nominal))
+    assert r.proposal_kinds[0] == "nominal"
+    assert r.winner == (0 if kept else 3)
+    assert any(n.startswith("kept nominal") for n in r.notes) == kept
+    assert_safe(planner, request0, r)
+
+
 def test_refinement_never_lowers_the_objective(planner, request0):
     r = planner.plan(with_options(request0, refine_iters=4))
     objectives = [s.objective for s in r.refinement]

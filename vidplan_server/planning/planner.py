@@ -7,7 +7,9 @@ One call of :meth:`Planner.plan`:
    sees every ``frame_stride``-th step (its knots, DESIGN "Actions");
 3. **rollout** all N with the k-step flow map in one batched call, with seeded noise;
 4. **score** them (:func:`~vidplan_server.planning.objective.judge`: UQ head + semantic reward, batched) and
-   take the argmax;
+   take the argmax, except that the robot's own chunk (the policy's first sample, or the request's nominal) is
+   kept when the best score beats it by no more than ``keep_margin``, the rollout noise's level
+   (:mod:`~vidplan_server.planning.selection`);
 5. **refine** the winner: ``iters`` Adam steps in normalised action space on the uncertainty-weighted
    expected value (:func:`~vidplan_server.planning.objective.value_objective`), back-propagated through the
    k-step flow map with the winner's own noise held fixed (so the objective is a deterministic function of
@@ -80,6 +82,7 @@ from vidplan_server.planning.objective import (
 from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
+from vidplan_server.planning.selection import select
 from vidplan_server.planning.types import (
     MODES,
     UQ_METHODS,
@@ -116,6 +119,9 @@ class PlannerConfig:
     # the rest of num_proposals. Decided: all of them by default (closed-loop A/B below).
     policy_samples: int = 12
     policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
+    # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
+    # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
+    keep_margin: float = 0.004
     uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -453,7 +459,7 @@ class Planner:
         history, text = self._encode(call)
         props, knots = self._propose(call)
         noise, pred = self._rollout(call, history, knots)
-        judged, winner = self._score(call, pred, history, text, knots, noise)
+        judged, winner = self._score(call, pred, history, text, props.kinds, knots, noise)
         return self._finish(call, history, text, props, knots, noise, pred, judged, winner)
 
     def batch_key(self, req: PlanRequest) -> tuple | None:
@@ -597,15 +603,26 @@ class Planner:
         pred: torch.Tensor,
         history: torch.Tensor,
         text: torch.Tensor,
+        kinds: list[str],
         knots: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> tuple[Judgement, int]:
         """Judge every proposal with the call's ``uq_method``; the winner is the highest score."""
         maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
         judged = self.judge(pred, history, text, *([maps] if maps is not None else []))  # bins: as before
-        winner = int(torch.argmax(judged.score))
+        winner = self.choose_winner(call, judged, kinds)
         call.lap("score")
         return judged, winner
+
+    def choose_winner(self, call: _Call, judged: Judgement, kinds: list[str]) -> int:
+        """The winner (:func:`~vidplan_server.planning.selection.select`): the best score, unless the robot's own
+        chunk is within ``keep_margin`` of it; a kept chunk is said in ``notes``."""
+        scores = judged.score.float().cpu().numpy()
+        chosen = select(scores, kinds, self.config.keep_margin)
+        note = chosen.note(scores, kinds, self.config.keep_margin)
+        if note:
+            call.notes.append(note)
+        return chosen.winner
 
     def _refine_safely(
         self,

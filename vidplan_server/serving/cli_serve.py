@@ -21,6 +21,7 @@ from vidplan_server.serving.settings import (
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
 DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
+DEFAULT_KEEP_MARGIN = 0.004
 MAX_PROPOSALS = 64
 #: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).
 UQ_METHOD_CHOICES = get_args(ServeSettings.model_fields["uq_method"].annotation)
@@ -101,6 +102,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="perturbed copies of those policy samples, within the N, when a request leaves "
         f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
         "samples already differ)",
+    )
+    p.add_argument(
+        "--keep-margin",
+        type=non_negative_float,
+        default=None,
+        metavar="M",
+        help="score margin by which the best proposal must beat the robot's own chunk (the policy's first sample, or "
+        f"a request's nominal) to replace it; 0 takes the plain argmax (default {DEFAULT_KEEP_MARGIN}: 8x the "
+        "rollout noise of a score difference, measured on the bundled model)",
     )
     p.add_argument(
         "--uq-method",

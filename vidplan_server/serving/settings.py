@@ -69,6 +69,9 @@ class ServeSettings(BaseSettings):
     device: str = Field("cpu", description="torch device of the planner: cpu, cuda, cuda:1")
     policy_samples: int | None = Field(None, ge=0, description="policy samples per plan (default: the planner's)")
     policy_perturbations: int | None = Field(None, ge=0, description="perturbed policy samples per plan")
+    keep_margin: float | None = Field(
+        None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -238,6 +241,8 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
+        if self.keep_margin is not None:
+            changes["keep_margin"] = self.keep_margin
         return replace(config, **changes, uq_method=self.uq_method)
 
 
