@@ -19,19 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from vidplan_server.evaluation.closed_loop.agents import build_agent
 from vidplan_server.evaluation.closed_loop.planning_agents import request_from_history
 from vidplan_server.evaluation.closed_loop.runner import DEFAULT_SEED
+from vidplan_server.evaluation.score_noise import expert_states
 from vidplan_server.models.checkpoint import CheckpointError
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
-from vidplan_server.sim.episode import episode_seed
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 
 HISTORY, HORIZON, MAX_STEPS = 16, 8, 200
@@ -44,44 +42,31 @@ def _near_grasp(obs: dict, target_xyz: np.ndarray) -> bool:
 
 
 def probe(planner: Planner, env: SimRobotEnv, split: str, episodes: int, probes: int, seed: int) -> list[dict]:
-    rows = []
-    for i in tqdm(range(episodes), desc="grasp choice", unit="scene"):
-        ep_seed = episode_seed(seed, split, i)
-        instruction = env.reset(ep_seed)
-        expert = build_agent("expert")
-        expert.reset(env, ep_seed)
-        history: deque[dict] = deque(maxlen=HISTORY)
-        chunk, row, done = None, 0, 0
-        for t in range(MAX_STEPS):
-            obs = env.get_observation()
-            history.extend([obs] * (HISTORY if not history else 1))
-            if chunk is None or row >= HORIZON:
-                chunk, row = expert.act(list(history), instruction).actions, 0
-            target = np.asarray(env.scene.object_pose(env.scene.objects[0])[0])
-            if done < probes and t % 3 == 0 and _near_grasp(obs, target):
-                req = request_from_history(
-                    list(history), instruction, planner.history_len, planner.frame_stride, PlanOptions(seed=ep_seed + t)
-                )
-                result = planner.plan(req)
-                samples = planner.policy_chunks(req, len(result.proposal_kinds))
-                closes = samples[:, :HORIZON, 6].max(1) > 0.5
-                end = samples[:, HORIZON - 1, :3]
-                dist = np.linalg.norm(end - target, axis=1)
-                w = result.winner
-                rows.append(
-                    {
-                        "winner_closes": float(closes[w]),
-                        "samples_close": float(closes.mean()),
-                        "winner_end_z_minus_mean_m": float(end[w, 2] - end[:, 2].mean()),
-                        "winner_end_dist_minus_mean_m": float(dist[w] - dist.mean()),
-                        "score_spread": float(np.ptp(result.proposal_scores)),
-                    }
-                )
-                done += 1
-            env.update_robot(chunk[row])
-            row += 1
-            if env.is_success():
-                break
+    rows, done = [], {}
+    states = expert_states(env, split, episodes, seed, every=3, history_steps=HISTORY, max_steps=MAX_STEPS)
+    for st in tqdm(states, desc="grasp choice", unit="state"):
+        obs, target = st.history[-1], st.target_xyz
+        if done.get(st.episode, 0) >= probes or not _near_grasp(obs, target):
+            continue
+        req = request_from_history(
+            st.history, st.instruction, planner.history_len, planner.frame_stride, PlanOptions(seed=st.seed + st.step)
+        )
+        result = planner.plan(req)
+        samples = planner.policy_chunks(req, len(result.proposal_kinds))
+        closes = samples[:, :HORIZON, 6].max(1) > 0.5
+        end = samples[:, HORIZON - 1, :3]
+        dist = np.linalg.norm(end - target, axis=1)
+        w = result.winner
+        rows.append(
+            {
+                "winner_closes": float(closes[w]),
+                "samples_close": float(closes.mean()),
+                "winner_end_z_minus_mean_m": float(end[w, 2] - end[:, 2].mean()),
+                "winner_end_dist_minus_mean_m": float(dist[w] - dist.mean()),
+                "score_spread": float(np.ptp(result.proposal_scores)),
+            }
+        )
+        done[st.episode] = done.get(st.episode, 0) + 1
     return rows
 
 

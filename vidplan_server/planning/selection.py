@@ -6,7 +6,7 @@ sample (kind ``policy:0``, the very chunk the policy alone would execute with th
 ``margin``. The other proposals are alternatives that must earn the switch: a difference the world model cannot
 resolve is no reason to leave the policy's choice.
 
-Measured on the bundled checkpoint (``outputs/scripts/score_noise.py``: 12 policy samples at the states of 6
+Measured on the bundled checkpoint (``python benchmarks/score_noise.py``: 12 policy samples at the states of 6
 ``val`` / 6 ``ood`` expert-driven scenes, every 8th step, each rolled out under 4 shared noise draws): the paired
 difference ``s_i - s_0`` of one proposal against the policy's own sample varies by 0.0005 on ``val`` and 0.0010 on
 ``ood`` (std over draws, 75 / 77 states) while the 12 samples' noise-averaged scores spread by 0.0004 / 0.0006
