@@ -7,9 +7,10 @@ The scripted expert drives ``--episodes`` scenes per split (the closed-loop benc
 ``--every``-th step the planner's default proposals (the policy's samples) are rolled out and scored under
 ``--draws`` shared noise draws (``vidplan_server.evaluation.score_noise``). Prints a table per split: the noise of one
 score comparison, the proposals' real spread, how often a redraw keeps the winner, the score's Spearman with
-closeness to the instructed object, and per ``--margins`` value (``PlannerConfig.keep_margin``) how often the
-planner leaves the policy's own sample and whether that moved the hand closer. Writes ``{split: {...}}`` to
-``--out``.
+closeness to the instructed object, whether it ranks the samples bound for the instructed object above those
+bound for another (target AUC, where they disagree), and per ``--margins`` value (``PlannerConfig.keep_margin``)
+how often the planner leaves the policy's own sample and whether that moved the hand closer. Writes
+``{split: {...}}`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -92,13 +93,14 @@ def main() -> int:
                     planner.frame_stride,
                     PlanOptions(seed=st.seed + st.step),
                 )
-                states.append(score_draws(planner, req, st.target_xyz, args.draws))
+                states.append(score_draws(planner, req, st.target_xyz, args.draws, objects_xyz=st.objects_xyz))
         finally:
             env.close()
         out[split] = summarize(states, args.margins)
-    print("| split | states (approach) | paired noise | spread | argmax agreement | Spearman closeness |", end="")
+    cols = "states (approach) | paired noise | spread | argmax agreement | Spearman closeness | target AUC (n)"
+    print(f"| split | {cols} |", end="")
     print("".join(f" m={m:g}: switch rate, closer (m, n) |" for m in args.margins))
-    print("| --- " * (5 + len(args.margins)) + "|")
+    print("| --- " * (6 + len(args.margins)) + "|")
     for split, r in out.items():
         cells = [
             f"{r['states']} ({r['approach_states']})",
@@ -106,6 +108,7 @@ def main() -> int:
             f"{r['spread']:.4f}",
             f"{r['argmax_agreement']:.2f}",
             f"{r['spearman_closeness']:+.2f}",
+            f"{r['target_auc']:.2f} ({r['mixed_heading_states']})",
         ]
         for m in args.margins:
             g = r["margins"][f"{m:g}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidplan_server.evaluation.score_noise import StateScores, expert_states, score_draws, summarize
+from vidplan_server.evaluation.score_noise import StateScores, expert_states, heading_to, score_draws, summarize
 
 KINDS = ["policy:0", "policy:1", "policy:2"]
 
@@ -39,6 +39,23 @@ def test_noise_that_reorders_the_proposals():
     assert r["margins"]["0"]["approach_switches"] == 0 and np.isnan(r["margins"]["0"]["switch_closer_m"])
 
 
+def test_heading_is_the_object_in_the_direction_of_the_move():
+    objects = np.array([[0.5, 0.2, 0.0], [0.5, -0.2, 0.0], [0.2, 0.0, 0.0]])  # left, right, behind
+    start = np.array([0.4, 0.0, 0.3])
+    ends = np.array([[0.45, 0.05, 0.2], [0.45, -0.06, 0.3], [0.3, 0.0, 0.1]])
+    assert heading_to(start, ends, objects).tolist() == [0, 1, 2]
+
+
+def test_target_auc_counts_target_bound_proposals_that_outscore_the_others():
+    heads = np.array([True, False, False])
+    up = StateScores(np.array([[0.3, 0.1, 0.2], [0.3, 0.1, 0.2]]), np.zeros(3), KINDS, True, heads)
+    split = StateScores(np.array([[0.15, 0.1, 0.2], [0.15, 0.1, 0.2]]), np.zeros(3), KINDS, True, heads)
+    one_way = StateScores(np.array([[0.0, 0.1, 0.2], [0.0, 0.1, 0.2]]), np.zeros(3), KINDS, True, np.ones(3, bool))
+    r = summarize([up, split, one_way], (0.0,))
+    assert r["mixed_heading_states"] == 2 and r["target_auc"] == pytest.approx((1.0 + 0.5) / 2)
+    assert np.isnan(summarize([one_way], (0.0,))["target_auc"])
+
+
 def test_summarize_refuses_what_it_cannot_measure():
     with pytest.raises(ValueError, match="no states"):
         summarize([], (0.0,))
@@ -62,8 +79,9 @@ def test_expert_states_and_their_scores_on_the_tiny_bundle(tiny_policy_bundle, s
     req = request_from_history(
         st.history, st.instruction, planner.history_len, planner.frame_stride, PlanOptions(seed=5)
     )
-    scored = score_draws(planner, req, st.target_xyz, draws=2)
+    scored = score_draws(planner, req, st.target_xyz, draws=2, objects_xyz=st.objects_xyz)
     assert scored.scores.shape == (2, 3) and np.isfinite(scored.scores).all()
+    assert np.allclose(st.objects_xyz[0], st.target_xyz) and scored.to_target.dtype == bool
     assert scored.kinds == KINDS and scored.end_distance_m.shape == (3,)
     assert not np.allclose(scored.scores[0], scored.scores[1])  # another draw, other rollouts
     again = score_draws(planner, req, st.target_xyz, draws=2)

@@ -12,6 +12,10 @@ scored under ``draws`` shared draws (:func:`score_draws`), and :func:`summarize`
 - ``argmax_agreement``: how often another draw picks the same winner as the first (chance ``1 / N``);
 - ``spearman_closeness``: Spearman correlation of the draw-averaged score with closeness (minus distance) of each
   proposal's executed end to the instructed object, at approach states (open hand, object farther than 3 cm);
+- ``target_auc``: at states where some proposals head for the instructed object and others for another one (the
+  object whose direction from the hand, in the table plane, is closest to the chunk's end displacement), the
+  probability that a target-bound proposal outscores an other-bound one (draw-averaged; 0.5 is chance) -- whether
+  the score picks the right object when the policy's samples disagree on which to take;
 - per margin m (:func:`~vidplan_server.planning.selection.select` on the first draw): ``switch_rate``, the share of
   states where the winner is not the policy's own sample, and ``switch_closer_m``, at approach states where it
   switched, the mean of (own sample's end distance - winner's) in metres: positive when switching moved closer.
@@ -41,6 +45,7 @@ class StateScores:
     end_distance_m: np.ndarray  # (N,) distance of each proposal's executed end to the object
     kinds: list[str]  # (N,)
     approach: bool  # open hand, object farther than APPROACH_MIN_DISTANCE_M
+    to_target: np.ndarray | None = None  # (N,) bool: the chunk heads for the instructed object, not another one
 
 
 @dataclass
@@ -53,6 +58,7 @@ class ExpertState:
     instruction: str
     history: list[dict]  # DROID observation dicts, oldest first, the current one last
     target_xyz: np.ndarray  # (3,) the instructed object's position, metres
+    objects_xyz: np.ndarray  # (M, 3) every object's position, the instructed one first
 
 
 def expert_states(
@@ -76,19 +82,31 @@ def expert_states(
             if chunk is None or row >= 8:
                 chunk, row = expert.act(list(history), instruction).actions, 0
             if t % every == 0:
-                target = np.asarray(env.scene.object_pose(env.scene.objects[0])[0], dtype=np.float64)
-                yield ExpertState(i, t, ep_seed, instruction, list(history), target)
+                objects = np.array([env.scene.object_pose(o)[0] for o in env.scene.objects], dtype=np.float64)
+                yield ExpertState(i, t, ep_seed, instruction, list(history), objects[0], objects)
             env.update_robot(chunk[row])
             row += 1
             if env.is_success():
                 break
 
 
-def score_draws(planner, req, target_xyz: np.ndarray, draws: int, executed_rows: int = 8) -> StateScores:
+def heading_to(start_xyz: np.ndarray, end_xyz: np.ndarray, objects_xyz: np.ndarray) -> np.ndarray:
+    """Which object (index into objects_xyz (M, 3)) each chunk end (N, 3) heads for from start_xyz (3,): the one whose
+    direction in the table plane is closest to the end's displacement (cosine); (N,) int."""
+    d = end_xyz[:, :2] - start_xyz[:2]
+    o = objects_xyz[:, :2] - start_xyz[:2]
+    cos = (d @ o.T) / (np.linalg.norm(d, axis=1, keepdims=True) * np.linalg.norm(o, axis=1) + 1e-9)
+    return cos.argmax(1)
+
+
+def score_draws(
+    planner, req, target_xyz: np.ndarray, draws: int, executed_rows: int = 8, objects_xyz: np.ndarray | None = None
+) -> StateScores:
     """Score the request's proposals (the planner's defaults, seeded by ``req.options.seed``) under ``draws``
     shared noise draws (seeds ``seed``, ``seed + 1``, ...; the first is the planner's own). ``target_xyz`` (3,) is
     the instructed object's position (m); a proposal's end is its ``executed_rows``-th row (what the robot runs
-    before it re-plans)."""
+    before it re-plans). With ``objects_xyz`` (M, 3, the instructed object first), which object each whole chunk
+    heads for (:func:`heading_to`)."""
     import torch
 
     seed = int(req.options.seed)
@@ -105,7 +123,12 @@ def score_draws(planner, req, target_xyz: np.ndarray, draws: int, executed_rows:
     end = props.actions[:, min(executed_rows, props.actions.shape[1]) - 1, :3]
     here = np.asarray(req.state.cartesian_position[:3], dtype=np.float64)
     approach = req.state.gripper_position < 0.1 and np.linalg.norm(here - target_xyz) > APPROACH_MIN_DISTANCE_M
-    return StateScores(np.stack(rows), np.linalg.norm(end - target_xyz, axis=1), list(props.kinds), bool(approach))
+    to_target = None
+    if objects_xyz is not None and len(objects_xyz) > 1:
+        to_target = heading_to(here, props.actions[:, -1, :3], objects_xyz) == 0
+    return StateScores(
+        np.stack(rows), np.linalg.norm(end - target_xyz, axis=1), list(props.kinds), bool(approach), to_target
+    )
 
 
 def summarize(states: list[StateScores], margins: tuple[float, ...]) -> dict:
@@ -123,6 +146,12 @@ def summarize(states: list[StateScores], margins: tuple[float, ...]) -> dict:
         for s in approach
         if np.ptp(s.scores.mean(0)) > 0 and np.ptp(s.end_distance_m) > 0
     ]
+    aucs = []
+    for s in approach:
+        if s.to_target is not None and 0 < s.to_target.sum() < len(s.to_target):
+            mean = s.scores.mean(0)
+            pos, neg = mean[s.to_target], mean[~s.to_target]
+            aucs.append(float(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None]))))
     out = {
         "states": len(states),
         "approach_states": len(approach),
@@ -132,6 +161,8 @@ def summarize(states: list[StateScores], margins: tuple[float, ...]) -> dict:
         "spread": float(np.mean(spread)),
         "argmax_agreement": float(np.mean(agree)),
         "spearman_closeness": float(np.mean(rhos)) if rhos else float("nan"),
+        "target_auc": float(np.mean(aucs)) if aucs else float("nan"),
+        "mixed_heading_states": len(aucs),
         "margins": {},
     }
     for m in margins:

@@ -2,7 +2,8 @@
 
 ================= =================================================================================================
 ``policy``        the bundle's policy alone (``PlanOptions(mode="policy")``): the baseline, no world model
-``vidplan``       VidPlan at the planner's defaults: policy samples + Jacobian basis, UQ-weighted score, refinement
+``vidplan``       VidPlan at the planner's defaults: 12 policy samples, UQ-weighted score, the policy's own sample
+                  kept unless beaten by ``keep_margin``, no refinement (``PlannerConfig`` says why)
 ``vidplan-no-uq`` the same with the uncertainty weight switched off in selection and refinement (``weighting
                   "none"``): what the planner does when it trusts every hallucination
 ``vidplan-basis`` VidPlan without the policy: the Jacobian basis bank only (``policy_samples`` 0)
