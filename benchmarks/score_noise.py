@@ -100,7 +100,7 @@ def main() -> int:
     cols = "states (approach) | paired noise | spread | argmax agreement | Spearman closeness | target AUC (n)"
     print(f"| split | {cols} |", end="")
     print("".join(f" m={m:g}: switch rate, closer (m, n) |" for m in args.margins))
-    print("| --- " * (6 + len(args.margins)) + "|")
+    print("| --- " * (7 + len(args.margins)) + "|")
     for split, r in out.items():
         cells = [
             f"{r['states']} ({r['approach_states']})",

@@ -38,6 +38,12 @@ policy alone 5/10 ``val``, 0/10 ``ood``; 6 policy samples + 6 basis proposals wi
 ``ood`` episodes); 12 policy samples without refinement 2/6 (the policy 3/6 on those) and 0/6; the same with 3
 refinement steps 0/4 and 0/4. So the defaults are ``policy_samples`` = ``num_proposals`` (the basis enters only
 when a request or the server config leaves room for it, or the bundle has no policy) and ``refine_iters`` 0.
+Then, with the bundled policy after its last DAgger round and ``keep_margin`` 0.004, 6 samples + 6 ramp
+perturbations of 6 cm (positions only) were tried to widen the choice: ``val`` 1/7 (the policy 3/7 on those
+episodes, three of the misses on the wrong object) and ``ood`` 1/7 (policy 0/7); stopped there, the default keeps no
+perturbations. Where the policy's samples disagree on which object to take, the score does not tell the instructed
+one's from the others (``benchmarks/score_noise.py``: target AUC 0.51 ``val``, 0.47 ``ood``), so a wider choice
+mostly adds wrong objects.
 
 Anytime: with ``deadline_s`` the planner always finishes proposal, rollout and scoring (the minimum for an
 informed answer), then starts a refinement iteration or the heatmap decoding only when the time the last

@@ -6,15 +6,15 @@ sample (kind ``policy:0``, the very chunk the policy alone would execute with th
 ``margin``. The other proposals are alternatives that must earn the switch: a difference the world model cannot
 resolve is no reason to leave the policy's choice.
 
-Measured on the bundled checkpoint (``python benchmarks/score_noise.py``: 12 policy samples at the states of 6
-``val`` / 6 ``ood`` expert-driven scenes, every 8th step, each rolled out under 4 shared noise draws): the paired
-difference ``s_i - s_0`` of one proposal against the policy's own sample varies by 0.0005 on ``val`` and 0.0010 on
-``ood`` (std over draws, 75 / 77 states) while the 12 samples' noise-averaged scores spread by 0.0004 / 0.0006
-(std), and the single-draw winner is the same under another draw only 31 % / 21 % of the time (chance 8 %); the
-Spearman correlation of the averaged score with closeness to the target at the chunk's end was +0.05 / +0.01.
-Among samples of one policy the argmax was mostly the noise. The margin 0.004 is 4-8x that std, the level above
-which the single-draw gaps we saw kept their sign under every redraw; below it the planner returns the policy's
-chunk. With the basis or a nominal's perturbations in the mix, proposals differ by
+Measured on the bundled checkpoint (``python benchmarks/score_noise.py --out outputs/bench/score_noise.json``: the
+12 policy samples at the states of 6 ``val`` / 6 ``ood`` expert-driven scenes, every 8th step, 75 / 77 states, each
+rolled out under 4 shared noise draws): the paired difference ``s_i - s_0`` of one proposal against the policy's
+own sample varies by 0.0006 / 0.0012 (std over draws) while the samples' draw-averaged scores spread by
+0.0004 / 0.0006 (std), and another draw keeps the winner only 29 % / 23 % of the time (chance 8 %). Among samples
+of one policy the argmax is mostly the noise. The margin 0.004 is 3-7x that std: with it the planner leaves the
+policy's sample at 5 % / 8 % of the states, and at the approach states where it did, the hand ended 1.8 / 2.5 cm
+closer to the object (4 / 3 such states); the plain argmax left it at 84 % / 94 % and gained 0.5 cm.
+With the basis or a nominal's perturbations in the mix, proposals differ by
 decimetres and their gaps (0.01-0.1) clear it.
 """
 

@@ -109,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="M",
         help="score margin by which the best proposal must beat the robot's own chunk (the policy's first sample, or "
-        f"a request's nominal) to replace it; 0 takes the plain argmax (default {DEFAULT_KEEP_MARGIN}: 8x the "
+        f"a request's nominal) to replace it; 0 takes the plain argmax (default {DEFAULT_KEEP_MARGIN}: 3-7x the "
         "rollout noise of a score difference, measured on the bundled model)",
     )
     p.add_argument(
