@@ -93,6 +93,35 @@ def test_the_robots_own_chunk_is_kept_unless_beaten_by_the_margin(planner, reque
     assert_safe(planner, request0, r)
 
 
+@pytest.mark.parametrize("redrawn, switched", [((0.02, -0.001), False), ((0.02, 0.01), True)])
+def test_keep_draws_switch_only_when_every_redrawn_noise_agrees(planner, request0, monkeypatch, redrawn, switched):
+    """With keep_draws 2 the challenger is rolled out again with the incumbent under two other draws (4 rows)."""
+    from dataclasses import replace as dc_replace
+
+    real = planner.judge
+    nominal = np.tile(np.r_[request0.state.cartesian_position, 0.0], (15, 1))
+    nominal[:, 0] += np.linspace(0.005, 0.075, 15)
+    calls = []
+
+    def judged(pred, history, text):
+        j = real(pred, history, text)
+        calls.append(len(pred))
+        if len(calls) == 1:  # the selection: proposal 3 beats the nominal by far more than the margin
+            j.score = torch.zeros(len(pred))
+            j.score[0], j.score[3] = 0.5, 0.6
+        else:  # the redraws: rows (incumbent, challenger) per draw
+            j.score = torch.tensor([0.5, 0.5 + redrawn[0], 0.5, 0.5 + redrawn[1]])
+        return j
+
+    monkeypatch.setattr(planner, "judge", judged)
+    monkeypatch.setattr(planner, "config", dc_replace(planner.config, keep_draws=2))
+    r = planner.plan(replace(request0, nominal=nominal))
+    assert calls[1] == 4
+    assert r.winner == (3 if switched else 0)
+    assert any("not under every redrawn noise" in n for n in r.notes) != switched
+    assert_safe(planner, request0, r)
+
+
 def test_refinement_never_lowers_the_objective(planner, request0):
     r = planner.plan(with_options(request0, refine_iters=4))
     objectives = [s.objective for s in r.refinement]

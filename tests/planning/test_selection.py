@@ -38,3 +38,12 @@ def test_a_nominal_is_an_incumbent_and_a_negative_margin_is_refused():
     assert select(np.array([0.0, 0.01]), ["nominal", "nominal~1"], 0.02).kept
     with pytest.raises(ValueError, match="margin"):
         select(np.array([0.0, 0.01]), ["nominal", "nominal~1"], -1.0)
+
+
+def test_a_switch_is_confirmed_only_when_every_redraw_agrees():
+    from vidplan_server.planning.selection import confirmed
+
+    assert confirmed(np.array([0.01, 0.02, 0.005]), 0.0)
+    assert not confirmed(np.array([0.01, -0.001, 0.02]), 0.0)
+    assert not confirmed(np.array([0.01, 0.003]), 0.004)  # each gap must clear the margin
+    assert not confirmed(np.array([]), 0.0)

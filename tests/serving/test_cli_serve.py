@@ -40,6 +40,7 @@ def test_every_serve_option_is_explained():
         "--policy-samples",
         "--policy-perturbations",
         "--keep-margin",
+        "--keep-draws",
     } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
 
@@ -79,13 +80,21 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         cli_serve.DEFAULT_POLICY_PERTURBATIONS,
         cli_serve.MAX_PROPOSALS,
         cli_serve.DEFAULT_KEEP_MARGIN,
-    ) == (defaults.policy_samples, defaults.policy_perturbations, defaults.max_proposals, defaults.keep_margin)
+        cli_serve.DEFAULT_KEEP_DRAWS,
+    ) == (
+        defaults.policy_samples,
+        defaults.policy_perturbations,
+        defaults.max_proposals,
+        defaults.keep_margin,
+        defaults.keep_draws,
+    )
     config = cli_serve.planner_config_from_args(
         parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
     )
     assert (config.policy_samples, config.policy_perturbations) == (0, 4)
     assert config.num_proposals == defaults.num_proposals
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-margin", "0"])).keep_margin == 0.0
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-draws", "3"])).keep_draws == 3
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):
         cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-samples", "65"]))
     with pytest.raises(SystemExit) as info:

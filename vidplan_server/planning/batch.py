@@ -124,7 +124,7 @@ def _shared(planner: Planner, items: list[tuple[int, PlanRequest]]) -> Iterator[
         if later and (own is None or min(later) < own):
             call.deadline = min(later)  # refinement and heatmaps leave time for the robots behind it
         mine = _take(judged, s.rows)
-        winner = planner.choose_winner(call, mine, s.props.kinds)
+        winner = planner.choose_winner(call, mine, s.props.kinds, s.history, s.text, s.knots)
         call.start_laps()  # its refinement counts from now, not from the batch's start
         try:
             result = planner._finish(call, s.history, s.text, s.props, s.knots, s.noise, pred[s.rows], mine, winner)

@@ -88,7 +88,7 @@ from vidplan_server.planning.objective import (
 from vidplan_server.planning.proposer import Proposals, Proposer, ProposerConfig
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
-from vidplan_server.planning.selection import select
+from vidplan_server.planning.selection import INCUMBENT_KINDS, Selection, confirmed, select
 from vidplan_server.planning.types import (
     MODES,
     UQ_METHODS,
@@ -128,6 +128,9 @@ class PlannerConfig:
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.004
+    # Other noise draws under which a challenger must also beat the robot's own chunk (by keep_margin) before it
+    # replaces it; 0: the selection's draw only. Scale-free, unlike the margin (planning/selection.py).
+    keep_draws: int = 0
     uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -616,19 +619,53 @@ class Planner:
         """Judge every proposal with the call's ``uq_method``; the winner is the highest score."""
         maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
         judged = self.judge(pred, history, text, *([maps] if maps is not None else []))  # bins: as before
-        winner = self.choose_winner(call, judged, kinds)
+        winner = self.choose_winner(call, judged, kinds, history, text, knots)
         call.lap("score")
         return judged, winner
 
-    def choose_winner(self, call: _Call, judged: Judgement, kinds: list[str]) -> int:
+    def choose_winner(
+        self,
+        call: _Call,
+        judged: Judgement,
+        kinds: list[str],
+        history: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        knots: torch.Tensor | None = None,
+    ) -> int:
         """The winner (:func:`~vidplan_server.planning.selection.select`): the best score, unless the robot's own
-        chunk is within ``keep_margin`` of it; a kept chunk is said in ``notes``."""
+        chunk is within ``keep_margin`` of it or, with ``keep_draws`` > 0 (and the bins uncertainty, history, text
+        and knots given), unless the best fails to beat it under every one of ``keep_draws`` other noise draws
+        (:meth:`redrawn_gaps`); a kept chunk is said in ``notes``."""
         scores = judged.score.float().cpu().numpy()
-        chosen = select(scores, kinds, self.config.keep_margin)
-        note = chosen.note(scores, kinds, self.config.keep_margin)
+        margin = self.config.keep_margin
+        chosen = select(scores, kinds, margin)
+        note = chosen.note(scores, kinds, margin)
+        D = self.config.keep_draws
+        if chosen.winner != 0 and kinds[0] in INCUMBENT_KINDS and D > 0 and knots is not None:
+            if self._uq_method(call) == "bins" and history is not None and text is not None:
+                gaps = self.redrawn_gaps(history, text, knots[[0, chosen.winner]], call)
+                if not confirmed(gaps, margin):
+                    note = (
+                        f"kept {kinds[0]}: the best proposal ({kinds[chosen.winner]}) beat it by "
+                        f"{scores[chosen.winner] - scores[0]:.4f} but not under every redrawn noise "
+                        f"(gaps {', '.join(f'{g:.4f}' for g in gaps)})"
+                    )
+                    chosen = Selection(0, chosen.best, True)
         if note:
             call.notes.append(note)
         return chosen.winner
+
+    def redrawn_gaps(self, history: torch.Tensor, text: torch.Tensor, pair: torch.Tensor, call: _Call) -> np.ndarray:
+        """Score gaps (keep_draws,) of ``pair`` (2, H, 7) = (incumbent's knots, challenger's knots), challenger minus
+        incumbent, each pair rolled out from its own shared draw seeded ``seed + d`` for d = 1..keep_draws (the
+        selection's draw is ``seed``), in one batched rollout; history (1, T, C, V*h, w)."""
+        D = self.config.keep_draws
+        seed = int(call.req.options.seed)
+        shape = tuple(history.shape[2:])
+        noise = torch.cat([self.rollout_noise(2, shape, (seed + d) % 2**63) for d in range(1, D + 1)])
+        pred = self.rollout(history, pair.repeat(D, 1, 1), call.counts.flow_steps, noise)
+        score = self.judge(pred, history, text).score.float().cpu().numpy().reshape(D, 2)
+        return score[:, 1] - score[:, 0]
 
     def _refine_safely(
         self,

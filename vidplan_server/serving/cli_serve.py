@@ -22,6 +22,7 @@ from vidplan_server.serving.settings import (
 DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
 DEFAULT_KEEP_MARGIN = 0.004
+DEFAULT_KEEP_DRAWS = 0
 MAX_PROPOSALS = 64
 #: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).
 UQ_METHOD_CHOICES = get_args(ServeSettings.model_fields["uq_method"].annotation)
@@ -111,6 +112,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score margin by which the best proposal must beat the robot's own chunk (the policy's first sample, or "
         f"a request's nominal) to replace it; 0 takes the plain argmax (default {DEFAULT_KEEP_MARGIN}: 3-7x the "
         "rollout noise of a score difference, measured on the bundled model)",
+    )
+    p.add_argument(
+        "--keep-draws",
+        type=non_negative_int,
+        default=None,
+        metavar="D",
+        help="other noise draws under which the best proposal must also beat the robot's own chunk (by the margin) "
+        "before replacing it: 2 D more rollouts when it would switch, a check that does not depend on the score's "
+        f"scale (default {DEFAULT_KEEP_DRAWS}: the selection's draw only; bins uncertainty only)",
     )
     p.add_argument(
         "--uq-method",

@@ -72,6 +72,9 @@ class ServeSettings(BaseSettings):
     keep_margin: float | None = Field(
         None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"
     )
+    keep_draws: int | None = Field(
+        None, ge=0, le=16, description="redrawn noises that must confirm a switch from the robot's own chunk"
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -241,8 +244,9 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
-        if self.keep_margin is not None:
-            changes["keep_margin"] = self.keep_margin
+        for name in ("keep_margin", "keep_draws"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
         return replace(config, **changes, uq_method=self.uq_method)
 
 
