@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidplan_server.planning.call import STAGES
 from vidplan_server.planning.offline import request_from_episode
-from vidplan_server.planning.planner import STAGES, Planner
+from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
 from vidplan_server.sim.episode import EpisodeConfig, run_episode
 

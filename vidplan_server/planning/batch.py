@@ -38,7 +38,8 @@ from vidplan_server.planning.objective import Judgement
 from vidplan_server.planning.types import PlanRequest, PlanResult
 
 if TYPE_CHECKING:
-    from vidplan_server.planning.planner import Planner, _Call
+    from vidplan_server.planning.call import PlanCall as _Call
+    from vidplan_server.planning.planner import Planner
     from vidplan_server.planning.proposer import Proposals
 
 #: Time (s) each robot still waiting in a batch keeps back from the refinement of the robots before it: what

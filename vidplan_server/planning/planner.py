@@ -76,6 +76,8 @@ from vidplan_server.models.policy import FlowPolicy, load_policy
 from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
+from vidplan_server.planning.call import Chosen as _Chosen
+from vidplan_server.planning.call import PlanCall as _Call
 from vidplan_server.planning.limits import SafetyLimits, check_chunk, solve_joint_positions
 from vidplan_server.planning.objective import (
     Judgement,
@@ -103,8 +105,6 @@ from vidplan_server.planning.types import (
 from vidplan_server.planning.uq_methods import UQSources
 from vidplan_server.planning.validation import check_request
 from vidplan_server.robot.panda import PandaKinematics
-
-STAGES = ("encode", "propose", "rollout", "score", "refine", "decode")
 
 
 @dataclass(frozen=True)
@@ -136,44 +136,6 @@ class PlannerConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
-
-
-@dataclass
-class _Call:
-    """One plan call in progress: the request, its counts, the clock and deadline, per-stage times and notes."""
-
-    req: PlanRequest
-    counts: OptionCounts
-    clock: Callable[[], float]
-    t_start: float
-    deadline: float | None
-    q0: np.ndarray  # (7,) current joints
-    pose0: np.ndarray  # (6,) current TCP pose
-    g0: float  # current gripper, clipped to [0, 1]
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    notes: list[str] = field(default_factory=list)
-    deadline_hit: bool = False
-    _mark: float = 0.0
-
-    def start_laps(self) -> None:
-        self._mark = self.clock()
-
-    def lap(self, stage: str) -> None:
-        """Record ``stage`` as the time since the previous lap (or since :meth:`start_laps`)."""
-        now = self.clock()
-        self.timings[stage] = (now - self._mark) * 1e3
-        self._mark = now
-
-
-@dataclass
-class _Chosen:
-    """What the plan returns: the rollout, the chunk and its joints, whether it is a refined iterate."""
-
-    rollout: _Rollout
-    actions: np.ndarray  # (S, 7)
-    joints: np.ndarray  # (S, 7)
-    refined: bool = False
-    trace: list[RefineStep] = field(default_factory=list)
 
 
 def _model_version(ckpt: Path) -> str:
@@ -616,7 +578,7 @@ class Planner:
         knots: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> tuple[Judgement, int]:
-        """Judge every proposal with the call's ``uq_method``; the winner is the highest score."""
+        """Judge every proposal with the call's ``uq_method``; the winner is :meth:`choose_winner`'s."""
         maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
         judged = self.judge(pred, history, text, *([maps] if maps is not None else []))  # bins: as before
         winner = self.choose_winner(call, judged, kinds, history, text, knots)
