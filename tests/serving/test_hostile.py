@@ -175,7 +175,8 @@ def test_malformed_protobuf_is_invalid_argument_with_one_line_of_log(serve, capl
         with pytest.raises(grpc.RpcError) as info:
             channel.unary_unary("/vidplan.v1.VidPlan/GetInfo")(b"\xff", timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert len(pb_grpc.VidPlanStub(channel).Plan(pb_request(), timeout=5).chunk) == 15  # and it goes on
+        # and it goes on (a real plan: a generous deadline, as the other test worker may hold both cores)
+        assert len(pb_grpc.VidPlanStub(channel).Plan(pb_request(), timeout=30).chunk) == 15
     ours = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 1 <= len(ours) <= 5 and all(r.exc_info is None and "\n" not in r.getMessage() for r in ours)
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
