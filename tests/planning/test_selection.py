@@ -47,3 +47,11 @@ def test_a_switch_is_confirmed_only_when_every_redraw_agrees():
     assert not confirmed(np.array([0.01, -0.001, 0.02]), 0.0)
     assert not confirmed(np.array([0.01, 0.003]), 0.004)  # each gap must clear the margin
     assert not confirmed(np.array([]), 0.0)
+
+
+@pytest.mark.parametrize("change", [{"keep_margin": -0.1}, {"keep_margin": float("nan")}, {"keep_draws": -1}])
+def test_the_planner_config_refuses_a_bad_keep_rule(change):
+    from vidplan_server.planning.planner import PlannerConfig
+
+    with pytest.raises(ValueError, match=next(iter(change))):
+        PlannerConfig(**change)

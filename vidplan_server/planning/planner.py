@@ -137,6 +137,12 @@ class PlannerConfig:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
+    def __post_init__(self) -> None:
+        if not self.keep_margin >= 0:  # also refuses NaN
+            raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
+        if self.keep_draws < 0:
+            raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
+
 
 def _model_version(ckpt: Path) -> str:
     digest = hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()[:12]
