@@ -25,7 +25,11 @@ in 19-22 % of its plans and the no-UQ one in 44-46 % (the closed-loop benchmark,
 ``val`` (the policy 50 %) and from 14 % to 16 % on ``ood`` (the policy 14 %).
 ``PlannerConfig.keep_draws`` D > 0 adds a scale-free check (:func:`confirmed`): the incumbent and the challenger are
 rolled out again under D other shared draws (2 D rows in one batch) and the challenger must win every one by more
-than the margin. Off by default until a closed-loop run says what it is worth.
+than the margin. Off by default until a closed-loop run says what it is worth: on the first 10 episodes per split
+(``--seed 1000``) with D = 3 the planner kept the policy's sample in 98-99 % of its plans and succeeded 2/10 on
+``val`` and 1/10 on ``ood`` (the policy 4/10 and 0/10), and the no-UQ planner kept it in 89-94 % and succeeded 4/10
+and 1/10 (0/10 and 0/10 without the check): the check makes the two ablations comparable, and 10 episodes cannot
+rank it.
 """
 
 from __future__ import annotations
