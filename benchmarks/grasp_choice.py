@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vidplan_server.evaluation.closed_loop.planning_agents import request_from_history
 from vidplan_server.evaluation.closed_loop.runner import DEFAULT_SEED
-from vidplan_server.evaluation.score_noise import expert_states
+from vidplan_server.evaluation.score_noise import expert_states, planner_with_policy
 from vidplan_server.models.checkpoint import CheckpointError
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
@@ -82,11 +82,9 @@ def main() -> int:
     if args.episodes < 1 or args.probes < 1:
         p.error("--episodes and --probes must be >= 1")
     try:
-        planner = Planner.load(args.ckpt)
+        planner = planner_with_policy(args.ckpt)
     except CheckpointError as exc:
         p.error(f"--ckpt: {exc}")
-    if planner.policy is None:
-        p.error("--ckpt: the checkpoint has no policy module")
     env = SimRobotEnv(SimEnvConfig(split=args.split))
     t0 = time.perf_counter()
     try:

@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 from vidplan_server.evaluation.closed_loop.planning_agents import request_from_history
 from vidplan_server.evaluation.closed_loop.runner import DEFAULT_SEED
-from vidplan_server.evaluation.score_noise import expert_states, score_draws, summarize
+from vidplan_server.evaluation.score_noise import expert_states, planner_with_policy, score_draws, summarize
 from vidplan_server.models.checkpoint import CheckpointError
-from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 
@@ -74,11 +73,9 @@ def main() -> int:
     if args.draws < 2:
         p.error("--draws must be >= 2 (the noise is the spread between draws)")
     try:
-        planner = Planner.load(args.ckpt)
+        planner = planner_with_policy(args.ckpt)
     except CheckpointError as exc:
         p.error(f"--ckpt: {exc}")
-    if planner.policy is None:
-        p.error("--ckpt: the checkpoint has no policy module")
     out, t0 = {}, time.perf_counter()
     for split in args.split:
         env = SimRobotEnv(SimEnvConfig(split=split))

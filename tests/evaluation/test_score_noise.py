@@ -95,3 +95,12 @@ def test_the_benchmark_refuses_bad_options():
             [sys.executable, str(script), "--out", "x.json", *args], capture_output=True, text=True, check=False
         )
         assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_the_measurements_refuse_a_bundle_without_a_policy(tiny_heads_bundle, tiny_policy_bundle):
+    from vidplan_server.evaluation.score_noise import planner_with_policy
+    from vidplan_server.models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no policy module"):
+        planner_with_policy(tiny_heads_bundle)
+    assert planner_with_policy(tiny_policy_bundle).policy is not None

@@ -99,6 +99,19 @@ def heading_to(start_xyz: np.ndarray, end_xyz: np.ndarray, objects_xyz: np.ndarr
     return cos.argmax(1)
 
 
+def planner_with_policy(ckpt=None):
+    """A :class:`~vidplan_server.planning.planner.Planner` on the bundle at ``ckpt`` (default: the bundled one);
+    CheckpointError when the bundle cannot be loaded or has no policy module (these measurements plan among the
+    policy's samples)."""
+    from vidplan_server.models.checkpoint import CheckpointError
+    from vidplan_server.planning.planner import Planner
+
+    planner = Planner.load(ckpt)
+    if planner.policy is None:
+        raise CheckpointError("the checkpoint has no policy module (train one with `vidplan train policy`)")
+    return planner
+
+
 def score_draws(
     planner, req, target_xyz: np.ndarray, draws: int, executed_rows: int = 8, objects_xyz: np.ndarray | None = None
 ) -> StateScores:
