@@ -190,3 +190,46 @@ def test_refinement_gradient_also_flows_through_the_uq_head():
     assert float(grads[1].abs().max()) > 0
     # measured: the UQ path changes the gradient by ~0.85 of its size; 0.05 leaves room for other seeds
     assert float((grads[0] - grads[1]).abs().max()) > 0.05 * float(grads[1].abs().max())
+
+
+class FixedProgress(torch.nn.Module):
+    """Progress head double: rollout b's predicted distance is distances[b] (the batch is B * F frames, in order)."""
+
+    def __init__(self, distances: torch.Tensor) -> None:
+        super().__init__()
+        self.distances = distances
+        self.seen_maps: list[torch.Tensor] = []
+
+    def forward(self, latents, target):
+        self.seen_maps.append(target)
+        frames = len(latents) // len(self.distances)
+        return self.distances.repeat_interleave(frames)
+
+
+def test_the_progress_term_ranks_rollouts_by_predicted_distance_and_uncertainty_discounts_it(codec):
+    pred = torch.zeros(3, 5, 4, 48, 16)
+    hist = torch.zeros(1, 2, 4, 48, 16).expand(3, -1, -1, -1, -1)  # one request's history, as the planner passes it
+    certain = ConstantUQ(torch.full((3,), 50.0))
+    progress = FixedProgress(torch.tensor([0.30, 0.10, 0.20]))
+    j = judge(pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(), progress=progress)
+    assert j.score.argsort(descending=True).tolist() == [1, 2, 0]  # the same frames: nearer scores higher
+    assert j.score[1] - j.score[0] == pytest.approx(0.20, abs=1e-4)  # 1 per metre
+    assert torch.isnan(j.progress_distance[:, :-1]).all() and j.progress_distance[:, -1].tolist() == pytest.approx(
+        [0.30, 0.10, 0.20]
+    )
+    assert len(progress.seen_maps) == 1 and j.target_map.shape == (3, 48, 16)  # the shared history's map, once
+    off = judge(
+        pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(progress_weight=0), progress=progress
+    )
+    assert torch.allclose(off.score, off.score[0]) and off.progress_distance is None
+    unsure = judge(
+        pred, hist, torch.ones(4), ConstantUQ(torch.zeros(3)), FixedSemantic(), codec, ScoreConfig(), progress=progress
+    )
+    assert bool((unsure.score < j.score).all())  # the same distances, less trusted: lower
+
+
+def test_progress_weight_is_checked():
+    with pytest.raises(ValueError, match="progress_weight"):
+        ScoreConfig(progress_weight=-1.0)
+    with pytest.raises(ValueError, match="progress_weight"):
+        ScoreConfig(progress_weight=float("nan"))

@@ -84,32 +84,43 @@ def _cmd_eval_reward(args: argparse.Namespace) -> int:
 def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vidplan_server.evaluation.planning_signal import SignalConfig, format_table, run_planning_signal
+    from vidplan_server.evaluation.planning_signal import VARIANTS, SignalConfig, format_table, run_planning_signal
     from vidplan_server.planning.objective import ScoreConfig
     from vidplan_server.planning.planner import Planner, PlannerConfig
 
     if not args.data.is_dir():
         raise CliError(f"--data {args.data}: dataset folder does not exist")
+    variants = tuple(args.variants.split(","))
     try:
-        cfg = SignalConfig(
-            steps_per_episode=args.steps_per_episode,
-            max_episodes=args.episodes,
-            num_proposals=args.proposals,
-            seed=args.seed,
-            variants=tuple(args.variants.split(",")),
-        )
+        SignalConfig(variants=tuple(v for v in variants if v != "all"))
     except ValueError as exc:
         raise CliError(f"--variants: {exc}") from None
     try:
         cx, cy = (float(v) for v in args.centre.split(","))
-        score = ScoreConfig(semantic_term=args.semantic_term, centre_weight=args.centre_weight, centre_xy=(cx, cy))
+        score = ScoreConfig(
+            semantic_term=args.semantic_term,
+            centre_weight=args.centre_weight,
+            centre_xy=(cx, cy),
+            progress_weight=args.progress_weight,
+        )
     except ValueError as exc:
-        raise CliError(f"--centre / --semantic-term: {exc}") from None
+        raise CliError(f"--centre / --semantic-term / --progress-weight: {exc}") from None
     planner = Planner.load(
         args.ckpt,
         device=check_device(args.device) or "cpu",
         clip_folder=args.clip,
         config=replace(PlannerConfig(), score=score),
+    )
+    if "all" in variants:  # every variant this bundle can measure
+        variants = tuple(v for v in VARIANTS if v != "progress" or planner.progress is not None)
+    elif "progress" in variants and planner.progress is None:
+        raise CliError("--variants progress: the bundle has no progress module (`vidplan train progress`)")
+    cfg = SignalConfig(
+        steps_per_episode=args.steps_per_episode,
+        max_episodes=args.episodes,
+        num_proposals=args.proposals,
+        seed=args.seed,
+        variants=variants,
     )
     result = run_planning_signal(planner, args.data, args.out, cfg, progress=not args.quiet)
     print(format_table(result["summary"]))
@@ -218,8 +229,10 @@ def register(groups) -> None:
     )
     sig.add_argument(
         "--variants",
-        default=",".join(("model", "model-no-uq", "value", "sim", "sim-raw", "sim-gt-relevance")),
-        help="comma-separated scoring variants to measure (default: all; the sim ones cost the most)",
+        default="all",
+        help="comma-separated scoring variants to measure: model, model-no-uq, value, progress (bundles with a "
+        "progress module), sim, sim-raw, sim-gt-relevance; all: every one the bundle supports (default all; the "
+        "sim ones cost the most)",
     )
     sig.add_argument("--seed", type=int, default=0, help="proposal and rollout noise, distractor choice (default 0)")
     sig.add_argument(
@@ -234,6 +247,13 @@ def register(groups) -> None:
         type=float,
         default=0.1,
         help="lambda on the distance of the relevance centroid from the desired centre (default 0.1)",
+    )
+    sig.add_argument(
+        "--progress-weight",
+        type=float,
+        default=1.0,
+        help="weight per metre of the progress head's predicted hand-to-object distance in the score, for "
+        "bundles with a progress module; 0 measures the score without it (default 1)",
     )
     sig.add_argument(
         "--centre",

@@ -17,7 +17,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage in ("codec", "semantic"):
+    if args.extra_data and args.stage in ("codec", "semantic", "progress"):
         raise CliError(
             f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
             "folders; world, flowmap, uq: branch folders)"
@@ -87,6 +87,8 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = commands.train_value(
             opts, gamma=args.gamma, flow_steps=args.flow_steps, extra_data=tuple(args.extra_data)
         )
+    elif args.stage == "progress":
+        result = commands.train_progress(opts, flow_steps=args.flow_steps)
     elif args.stage in train_probes.STAGES:
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
@@ -112,13 +114,15 @@ def register(groups) -> None:
         "the heatmap colour basis), value (discounted return per frame, on the training data) and semantic "
         "(the instruction-frame dual encoder, on simulator episodes with target masks); policy (the robot's own "
         "language-conditioned behaviour-cloning policy with a flow-matching action head, on the successful nominal "
-        "episodes of a train-split recording: the baseline and the proposer's source of candidates). "
+        "episodes of a train-split recording: the baseline and the proposer's source of candidates); progress (the "
+        "distance of the hand to the instructed object in a predicted frame, read with the semantic encoder's map "
+        "of the current frame; on a train-split simulator recording; needs flowmap and semantic). "
         "Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
     tr.add_argument(
         "stage",
-        choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy", *train_probes.STAGES),
+        choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy", "progress", *train_probes.STAGES),
         help="what to train (c3: C3's confidence probe, squbed: S-QUBED's probability map; both on the "
         "calibration data of uq)",
     )
@@ -178,7 +182,7 @@ def register(groups) -> None:
         type=positive_int,
         default=1,
         metavar="K",
-        help="uq, value: flow-map steps of the samples the head learns from; use the planner's k (default 1)",
+        help="uq, value, progress: flow-map steps of the samples the head learns from; use the planner's k (default 1)",
     )
     tr.add_argument(
         "--gamma",

@@ -20,6 +20,8 @@ Variants, from the planner as it runs to oracles that replace one stage at a tim
 ``model``              the planner's selection score: flow-map rollout, decoded frames, UQ weighting
 ``model-no-uq``        the same without the uncertainty weight
 ``value``              the value head's mean expected value of the rollout (the refinement objective)
+``progress``           the progress head's predicted hand-to-object distance alone (negated), on the
+                       scored frames of the flow-map rollout (bundles with a ``progress`` module)
 ``sim``                the simulator as the world model: every proposal executed from the recorded state,
                        the rendered frames encoded and decoded by the codec, then scored as ``model``
 ``sim-raw``            the rendered frames scored directly (no codec round trip)
@@ -29,14 +31,15 @@ Variants, from the planner as it runs to oracles that replace one stage at a tim
 
 Reading the table: ``model`` low and ``sim`` high -> the world model loses the signal; ``sim`` low and
 ``sim-raw`` high -> the codec; ``sim-raw`` low and ``sim-gt-relevance`` high -> the semantic encoder;
-all low -> the form of the score itself.
+all low -> the form of the score itself. With a ``progress`` module, ``model``, ``model-no-uq`` and the ``sim``
+variants include its term as the planner does (on the sim variants, read off the rendered frames' latents; with
+``sim-gt-relevance`` the target map stays the encoder's).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -46,9 +49,12 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from vidplan_server.data.instructions import distractor_instruction
 from vidplan_server.data.schema import CAMERA_NAMES, Episode
 from vidplan_server.planning.objective import (
+    current_target_maps,
     decode_views,
+    progress_distances,
     score_frames,
     scored_frame_ids,
     scored_view_ids,
@@ -59,7 +65,7 @@ from vidplan_server.planning.offline import request_from_episode
 from vidplan_server.planning.planner import Planner
 from vidplan_server.planning.types import PlanOptions
 
-VARIANTS = ("model", "model-no-uq", "value", "sim", "sim-raw", "sim-gt-relevance")
+VARIANTS = ("model", "model-no-uq", "value", "progress", "sim", "sim-raw", "sim-gt-relevance")
 SIM_VARIANTS = ("sim", "sim-raw", "sim-gt-relevance")
 INSTRUCTIONS = ("target", "distractor")
 
@@ -110,15 +116,6 @@ def approach_steps(episode: Episode, count: int, min_distance_m: float, first: i
         return []
     pick = np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int)
     return sorted({int(candidates[i]) for i in pick})
-
-
-def distractor_instruction(instruction: str, names: list[str], target: int, distractor: int) -> str | None:
-    """The instruction with the target's description replaced by the distractor's, or None if it does not
-    name the target."""
-    pattern = r"\b" + re.escape(names[target]) + r"\b"
-    if not re.search(pattern, instruction):
-        return None
-    return re.sub(pattern, names[distractor], instruction, count=1)
 
 
 def rank_metrics(scores: np.ndarray, distance: np.ndarray) -> tuple[float, bool]:
@@ -184,7 +181,9 @@ class SignalProbe:
         ids = scored_view_ids(self.names, score_cfg)
         fids = scored_frame_ids(pl.horizon, score_cfg)  # the frames the planner's score reads, for every variant
         model = sim = None
-        if any(v in ("model", "model-no-uq", "value") for v in variants):
+        if "progress" in variants and pl.progress is None:
+            raise ValueError("variant 'progress' needs a bundle with a progress module (`vidplan train progress`)")
+        if any(v in ("model", "model-no-uq", "value", "progress") for v in variants):
             noise = pl.rollout_noise(len(props), tuple(history.shape[2:]), cfg.seed)  # as the planner rolls out
             pred = pl.rollout(history, pl.knots(props.actions), pl.config.flow_steps, noise)
             model = (
@@ -199,32 +198,44 @@ class SignalProbe:
         for kind, instruction in instructions.items():
             text = pl.text_embedding(instruction)
             res: dict[str, list[float]] = {}
+            use_progress = pl.progress is not None and score_cfg.progress_weight > 0
+            target = current_target_maps(pl.world.codec, pl.semantic, hist, text) if pl.progress is not None else None
 
-            def score(frames, ent, c=score_cfg, relevance=None, text=text):
-                return score_frames(frames, ids, self.names, text, pl.semantic, c, ent, relevance).score.tolist()
+            def distances(latents, target=target, on=use_progress):  # progress head on (B, F, C, V*h, w), or None
+                return progress_distances(pl.progress, latents, target) if on else None
+
+            def score(frames, ent, dist, c=score_cfg, relevance=None, text=text):
+                t = score_frames(frames, ids, self.names, text, pl.semantic, c, ent, relevance, dist)
+                return t.score.tolist()
 
             if model is not None:
                 pred, ent, frames = model
+                dist = distances(pred[:, fids])
                 if "model" in variants:
-                    res["model"] = score(frames, ent)
+                    res["model"] = score(frames, ent, dist)
                 if "model-no-uq" in variants:
-                    res["model-no-uq"] = score(frames, ent, no_uq)
+                    res["model-no-uq"] = score(frames, ent, dist, no_uq)
                 if "value" in variants:
                     res["value"] = value_objective(pred, hist, pl.uq, pl.value, score_cfg)[0].tolist()
+                if "progress" in variants:
+                    d = progress_distances(pl.progress, pred[:, fids], target)
+                    res["progress"] = (-d.max(1).values).tolist()
             if sim is not None:
-                ent, decoded, raw, segmentation = sim
+                ent, decoded, raw, segmentation, latents = sim
+                dist = distances(latents)
                 if "sim" in variants:
-                    res["sim"] = score(decoded, ent)
+                    res["sim"] = score(decoded, ent, dist)
                 if "sim-raw" in variants:
-                    res["sim-raw"] = score(raw, ent)
+                    res["sim-raw"] = score(raw, ent, dist)
                 if "sim-gt-relevance" in variants:
-                    res["sim-gt-relevance"] = score(raw, ent, relevance=self._mask_grid(segmentation, objects[kind]))
+                    mask = self._mask_grid(segmentation, objects[kind])
+                    res["sim-gt-relevance"] = score(raw, ent, dist, relevance=mask)
             out.scores[kind] = res
         return out
 
     def _sim_inputs(self, sim, hist: torch.Tensor, ids: list[int], fids: list[int]):
-        """(entropy map of the rendered frames' latents, their codec round trip, the raw frames, segmentation), of
-        the scored frames ``fids``."""
+        """(entropy map of the rendered frames' latents, their codec round trip, the raw frames, segmentation, the
+        latents), of the scored frames ``fids``."""
         pl = self.planner
         N, H = sim.frames.shape[:2]
         latents = pl.world.encode(sim.frames.reshape(N * H, *sim.frames.shape[2:])).float()
@@ -232,7 +243,7 @@ class SignalProbe:
         ent = uq_maps(pl.uq, latents, hist, pl.config.score.confidence_eps)[0][:, fids]
         decoded = decode_views(pl.world.codec, latents[:, fids], ids)
         raw = torch.from_numpy(sim.frames[:, fids][:, :, ids]).to(pl.device).movedim(-1, -3).float() / 255.0
-        return ent, decoded, raw, sim.segmentation[:, fids]
+        return ent, decoded, raw, sim.segmentation[:, fids], latents[:, fids]
 
     def _mask_grid(self, segmentation: np.ndarray, obj: int) -> torch.Tensor:
         """The object's coverage of each cell of a 16 x 16 grid over the centre view: (N, H, 16, 16)."""

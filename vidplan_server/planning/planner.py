@@ -73,6 +73,7 @@ from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 from vidplan_server.models.heads import UQHead, ValueHead, load_uq_head, load_value_head
 from vidplan_server.models.heatmaps import LatentColormap, load_colormap, overlay
 from vidplan_server.models.policy import FlowPolicy, load_policy
+from vidplan_server.models.progress import ProgressHead, load_progress_head
 from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
@@ -164,6 +165,7 @@ class Planner:
         clock: Callable[[], float] = time.perf_counter,
         policy: FlowPolicy | None = None,
         uq_sources: UQSources | None = None,
+        progress: ProgressHead | None = None,
     ) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
@@ -185,6 +187,7 @@ class Planner:
         self.semantic = semantic
         self.colormap = colormap
         self.policy = policy.eval().requires_grad_(False) if policy is not None else None
+        self.progress = progress.eval().requires_grad_(False) if progress is not None else None
         self.config = config
         self.model_version = model_version
         self.clock = clock
@@ -225,9 +228,19 @@ class Planner:
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
         policy = load_policy(ckpt).to(device) if "policy" in modules else None
+        progress = load_progress_head(ckpt).to(device) if "progress" in modules and not clip_folder else None
         sources = UQSources.load(ckpt, device)
         return cls(
-            world, uq, value, semantic, colormap, config, _model_version(ckpt), policy=policy, uq_sources=sources
+            world,
+            uq,
+            value,
+            semantic,
+            colormap,
+            config,
+            _model_version(ckpt),
+            policy=policy,
+            uq_sources=sources,
+            progress=progress,
         )
 
     # ------------------------------------------------------------------------------------ properties
@@ -382,6 +395,7 @@ class Planner:
                 self.world.codec,
                 self.config.score,
                 method_maps,
+                self.progress,
             )
 
     def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
@@ -485,7 +499,9 @@ class Planner:
             report = judged
         r = 0 if chosen.refined else winner
         with self._autocast():  # the frames the selection did not decode, of the returned rollout only
-            complete_frames(report, r, chosen.rollout.pred, text, self.semantic, self.world.codec, self.config.score)
+            complete_frames(
+                report, r, chosen.rollout.pred, text, self.semantic, self.world.codec, self.config.score, self.progress
+            )
         call.lap("refine")
         predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r : r + 1])
         call.lap("decode")

@@ -397,6 +397,76 @@ def train_value(
     )
 
 
+def train_progress(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
+    """Progress head (:mod:`vidplan_server.training.progress_stage`) on windows of ``opts.data``, a simulator
+    recording with ground truth; needs the bundle's codec, flow map and semantic encoder (the maps it learns
+    from are that encoder's)."""
+    from vidplan_server.data.reader import EpisodeDataset
+    from vidplan_server.models.semantic import load_semantic
+    from vidplan_server.training.progress_stage import ProgressStage, build_progress_data, cached_progress_data
+
+    _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
+    _require(opts.out, "semantic", f"vidplan train semantic --data {opts.data} --out {opts.out}")
+    flow_map, flow_cfg = load_flow_map(opts.out)
+    world = flow_cfg.world
+    train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
+        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions
+    )
+    device = pick_device(opts.device)
+    codec = load_codec(opts.out)
+    semantic = load_semantic(opts.out, device=device)
+    dataset = EpisodeDataset(opts.data)
+
+    def data(windows: LatentWindows, episodes):
+        rows, offsets = 0, []
+        with_truth = []
+        for ep in episodes:
+            gt = dataset.load_episode(ep.index, images=False, ground_truth=True).ground_truth
+            if gt is None:
+                raise DatasetError(
+                    f"{opts.data}: episode {ep.index} has no simulator ground truth (object poses); the progress "
+                    "head trains on recordings from `vidplan sim record`"
+                )
+            with_truth.append(_Truth(ep.instruction, ep.cartesian_position, gt))
+            offsets.append(rows)
+            rows += len(ep.action)
+        return cached_progress_data(
+            opts.out / "training" / "progress_data",
+            (opts.out / "codec.safetensors", opts.out / "semantic.safetensors"),
+            lambda: build_progress_data(windows, with_truth, offsets, codec, semantic, device, opts.progress),
+            windows,
+        )
+
+    preset = presets.PROGRESS[opts.preset]
+    h, w = codec.config.view_latent_size
+    config = replace(
+        preset.model,
+        latent_channels=world.net.latent_channels,
+        views=len(codec.config.views),
+        view_size=(h, w),
+        horizon_steps=world.net.horizon * world.frame_stride,
+    )
+    stage = ProgressStage(config, flow_map, flow_steps, data(train_w, train_eps), data(held_w, held_eps))
+    return train(
+        stage,
+        _loop(preset.loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=device,
+        progress=opts.progress,
+        extra_meta={**_meta(opts, *counts), "windows": len(train_w), "flow_steps": flow_steps},
+    )
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """What the progress stage reads of an episode: its instruction, robot poses and simulator ground truth."""
+
+    instruction: str
+    cartesian_position: np.ndarray
+    ground_truth: object
+
+
 def semantic_frames(
     data: Path, indices: list[int], image_size: tuple[int, int], grid: int, frame_step: int, progress: bool = True
 ) -> SemanticFrames:

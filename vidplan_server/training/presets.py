@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from vidplan_server.models.codec import CodecConfig
 from vidplan_server.models.heads import HeadNetConfig
 from vidplan_server.models.policy import PolicyConfig
+from vidplan_server.models.progress import ProgressHeadConfig
 from vidplan_server.models.semantic import SemanticConfig
 from vidplan_server.models.video_net import VideoNetConfig
 from vidplan_server.training.loop import LoopConfig
@@ -113,6 +114,33 @@ VALUE = {
         HeadNetConfig(channels=(128, 256, 512), attention_heads=8, embed_dim=128),
         LoopConfig(
             steps=20000, batch_size=32, lr=3e-4, warmup_steps=500, weight_decay=0.01, eval_every=2000, save_every=1000
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ProgressPreset:
+    model: ProgressHeadConfig
+    loop: LoopConfig
+
+
+# Progress head (models/progress.py): a small conv encoder per view and an MLP.
+PROGRESS = {
+    "tiny": ProgressPreset(
+        ProgressHeadConfig(channels=(8, 8, 8), hidden=16),
+        LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=10, save_every=10),
+    ),
+    "small": ProgressPreset(
+        ProgressHeadConfig(),
+        LoopConfig(
+            steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, weight_decay=0.01, eval_every=500, save_every=250
+        ),
+    ),
+    "base": ProgressPreset(
+        ProgressHeadConfig(channels=(64, 128, 256), hidden=512),
+        LoopConfig(
+            steps=20000, batch_size=128, lr=3e-4, warmup_steps=500, weight_decay=0.01, eval_every=2000, save_every=1000
         ),
     ),
 }
