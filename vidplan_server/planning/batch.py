@@ -158,4 +158,5 @@ def _rollout_and_judge(planner: Planner, started: list[_Started]) -> tuple[torch
 
 def _take(judged: Judgement, rows: slice) -> Judgement:
     """One robot's rows of a batch's judgement."""
-    return Judgement(**{f.name: getattr(judged, f.name)[rows] for f in fields(Judgement)})
+    parts = {f.name: getattr(judged, f.name) for f in fields(Judgement)}
+    return Judgement(**{name: None if v is None else v[rows] for name, v in parts.items()})
