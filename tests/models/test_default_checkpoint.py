@@ -8,7 +8,8 @@ from vidplan_server.models.world_model import WorldModel
 
 def test_bundled_checkpoint_is_complete_and_small():
     manifest = read_manifest(DEFAULT_CHECKPOINT)
-    assert {"codec", "world", "flow_map", "uq", "value", "semantic", "colormap", "policy"} <= set(manifest["modules"])
+    modules = {"codec", "world", "flow_map", "uq", "value", "semantic", "colormap", "policy", "progress"}
+    assert modules <= set(manifest["modules"])
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size < 60 * 2**20  # issue 12: the bundle stays under 60 MB
     card = (DEFAULT_CHECKPOINT / "MODEL_CARD.md").read_text()
@@ -19,6 +20,7 @@ def test_bundled_checkpoint_is_complete_and_small():
         "vidplan train value",
         "vidplan train semantic",
         "vidplan train policy",
+        "vidplan train progress",
         "vidplan sim captions",
         "vidplan eval calibration",
         "vidplan eval reward",

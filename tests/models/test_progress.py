@@ -61,3 +61,14 @@ def test_target_maps_stack_each_rollouts_views_along_the_height_on_the_latent_gr
     for b in range(2):
         for v in range(3):
             assert torch.allclose(maps[b, v * h : (v + 1) * h], torch.tensor((3 * b + v) / 100))
+
+
+def test_the_locator_answers_a_position_in_metres_around_its_data_mean():
+    from vidplan_server.models.progress import LocatorConfig, TargetLocator
+
+    cfg = LocatorConfig(channels=(8, 8, 8), hidden=16, position_mean=(0.5, -0.1, 0.02), position_scale=(0.1, 0.1, 0.01))
+    loc = TargetLocator(cfg).eval()
+    torch.nn.init.zeros_(loc.mlp[-1].weight)
+    torch.nn.init.zeros_(loc.mlp[-1].bias)
+    out = loc(torch.randn(2, 4, 48, 16), torch.rand(2, 48, 16))
+    assert out.shape == (2, 3) and torch.allclose(out, torch.tensor([0.5, -0.1, 0.02]).expand(2, 3))

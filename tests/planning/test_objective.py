@@ -233,3 +233,34 @@ def test_progress_weight_is_checked():
         ScoreConfig(progress_weight=-1.0)
     with pytest.raises(ValueError, match="progress_weight"):
         ScoreConfig(progress_weight=float("nan"))
+
+
+class FixedLocator(torch.nn.Module):
+    """Locator double: the instructed object is at ``where`` (3,) for every rollout."""
+
+    def __init__(self, where) -> None:
+        super().__init__()
+        self.where = torch.tensor(where)
+        self.calls = 0
+
+    def forward(self, latents, target):
+        self.calls += 1
+        return self.where.expand(len(latents), 3)
+
+
+def test_with_a_locator_the_progress_term_is_the_commanded_positions_distance_to_the_located_object(codec):
+    pred = torch.zeros(3, 5, 4, 48, 16)
+    hist = torch.zeros(1, 2, 4, 48, 16).expand(3, -1, -1, -1, -1)
+    poses = torch.zeros(3, 5, 7)
+    poses[:, -1, 0] = torch.tensor([0.40, 0.55, 0.70])  # chunk ends along x; the object is at x = 0.6
+    locator = FixedLocator([0.6, 0.0, 0.0])
+    progress = FixedProgress(torch.tensor([0.0, 0.5, 0.5]))  # a frame-based head that disagrees is not used
+    certain = ConstantUQ(torch.full((3,), 50.0))
+    j = judge(pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(), None, progress, locator, poses)
+    assert j.score.argsort(descending=True).tolist() == [1, 2, 0]
+    assert j.progress_distance[:, -1].tolist() == pytest.approx([0.20, 0.05, 0.10])
+    assert locator.calls == 1 and j.target_position.shape == (3, 3)  # one request's history: located once
+    without_poses = judge(
+        pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(), None, None, locator
+    )
+    assert without_poses.progress_distance is None  # nothing to measure from

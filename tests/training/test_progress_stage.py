@@ -99,8 +99,9 @@ def test_the_stage_fits_a_batch(synthetic):
 def progress_bundle(tmp_path_factory, tiny_heads_bundle, tiny_dataset):
     out = tmp_path_factory.mktemp("progress") / "ckpt"
     shutil.copytree(tiny_heads_bundle, out)
-    args = ["train", "progress", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps", "4"]
-    assert main([*args, "--quiet"]) == 0
+    for stage in ("progress", "locator"):
+        args = ["train", stage, "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps", "4"]
+        assert main([*args, "--quiet"]) == 0
     return out
 
 
@@ -109,17 +110,23 @@ def test_cli_trains_the_module_and_the_planner_scores_with_it(progress_bundle, s
     from vidplan_server.planning.planner import Planner
     from vidplan_server.planning.types import PlanOptions
 
-    manifest = read_manifest(progress_bundle)["modules"]["progress"]
-    assert {"mae_true_m", "mae_pred_m", "spearman_in_window"} <= set(manifest["meta"]["eval"])
+    modules = read_manifest(progress_bundle)["modules"]
+    assert {"mae_true_m", "mae_pred_m", "spearman_in_window"} <= set(modules["progress"]["meta"]["eval"])
+    assert {"position_error_m", "nearest_object_rate"} <= set(modules["locator"]["meta"]["eval"])
     planner = Planner.load(progress_bundle)
-    assert planner.progress is not None
+    assert planner.progress is not None and planner.locator is not None
     req = request_from_episode(short_episodes[0], 12, planner.history_len, planner.frame_stride, PlanOptions(4))
     history = planner.encode_history(req.history)
     props = planner.propose(req, 4, np.random.default_rng(0))
     noise = planner.rollout_noise(4, tuple(history.shape[2:]), 0)
     pred = planner.rollout(history, planner.knots(props.actions), 1, noise)
-    judged = planner.judge(pred, history, planner.text_embedding(req.instruction))
-    assert torch.isfinite(judged.progress_distance[:, -1]).all() and judged.target_map.shape[0] == 4
+    text = planner.text_embedding(req.instruction)
+    by_frame = planner.judge(pred, history, text)  # no knots: the progress head reads the predicted frame
+    assert torch.isfinite(by_frame.progress_distance[:, -1]).all() and by_frame.target_position is None
+    knots = planner.knots(props.actions)
+    by_pose = planner.judge(pred, history, text, poses=knots)  # knots: the commanded position to the located object
+    expected = (knots[:, -1, :3] - by_pose.target_position).norm(dim=-1)
+    assert torch.allclose(by_pose.progress_distance[:, -1], expected, atol=1e-5)
     assert np.isfinite(planner.plan(req).proposal_scores).all()
 
 
@@ -139,3 +146,24 @@ def test_progress_needs_a_flow_map_and_a_semantic_encoder(tmp_path, tiny_bundle,
     shutil.copytree(tiny_bundle, out)  # codec, world, flow map: no semantic encoder yet
     code = main(["train", "progress", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--quiet"])
     assert code != 0 and "train semantic" in capsys.readouterr().err
+
+
+def test_locator_labels_are_the_named_objects_position_at_the_current_frame_and_it_fits(synthetic):
+    from vidplan_server.models.progress import LocatorConfig
+    from vidplan_server.training.progress_stage import LocatorStage
+
+    data, eps = synthetic
+    assert torch.allclose(data.positions[:9, :2], torch.from_numpy(eps[0].ground_truth.object_poses[:, :, :3]))
+    stage = LocatorStage(LocatorConfig(view_size=(8, 8), channels=(8, 8, 8), hidden=16), data, data)
+    g = torch.Generator().manual_seed(0)
+    latents, maps, positions = stage.batch(g, 16, torch.device("cpu"))
+    assert latents.shape == (16, 4, 24, 8) and positions.shape == (16, 3) and not torch.isnan(positions).any()
+    opt = torch.optim.Adam(stage.model.parameters(), lr=3e-3)
+    first = stage.loss(stage.model, (latents, maps, positions), g)[0].item()
+    for _ in range(150):
+        opt.zero_grad()
+        stage.loss(stage.model, (latents, maps, positions), g)[0].backward()
+        opt.step()
+    assert stage.loss(stage.model, (latents, maps, positions), g)[0].item() < 0.5 * first
+    metrics = stage.evaluate(stage.model, torch.device("cpu"))
+    assert set(metrics) == {"position_error_m", "nearest_object_rate"} and 0 <= metrics["nearest_object_rate"] <= 1

@@ -112,9 +112,9 @@ def _cmd_eval_planning_signal(args: argparse.Namespace) -> int:
         config=replace(PlannerConfig(), score=score),
     )
     if "all" in variants:  # every variant this bundle can measure
-        variants = tuple(v for v in VARIANTS if v != "progress" or planner.progress is not None)
-    elif "progress" in variants and planner.progress is None:
-        raise CliError("--variants progress: the bundle has no progress module (`vidplan train progress`)")
+        variants = tuple(v for v in VARIANTS if v != "progress" or planner.progress or planner.locator)
+    elif "progress" in variants and planner.progress is None and planner.locator is None:
+        raise CliError("--variants progress: the bundle has no progress or locator module (`vidplan train locator`)")
     cfg = SignalConfig(
         steps_per_episode=args.steps_per_episode,
         max_episodes=args.episodes,

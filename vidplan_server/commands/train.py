@@ -17,7 +17,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage in ("codec", "semantic", "progress"):
+    if args.extra_data and args.stage in ("codec", "semantic", "progress", "locator"):
         raise CliError(
             f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
             "folders; world, flowmap, uq: branch folders)"
@@ -87,8 +87,8 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = commands.train_value(
             opts, gamma=args.gamma, flow_steps=args.flow_steps, extra_data=tuple(args.extra_data)
         )
-    elif args.stage == "progress":
-        result = commands.train_progress(opts, flow_steps=args.flow_steps)
+    elif args.stage in ("progress", "locator"):
+        result = commands.train_progress(opts, flow_steps=args.flow_steps, stage=args.stage)
     elif args.stage in train_probes.STAGES:
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
@@ -116,13 +116,25 @@ def register(groups) -> None:
         "language-conditioned behaviour-cloning policy with a flow-matching action head, on the successful nominal "
         "episodes of a train-split recording: the baseline and the proposer's source of candidates); progress (the "
         "distance of the hand to the instructed object in a predicted frame, read with the semantic encoder's map "
-        "of the current frame; on a train-split simulator recording; needs flowmap and semantic). "
+        "of the current frame; on a train-split simulator recording; needs flowmap and semantic); locator (where the "
+        "instructed object is, in the robot's base frame, from the current frame and that map; same data). "
         "Shows a progress bar with the loss, evaluates on held-out episodes, saves resumable state "
         "in CKPT/training/, uses CUDA with bf16 autocast when present and the CPU otherwise.",
     )
     tr.add_argument(
         "stage",
-        choices=("codec", "world", "flowmap", "uq", "value", "semantic", "policy", "progress", *train_probes.STAGES),
+        choices=(
+            "codec",
+            "world",
+            "flowmap",
+            "uq",
+            "value",
+            "semantic",
+            "policy",
+            "progress",
+            "locator",
+            *train_probes.STAGES,
+        ),
         help="what to train (c3: C3's confidence probe, squbed: S-QUBED's probability map; both on the "
         "calibration data of uq)",
     )

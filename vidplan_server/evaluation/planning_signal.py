@@ -20,8 +20,9 @@ Variants, from the planner as it runs to oracles that replace one stage at a tim
 ``model``              the planner's selection score: flow-map rollout, decoded frames, UQ weighting
 ``model-no-uq``        the same without the uncertainty weight
 ``value``              the value head's mean expected value of the rollout (the refinement objective)
-``progress``           the progress head's predicted hand-to-object distance alone (negated), on the
-                       scored frames of the flow-map rollout (bundles with a ``progress`` module)
+``progress``           the progress term alone (negated distance): with a ``locator`` module, the scored
+                       frames' commanded positions to the located object; else the ``progress`` head's
+                       distance read off the flow-map rollout's scored frames
 ``sim``                the simulator as the world model: every proposal executed from the recorded state,
                        the rendered frames encoded and decoded by the codec, then scored as ``model``
 ``sim-raw``            the rendered frames scored directly (no codec round trip)
@@ -54,6 +55,7 @@ from vidplan_server.data.schema import CAMERA_NAMES, Episode
 from vidplan_server.planning.objective import (
     current_target_maps,
     decode_views,
+    locate,
     progress_distances,
     score_frames,
     scored_frame_ids,
@@ -181,7 +183,7 @@ class SignalProbe:
         ids = scored_view_ids(self.names, score_cfg)
         fids = scored_frame_ids(pl.horizon, score_cfg)  # the frames the planner's score reads, for every variant
         model = sim = None
-        if "progress" in variants and pl.progress is None:
+        if "progress" in variants and pl.progress is None and pl.locator is None:
             raise ValueError("variant 'progress' needs a bundle with a progress module (`vidplan train progress`)")
         if any(v in ("model", "model-no-uq", "value", "progress") for v in variants):
             noise = pl.rollout_noise(len(props), tuple(history.shape[2:]), cfg.seed)  # as the planner rolls out
@@ -195,14 +197,21 @@ class SignalProbe:
             self.oracle.load(episode, step)
             sim = self._sim_inputs(self.oracle.rollout(props.actions, pl.frame_stride), hist, ids, fids)
         no_uq = replace(score_cfg, weighting="none")
+        knots = pl.knots(props.actions)
         for kind, instruction in instructions.items():
             text = pl.text_embedding(instruction)
             res: dict[str, list[float]] = {}
-            use_progress = pl.progress is not None and score_cfg.progress_weight > 0
-            target = current_target_maps(pl.world.codec, pl.semantic, hist, text) if pl.progress is not None else None
+            has_progress = pl.locator is not None or pl.progress is not None
+            use_progress = has_progress and score_cfg.progress_weight > 0
+            target = current_target_maps(pl.world.codec, pl.semantic, hist, text) if has_progress else None
+            located = locate(pl.locator, hist, target) if pl.locator is not None else None
 
-            def distances(latents, target=target, on=use_progress):  # progress head on (B, F, C, V*h, w), or None
-                return progress_distances(pl.progress, latents, target) if on else None
+            def distances(latents, target=target, located=located, on=use_progress, knots=knots):  # (B, F) m or None
+                if not on:
+                    return None
+                if located is not None:  # as the planner: the commanded position at the scored frames
+                    return (knots[:, fids, :3] - located[:, None]).norm(dim=-1)
+                return progress_distances(pl.progress, latents, target)
 
             def score(frames, ent, dist, c=score_cfg, relevance=None, text=text):
                 t = score_frames(frames, ids, self.names, text, pl.semantic, c, ent, relevance, dist)
@@ -218,7 +227,7 @@ class SignalProbe:
                 if "value" in variants:
                     res["value"] = value_objective(pred, hist, pl.uq, pl.value, score_cfg)[0].tolist()
                 if "progress" in variants:
-                    d = progress_distances(pl.progress, pred[:, fids], target)
+                    d = distances(pred[:, fids], on=True)
                     res["progress"] = (-d.max(1).values).tolist()
             if sim is not None:
                 ent, decoded, raw, segmentation, latents = sim

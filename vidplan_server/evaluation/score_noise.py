@@ -132,7 +132,7 @@ def score_draws(
         noise = planner.rollout_noise(len(knots), tuple(history.shape[2:]), seed + d)
         pred = planner.rollout(history, knots, planner.config.flow_steps, noise)
         with torch.no_grad():
-            rows.append(planner.judge(pred, history, text).score.float().cpu().numpy())
+            rows.append(planner.judge(pred, history, text, poses=knots).score.float().cpu().numpy())
     end = props.actions[:, min(executed_rows, props.actions.shape[1]) - 1, :3]
     here = np.asarray(req.state.cartesian_position[:3], dtype=np.float64)
     approach = req.state.gripper_position < 0.1 and np.linalg.norm(here - target_xyz) > APPROACH_MIN_DISTANCE_M

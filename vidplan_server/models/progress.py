@@ -60,8 +60,20 @@ class ProgressHeadConfig:
             raise ValueError(f"view_size must be divisible by 4, got {self.view_size}")
 
 
-class ProgressHead(nn.Module):
-    def __init__(self, config: ProgressHeadConfig = ProgressHeadConfig()) -> None:
+@dataclass(frozen=True)
+class LocatorConfig(ProgressHeadConfig):
+    """The target locator's network (same as the progress head's) and the normalisation of its output."""
+
+    position_mean: tuple[float, float, float] = (0.5, 0.0, 0.05)  # m, robot base frame: the objects' mean position
+    position_scale: tuple[float, float, float] = (0.1, 0.15, 0.05)  # m: their spread
+
+
+class MapReader(nn.Module):
+    """``(latents (B, C, V*h, w), target map (B, V*h, w)) -> (B, outputs)``: the network both heads share."""
+
+    outputs = 1
+
+    def __init__(self, config: ProgressHeadConfig) -> None:
         super().__init__()
         self.config = config
         c0, c1, c2 = config.channels
@@ -84,14 +96,14 @@ class ProgressHead(nn.Module):
             nn.SiLU(),
             nn.Linear(config.views * config.hidden, config.hidden),
             nn.SiLU(),
-            nn.Linear(config.hidden, 1),
+            nn.Linear(config.hidden, self.outputs),
         )
         ys = torch.linspace(-1.0, 1.0, h)
         xs = torch.linspace(-1.0, 1.0, w)
         self.register_buffer("coords", torch.stack(torch.meshgrid(xs, ys, indexing="xy")), persistent=False)
 
-    def forward(self, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """latents (B, C, V*h, w), target map (B, V*h, w) in [0, 1] -> distance (B,) in metres."""
+    def features(self, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, V*h, w), target map (B, V*h, w) in [0, 1] -> raw outputs (B, outputs)."""
         cfg = self.config
         B, C, Vh, w = latents.shape
         V, h = cfg.views, cfg.view_size[0]
@@ -106,7 +118,28 @@ class ProgressHead(nn.Module):
         x = x.reshape(B, C + 1, V, h, w).transpose(1, 2).reshape(B * V, C + 1, h, w)
         x = torch.cat([x, self.coords.to(x.dtype).expand(B * V, -1, -1, -1)], 1)
         f = self.project(self.encoder(x).flatten(1)).reshape(B, V, -1) + self.view_embed
-        return F.softplus(self.mlp(f.flatten(1))[:, 0])
+        return self.mlp(f.flatten(1))
+
+
+class ProgressHead(MapReader):
+    def forward(self, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, V*h, w) of a (predicted) frame, target map (B, V*h, w) -> distance (B,) in metres."""
+        return F.softplus(self.features(latents, target)[:, 0])
+
+
+class TargetLocator(MapReader):
+    """Where the instructed object is: ``(latents of the current frame, its target map) -> (B, 3)`` position in
+    metres in the robot base frame (the frame of ``cartesian_position``)."""
+
+    outputs = 3
+
+    def __init__(self, config: LocatorConfig = LocatorConfig()) -> None:
+        super().__init__(config)
+        self.register_buffer("mean", torch.tensor(config.position_mean), persistent=False)
+        self.register_buffer("scale", torch.tensor(config.position_scale), persistent=False)
+
+    def forward(self, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.features(latents, target) * self.scale + self.mean
 
 
 @torch.no_grad()
@@ -126,6 +159,11 @@ def target_maps(codec: Codec, semantic: SemanticBackend, latents: torch.Tensor, 
     if rel.shape[-2:] != (Vh // V, w):
         rel = F.interpolate(rel[:, None], size=(Vh // V, w), mode="bilinear", align_corners=False)[:, 0]
     return rel.reshape(B, Vh, w).clamp(0.0, 1.0)
+
+
+def load_locator(ckpt: str | Path) -> TargetLocator:
+    """The bundle's ``locator`` module (:class:`TargetLocator`), in eval mode."""
+    return load_weights(ckpt, "locator", TargetLocator(load_config(ckpt, "locator", LocatorConfig))).eval()
 
 
 def load_progress_head(ckpt: str | Path) -> ProgressHead:

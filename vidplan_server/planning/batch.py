@@ -149,9 +149,10 @@ def _rollout_and_judge(planner: Planner, started: list[_Started]) -> tuple[torch
         texts.append(s.text[None].expand(n, -1))
     history = torch.cat(histories)
     k = started[0].call.counts.flow_steps  # the batch key makes it the same for all
-    pred = planner.rollout(history, torch.cat([s.knots for s in started]), k, torch.cat([s.noise for s in started]))
+    knots = torch.cat([s.knots for s in started])
+    pred = planner.rollout(history, knots, k, torch.cat([s.noise for s in started]))
     t1 = clock()
-    judged = planner.judge(pred, history, torch.cat(texts))
+    judged = planner.judge(pred, history, torch.cat(texts), poses=knots)
     t2 = clock()
     return pred, judged, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 

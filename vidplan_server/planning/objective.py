@@ -69,7 +69,7 @@ from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.heads import UQHead, ValueHead
-from vidplan_server.models.progress import ProgressHead, target_maps
+from vidplan_server.models.progress import ProgressHead, TargetLocator, target_maps
 from vidplan_server.models.semantic import SemanticBackend
 
 WEIGHTINGS = ("exp", "linear", "none")
@@ -138,6 +138,7 @@ class Judgement:
     # The progress head's predicted hand-to-object distance (m) per frame, NaN where not scored or without a head
     progress_distance: torch.Tensor | None = None
     target_map: torch.Tensor | None = None  # (B, V*h, w) the instruction's relevance over the current frame
+    target_position: torch.Tensor | None = None  # (B, 3) m, where the locator puts the instructed object
 
 
 def view_rows(latents: torch.Tensor, view: int, views: int) -> torch.Tensor:
@@ -277,11 +278,15 @@ def judge(
     cfg: ScoreConfig,
     method_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: ProgressHead | None = None,
+    locator: TargetLocator | None = None,
+    poses: torch.Tensor | None = None,
 ) -> Judgement:
     """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding, or (B, D) one per rollout.
     ``method_maps``: (uncertainty, P(err <= eps)) of another ``uq_method`` (``planning/uq_methods.py``) in place of
-    the bins head's entropy and confidence; the expected error stays the bins head's. ``progress``: the bundle's
-    progress head, whose distance enters the score (``cfg.progress_weight``)."""
+    the bins head's entropy and confidence; the expected error stays the bins head's. The progress term
+    (``cfg.progress_weight``): with the bundle's ``locator`` and the rollouts' commanded ``poses`` (B, H, 7) (the
+    knots), the distance of each scored frame's commanded position to the located object; else with the
+    ``progress`` head, its distance read off the predicted frame; else none."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     if method_maps is not None:
         ent, ok = method_maps
@@ -289,8 +294,12 @@ def judge(
     ids = scored_view_ids(names, cfg)
     fids = scored_frame_ids(pred.shape[1], cfg)
     frames = decode_views(codec, pred[:, fids], ids)  # (B, F, n, 3, Hi, Wi)
-    target = dist = None
-    if progress is not None and cfg.progress_weight > 0:
+    target = dist = located = None
+    if cfg.progress_weight > 0 and locator is not None and poses is not None:
+        target = current_target_maps(codec, semantic, history, text)
+        located = locate(locator, history, target)
+        dist = (poses[:, fids, :3].float() - located[:, None]).norm(dim=-1)
+    elif cfg.progress_weight > 0 and progress is not None:
         target = current_target_maps(codec, semantic, history, text)
         dist = progress_distances(progress, pred[:, fids], target)
     t = score_frames(frames, ids, names, text, semantic, cfg, ent[:, fids], progress=dist)
@@ -312,7 +321,17 @@ def judge(
         entropy_map=ent,
         progress_distance=per_frame(dist) if dist is not None else None,
         target_map=target,
+        target_position=located,
     )
+
+
+def locate(locator: TargetLocator, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The instructed object's position (B, 3) in metres from each rollout's current frame (history (B, T, ...)) and
+    target map (B, V*h, w); computed once when the rows share one history."""
+    current = history[:, -1].float()
+    if len(current) > 1 and history.stride(0) == 0 and target.stride(0) == 0:
+        return locator(current[:1], target[:1].float()).expand(len(current), 3)
+    return locator(current, target.float())
 
 
 def current_target_maps(
@@ -345,6 +364,7 @@ def complete_frames(
     codec: Codec,
     cfg: ScoreConfig,
     progress: ProgressHead | None = None,
+    poses: torch.Tensor | None = None,
 ) -> None:
     """Fill in, in place, the per-frame terms of rollout ``row`` (pred (1, H, C, V*h, w)) for the frames the
     selection did not score (NaN), so that the returned rollout reports all H frames; only its missing frames are
@@ -356,8 +376,11 @@ def complete_frames(
     ids = scored_view_ids(names, cfg)
     frames = decode_views(codec, pred[:, missing], ids)
     dist = None
-    if progress is not None and judged.target_map is not None:
+    if judged.target_position is not None and poses is not None:
+        dist = (poses[:, missing, :3].float() - judged.target_position[row : row + 1, None]).norm(dim=-1)
+    elif judged.target_position is None and progress is not None and judged.target_map is not None:
         dist = progress_distances(progress, pred[:, missing], judged.target_map[row : row + 1])
+    if dist is not None:
         judged.progress_distance[row, missing] = dist[0].to(judged.progress_distance.dtype)
     t = score_frames(frames, ids, names, text, semantic, cfg, judged.entropy_map[row : row + 1, missing], progress=dist)
     for name, value in (

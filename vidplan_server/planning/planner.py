@@ -73,7 +73,7 @@ from vidplan_server.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 from vidplan_server.models.heads import UQHead, ValueHead, load_uq_head, load_value_head
 from vidplan_server.models.heatmaps import LatentColormap, load_colormap, overlay
 from vidplan_server.models.policy import FlowPolicy, load_policy
-from vidplan_server.models.progress import ProgressHead, load_progress_head
+from vidplan_server.models.progress import ProgressHead, TargetLocator, load_locator, load_progress_head
 from vidplan_server.models.semantic import SemanticBackend, load_semantic
 from vidplan_server.models.world_model import WorldModel
 from vidplan_server.planning.adapter import ActionAdapter, AdapterConfig
@@ -166,6 +166,7 @@ class Planner:
         policy: FlowPolicy | None = None,
         uq_sources: UQSources | None = None,
         progress: ProgressHead | None = None,
+        locator: TargetLocator | None = None,
     ) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
@@ -188,6 +189,7 @@ class Planner:
         self.colormap = colormap
         self.policy = policy.eval().requires_grad_(False) if policy is not None else None
         self.progress = progress.eval().requires_grad_(False) if progress is not None else None
+        self.locator = locator.eval().requires_grad_(False) if locator is not None else None
         self.config = config
         self.model_version = model_version
         self.clock = clock
@@ -228,7 +230,9 @@ class Planner:
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
         policy = load_policy(ckpt).to(device) if "policy" in modules else None
+        # Both read the bundled semantic encoder's maps: a user's CLIP folder would feed them maps they never saw.
         progress = load_progress_head(ckpt).to(device) if "progress" in modules and not clip_folder else None
+        locator = load_locator(ckpt).to(device) if "locator" in modules and not clip_folder else None
         sources = UQSources.load(ckpt, device)
         return cls(
             world,
@@ -241,6 +245,7 @@ class Planner:
             policy=policy,
             uq_sources=sources,
             progress=progress,
+            locator=locator,
         )
 
     # ------------------------------------------------------------------------------------ properties
@@ -384,7 +389,11 @@ class Planner:
             pred = self.world.rollout(history.expand(N, *history.shape[1:]), knots, "flow", steps, noise=noise)
         return pred.float()
 
-    def judge(self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, method_maps=None) -> Judgement:
+    def judge(
+        self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, method_maps=None, poses=None
+    ) -> Judgement:
+        """:func:`~vidplan_server.planning.objective.judge` with this bundle's heads; ``poses`` (B, H, 7): the
+        rollouts' knots, which the locator's progress term needs."""
         with self._autocast():
             return judge(
                 pred,
@@ -396,6 +405,8 @@ class Planner:
                 self.config.score,
                 method_maps,
                 self.progress,
+                self.locator,
+                poses,
             )
 
     def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
@@ -494,13 +505,21 @@ class Planner:
         chosen = self._refine_safely(call, history, props, knots, pred, noise, winner)
         if chosen.refined:  # what is returned
             r_maps = self._uq_maps(call, chosen.rollout.pred, history, chosen.rollout.knots, noise[:1])
-            report = self.judge(chosen.rollout.pred, history, text, *([r_maps] if r_maps is not None else []))
+            report = self.judge(chosen.rollout.pred, history, text, r_maps, chosen.rollout.knots)
         else:
             report = judged
         r = 0 if chosen.refined else winner
         with self._autocast():  # the frames the selection did not decode, of the returned rollout only
             complete_frames(
-                report, r, chosen.rollout.pred, text, self.semantic, self.world.codec, self.config.score, self.progress
+                report,
+                r,
+                chosen.rollout.pred,
+                text,
+                self.semantic,
+                self.world.codec,
+                self.config.score,
+                self.progress,
+                chosen.rollout.knots if chosen.refined else knots[winner : winner + 1],
             )
         call.lap("refine")
         predicted, heat = self._render_in_time(call, chosen.rollout.pred, report.entropy_map[r : r + 1])
@@ -602,7 +621,7 @@ class Planner:
     ) -> tuple[Judgement, int]:
         """Judge every proposal with the call's ``uq_method``; the winner is :meth:`choose_winner`'s."""
         maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
-        judged = self.judge(pred, history, text, *([maps] if maps is not None else []))  # bins: as before
+        judged = self.judge(pred, history, text, maps, knots)  # maps None: the bins head's
         winner = self.choose_winner(call, judged, kinds, history, text, knots)
         call.lap("score")
         return judged, winner
@@ -648,7 +667,7 @@ class Planner:
         shape = tuple(history.shape[2:])
         noise = torch.cat([self.rollout_noise(2, shape, (seed + d) % 2**63) for d in range(1, D + 1)])
         pred = self.rollout(history, pair.repeat(D, 1, 1), call.counts.flow_steps, noise)
-        score = self.judge(pred, history, text).score.float().cpu().numpy().reshape(D, 2)
+        score = self.judge(pred, history, text, poses=pair.repeat(D, 1, 1)).score.float().cpu().numpy().reshape(D, 2)
         return score[:, 1] - score[:, 0]
 
     def _refine_safely(

@@ -397,13 +397,14 @@ def train_value(
     )
 
 
-def train_progress(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
-    """Progress head (:mod:`vidplan_server.training.progress_stage`) on windows of ``opts.data``, a simulator
-    recording with ground truth; needs the bundle's codec, flow map and semantic encoder (the maps it learns
-    from are that encoder's)."""
+def train_progress(opts: TrainOptions, flow_steps: int = 1, stage: str = "progress") -> TrainResult:
+    """Progress head (``stage`` "progress") or target locator ("locator"), both in
+    :mod:`vidplan_server.training.progress_stage`, on windows of ``opts.data``, a simulator recording with ground
+    truth; needs the bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's)."""
     from vidplan_server.data.reader import EpisodeDataset
+    from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.models.semantic import load_semantic
-    from vidplan_server.training.progress_stage import ProgressStage, build_progress_data, cached_progress_data
+    from vidplan_server.training.progress_stage import LocatorStage, ProgressStage, build_progress_data
 
     _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
     _require(opts.out, "semantic", f"vidplan train semantic --data {opts.data} --out {opts.out}")
@@ -425,30 +426,35 @@ def train_progress(opts: TrainOptions, flow_steps: int = 1) -> TrainResult:
             if gt is None:
                 raise DatasetError(
                     f"{opts.data}: episode {ep.index} has no simulator ground truth (object poses); the progress "
-                    "head trains on recordings from `vidplan sim record`"
+                    "head and the locator train on recordings from `vidplan sim record`"
                 )
             with_truth.append(_Truth(ep.instruction, ep.cartesian_position, gt))
             offsets.append(rows)
             rows += len(ep.action)
-        return cached_progress_data(
-            opts.out / "training" / "progress_data",
-            (opts.out / "codec.safetensors", opts.out / "semantic.safetensors"),
-            lambda: build_progress_data(windows, with_truth, offsets, codec, semantic, device, opts.progress),
-            windows,
-        )
+        cache = opts.out / "training" / "progress_data"
+        files = (opts.out / "codec.safetensors", opts.out / "semantic.safetensors")
+        return build_progress_data(windows, with_truth, offsets, codec, semantic, device, opts.progress, cache, files)
 
     preset = presets.PROGRESS[opts.preset]
     h, w = codec.config.view_latent_size
-    config = replace(
-        preset.model,
-        latent_channels=world.net.latent_channels,
-        views=len(codec.config.views),
-        view_size=(h, w),
-        horizon_steps=world.net.horizon * world.frame_stride,
-    )
-    stage = ProgressStage(config, flow_map, flow_steps, data(train_w, train_eps), data(held_w, held_eps))
+    shape = dict(latent_channels=world.net.latent_channels, views=len(codec.config.views), view_size=(h, w))
+    train_data, held_data = data(train_w, train_eps), data(held_w, held_eps)
+    if stage == "locator":
+        p = train_data.positions[train_data.windows.index["history"][:, -1]][train_data.valid]  # (n, 3)
+        mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
+        config = LocatorConfig(
+            **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
+            **shape,
+            horizon_steps=0,
+            position_mean=tuple(float(v) for v in mean),
+            position_scale=tuple(float(v) for v in scale),
+        )
+        run = LocatorStage(config, train_data, held_data)
+    else:
+        config = replace(preset.model, **shape, horizon_steps=world.net.horizon * world.frame_stride)
+        run = ProgressStage(config, flow_map, flow_steps, train_data, held_data)
     return train(
-        stage,
+        run,
         _loop(preset.loop, opts),
         opts.out,
         resume=opts.resume,

@@ -24,7 +24,6 @@ and all objects, averaged over windows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from vidplan_server.data.windows import LatentWindows
 from vidplan_server.models.checkpoint import _write_atomic, save_module
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.flow_map import FlowMap
-from vidplan_server.models.progress import ProgressHead, ProgressHeadConfig
+from vidplan_server.models.progress import LocatorConfig, ProgressHead, ProgressHeadConfig, TargetLocator
 from vidplan_server.models.semantic_backend import SemanticBackend
 from vidplan_server.training.loop import Stage
 
@@ -48,12 +47,13 @@ EVAL_WINDOWS = 192
 
 @dataclass
 class ProgressData:
-    """Windows with one target map per (window, object) and the distance of every latent row to every object."""
+    """Windows with one target map per (window, object) and every object's place relative to every latent row."""
 
     windows: LatentWindows
     maps: torch.Tensor  # (N_windows, J, V*h, w) float16 target maps at each window's anchor
     valid: torch.Tensor  # (N_windows, J) bool: object j exists and an instruction could name it
-    distance: torch.Tensor  # (N_rows, J) float32 metres, NaN where object j does not exist
+    distance: torch.Tensor  # (N_rows, J) float32 metres from the hand, NaN where object j does not exist
+    positions: torch.Tensor  # (N_rows, J, 3) float32 metres, robot base frame, NaN where object j does not exist
 
     def rows(self, idx: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Latent row of frame m (0 = anchor, 1..H = future) of windows ``idx``."""
@@ -62,35 +62,43 @@ class ProgressData:
         return torch.where(m == 0, anchor, future)
 
 
+def object_geometry(episodes: list, row_offsets: list[int], n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance (N_rows, J) of the hand to every object, positions (N_rows, J, 3) of every object), NaN-padded.
+
+    ``episodes``: per window-episode (in ``windows.index['episode']`` order) an object with ``instruction``,
+    ``cartesian_position`` (T, 6) and ``ground_truth`` (object names, target index, object poses (T, n, 7));
+    ``row_offsets``: the first latent row of each episode."""
+    J = max(len(ep.ground_truth.object_names) for ep in episodes)
+    distance = torch.full((n_rows, J), float("nan"))
+    positions = torch.full((n_rows, J, 3), float("nan"))
+    for ep, start in zip(episodes, row_offsets, strict=True):
+        objects = np.array(ep.ground_truth.object_poses, dtype=np.float32)[:, :, :3]
+        tcp = np.asarray(ep.cartesian_position)[:, :3]
+        n = objects.shape[1]
+        distance[start : start + len(tcp), :n] = torch.from_numpy(np.linalg.norm(tcp[:, None] - objects, axis=-1))
+        positions[start : start + len(tcp), :n] = torch.from_numpy(objects).float()
+    return distance, positions
+
+
 @torch.no_grad()
-def build_progress_data(
+def build_target_maps(
     windows: LatentWindows,
     episodes: list,
-    row_offsets: list[int],
     codec: Codec,
     semantic: SemanticBackend,
     device: torch.device,
     progress: bool = True,
     batch: int = 64,
-) -> ProgressData:
-    """``episodes``: per window-episode (in ``windows.index['episode']`` order) an object with ``instruction``,
-    ``cartesian_position`` (T, 6) and ``ground_truth`` (object names, target index, object poses (T, n, 7));
-    ``row_offsets``: the first latent row of each episode."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maps (N_windows, J, V*h, w) float16, valid (N_windows, J)): per window's anchor frame and object, the
+    relevance of an instruction naming that object (``episodes`` as in :func:`object_geometry`)."""
     J = max(len(ep.ground_truth.object_names) for ep in episodes)
-    n_rows = len(windows.latents)
-    distance = torch.full((n_rows, J), float("nan"))
     texts: list[list[str | None]] = []
-    for ep, start in zip(episodes, row_offsets, strict=True):
+    for ep in episodes:
         gt = ep.ground_truth
-        tcp = np.asarray(ep.cartesian_position)[:, :3]
-        d = np.linalg.norm(tcp[:, None] - gt.object_poses[:, :, :3], axis=-1)  # (T, n)
-        distance[start : start + len(d), : d.shape[1]] = torch.from_numpy(d).float()
-        names = list(gt.object_names)
+        names, t = list(gt.object_names), gt.target_index
         row = [
-            ep.instruction
-            if j == gt.target_index
-            else distractor_instruction(ep.instruction, names, gt.target_index, j)
-            for j in range(len(names))
+            ep.instruction if j == t else distractor_instruction(ep.instruction, names, t, j) for j in range(len(names))
         ]
         texts.append(row + [None] * (J - len(row)))
     unique = sorted({t for row in texts for t in row if t is not None})
@@ -117,29 +125,42 @@ def build_progress_data(
                 rel = F.interpolate(rel[:, None], size=(Vh // V, w), mode="bilinear", align_corners=False)[:, 0]
             maps[idx, j] = rel.reshape(len(idx), Vh, w).clamp(0, 1).half().cpu()
             valid[idx, j] = ok
-    return ProgressData(windows, maps, valid, distance)
+    return maps, valid
 
 
-def cached_progress_data(
-    cache_dir: Path, model_files: tuple[Path, ...], build: Callable[[], ProgressData], windows: LatentWindows
+def build_progress_data(
+    windows: LatentWindows,
+    episodes: list,
+    row_offsets: list[int],
+    codec: Codec,
+    semantic: SemanticBackend,
+    device: torch.device,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    model_files: tuple[Path, ...] = (),
 ) -> ProgressData:
-    """``build()``'s maps and distances, cached in ``cache_dir`` by the codec and semantic weights and the windows
-    (the maps take minutes on CPU: a decode and a semantic pass per window and object)."""
-    h = hashlib.sha256()
-    for f in model_files:
-        h.update(Path(f).read_bytes())
-    for key in ("history", "future", "episode"):
-        h.update(windows.index[key].numpy().tobytes())
-    h.update(windows.latents[:: max(1, len(windows.latents) // 64)].float().numpy().tobytes())
-    path = cache_dir / f"{h.hexdigest()[:20]}.safetensors"
-    if path.is_file():
+    """The maps (from ``cache_dir`` when the codec and semantic weights ``model_files`` and the windows match: they
+    take minutes on CPU, a decode and a semantic pass per window and object) and the objects' geometry."""
+    distance, positions = object_geometry(episodes, row_offsets, len(windows.latents))
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256()
+        for f in model_files:
+            h.update(Path(f).read_bytes())
+        for key in ("history", "future", "episode"):
+            h.update(windows.index[key].numpy().tobytes())
+        h.update(windows.latents[:: max(1, len(windows.latents) // 64)].float().numpy().tobytes())
+        path = cache_dir / f"{h.hexdigest()[:20]}.safetensors"
+    if path is not None and path.is_file():
         t = load_file(str(path))
-        return ProgressData(windows, t["maps"], t["valid"], t["distance"])
-    data = build()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {"maps": data.maps.contiguous(), "valid": data.valid.contiguous(), "distance": data.distance}
-    _write_atomic(path, lambda tmp: save_file(tensors, tmp))
-    return data
+        maps, valid = t["maps"], t["valid"]
+    else:
+        maps, valid = build_target_maps(windows, episodes, codec, semantic, device, progress)
+        if path is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tensors = {"maps": maps.contiguous(), "valid": valid.contiguous()}
+            _write_atomic(path, lambda tmp: save_file(tensors, tmp))
+    return ProgressData(windows, maps, valid, distance, positions)
 
 
 class ProgressStage(Stage):
@@ -246,3 +267,57 @@ class ProgressStage(Stage):
 
     def export(self, model, ckpt: Path, meta: dict) -> None:
         save_module(ckpt, "progress", model, self.config, meta)
+
+
+class LocatorStage(Stage):
+    """The target locator (``locator``): where is the object the map highlights, from the current frame.
+
+    A sample is (window, object j): the anchor frame's true latents (at planning time the current frame is observed,
+    not predicted) and object j's target map; the label is object j's recorded position at that frame. Loss: L1 on
+    the position (m). Evaluation: mean position error, and how often the predicted position is nearer to object j
+    than to every other object of the scene (what the planner needs to tell the instructed object from the others).
+    """
+
+    name = "locator"
+
+    def __init__(self, config: LocatorConfig, train: ProgressData, held_out: ProgressData) -> None:
+        self.config = config
+        self.model = TargetLocator(config)
+        self.train_set = train
+        self.held_out = held_out
+
+    @staticmethod
+    def _inputs(data: ProgressData, idx: torch.Tensor, obj: torch.Tensor, device):
+        rows = data.windows.index["history"][idx, -1]
+        latents = data.windows.latents[rows].to(device).float()
+        return latents, data.maps[idx, obj].to(device).float(), data.positions[rows, obj].to(device), rows
+
+    def batch(self, generator, batch_size, device):
+        pairs = self.train_set.valid.nonzero()
+        pick = pairs[torch.randint(len(pairs), (batch_size,), generator=generator)]
+        return self._inputs(self.train_set, pick[:, 0], pick[:, 1], device)[:3]
+
+    def loss(self, model: TargetLocator, batch, generator):
+        latents, maps, positions = batch
+        return (model(latents, maps) - positions).abs().sum(-1).mean(), {}
+
+    @torch.no_grad()
+    def evaluate(self, model: TargetLocator, device):
+        data = self.held_out
+        windows = data.windows.spread(4 * EVAL_WINDOWS)
+        pairs = data.valid[windows].nonzero()
+        idx, obj = windows[pairs[:, 0]], pairs[:, 1]
+        errors, nearest = [], []
+        for part in torch.arange(len(idx)).split(128):
+            latents, maps, truth, rows = self._inputs(data, idx[part], obj[part], device)
+            pred = model(latents, maps).cpu()
+            errors.append((pred - truth.cpu()).norm(dim=-1))
+            others = (pred[:, None] - data.positions[rows]).norm(dim=-1)  # (B, J), NaN for missing objects
+            nearest.append(others.nan_to_num(float("inf")).argmin(-1) == obj[part])
+        return {
+            "position_error_m": float(torch.cat(errors).mean()),
+            "nearest_object_rate": float(torch.cat(nearest).float().mean()),
+        }
+
+    def export(self, model, ckpt: Path, meta: dict) -> None:
+        save_module(ckpt, "locator", model, self.config, meta)
