@@ -1,7 +1,7 @@
 """Is the planner's choice among the policy's samples the actions' doing, or the rollout noise's?
 
     python benchmarks/score_noise.py --out outputs/bench/score_noise.json [--split val,ood] [--episodes 6]
-                                     [--draws 4] [--every 8] [--margins 0,0.004] [--ckpt DIR] [--seed 1000]
+                                     [--draws 4] [--every 8] [--margins 0,0.01] [--ckpt DIR] [--seed 1000]
 
 The scripted expert drives ``--episodes`` scenes per split (the closed-loop benchmark's seeds); at every
 ``--every``-th step the planner's default proposals (the policy's samples) are rolled out and scored under
@@ -65,7 +65,7 @@ def main() -> int:
     p.add_argument("--episodes", type=_positive, default=6, help="expert-driven scenes per split (default 6)")
     p.add_argument("--draws", type=int, default=4, help="shared noise draws per state, >= 2 (default 4)")
     p.add_argument("--every", type=_positive, default=8, help="probe every N-th control step (default 8)")
-    p.add_argument("--margins", type=_margins, default=(0.0, 0.004), help="keep margins compared (default 0,0.004)")
+    p.add_argument("--margins", type=_margins, default=(0.0, 0.01), help="keep margins compared (default 0,0.01)")
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint bundle with a policy (default: the bundled one)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"base seed of the scenes (default {DEFAULT_SEED})")
     p.add_argument("--max-steps", type=_positive, default=200, help="control steps per scene at most (default 200)")

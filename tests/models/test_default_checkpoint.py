@@ -8,7 +8,7 @@ from vidplan_server.models.world_model import WorldModel
 
 def test_bundled_checkpoint_is_complete_and_small():
     manifest = read_manifest(DEFAULT_CHECKPOINT)
-    modules = {"codec", "world", "flow_map", "uq", "value", "semantic", "colormap", "policy", "progress"}
+    modules = {"codec", "world", "flow_map", "uq", "value", "semantic", "colormap", "policy", "locator"}
     assert modules <= set(manifest["modules"])
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size < 60 * 2**20  # issue 12: the bundle stays under 60 MB
@@ -20,7 +20,7 @@ def test_bundled_checkpoint_is_complete_and_small():
         "vidplan train value",
         "vidplan train semantic",
         "vidplan train policy",
-        "vidplan train progress",
+        "vidplan train locator",
         "vidplan sim captions",
         "vidplan eval calibration",
         "vidplan eval reward",

@@ -59,7 +59,7 @@ def test_selection_takes_the_highest_score(planner, request0, monkeypatch):
     real = planner.judge
     constructed = torch.tensor([0.1, -0.3, 0.2, 0.05, 0.9, 0.0])  # index 4 is "+z"
 
-    def judged(pred, history, text):
+    def judged(pred, history, text, *args, **kwargs):
         j = real(pred, history, text)
         j.score = constructed.clone()
         return j
@@ -71,15 +71,15 @@ def test_selection_takes_the_highest_score(planner, request0, monkeypatch):
     assert r.actions[-1, 2] > request0.state.cartesian_position[2] + 0.1  # the chunk that goes up
 
 
-@pytest.mark.parametrize("gap, kept", [(0.003, True), (0.005, False)])
+@pytest.mark.parametrize("gap, kept", [(0.008, True), (0.012, False)])
 def test_the_robots_own_chunk_is_kept_unless_beaten_by_the_margin(planner, request0, monkeypatch, gap, kept):
     """A nominal chunk (the robot's own) wins over a better-scored proposal when the gap is within keep_margin."""
-    assert planner.config.keep_margin == 0.004
+    assert planner.config.keep_margin == 0.01
     real = planner.judge
     nominal = np.tile(np.r_[request0.state.cartesian_position, 0.0], (15, 1))
     nominal[:, 0] += np.linspace(0.005, 0.075, 15)
 
-    def judged(pred, history, text):
+    def judged(pred, history, text, *args, **kwargs):
         j = real(pred, history, text)
         j.score = torch.zeros(len(pred))
         j.score[0], j.score[3] = 0.5, 0.5 + gap  # the nominal, one of its perturbations
@@ -93,7 +93,7 @@ def test_the_robots_own_chunk_is_kept_unless_beaten_by_the_margin(planner, reque
     assert_safe(planner, request0, r)
 
 
-@pytest.mark.parametrize("redrawn, switched", [((0.02, -0.001), False), ((0.02, 0.01), True)])
+@pytest.mark.parametrize("redrawn, switched", [((0.02, -0.001), False), ((0.02, 0.015), True)])
 def test_keep_draws_switch_only_when_every_redrawn_noise_agrees(planner, request0, monkeypatch, redrawn, switched):
     """With keep_draws 2 the challenger is rolled out again with the incumbent under two other draws (4 rows)."""
     from dataclasses import replace as dc_replace
@@ -103,7 +103,7 @@ def test_keep_draws_switch_only_when_every_redrawn_noise_agrees(planner, request
     nominal[:, 0] += np.linspace(0.005, 0.075, 15)
     calls = []
 
-    def judged(pred, history, text):
+    def judged(pred, history, text, *args, **kwargs):
         j = real(pred, history, text)
         calls.append(len(pred))
         if len(calls) == 1:  # the selection: proposal 3 beats the nominal by far more than the margin

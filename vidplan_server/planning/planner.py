@@ -128,7 +128,7 @@ class PlannerConfig:
     policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
-    keep_margin: float = 0.004
+    keep_margin: float = 0.01
     # Other noise draws under which a challenger must also beat the robot's own chunk (by keep_margin) before it
     # replaces it; 0: the selection's draw only. Scale-free, unlike the margin (planning/selection.py).
     keep_draws: int = 0

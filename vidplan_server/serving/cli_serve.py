@@ -21,7 +21,7 @@ from vidplan_server.serving.settings import (
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
 DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
-DEFAULT_KEEP_MARGIN = 0.004
+DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
 MAX_PROPOSALS = 64
 #: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).
