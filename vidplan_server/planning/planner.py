@@ -748,6 +748,12 @@ class Planner:
         heat: np.ndarray | None,
     ) -> PlanResult:
         call.timings["total"] = (self.clock() - call.t_start) * 1e3
+        if report.target_position is not None and report.progress_distance is not None:
+            x, y, z = report.target_position[r].tolist()
+            end = float(report.progress_distance[r, -1])
+            call.notes.append(
+                f"progress: instructed object located at ({x:.2f}, {y:.2f}, {z:.2f}) m; chunk ends {end:.2f} m from it"
+            )
         return PlanResult(
             actions=np.asarray(chosen.actions, dtype=np.float64),
             joint_positions=np.asarray(chosen.joints, dtype=np.float64),
