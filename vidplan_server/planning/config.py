@@ -1,0 +1,49 @@
+"""The planner's configuration (:class:`PlannerConfig`): proposal mix, selection, refinement, scoring and safety
+settings with the defaults the closed loop decided (the measurements are in :mod:`~vidplan_server.planning.planner`
+and :mod:`~vidplan_server.planning.selection`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidplan_server.planning.adapter import AdapterConfig
+from vidplan_server.planning.limits import SafetyLimits
+from vidplan_server.planning.objective import ScoreConfig
+from vidplan_server.planning.proposer import ProposerConfig
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    num_proposals: int = 12
+    # Decided (closed-loop A/B in planner.py's docstring): refinement is opt-in per request or here. The bundled
+    # value head does not yet rank progress on the instructed object (planning signal -0.12), and three Adam steps at
+    # refine_lr move the winner's knots by ~2 cm -- a grasp's whole margin -- in whatever direction it points.
+    refine_iters: int = 0
+    flow_steps: int = 1  # the UQ head of the bundled checkpoint was trained on 1-step rollout errors
+    refine_lr: float = 0.05  # Adam step in normalised action units ([-1, 1] spans the data's 1st-99th pct)
+    max_proposals: int = 64
+    max_refine_iters: int = 50
+    max_flow_steps: int = 16
+    autocast_bf16: bool = True  # on CUDA only
+    text_cache: int = 64  # instruction embeddings kept
+    # K chunks from the bundle's policy per plan (when it has one and no nominal is sent); the Jacobian basis fills
+    # the rest of num_proposals. Decided: all of them by default (closed-loop A/B in planner.py's docstring).
+    policy_samples: int = 12
+    policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
+    # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
+    # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
+    keep_margin: float = 0.01
+    # Other noise draws under which a challenger must also beat the robot's own chunk (by keep_margin) before it
+    # replaces it; 0: the selection's draw only. Scale-free, unlike the margin (planning/selection.py).
+    keep_draws: int = 0
+    uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
+    proposer: ProposerConfig = field(default_factory=ProposerConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        if not self.keep_margin >= 0:  # also refuses NaN
+            raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
+        if self.keep_draws < 0:
+            raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
