@@ -138,6 +138,25 @@ class UQStage(Stage):
         save_module(ckpt, "uq", model, self.config, meta)
 
 
+class FrozenFlowMap:
+    """The bundle's flow map as heads learn from it: frozen, moved to the batch's device once, sampled without
+    gradients with noise from the stage's generator."""
+
+    def __init__(self, flow_map: FlowMap, steps: int) -> None:
+        self.flow_map = flow_map.eval().requires_grad_(False)
+        self.steps = steps
+        self._device: torch.device | None = None
+
+    @torch.no_grad()
+    def sample(self, hist: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """history (B, T, C, V*h, w), actions (B, H, 7) -> predicted future (B, H, C, V*h, w)."""
+        if self._device != hist.device:
+            self.flow_map.to(hist.device)
+            self._device = hist.device
+        noise = torch.randn((*act.shape[:2], *hist.shape[2:]), generator=generator).to(hist.device)
+        return self.flow_map.sample(hist, act, self.steps, noise=noise)
+
+
 @dataclass
 class ValueData:
     windows: LatentWindows
@@ -158,9 +177,7 @@ class ValueStage(Stage):
     ) -> None:
         self.config = config
         self.model = ValueHead(config)
-        self.flow_map = flow_map.eval().requires_grad_(False) if flow_map is not None else None
-        self._flow_device: torch.device | None = None
-        self.flow_steps = flow_steps
+        self.flow = FrozenFlowMap(flow_map, flow_steps) if flow_map is not None else None
         self.train_set = train
         self.held_out = held_out
         self.predicted_fraction = predicted_fraction if flow_map is not None else 0.0
@@ -168,14 +185,7 @@ class ValueStage(Stage):
     def _inputs(self, data: ValueData, idx: torch.Tensor, device, n_pred: int, generator):
         hist, act, fut = data.windows.gather(idx, device)
         if n_pred:
-            if self._flow_device != device:  # move once, not on every batch
-                self.flow_map.to(device)
-                self._flow_device = device
-            noise = torch.randn(fut[:n_pred].shape, generator=generator).to(device)
-            with torch.no_grad():
-                fut = torch.cat(
-                    [self.flow_map.sample(hist[:n_pred], act[:n_pred], self.flow_steps, noise=noise), fut[n_pred:]]
-                )
+            fut = torch.cat([self.flow.sample(hist[:n_pred], act[:n_pred], generator), fut[n_pred:]])
         labels = data.returns[data.windows.index["future"][idx]].to(device)
         return fut, labels
 

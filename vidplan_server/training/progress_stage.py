@@ -40,6 +40,7 @@ from vidplan_server.models.codec import Codec
 from vidplan_server.models.flow_map import FlowMap
 from vidplan_server.models.progress import LocatorConfig, ProgressHead, ProgressHeadConfig, TargetLocator
 from vidplan_server.models.semantic_backend import SemanticBackend
+from vidplan_server.training.head_stages import FrozenFlowMap
 from vidplan_server.training.loop import Stage
 
 EVAL_WINDOWS = 192
@@ -177,9 +178,7 @@ class ProgressStage(Stage):
     ) -> None:
         self.config = config
         self.model = ProgressHead(config)
-        self.flow_map = flow_map.eval().requires_grad_(False) if flow_map is not None else None
-        self._flow_device: torch.device | None = None
-        self.flow_steps = flow_steps
+        self.flow = FrozenFlowMap(flow_map, flow_steps) if flow_map is not None else None
         self.train_set = train
         self.held_out = held_out
         self.predicted_fraction = predicted_fraction if flow_map is not None else 0.0
@@ -187,13 +186,8 @@ class ProgressStage(Stage):
 
     def _predict(self, data: ProgressData, idx: torch.Tensor, device, generator) -> torch.Tensor:
         """Flow-map prediction (B, H, C, V*h, w) of windows ``idx`` from their history and recorded actions."""
-        if self._flow_device != device:
-            self.flow_map.to(device)
-            self._flow_device = device
-        hist, act, fut = data.windows.gather(idx, device)
-        noise = torch.randn(fut.shape, generator=generator).to(device)
-        with torch.no_grad():
-            return self.flow_map.sample(hist, act, self.flow_steps, noise=noise)
+        hist, act, _ = data.windows.gather(idx, device)
+        return self.flow.sample(hist, act, generator)
 
     def _samples(self, data: ProgressData, n: int, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(window, object, frame m) of ``n`` random valid samples."""
@@ -245,7 +239,7 @@ class ProgressStage(Stage):
             labels = data.distance[rows, obj_r]
             true_d = model(data.windows.latents[rows].to(device).float(), maps).cpu()
             mae["true"].append((true_d - labels).abs())
-            if self.flow_map is not None:
+            if self.flow is not None:
                 pred = self._predict(data, w, device, g)  # (len(w), H, ...)
                 where = {int(x): i for i, x in enumerate(w)}
                 lat = pred[[where[int(x)] for x in idx_r], (m - 1).to(device)]
