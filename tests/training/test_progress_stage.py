@@ -169,3 +169,40 @@ def test_locator_labels_are_the_named_objects_position_at_the_current_frame_and_
     assert stage.loss(stage.model, (latents, maps, positions), g)[0].item() < 0.5 * first
     metrics = stage.evaluate(stage.model, torch.device("cpu"))
     assert set(metrics) == {"position_error_m", "nearest_object_rate"} and 0 <= metrics["nearest_object_rate"] <= 1
+
+
+def test_concat_renumbers_windows_and_pads_scenes_with_fewer_objects(synthetic):
+    from vidplan_server.training.progress_stage import ProgressData
+
+    data, _ = synthetic
+    first = data.windows.index["episode"] == 0
+    two = ProgressData(  # a dataset whose scenes have two objects only: the first episode's windows and rows
+        LatentWindows(
+            data.windows.latents[:9], data.windows.actions[:9], {k: v[first] for k, v in data.windows.index.items()}
+        ),
+        data.maps[first, :2],
+        data.valid[first, :2],
+        data.distance[:9, :2],
+        data.positions[:9, :2],
+    )
+    both = ProgressData.concat([two, data])
+    n = int(first.sum())
+    assert both.maps.shape == (n + len(data.maps), 3, *data.maps.shape[2:])
+    assert not both.valid[:n, 2].any() and torch.isnan(both.positions[:9, 2]).all()
+    # the second part's windows point at its own rows, now after the first part's 9
+    assert torch.equal(both.windows.index["history"][n:], data.windows.index["history"] + 9)
+    rows = both.rows(torch.arange(n, len(both.maps)), torch.zeros(len(data.maps), dtype=torch.long))
+    own = data.positions[data.rows(torch.arange(len(data.maps)), rows * 0)]
+    assert torch.allclose(both.positions[rows], own, equal_nan=True)
+    assert torch.equal(both.maps[n:], data.maps) and torch.equal(both.valid[n:], data.valid)
+
+
+def test_locator_trains_on_extra_recordings_too(progress_bundle, tiny_dataset, tmp_path):
+    out = tmp_path / "ckpt"
+    shutil.copytree(progress_bundle, out)
+    shutil.rmtree(out / "training" / "locator")  # a fresh run, not a resume
+    single = read_manifest(out)["modules"]["locator"]["meta"]["windows"]
+    args = ["train", "locator", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--steps", "2"]
+    assert main([*args, "--extra-data", str(tiny_dataset), "--quiet"]) == 0
+    meta = read_manifest(out)["modules"]["locator"]["meta"]
+    assert meta["extra_data"] == [str(tiny_dataset)] and meta["windows"] == 2 * single

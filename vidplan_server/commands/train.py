@@ -17,10 +17,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for extra in args.extra_data:
         if not extra.is_dir():
             raise CliError(f"--extra-data {extra}: dataset folder does not exist")
-    if args.extra_data and args.stage in ("codec", "semantic", "progress", "locator"):
+    if args.extra_data and args.stage in ("codec", "semantic"):
         raise CliError(
-            f"--extra-data is not used by `train {args.stage}` (value: episode folders; policy: DAgger "
-            "folders; world, flowmap, uq: branch folders)"
+            f"--extra-data is not used by `train {args.stage}` (value, progress, locator: episode folders; "
+            "policy: DAgger folders; world, flowmap, uq: branch folders)"
         )
     if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
@@ -88,7 +88,9 @@ def _train_stage(args: argparse.Namespace, commands, opts):
             opts, gamma=args.gamma, flow_steps=args.flow_steps, extra_data=tuple(args.extra_data)
         )
     elif args.stage in ("progress", "locator"):
-        result = commands.train_progress(opts, flow_steps=args.flow_steps, stage=args.stage)
+        result = commands.train_progress(
+            opts, flow_steps=args.flow_steps, stage=args.stage, extra_data=tuple(args.extra_data)
+        )
     elif args.stage in train_probes.STAGES:
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
@@ -208,8 +210,9 @@ def register(groups) -> None:
         nargs="+",
         default=[],
         metavar="DIR",
-        help="value: more episode folders to train on (each split into training and held-out "
-        "episodes like --data); never the data you evaluate on. policy: DAgger folders of `vidplan "
+        help="value, progress, locator: more recorded episode folders to train on (each split into "
+        "training and held-out episodes like --data); never the data you evaluate on. "
+        "policy: DAgger folders of `vidplan "
         "sim dagger` (every labelled step) or more recordings (their demonstrations), added to the "
         "training samples (a DAgger round: --resume --steps N). "
         "world, flowmap, uq: branch folders of `vidplan sim branches` (the planner's proposals executed "

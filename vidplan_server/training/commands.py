@@ -397,35 +397,35 @@ def train_value(
     )
 
 
-def train_progress(opts: TrainOptions, flow_steps: int = 1, stage: str = "progress") -> TrainResult:
+def train_progress(
+    opts: TrainOptions, flow_steps: int = 1, stage: str = "progress", extra_data: tuple[Path, ...] = ()
+) -> TrainResult:
     """Progress head (``stage`` "progress") or target locator ("locator"), both in
-    :mod:`vidplan_server.training.progress_stage`, on windows of ``opts.data``, a simulator recording with ground
-    truth; needs the bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's)."""
+    :mod:`vidplan_server.training.progress_stage`, on windows of ``opts.data`` and any ``extra_data`` folders (each
+    split into training and held-out episodes the same way), simulator recordings with ground truth; needs the
+    bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's)."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.models.semantic import load_semantic
-    from vidplan_server.training.progress_stage import LocatorStage, ProgressStage, build_progress_data
+    from vidplan_server.training.progress_stage import LocatorStage, ProgressData, ProgressStage, build_progress_data
 
     _require(opts.out, "flow_map", f"vidplan train flowmap --data {opts.data} --out {opts.out}")
     _require(opts.out, "semantic", f"vidplan train semantic --data {opts.data} --out {opts.out}")
     flow_map, flow_cfg = load_flow_map(opts.out)
     world = flow_cfg.world
-    train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
-        opts, world.net.history, world.net.horizon, world.frame_stride, world.actions
-    )
     device = pick_device(opts.device)
     codec = load_codec(opts.out)
     semantic = load_semantic(opts.out, device=device)
-    dataset = EpisodeDataset(opts.data)
 
-    def data(windows: LatentWindows, episodes):
+    def data(folder: Path, windows: LatentWindows, episodes) -> ProgressData:
+        dataset = EpisodeDataset(folder)
         rows, offsets = 0, []
         with_truth = []
         for ep in episodes:
             gt = dataset.load_episode(ep.index, images=False, ground_truth=True).ground_truth
             if gt is None:
                 raise DatasetError(
-                    f"{opts.data}: episode {ep.index} has no simulator ground truth (object poses); the progress "
+                    f"{folder}: episode {ep.index} has no simulator ground truth (object poses); the progress "
                     "head and the locator train on recordings from `vidplan sim record`"
                 )
             with_truth.append(_Truth(ep.instruction, ep.cartesian_position, gt))
@@ -435,10 +435,18 @@ def train_progress(opts: TrainOptions, flow_steps: int = 1, stage: str = "progre
         files = (opts.out / "codec.safetensors", opts.out / "semantic.safetensors")
         return build_progress_data(windows, with_truth, offsets, codec, semantic, device, opts.progress, cache, files)
 
+    train_parts, held_parts, n_train, n_held, n_windows = [], [], 0, 0, 0
+    for folder in (opts.data, *extra_data):
+        train_w, held_w, _, counts, (train_eps, held_eps) = _windows(
+            replace(opts, data=Path(folder)), world.net.history, world.net.horizon, world.frame_stride, world.actions
+        )
+        train_parts.append(data(Path(folder), train_w, train_eps))
+        held_parts.append(data(Path(folder), held_w, held_eps))
+        n_train, n_held, n_windows = n_train + counts[0], n_held + counts[1], n_windows + len(train_w)
+    train_data, held_data = ProgressData.concat(train_parts), ProgressData.concat(held_parts)
     preset = presets.PROGRESS[opts.preset]
     h, w = codec.config.view_latent_size
     shape = dict(latent_channels=world.net.latent_channels, views=len(codec.config.views), view_size=(h, w))
-    train_data, held_data = data(train_w, train_eps), data(held_w, held_eps)
     if stage == "locator":
         p = train_data.positions[train_data.windows.index["history"][:, -1]][train_data.valid]  # (n, 3)
         mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
@@ -460,7 +468,12 @@ def train_progress(opts: TrainOptions, flow_steps: int = 1, stage: str = "progre
         resume=opts.resume,
         device=device,
         progress=opts.progress,
-        extra_meta={**_meta(opts, *counts), "windows": len(train_w), "flow_steps": flow_steps},
+        extra_meta={
+            **_meta(opts, n_train, n_held),
+            "extra_data": [str(d) for d in extra_data],
+            "windows": n_windows,
+            "flow_steps": flow_steps,
+        },
     )
 
 

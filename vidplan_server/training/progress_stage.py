@@ -56,6 +56,24 @@ class ProgressData:
     distance: torch.Tensor  # (N_rows, J) float32 metres from the hand, NaN where object j does not exist
     positions: torch.Tensor  # (N_rows, J, 3) float32 metres, robot base frame, NaN where object j does not exist
 
+    @classmethod
+    def concat(cls, parts: list[ProgressData]) -> ProgressData:
+        """One set over several datasets (windows renumbered as :meth:`LatentWindows.concat`); scenes with fewer
+        objects are padded to the most objects of any part (invalid maps, NaN geometry)."""
+        J = max(p.valid.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, value) -> torch.Tensor:
+            extra = J - t.shape[1]
+            return t if extra == 0 else torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), value)], 1)
+
+        return cls(
+            LatentWindows.concat([p.windows for p in parts]),
+            torch.cat([pad(p.maps, 0) for p in parts]),
+            torch.cat([pad(p.valid, False) for p in parts]),
+            torch.cat([pad(p.distance, float("nan")) for p in parts]),
+            torch.cat([pad(p.positions, float("nan")) for p in parts]),
+        )
+
     def rows(self, idx: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Latent row of frame m (0 = anchor, 1..H = future) of windows ``idx``."""
         anchor = self.windows.index["history"][idx, -1]
