@@ -23,6 +23,7 @@ DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
 DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
+DEFAULT_PROGRESS_WEIGHT = 1.0
 MAX_PROPOSALS = 64
 #: ``--uq-method``'s choices: the settings' (planning.types.UQ_METHODS; a test keeps them equal).
 UQ_METHOD_CHOICES = get_args(ServeSettings.model_fields["uq_method"].annotation)
@@ -121,6 +122,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="other noise draws under which the best proposal must also beat the robot's own chunk (by the margin) "
         "before replacing it: 2 D more rollouts when it would switch, a check that does not depend on the score's "
         f"scale (default {DEFAULT_KEEP_DRAWS}: the selection's draw only; bins uncertainty only)",
+    )
+    p.add_argument(
+        "--progress-weight",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="weight per metre of the progress term: each scored frame loses W x the distance from the chunk's "
+        "commanded hand position to where the bundle's locator puts the instructed object; 0 scores without it "
+        f"(default {DEFAULT_PROGRESS_WEIGHT}; ignored by a bundle without a locator)",
     )
     p.add_argument(
         "--uq-method",

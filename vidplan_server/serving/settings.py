@@ -75,6 +75,9 @@ class ServeSettings(BaseSettings):
     keep_draws: int | None = Field(
         None, ge=0, le=16, description="redrawn noises that must confirm a switch from the robot's own chunk"
     )
+    progress_weight: float | None = Field(
+        None, ge=0, le=100, description="weight per metre of the locator's progress term in the score"
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -247,6 +250,8 @@ class ServeSettings(BaseSettings):
         for name in ("keep_margin", "keep_draws"):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
+        if self.progress_weight is not None:
+            changes["score"] = replace(config.score, progress_weight=self.progress_weight)
         return replace(config, **changes, uq_method=self.uq_method)
 
 
