@@ -87,3 +87,36 @@ def test_an_error_is_the_cause_whatever_the_state():
     assert failure_cause(False, "target", True, error="agent_error: ValueError: bad") == "agent_error: ValueError: bad"
     with pytest.raises(ValueError, match="first_grasp"):
         failure_cause(False, "maybe", False)
+
+
+def test_the_approach_monitor_keeps_the_closest_distance_and_the_closes_near_the_object():
+    from vidplan_server.evaluation.closed_loop.outcome import ApproachMonitor
+
+    m = ApproachMonitor()
+    assert m.record() == {"closest_target_m": None, "closes": 0, "closest_close_m": None}
+    target = (0.5, 0.0, 0.02)
+    m.update((0.5, 0.3, 0.02), target, 0.0)  # 30 cm away, open
+    m.update((0.5, 0.2, 0.02), target, 0.9)  # closes 20 cm away
+    m.update((0.5, 0.1, 0.02), target, 1.0)  # still closed: not a new close
+    m.update((0.5, 0.04, 0.02), target, 0.1)  # opens 4 cm away
+    m.update((0.5, 0.05, 0.02), target, 0.6)  # closes again, 5 cm away
+    assert m.record() == {"closest_target_m": 0.04, "closes": 2, "closest_close_m": 0.05}
+
+
+def test_no_grasp_failures_are_told_apart_by_how_close_the_hand_came():
+    from vidplan_server.evaluation.closed_loop.outcome import no_grasp_kind
+
+    def rec(closest, close, cause="no_grasp"):
+        return {
+            "failure_cause": cause,
+            "closest_target_m": closest,
+            "closes": int(close is not None),
+            "closest_close_m": close,
+        }
+
+    assert no_grasp_kind(rec(0.20, 0.03)) == "far"  # never within 5 cm (the close was elsewhere)
+    assert no_grasp_kind(rec(0.03, None)) == "no_close"
+    assert no_grasp_kind(rec(0.03, 0.12)) == "no_close"  # closed, but only far from it
+    assert no_grasp_kind(rec(0.02, 0.04)) == "missed"
+    assert no_grasp_kind(rec(0.02, 0.04, cause="dropped")) is None
+    assert no_grasp_kind({"failure_cause": "no_grasp"}) is None  # a record from before these fields

@@ -139,3 +139,13 @@ def test_cli_runs_the_expert_and_reports(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["eval", "closed-loop", "--split", "val", "--episodes", "1", "--agent", "robot", "--out", str(out)])
     assert "expected names from expert, policy" in capsys.readouterr().err
+
+
+def test_no_grasp_failures_are_split_by_kind_in_the_summary_and_table():
+    recs = [record("policy", "ood", i, False, first="none", cause="no_grasp") for i in range(4)]
+    for r, (closest, close) in zip(recs[:3], [(0.3, None), (0.03, None), (0.02, 0.03)], strict=True):
+        r.update(closest_target_m=closest, closes=int(close is not None), closest_close_m=close)
+    cell = summarize(recs)["ood"]["policy"]
+    assert cell["failure_causes"] == {"no_grasp": 4}  # the fourth record predates the fields: counted, not split
+    assert cell["no_grasp_kinds"] == {"far": 1, "no_close": 1, "missed": 1}
+    assert "no_grasp 4 (far 1, no_close 1, missed 1)" in format_table(summarize(recs))

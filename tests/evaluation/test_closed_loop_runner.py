@@ -62,6 +62,7 @@ def test_an_episode_with_a_fake_agent_executes_its_chunks_and_records_them(sim_s
     assert z[1] > z[0] + 0.01 and z[2] > z[1] + 0.01  # the robot executed the chunks
     assert rec["plan_kinds"] == {"lift": 3} and rec["agent_plan_ms"] == 12.5 and rec["mean_confidence"] == 0.5
     assert rec["success"] is False and rec["first_grasp"] == "none" and rec["failure_cause"] == "no_grasp"
+    assert rec["closes"] == 0 and rec["closest_close_m"] is None and rec["closest_target_m"] > 0.05  # lifts, far
     assert rec["task_kind"] in ("place", "pick") and rec["instruction"] == env.instruction
     # one video frame per step plus the final state; the heatmap row shows the plan's overlay
     path = video.write(tmp_path / "ep.mp4")
@@ -98,6 +99,8 @@ def test_the_expert_completes_an_episode_and_it_ends_once_success_held(sim_scene
     rec = run_episode(env, ExpertAgent(), Job("val", "expert", 0), config, None)
     assert rec["success"] is True and rec["failure_cause"] is None
     assert rec["first_grasp"] == "target" and rec["first_grasp_step"] < rec["success_step"]
+    # the expert closes once, at the object (TCP to object centre within the grasp's reach)
+    assert rec["closes"] == 1 and rec["closest_close_m"] < 0.05 and rec["closest_target_m"] <= rec["closest_close_m"]
     assert rec["steps"] == rec["success_step"] + 4 < config.max_steps
 
 

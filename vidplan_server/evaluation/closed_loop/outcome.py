@@ -14,6 +14,14 @@ Failure cause of an unsuccessful episode, first rule that applies:
 - ``"timeout"``: the target was grasped and is still in the gripper at the end (the task did not finish in time);
 - ``"dropped"``: the target was grasped and is no longer held, and the task is not done (let go on the way, or
   released outside the container).
+
+How close the hand came (:class:`ApproachMonitor`), to tell the ``no_grasp`` failures apart: the closest the TCP came
+to the instructed object (centre to centre), how often the agent commanded the gripper shut (open -> closed at
+0.5), and the TCP-to-object distance at the closest such command. :func:`no_grasp_kind` reads them: ``"far"`` (the
+hand never came within :data:`NEAR_M` of the object: the agent did not go for it), ``"no_close"`` (it came near but
+never closed there: it hesitated) or ``"missed"`` (it closed near the object and did not hold it: imprecision).
+Decided: 5 cm, about the half-width of the larger objects plus the fingers' reach, so a close at that distance
+could have held the object.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from dataclasses import dataclass
 from vidplan_server.sim.scene import SimScene
 
 GRASP_LIFT_M = 0.02
+NEAR_M = 0.05
+NO_GRASP_KINDS = ("far", "no_close", "missed")
 FIRST_GRASP = ("target", "other", "none")
 FAILURE_CAUSES = ("wrong_object", "no_grasp", "timeout", "dropped", "agent_error", "episode_error")
 
@@ -57,6 +67,45 @@ class GraspMonitor:
             self.first = "target" if i == 0 else "other"
             self.first_object = self.scene.objects[i].description
             self.first_step = step
+
+
+@dataclass
+class ApproachMonitor:
+    """Closest approach of the hand to the instructed object, and the gripper commands near it (module docstring)."""
+
+    closest_m: float = float("inf")
+    closes: int = 0
+    closest_close_m: float | None = None
+    _closed: bool = False
+
+    def update(self, tcp_xyz, target_xyz, gripper_command: float) -> None:
+        """One control step: the TCP (3,) and the object's position (3,) in metres before it, the commanded gripper."""
+        d = sum((float(a) - float(b)) ** 2 for a, b in zip(tcp_xyz, target_xyz, strict=True)) ** 0.5
+        self.closest_m = min(self.closest_m, d)
+        closing = gripper_command >= 0.5
+        if closing and not self._closed:
+            self.closes += 1
+            self.closest_close_m = d if self.closest_close_m is None else min(self.closest_close_m, d)
+        self._closed = closing
+
+    def record(self) -> dict:
+        """The episode record's fields: closest_target_m, closes, closest_close_m (None without a close)."""
+        return {
+            "closest_target_m": round(self.closest_m, 4) if self.closest_m != float("inf") else None,
+            "closes": self.closes,
+            "closest_close_m": None if self.closest_close_m is None else round(self.closest_close_m, 4),
+        }
+
+
+def no_grasp_kind(rec: dict, near_m: float = NEAR_M) -> str | None:
+    """``"far"``, ``"no_close"`` or ``"missed"`` for a ``no_grasp`` episode record (module docstring); None for
+    another outcome, or a record written before these fields existed."""
+    if rec.get("failure_cause") != "no_grasp" or rec.get("closest_target_m") is None:
+        return None
+    if rec["closest_target_m"] > near_m:
+        return "far"
+    close = rec.get("closest_close_m")
+    return "missed" if close is not None and close <= near_m else "no_close"
 
 
 def failure_cause(success: bool, first_grasp: str, target_held: bool, error: str | None = None) -> str | None:

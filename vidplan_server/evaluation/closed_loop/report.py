@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vidplan_server.evaluation.closed_loop.agents import AGENT_NAMES
+from vidplan_server.evaluation.closed_loop.outcome import NO_GRASP_KINDS, no_grasp_kind
 from vidplan_server.evaluation.closed_loop.stats import paired_difference, wilson_interval
 
 BASELINE = "policy"
@@ -60,6 +61,8 @@ def cell(records: list[dict], baseline: list[dict] | None = None) -> dict:
         "paired_ci_high": None,
         "paired_episodes": 0,
         "failure_causes": dict(sorted(Counter(c for r in records if (c := _cause(r))).items())),
+        # no_grasp split by how close the hand came (outcome.no_grasp_kind); records of older runs have no kind
+        "no_grasp_kinds": {k: n for k in NO_GRASP_KINDS if (n := sum(no_grasp_kind(r) == k for r in records))},
         "mean_steps": _mean(r["steps"] for r in records),
         "mean_plans": _mean(r["plans"] for r in records),
         "mean_plan_ms": _mean(r["mean_plan_ms"] for r in records),
@@ -128,7 +131,15 @@ def format_table(summary: dict) -> str:
             kinds = c.get("by_kind", {})
             place = f"{_pct(kinds['place']['success'])} (n={kinds['place']['episodes']})" if "place" in kinds else "–"
             pick = f"{_pct(kinds['pick']['success'])} (n={kinds['pick']['episodes']})" if "pick" in kinds else "–"
-            failures = ", ".join(f"{k} {v}" for k, v in c["failure_causes"].items()) or "–"
+            split_no_grasp = c.get("no_grasp_kinds") or {}
+            failures = (
+                ", ".join(
+                    f"{k} {v}"
+                    + (f" ({', '.join(f'{g} {n}' for g, n in split_no_grasp.items())})" if k == "no_grasp" else "")
+                    for k, v in c["failure_causes"].items()
+                )
+                or "–"
+            )
             ms = "–" if c["mean_plan_ms"] is None else f"{c['mean_plan_ms']:.0f}"
             sec = "–" if c["seconds_per_episode"] is None else f"{c['seconds_per_episode']:.1f}"
             lines.append(

@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from vidplan_client.droid import CARTESIAN_POSITION_KEY, STATE_KEY
 
 from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.evaluation.closed_loop.agents import Agent, AgentStep, build_agent, check_agent
 from vidplan_server.evaluation.closed_loop.names import DEFAULT_SEED, SPLITS
-from vidplan_server.evaluation.closed_loop.outcome import GraspMonitor, failure_cause
+from vidplan_server.evaluation.closed_loop.outcome import ApproachMonitor, GraspMonitor, failure_cause
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo
 from vidplan_server.sim.episode import episode_seed
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
@@ -133,7 +134,8 @@ def run_episode(
     ("target" / "other" / "none"), first_grasp_object, first_grasp_step, success_step (first step the task was
     done), steps, plans (chunks asked for), mean_plan_ms (wall time of ``act``, mean), agent_plan_ms (the agent's
     own ``info["plan_ms"]``, mean, or None), plan_kinds (``info["kind"]`` counts), mean_confidence, failure_cause
-    (None on success), ik_failures, wall_s (the whole episode), options (``config.outcome_options()``).
+    (None on success), closest_target_m / closes / closest_close_m (:class:`~.outcome.ApproachMonitor`),
+    ik_failures, wall_s (the whole episode), options (``config.outcome_options()``).
     """
     t_start = time.perf_counter()
     seed = episode_seed(config.seed, job.split, job.index)
@@ -147,6 +149,7 @@ def run_episode(
     }
     error: str | None = None
     monitor: GraspMonitor | None = None
+    approach = ApproachMonitor()
     plans_ms: list[float] = []
     agent_ms: list[float] = []
     confidences: list[float] = []
@@ -195,6 +198,8 @@ def run_episode(
             label = f"{job.agent} s{env.steps} p{len(plans_ms)} r{row}{' done' if success_run else ''} | {instruction}"
             video.add(obs["image"], heatmaps, row, len(chunk), label)
         try:
+            target_xyz = env.scene.object_pose(env.scene.objects[0])[0]
+            approach.update(obs[STATE_KEY][CARTESIAN_POSITION_KEY][:3], target_xyz, float(chunk[row][6]))
             env.update_robot(chunk[row])
             row += 1
             monitor.update(env.steps)
@@ -244,6 +249,7 @@ def run_episode(
         plan_kinds=dict(kinds),
         mean_confidence=round(statistics.fmean(confidences), 4) if confidences else None,
         failure_cause=cause,
+        **approach.record(),
         ik_failures=int(env.ik_failures),
         wall_s=round(time.perf_counter() - t_start, 3),
         options=config.outcome_options(),
