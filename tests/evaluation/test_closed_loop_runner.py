@@ -1,6 +1,7 @@
 """The closed-loop runner: short episodes with the expert and with small fake agents, pairing, resuming, errors."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -201,3 +202,17 @@ def test_agent_names_and_a_missing_planning_module(monkeypatch):
         run_closed_loop(runner.Path("unused"), ["val"], {"policy": 1}, progress=False)
     with pytest.raises(ClosedLoopError, match="--max-steps must be >= 1"):
         ClosedLoopConfig(max_steps=0)
+
+
+def test_sigterm_inside_a_run_exits_through_the_pools_cleanup():
+    import os
+    import signal
+
+    from vidplan_server.evaluation.closed_loop.runner import sigterm_exits
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info, sigterm_exits():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+    assert info.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # restored

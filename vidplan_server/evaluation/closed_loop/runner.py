@@ -23,13 +23,17 @@ failure with that cause (``outcome.failure_cause``); it never stops the run. An 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -355,6 +359,25 @@ def plan_jobs(splits: list[str], agents: dict[str, int]) -> list[Job]:
     return [Job(s, a, i) for i in range(top) for s in splits for a, n in agents.items() if i < n]
 
 
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While inside, SIGTERM raises SystemExit in the main thread instead of killing the process outright, so a
+    worker pool's ``with`` block terminates its workers: a killed run leaves no orphaned episode processes behind
+    (its finished episodes are already on disk). Elsewhere than the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_closed_loop(
     out: Path,
     splits: list[str],
@@ -401,7 +424,8 @@ def run_closed_loop(
                 worker.close()
         elif todo:
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked PyBullet or torch state
-            with ctx.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(config, str(out))) as pool:
+            pool_ctx = ctx.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(config, str(out)))
+            with sigterm_exits(), pool_ctx as pool:
                 for rec in pool.imap_unordered(_work, todo):
                     tick(rec)
     finally:
