@@ -89,3 +89,27 @@ def test_policy_mode_needs_a_policy(tiny_heads_bundle, short_episodes):
 def test_policy_sampling_takes_every_valid_seed(planner, request0):
     r = planner.plan(opts(request0, mode="policy", seed=2**64 - 1))
     assert np.isfinite(r.actions).all()
+
+
+def test_pulled_samples_need_a_located_target(tiny_policy_bundle, request0, monkeypatch):
+    config = PlannerConfig(policy_samples=3, policy_pulls=2)
+    planner = Planner.load(tiny_policy_bundle, config=config)
+    assert planner.locator is None  # this bundle has no locator: no goal, so no pulled samples
+    r = planner.plan(request0)
+    assert r.proposal_kinds[:3] == ["policy:0", "policy:1", "policy:2"] and not any(
+        ">goal" in k for k in r.proposal_kinds
+    )
+    located = []
+
+    def far_goal(history, text):  # a locator that puts the object 30 cm ahead of the hand
+        located.append(history.shape)
+        return np.asarray(request0.state.cartesian_position[:3]) + [0.3, 0.0, -0.2]
+
+    monkeypatch.setattr(planner, "locate_target", far_goal)
+    r = planner.plan(request0)
+    assert r.proposal_kinds[:5] == ["policy:0", "policy:1", "policy:2", "policy:0>goal", "policy:1>goal"]
+    assert located and located[0][0] == 1  # located once per plan, from the request's own history
+    lim = planner.config.limits
+    assert check_chunk(r.actions, np.asarray(request0.state.cartesian_position), lim) == []
+    with pytest.raises(ValueError, match="policy_pulls"):
+        PlannerConfig(policy_pulls=-1)

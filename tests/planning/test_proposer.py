@@ -181,3 +181,31 @@ def test_a_robot_just_past_a_joint_limit_still_gets_a_feasible_chunk(proposer):
     props = proposer.propose(q0, pose0, 0.0, STEPS, 1, np.random.default_rng(0), nominal)
     assert props.kinds == ["nominal"]
     assert_feasible(proposer, props, pose0)
+
+
+def test_pulled_policy_samples_bend_toward_the_goal_in_the_table_plane_only_while_far(proposer, home):
+    samples = np.tile(np.r_[home, 0.0], (3, STEPS, 1))
+    samples[:, :, 1] += np.linspace(0.0, 0.03, STEPS)  # each sample drifts 3 cm along +y
+    c = proposer.config
+    far = home[:3] + np.array([0.3, 0.0, -0.2])  # 30 cm ahead in x, on the table
+    props = proposer.propose(Q_HOME, home, 0.0, STEPS, 5, np.random.default_rng(0), policy=samples, goal=far, pulls=4)
+    # room for two pulls (count 5 - 3 samples), of samples 0 and 1
+    assert props.kinds == ["policy:0", "policy:1", "policy:2", "policy:0>goal", "policy:1>goal"]
+    end_own, end_pulled = props.actions[0, -1], props.actions[3, -1]
+    offset = end_pulled[:2] - end_own[:2]
+    assert np.linalg.norm(offset) == pytest.approx(c.pull_max_m, abs=3e-3)  # capped at pull_max_m
+    toward = (far[:2] - end_own[:2]) / np.linalg.norm(far[:2] - end_own[:2])
+    assert offset @ toward == pytest.approx(np.linalg.norm(offset), abs=3e-3)  # straight toward the goal
+    assert end_pulled[2] == pytest.approx(end_own[2], abs=3e-3) and end_pulled[6] == end_own[6]  # height, gripper kept
+    # a ramp: the first step moves 1/S of the offset
+    assert np.linalg.norm(props.actions[3, 0, :2] - props.actions[0, 0, :2]) < 0.2 * c.pull_max_m
+    assert_feasible(proposer, props, home)
+    # close to the goal in the table plane: the policy's samples compete alone (then the basis fills the room)
+    near = home[:3] + np.array([0.05, 0.02, -0.2])
+    props = proposer.propose(Q_HOME, home, 0.0, STEPS, 5, np.random.default_rng(0), policy=samples, goal=near, pulls=4)
+    assert not any(k.endswith(">goal") for k in props.kinds)
+    # a short way from the goal: the pulled sample ends on it, no farther
+    goal = np.r_[samples[0, -1, :2] + [0.04, 0.0], home[2]]
+    pulled = proposer.pull(samples[0], goal)
+    np.testing.assert_allclose(pulled[-1, :2], goal[:2], atol=1e-9)
+    np.testing.assert_allclose(pulled[:, 2:], samples[0][:, 2:])

@@ -127,6 +127,8 @@ def test_cli_trains_the_module_and_the_planner_scores_with_it(progress_bundle, s
     by_pose = planner.judge(pred, history, text, poses=knots)  # knots: the commanded position to the located object
     expected = (knots[:, -1, :3] - by_pose.target_position).norm(dim=-1)
     assert torch.allclose(by_pose.progress_distance[:, -1], expected, atol=1e-5)
+    located = planner.locate_target(history, text)  # what a pulled proposal is bent toward: the judged target
+    np.testing.assert_allclose(located, by_pose.target_position[0].numpy(), atol=1e-5)
     result = planner.plan(req)
     assert np.isfinite(result.proposal_scores).all()
     assert any(n.startswith("progress: instructed object located at") for n in result.notes), result.notes

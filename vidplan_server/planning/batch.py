@@ -96,7 +96,7 @@ def _shared(planner: Planner, items: list[tuple[int, PlanRequest]]) -> Iterator[
         try:
             call.start_laps()  # its encode counts from here, not from the batch's start
             history, text = planner._encode(call)
-            props, knots = planner._propose(call)
+            props, knots = planner._propose(call, history, text)
         except Exception as exc:  # noqa: BLE001 - fails alone
             yield i, exc
             continue

@@ -30,6 +30,9 @@ class PlannerConfig:
     # the rest of num_proposals. Decided: all of them by default (closed-loop A/B in planner.py's docstring).
     policy_samples: int = 12
     policy_perturbations: int = 0  # ramp perturbations of the policy samples (the samples already differ)
+    # Policy samples also bent toward where the locator puts the instructed object (planning/proposer.py), within
+    # num_proposals; needs a bundle with a locator. Off until the closed loop measures it.
+    policy_pulls: int = 0
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
@@ -47,3 +50,5 @@ class PlannerConfig:
             raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
         if self.keep_draws < 0:
             raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
+        if not 0 <= self.policy_pulls <= self.max_proposals:
+            raise ValueError(f"policy_pulls must be in [0, {self.max_proposals}], got {self.policy_pulls}")

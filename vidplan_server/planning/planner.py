@@ -83,10 +83,13 @@ from vidplan_server.planning.limits import check_chunk, solve_joint_positions
 from vidplan_server.planning.objective import (
     Judgement,
     complete_frames,
+    current_target_maps,
     decode_views,
     judge,
+    locate,
     value_objective,
 )
+from vidplan_server.planning.policy_samples import sample_policy_chunks
 from vidplan_server.planning.proposer import Proposals, Proposer
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -284,39 +287,16 @@ class Planner:
         return emb
 
     def policy_chunks(self, req: PlanRequest, count: int) -> np.ndarray:
-        """``count`` chunks (count, S, 7) sampled from the bundle's policy for the request's current frame, state
-        and instruction; the noise comes from a generator seeded with ``options.seed`` (its own stream, apart
-        from the rollout noise), so a seeded request is reproducible."""
-        pol = self.policy
-        if pol is None:
-            raise PlanningError(
-                "options.mode: this checkpoint has no policy module (train one with `vidplan train policy`)"
-            )
-        h, w = pol.config.image_size
-        frames = req.history[-1]
-        if frames.shape[1:3] != (h, w):
-            area = frames.shape[1] * frames.shape[2] > h * w
-            frames = np.stack(
-                [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR) for f in frames]
-            )
-        images = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2)[None].float() / 255.0
-        s = req.state
-        state = torch.tensor(
-            [[*np.asarray(s.cartesian_position, dtype=np.float64), float(np.clip(s.gripper_position, 0.0, 1.0))]],
-            dtype=torch.float32,
-            device=self.device,
-        )
-        gen = torch.Generator().manual_seed((int(req.options.seed) + 7919) % 2**64)  # own stream, any valid seed
-        noise = torch.randn((1, count, pol.config.chunk, 7), generator=gen)
-        with torch.no_grad():
-            chunks = pol.sample(images, state, [req.instruction], noise)[0].double().cpu().numpy()
-        S = self.chunk_steps
-        return chunks[:, np.minimum(np.arange(S), chunks.shape[1] - 1)]
+        """``count`` chunks (count, S, 7) from the bundle's policy (:func:`~.policy_samples.sample_policy_chunks`)."""
+        return sample_policy_chunks(self.policy, req, count, self.chunk_steps, self.device)
 
-    def propose(self, req: PlanRequest, count: int, rng: np.random.Generator) -> Proposals:
+    def propose(
+        self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None
+    ) -> Proposals:
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
-        request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy,
-        then the Jacobian basis."""
+        request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
+        (and ``policy_pulls`` of them bent toward ``goal`` (3,), the located object, when given), then the Jacobian
+        basis."""
         s, o, c = req.state, req.options, self.config
         policy = None
         if req.nominal is None and self.policy is not None:
@@ -336,7 +316,18 @@ class Planner:
             o.nominal_perturbations,
             policy,
             P,
+            goal,
+            c.policy_pulls,
         )
+
+    def locate_target(self, history: torch.Tensor, text: torch.Tensor) -> np.ndarray | None:
+        """Where the locator puts the instructed object, (3,) m in the base frame, from the current frame of
+        history (1, T, C, V*h, w) and the instruction's embedding; None for a bundle without a locator."""
+        if self.locator is None:
+            return None
+        with torch.no_grad(), self._autocast():
+            maps = current_target_maps(self.world.codec, self.semantic, history[:1], text)
+            return locate(self.locator, history[:1], maps)[0].double().cpu().numpy()
 
     def knots(self, actions: np.ndarray) -> torch.Tensor:
         """Control-rate chunks (N, S, 7) -> the model's actions (N, H, 7): steps stride-1, 2*stride-1, ..."""
@@ -421,7 +412,7 @@ class Planner:
         if req.options.mode == "policy":
             return self._policy_only(call)
         history, text = self._encode(call)
-        props, knots = self._propose(call)
+        props, knots = self._propose(call, history, text)
         noise, pred = self._rollout(call, history, knots)
         judged, winner = self._score(call, pred, history, text, props.kinds, knots, noise)
         return self._finish(call, history, text, props, knots, noise, pred, judged, winner)
@@ -519,9 +510,12 @@ class Planner:
         call.lap("encode")
         return history, text
 
-    def _propose(self, call: _Call) -> tuple[Proposals, torch.Tensor]:
+    def _propose(self, call: _Call, history: torch.Tensor, text: torch.Tensor) -> tuple[Proposals, torch.Tensor]:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
-        props = self.propose(call.req, call.counts.num_proposals, np.random.default_rng(call.req.options.seed))
+        req = call.req
+        pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
+        goal = self.locate_target(history, text) if pulls else None
+        props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
         knots = self.knots(props.actions)
         call.lap("propose")
         return props, knots

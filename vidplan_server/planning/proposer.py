@@ -13,6 +13,14 @@ Two schemes (paper Section 3.4):
   carries no nominal chunk, the planner samples K chunks from it (different noise, so different modes) and
   passes them here: each, and ``policy_perturbations`` ramp perturbations spread over them, made feasible
   like a nominal chunk.
+- **Pulled policy samples** (``pulls``, off by default; needs a located target ``goal``, the bundle's locator). The
+  first ``pulls`` samples again, their positions bent toward the instructed object by the same ramp as a
+  perturbation, with the end offset ``goal - end`` in the table plane, at most ``pull_max_m`` long. They keep the
+  sample's height, orientation and gripper, so the policy still decides when to descend and close. Decided: only
+  while the hand is farther than ``pull_min_m`` from the goal in the table plane. The locator's error (~7 cm) is
+  about the objects' spacing, so it is trusted for the direction, not for the final centimetres, where the policy's
+  own samples compete alone. Why: in the closed loop most failures are the hand never coming within 5 cm of the
+  instructed object, so no sample goes for it and selection cannot fix that.
 - **Nominal.** When the robot's own policy sends a chunk, it and K perturbations of it. Decided: a
   perturbation adds a ramp ``(s + 1) / S * eps`` to positions, orientation (as a rotation vector) and
   gripper, with ``eps ~ N(0, diag(sigma^2))`` drawn once per proposal: it bends the chunk's direction
@@ -50,10 +58,14 @@ class ProposerConfig:
     perturb_std_m: float = 0.03  # std of the end-of-chunk position offset of a perturbation
     perturb_std_rad: float = 0.05  # std of its orientation offset (rotation vector)
     perturb_std_gripper: float = 0.1
+    pull_max_m: float = 0.1  # longest end offset of a pulled policy sample toward the located target
+    pull_min_m: float = 0.1  # no pulls once the hand is this close to the target in the table plane
 
     def __post_init__(self) -> None:
         if not 0 < self.speed_m_s:
             raise ValueError(f"speed_m_s must be positive, got {self.speed_m_s}")
+        if not (self.pull_max_m >= 0 and self.pull_min_m >= 0):
+            raise ValueError(f"pull_max_m and pull_min_m must be >= 0, got {self.pull_max_m}, {self.pull_min_m}")
         if self.nominal_perturbations < 0:
             raise ValueError("nominal_perturbations must be >= 0")
 
@@ -154,6 +166,18 @@ class Proposer:
             out[k, :, 3:6] = (rot * Rotation.from_euler("xyz", targets[:, 3:6])).as_euler("xyz")
         return out
 
+    def pull(self, targets: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """targets (S, 7) bent toward goal (3,) in the table plane by a ramp whose end offset is ``goal - end``
+        (x, y), at most ``pull_max_m`` long; height, orientation and gripper kept (module docstring)."""
+        offset = goal[:2] - targets[-1, :2]
+        length = float(np.linalg.norm(offset))
+        if length > self.config.pull_max_m:
+            offset = offset * (self.config.pull_max_m / length)
+        ramp = (np.arange(len(targets)) + 1.0) / len(targets)
+        out = targets.copy()
+        out[:, :2] += ramp[:, None] * offset[None]
+        return out
+
     # ---------------------------------------------------------------------------------------- all
     def propose(
         self,
@@ -168,14 +192,17 @@ class Proposer:
         perturbations: int | None = None,
         policy: np.ndarray | None = None,
         policy_perturbations: int = 0,
+        goal: np.ndarray | None = None,
+        pulls: int = 0,
     ) -> Proposals:
         """``count`` feasible proposals of ``steps`` control steps from the current state. ``policy`` (K, steps, 7):
-        chunks sampled from the robot's policy (cartesian targets + gripper), used first."""
+        chunks sampled from the robot's policy (cartesian targets + gripper), used first; ``goal`` (3,) m, base
+        frame: the located instructed object, which ``pulls`` of them are bent toward (module docstring)."""
         if count < 1:
             raise PlanningError(f"num_proposals must be >= 1, got {count}")
         parts: list[Proposals] = []
         if policy is not None and len(policy):
-            parts.append(self._policy_part(policy, count, pose0, q0, rng, policy_perturbations))
+            parts.append(self._policy_part(policy, count, pose0, q0, rng, policy_perturbations, goal, pulls))
         room = count - sum(len(p) for p in parts)
         if nominal is not None and room > 0:
             K = self.config.nominal_perturbations if perturbations is None else perturbations
@@ -204,8 +231,11 @@ class Proposer:
         q0: np.ndarray,
         rng: np.random.Generator,
         perturbations: int,
+        goal: np.ndarray | None = None,
+        pulls: int = 0,
     ) -> Proposals:
-        """The policy samples, then ``perturbations`` perturbed copies (sample i % K for the i-th), within count."""
+        """The policy samples, then ``perturbations`` perturbed copies (sample i % K for the i-th), then ``pulls``
+        pulled ones (samples 0.. toward ``goal``, while the hand is far from it), within count."""
         K = min(len(samples), count)
         P = max(0, min(perturbations, count - K))
         targets = [np.asarray(a, dtype=np.float64) for a in samples[:K]]
@@ -213,6 +243,10 @@ class Proposer:
         for i in range(P):
             targets.append(self.perturb(targets[i % K], 1, rng)[0])
             kinds.append(f"policy:{i % K}~{i // K + 1}")
+        if goal is not None and np.linalg.norm(np.asarray(goal)[:2] - pose0[:2]) > self.config.pull_min_m:
+            for i in range(max(0, min(pulls, count - K - P, K))):
+                targets.append(self.pull(targets[i], np.asarray(goal, dtype=np.float64)))
+                kinds.append(f"policy:{i}>goal")
         acts, qs = zip(*(self.adapter.feasible_cartesian(t, pose0, q0) for t in targets), strict=True)
         return Proposals(np.stack(acts), np.stack(qs), kinds)
 
