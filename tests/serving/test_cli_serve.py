@@ -42,6 +42,7 @@ def test_every_serve_option_is_explained():
         "--keep-margin",
         "--keep-draws",
         "--progress-weight",
+        "--policy-pulls",
     } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
 
@@ -83,6 +84,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         cli_serve.DEFAULT_KEEP_MARGIN,
         cli_serve.DEFAULT_KEEP_DRAWS,
         cli_serve.DEFAULT_PROGRESS_WEIGHT,
+        cli_serve.DEFAULT_POLICY_PULLS,
     ) == (
         defaults.policy_samples,
         defaults.policy_perturbations,
@@ -90,6 +92,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         defaults.keep_margin,
         defaults.keep_draws,
         defaults.score.progress_weight,
+        defaults.policy_pulls,
     )
     config = cli_serve.planner_config_from_args(
         parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
@@ -98,6 +101,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert config.num_proposals == defaults.num_proposals
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-margin", "0"])).keep_margin == 0.0
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-draws", "3"])).keep_draws == 3
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-pulls", "4"])).policy_pulls == 4
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

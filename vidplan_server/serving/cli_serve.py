@@ -21,6 +21,7 @@ from vidplan_server.serving.settings import (
 #: PlannerConfig's defaults of the proposal mix, for --help without importing torch (a test keeps them equal).
 DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
+DEFAULT_POLICY_PULLS = 0
 DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
 DEFAULT_PROGRESS_WEIGHT = 1.0
@@ -104,6 +105,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="perturbed copies of those policy samples, within the N, when a request leaves "
         f"options.policy_perturbations unset (0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PERTURBATIONS}: the "
         "samples already differ)",
+    )
+    p.add_argument(
+        "--policy-pulls",
+        type=non_negative_int,
+        default=None,
+        metavar="U",
+        help="copies of the first U policy samples bent toward where the bundle's locator puts the instructed "
+        "object (in the table plane, at most 10 cm, only while the hand is more than 10 cm from it), within the N "
+        f"(0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PULLS}: off until the closed loop measures it; needs a "
+        "locator)",
     )
     p.add_argument(
         "--keep-margin",

@@ -69,6 +69,7 @@ class ServeSettings(BaseSettings):
     device: str = Field("cpu", description="torch device of the planner: cpu, cuda, cuda:1")
     policy_samples: int | None = Field(None, ge=0, description="policy samples per plan (default: the planner's)")
     policy_perturbations: int | None = Field(None, ge=0, description="perturbed policy samples per plan")
+    policy_pulls: int | None = Field(None, ge=0, description="policy samples bent toward the located object")
     keep_margin: float | None = Field(
         None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"
     )
@@ -240,7 +241,7 @@ class ServeSettings(BaseSettings):
 
         config = PlannerConfig()
         changes = {}
-        for name in ("policy_samples", "policy_perturbations"):
+        for name in ("policy_samples", "policy_perturbations", "policy_pulls"):
             value = getattr(self, name)
             if value is None:
                 continue
