@@ -113,8 +113,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="U",
         help="copies of the first U policy samples bent toward where the bundle's locator puts the instructed "
         "object (in the table plane, at most 10 cm, only while the hand is more than 10 cm from it), within the N "
-        f"(0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PULLS}: off until the closed loop measures it; needs a "
-        "locator)",
+        f"(0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PULLS}: off, the closed loop measured it worse with the "
+        "bundled policy; needs a locator)",
     )
     p.add_argument(
         "--keep-margin",
