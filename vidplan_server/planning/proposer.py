@@ -20,8 +20,8 @@ Two schemes (paper Section 3.4):
   while the hand is farther than ``pull_min_m`` from the goal in the table plane. The locator's error (~7 cm) is
   about the objects' spacing, so it is trusted for the direction, not for the final centimetres, where the policy's
   own samples compete alone. Why: in the closed loop most failures are the hand never coming within 5 cm of the
-  instructed object, so no sample goes for it and selection cannot fix that. Measured (``vidplan-basis``'s lesson
-  again): on the first 28 ``ood`` benchmark seeds, 12 samples + 6 pulls succeeded in 0 against 8 without. The pulls
+  instructed object, so no sample goes for it and selection cannot fix that. Measured:
+  on the first 28 ``ood`` benchmark seeds, 12 samples + 6 pulls succeeded in 0 against 8 without. The pulls
   were chosen in 7 % of plans and brought the hand closer (median closest approach 4.4 cm against 7.2 cm, wrong
   objects 2 against 6), but 11 episodes then closed near the object and missed it (2 without): the policy grasps
   well only at the end of its own approach. So it stays off by default.
