@@ -37,7 +37,9 @@ class PlannerConfig:
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
     # Other noise draws under which a challenger must also beat the robot's own chunk (by keep_margin) before it
-    # replaces it; 0: the selection's draw only. Scale-free, unlike the margin (planning/selection.py).
+    # replaces it; 0: the selection's draw only. Scale-free, unlike the margin (planning/selection.py). Decided 0:
+    # with 3 it kept the policy's sample in 60 % of plans (45 % at 0) and succeeded on 7 of the closed-loop
+    # benchmark's 50 `ood` seeds against 11 -- leaving the policy's sample is what helps there.
     keep_draws: int = 0
     uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
