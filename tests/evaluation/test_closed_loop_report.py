@@ -149,3 +149,5 @@ def test_no_grasp_failures_are_split_by_kind_in_the_summary_and_table():
     assert cell["failure_causes"] == {"no_grasp": 4}  # the fourth record predates the fields: counted, not split
     assert cell["no_grasp_kinds"] == {"far": 1, "no_close": 1, "missed": 1}
     assert "no_grasp 4 (far 1, no_close 1, missed 1)" in format_table(summarize(recs))
+    old = format_table(summarize(recs[3:]))  # only records from before the fields: the count alone
+    assert "| no_grasp 1 |" in old and "()" not in old

@@ -135,7 +135,11 @@ def format_table(summary: dict) -> str:
             failures = (
                 ", ".join(
                     f"{k} {v}"
-                    + (f" ({', '.join(f'{g} {n}' for g, n in split_no_grasp.items())})" if k == "no_grasp" else "")
+                    + (
+                        f" ({', '.join(f'{g} {n}' for g, n in split_no_grasp.items())})"
+                        if k == "no_grasp" and split_no_grasp
+                        else ""
+                    )
                     for k, v in c["failure_causes"].items()
                 )
                 or "–"
