@@ -43,6 +43,7 @@ def test_every_serve_option_is_explained():
         "--keep-draws",
         "--progress-weight",
         "--policy-pulls",
+        "--goal-samples",
     } <= {s for a in options for s in a.option_strings}
     assert all(a.help and len(a.help) > 20 for a in options)
 
@@ -85,6 +86,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         cli_serve.DEFAULT_KEEP_DRAWS,
         cli_serve.DEFAULT_PROGRESS_WEIGHT,
         cli_serve.DEFAULT_POLICY_PULLS,
+        cli_serve.DEFAULT_GOAL_SAMPLES,
     ) == (
         defaults.policy_samples,
         defaults.policy_perturbations,
@@ -93,6 +95,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         defaults.keep_draws,
         defaults.score.progress_weight,
         defaults.policy_pulls,
+        defaults.goal_samples,
     )
     config = cli_serve.planner_config_from_args(
         parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
@@ -102,6 +105,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-margin", "0"])).keep_margin == 0.0
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-draws", "3"])).keep_draws == 3
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-pulls", "4"])).policy_pulls == 4
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--goal-samples", "5"])).goal_samples == 5
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

@@ -22,8 +22,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"--extra-data is not used by `train {args.stage}` (value, progress, locator: episode folders; "
             "policy: DAgger folders; world, flowmap, uq: branch folders)"
         )
-    if args.init_from is not None and (args.stage != "world" or not args.init_from.is_dir()):
-        raise CliError(f"--init-from {args.init_from}: only for `train world`, and the folder must exist")
+    if args.init_from is not None and (args.stage not in ("world", "policy") or not args.init_from.is_dir()):
+        raise CliError(f"--init-from {args.init_from}: only for `train world|policy`, and the folder must exist")
+    if args.goal_input and args.stage != "policy":
+        raise CliError(f"--goal-input is only for `train policy`, not `train {args.stage}`")
     if args.action_deltas and args.stage != "world":
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
     if (args.p_mean is None) != (args.p_std is None) or (args.p_mean is not None and args.stage != "world"):
@@ -94,7 +96,9 @@ def _train_stage(args: argparse.Namespace, commands, opts):
     elif args.stage in train_probes.STAGES:
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
-        result = commands.train_policy(opts, extra=tuple(args.extra_data), pooling=args.pooling)
+        result = commands.train_policy(
+            opts, extra=tuple(args.extra_data), pooling=args.pooling, goal_input=args.goal_input, init=args.init_from
+        )
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
 
@@ -189,7 +193,15 @@ def register(groups) -> None:
         metavar="CKPT",
         help="world: start from this bundle's world module (weights, architecture, action statistics) "
         "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
-        "codec (default: random initialisation)",
+        "codec (default: random initialisation). policy: start from this bundle's policy (weights, "
+        "vocabulary, normalisation); with --goal-input it then starts as exactly that policy",
+    )
+    tr.add_argument(
+        "--goal-input",
+        action="store_true",
+        help="policy: train the goal-conditioned policy (module goal_policy): it also takes the instructed "
+        "object's (x, y), from the simulator's ground truth here and from the target locator when planning; "
+        "the planner samples it toward the located object (see models/policy.py)",
     )
     tr.add_argument(
         "--flow-steps",

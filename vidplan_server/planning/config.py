@@ -33,6 +33,10 @@ class PlannerConfig:
     # Policy samples also bent toward where the locator puts the instructed object (planning/proposer.py), within
     # num_proposals; needs a bundle with a locator. Off: measured worse in the closed loop (proposer docstring).
     policy_pulls: int = 0
+    # Of the policy_samples, this many come from the bundle's goal-conditioned policy (module goal_policy) toward
+    # where the locator puts the instructed object, while the gripper is open (planning/policy_samples.py); needs a
+    # bundle with goal_policy and locator, else they stay samples of the policy.
+    goal_samples: int = 0
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
@@ -52,5 +56,7 @@ class PlannerConfig:
             raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
         if self.keep_draws < 0:
             raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
+        if not 0 <= self.goal_samples <= self.max_proposals:
+            raise ValueError(f"goal_samples must be in [0, {self.max_proposals}], got {self.goal_samples}")
         if not 0 <= self.policy_pulls <= self.max_proposals:
             raise ValueError(f"policy_pulls must be in [0, {self.max_proposals}], got {self.policy_pulls}")

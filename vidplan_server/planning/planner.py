@@ -89,7 +89,7 @@ from vidplan_server.planning.objective import (
     locate,
     value_objective,
 )
-from vidplan_server.planning.policy_samples import sample_policy_chunks
+from vidplan_server.planning.policy_samples import goal_sample_count, sample_policy_chunks
 from vidplan_server.planning.proposer import Proposals, Proposer
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -132,6 +132,7 @@ class Planner:
         uq_sources: UQSources | None = None,
         progress: ProgressHead | None = None,
         locator: TargetLocator | None = None,
+        goal_policy: FlowPolicy | None = None,
     ) -> None:
         if world.flow_map is None:
             raise CheckpointError("the planner needs a flow_map module (train one with `vidplan train flowmap`)")
@@ -153,6 +154,7 @@ class Planner:
         self.semantic = semantic
         self.colormap = colormap
         self.policy = policy.eval().requires_grad_(False) if policy is not None else None
+        self.goal_policy = goal_policy.eval().requires_grad_(False) if goal_policy is not None else None
         self.progress = progress.eval().requires_grad_(False) if progress is not None else None
         self.locator = locator.eval().requires_grad_(False) if locator is not None else None
         self.config = config
@@ -195,6 +197,7 @@ class Planner:
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
         policy = load_policy(ckpt).to(device) if "policy" in modules else None
+        goal_policy = load_policy(ckpt, "goal_policy").to(device) if "goal_policy" in modules else None
         # Both read the bundled semantic encoder's maps: a user's CLIP folder would feed them maps they never saw.
         progress = load_progress_head(ckpt).to(device) if "progress" in modules and not clip_folder else None
         locator = load_locator(ckpt).to(device) if "locator" in modules and not clip_folder else None
@@ -211,6 +214,7 @@ class Planner:
             uq_sources=sources,
             progress=progress,
             locator=locator,
+            goal_policy=goal_policy,
         )
 
     # ------------------------------------------------------------------------------------ properties
@@ -286,23 +290,23 @@ class Planner:
             self._text.popitem(last=False)
         return emb
 
-    def policy_chunks(self, req: PlanRequest, count: int) -> np.ndarray:
-        """``count`` chunks (count, S, 7) from the bundle's policy (:func:`~.policy_samples.sample_policy_chunks`)."""
-        return sample_policy_chunks(self.policy, req, count, self.chunk_steps, self.device)
+    def policy_chunks(self, req: PlanRequest, count: int, goal: np.ndarray | None = None) -> np.ndarray:
+        """``count`` chunks (count, S, 7) from the policy, or toward ``goal`` from the goal policy (policy_samples)."""
+        policy = self.policy if goal is None else self.goal_policy
+        return sample_policy_chunks(policy, req, count, self.chunk_steps, self.device, goal)
 
-    def propose(
-        self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None
-    ) -> Proposals:
+    def propose(self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None):
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
         request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
-        (and ``policy_pulls`` of them bent toward ``goal`` (3,), the located object, when given), then the Jacobian
-        basis."""
+        (``goal_samples`` from the goal policy, ``policy_pulls`` bent, toward ``goal`` (3,), the located object,
+        when given), then the Jacobian basis."""
         s, o, c = req.state, req.options, self.config
-        policy = None
+        policy = goal_chunks = None
         if req.nominal is None and self.policy is not None:
             K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
-            if K > 0:
-                policy = self.policy_chunks(req, K)
+            G = goal_sample_count(c.goal_samples, K, self.goal_policy, goal, float(s.gripper_position))
+            policy = self.policy_chunks(req, K - G) if K > G else None
+            goal_chunks = self.policy_chunks(req, G, goal) if G else None
         P = c.policy_perturbations if o.policy_perturbations is None else o.policy_perturbations
         return self.proposer.propose(
             np.asarray(s.joint_position, dtype=np.float64),
@@ -318,6 +322,7 @@ class Planner:
             P,
             goal,
             c.policy_pulls,
+            goal_chunks,
         )
 
     def locate_target(self, history: torch.Tensor, text: torch.Tensor) -> np.ndarray | None:
@@ -512,9 +517,9 @@ class Planner:
 
     def _propose(self, call: _Call, history: torch.Tensor, text: torch.Tensor) -> tuple[Proposals, torch.Tensor]:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
-        req = call.req
-        pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
-        goal = self.locate_target(history, text) if pulls else None
+        req, c = call.req, self.config
+        wanted = c.policy_pulls > 0 or (c.goal_samples > 0 and self.goal_policy is not None)
+        goal = self.locate_target(history, text) if wanted and req.nominal is None and self.policy else None
         props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
         knots = self.knots(props.actions)
         call.lap("propose")

@@ -22,6 +22,7 @@ from vidplan_server.serving.settings import (
 DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
 DEFAULT_POLICY_PULLS = 0
+DEFAULT_GOAL_SAMPLES = 0
 DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
 DEFAULT_PROGRESS_WEIGHT = 1.0
@@ -115,6 +116,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "object (in the table plane, at most 10 cm, only while the hand is more than 10 cm from it), within the N "
         f"(0-{MAX_PROPOSALS}; default {DEFAULT_POLICY_PULLS}: off, the closed loop measured it worse with the "
         "bundled policy; needs a locator)",
+    )
+    p.add_argument(
+        "--goal-samples",
+        type=non_negative_int,
+        default=None,
+        metavar="G",
+        help="of the K policy samples, G come from the bundle's goal-conditioned policy (module goal_policy), "
+        "sampled toward where its locator puts the instructed object, while the gripper is open "
+        f"(0-{MAX_PROPOSALS}; default {DEFAULT_GOAL_SAMPLES}; ignored by a bundle without goal_policy or locator)",
     )
     p.add_argument(
         "--keep-margin",

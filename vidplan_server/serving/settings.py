@@ -70,6 +70,9 @@ class ServeSettings(BaseSettings):
     policy_samples: int | None = Field(None, ge=0, description="policy samples per plan (default: the planner's)")
     policy_perturbations: int | None = Field(None, ge=0, description="perturbed policy samples per plan")
     policy_pulls: int | None = Field(None, ge=0, description="policy samples bent toward the located object")
+    goal_samples: int | None = Field(
+        None, ge=0, description="of the policy samples, those from the goal policy toward the located object"
+    )
     keep_margin: float | None = Field(
         None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"
     )
@@ -241,7 +244,7 @@ class ServeSettings(BaseSettings):
 
         config = PlannerConfig()
         changes = {}
-        for name in ("policy_samples", "policy_perturbations", "policy_pulls"):
+        for name in ("policy_samples", "policy_perturbations", "policy_pulls", "goal_samples"):
             value = getattr(self, name)
             if value is None:
                 continue

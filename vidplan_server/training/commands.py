@@ -615,41 +615,59 @@ def train_semantic(opts: TrainOptions, frame_step: int = 4) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = (), pooling: str | None = None) -> TrainResult:
+def train_policy(
+    opts: TrainOptions,
+    extra: tuple[Path, ...] = (),
+    pooling: str | None = None,
+    goal_input: bool = False,
+    init: Path | None = None,
+) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
     the ``extra`` folders, training only (the held-out samples stay those of ``opts.data``): DAgger folders
     (``vidplan sim dagger``, every labelled step) and more recordings (their successful nominal episodes, all of
-    them). A DAgger round continues the run: ``--resume --steps`` with the folders added."""
+    them). A DAgger round continues the run: ``--resume --steps`` with the folders added.
+
+    ``goal_input``: the goal-conditioned policy (module ``goal_policy``, ``models/policy.py``), its samples with
+    the target's (x, y). ``init``: warm start from that bundle's ``policy`` (its vocabulary and normalisation
+    kept; with ``goal_input``, the goal columns start at zero so it starts as that policy)."""
     from vidplan_server.data.reader import EpisodeDataset
-    from vidplan_server.models.policy import fit_delta_scale
+    from vidplan_server.models.policy import PolicyConfig, fit_delta_scale, load_policy, with_goal_input
     from vidplan_server.training.policy_stage import PolicyData, PolicyStage, policy_data
 
     preset = presets.POLICY[opts.preset]
     dataset = EpisodeDataset(opts.data)
     train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
     held_idx = held_idx or train_idx[:1]
-    state = opts.out / "training" / "policy" / "state.json"
-    if opts.resume and state.exists():
+    name = "goal_policy" if goal_input else "policy"
+    state = opts.out / "training" / name / "state.json"
+    resuming = opts.resume and state.exists()
+    warm = None
+    if resuming:
         # Resuming: the vocabulary and normalisation the run started with.
-        from vidplan_server.models.policy import PolicyConfig
-
-        config = load_config(opts.out, "policy", PolicyConfig)
+        config = load_config(opts.out, name, PolicyConfig)
+    elif init is not None:
+        warm = load_policy(init)
+        if pooling is not None and pooling != warm.config.pooling:
+            raise CheckpointError(f"--pooling {pooling}: the --init policy pools with {warm.config.pooling}")
+        warm = with_goal_input(warm) if goal_input else warm
+        config = warm.config
     else:
         config = preset.model if pooling is None else replace(preset.model, pooling=pooling)
-    train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
-    held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
+        config = replace(config, goal_input=goal_input)
+    train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress, goal_input)
+    held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress, goal_input)
     demos = len(train_d)
     if extra:
         from vidplan_server.training.dagger import MANIFEST, dagger_samples
 
         def samples(folder: Path) -> PolicyData:
             if (Path(folder) / MANIFEST).exists():
-                return dagger_samples(folder, config.image_size, config.chunk, opts.progress)
+                return dagger_samples(folder, config.image_size, config.chunk, opts.progress, goal_input)
             n = len(EpisodeDataset(folder))
-            return policy_data(folder, list(range(n)), config.image_size, config.chunk, opts.progress)
+            return policy_data(folder, list(range(n)), config.image_size, config.chunk, opts.progress, goal_input)
 
         train_d = PolicyData.concat([train_d, *(samples(d) for d in extra)])
-    if not (opts.resume and state.exists()):
+    if not resuming and warm is None:
         vocab = sorted({w for t in train_d.instructions for w in words(t)})
         pos = train_d.state[:, :3]
         config = replace(
@@ -659,7 +677,7 @@ def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = (), pooling: str 
             position_mean=tuple(float(v) for v in pos.mean(0)),
             position_std=tuple(float(max(v, 1e-3)) for v in pos.std(0)),
         )
-    stage = PolicyStage(config, train_d, held_d)
+    stage = PolicyStage(config, train_d, held_d, model=warm)
     return train(
         stage,
         _loop(preset.loop, opts),
@@ -673,5 +691,7 @@ def train_policy(opts: TrainOptions, extra: tuple[Path, ...] = (), pooling: str 
             "demonstration_samples": demos,
             "extra_data": [str(d) for d in extra],
             "instructions": len(train_d.instructions),
+            **({"init": str(init)} if init is not None else {}),
+            **({"goal_samples": int(np.isfinite(train_d.goals()[:, 0]).sum())} if goal_input else {}),
         },
     )

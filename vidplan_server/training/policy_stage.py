@@ -11,10 +11,26 @@ they carry the instruction's meaning.
 
 Held-out metrics: the flow-matching loss on fixed noise and times, and the error of one sampled chunk (fixed
 noise) against the demonstrated one: the end position (cm) and the gripper (mean absolute).
+
+The goal-conditioned policy (``goal_input``, module ``goal_policy``, see ``models/policy.py``) learns from the
+same samples, each with its **goal**: the (x, y) of the instruction's target at that step, from the simulator's
+ground truth (recordings); for DAgger episodes, which do not record object poses, the target's place in the scene
+rebuilt from the episode's seed, up to the first step the gripper closes (NaN after: the object may move then).
+Decided, so that it follows a goal from the planner's locator on objects it has never seen:
+
+- the goal is jittered by ``goal_noise_m`` (3 cm per axis: the locator's held-out error is ~7 cm in 3-D, most of
+  it from the few frames where it picks the wrong object), so the network uses the goal to choose *which*
+  object and the wrist view to align on it;
+- with probability ``mask_words``, the words naming the target (colour and object) are replaced by random words,
+  which the tokenizer hashes to its unknown-word buckets, as it does an ``ood`` object's words;
+- with probability ``goal_dropout`` the goal is removed (it stays a language-conditioned policy without one).
+
+With a goal, the held-out metrics also report the end error with the target's words masked (``masked_end_error_cm``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +52,18 @@ EVAL_SAMPLES = 256
 @dataclass
 class PolicyData:
     """Samples in memory. frames (N, V, H, W, 3) uint8; state (N, 7); chunk (N, S, 7); text (N,) index into
-    ``instructions``."""
+    ``instructions``; goal (N, 2) the target's (x, y) in m, NaN where unknown (None: unknown everywhere)."""
 
     frames: np.ndarray
     state: np.ndarray
     chunk: np.ndarray
     text: np.ndarray
     instructions: list[str]
+    goal: np.ndarray | None = None
+
+    def goals(self) -> np.ndarray:
+        """(N, 2): ``goal``, NaN rows where unknown."""
+        return self.goal if self.goal is not None else np.full((len(self), 2), np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -61,6 +82,7 @@ class PolicyData:
             np.concatenate([d.chunk for d in parts]),
             np.concatenate(texts),
             list(instructions),
+            np.concatenate([d.goals() for d in parts]) if any(d.goal is not None for d in parts) else None,
         )
 
 
@@ -70,15 +92,21 @@ def is_demonstration(success: bool, metadata: dict) -> bool:
 
 
 def policy_data(
-    data: Path, indices: list[int], image_size: tuple[int, int], chunk: int, progress: bool = True
+    data: Path,
+    indices: list[int],
+    image_size: tuple[int, int],
+    chunk: int,
+    progress: bool = True,
+    goals: bool = False,
 ) -> PolicyData:
-    """The samples of the demonstrations among episodes ``indices`` of dataset ``data``."""
+    """The samples of the demonstrations among episodes ``indices`` of dataset ``data`` (with ``goals``, each
+    step's target (x, y) from the simulator's ground truth; NaN for episodes without it)."""
     from vidplan_server.data.reader import EpisodeDataset
 
     dataset = EpisodeDataset(data)
-    frames, states, chunks, texts, instructions = [], [], [], [], {}
+    frames, states, chunks, texts, targets, instructions = [], [], [], [], [], {}
     for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
-        ep = dataset.load_episode(k, images=True, ground_truth=False)
+        ep = dataset.load_episode(k, images=True, ground_truth=goals)
         if not is_demonstration(ep.success, ep.metadata):
             continue
         T = len(ep)
@@ -93,6 +121,11 @@ def policy_data(
         idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk)[None], T - 1)
         chunks.append(ep.action[idx])
         texts.append(np.full(T, instructions.setdefault(ep.language_instruction, len(instructions))))
+        gt = ep.ground_truth
+        if gt is not None and len(gt.object_names):
+            targets.append(np.asarray(gt.object_poses, dtype=np.float32)[:, gt.target_index, :2])
+        else:
+            targets.append(np.full((T, 2), np.nan, np.float32))
     if not frames:
         raise DatasetError(f"{data}: no successful nominal episodes among {len(indices)} to learn the policy from")
     return PolicyData(
@@ -101,7 +134,23 @@ def policy_data(
         np.concatenate(chunks).astype(np.float32),
         np.concatenate(texts),
         list(instructions),
+        np.concatenate(targets) if goals else None,
     )
+
+
+_TARGET_WORDS = re.compile(r"^(put|pick up) the (.+?)( in the .+)?$")
+
+
+def mask_target_words(instruction: str, rng: np.random.Generator) -> str:
+    """The instruction with the words that name its target (after "put the" / "pick up the", before " in the")
+    replaced by random 8-letter words: unknown to the vocabulary, as an ``ood`` object's words are. An
+    instruction of another form is returned unchanged."""
+    m = _TARGET_WORDS.match(instruction)
+    if m is None:
+        return instruction
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    fake = " ".join("".join(rng.choice(letters, 8)) for _ in m.group(2).split())
+    return f"{m.group(1)} the {fake}{m.group(3) or ''}"
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -117,45 +166,88 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
 
 
 def to_tensors(data: PolicyData, idx: np.ndarray, device: torch.device):
+    """(images, state, instructions, chunk, goal) of samples ``idx``; goal (B, 2), NaN where unknown."""
     images = torch.from_numpy(data.frames[idx]).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
     state = torch.from_numpy(data.state[idx]).to(device)
     chunk = torch.from_numpy(data.chunk[idx]).to(device)
-    return images, state, [data.instructions[i] for i in data.text[idx]], chunk
+    goal = torch.from_numpy(data.goals()[idx]).to(device)
+    return images, state, [data.instructions[i] for i in data.text[idx]], chunk, goal
+
+
+@dataclass(frozen=True)
+class GoalAugment:
+    """How the goal-conditioned policy's training goals and words are perturbed (module docstring)."""
+
+    goal_noise_m: float = 0.03
+    mask_words: float = 0.5
+    goal_dropout: float = 0.1
 
 
 class PolicyStage(Stage):
-    name = "policy"
-
-    def __init__(self, config: PolicyConfig, train: PolicyData, held_out: PolicyData, shift_px: int = 4) -> None:
+    def __init__(
+        self,
+        config: PolicyConfig,
+        train: PolicyData,
+        held_out: PolicyData,
+        shift_px: int = 4,
+        model: FlowPolicy | None = None,
+        augment: GoalAugment = GoalAugment(),
+    ) -> None:
+        """``model``: a warm start (its config must be ``config``); a fresh network otherwise."""
+        if model is not None and model.config != config:
+            raise ValueError("the warm-start model's config differs from the stage's")
         self.config = config
-        self.model = FlowPolicy(config)
+        self.name = "goal_policy" if config.goal_input else "policy"
+        self.model = model if model is not None else FlowPolicy(config)
         self.train_set = train
         self.held_out = held_out
         self.shift_px = shift_px
+        self.augment = augment
 
     def batch(self, generator, batch_size, device):
         idx = torch.randint(len(self.train_set), (batch_size,), generator=generator).numpy()
-        images, state, texts, chunk = to_tensors(self.train_set, idx, device)
-        return random_shift(images, self.shift_px, generator), state, texts, chunk
+        images, state, texts, chunk, goal = to_tensors(self.train_set, idx, device)
+        images = random_shift(images, self.shift_px, generator)
+        if not self.config.goal_input:
+            return images, state, texts, chunk, None
+        a = self.augment
+        goal = goal + a.goal_noise_m * torch.randn(goal.shape, generator=generator).to(device)
+        u = torch.rand((2, batch_size), generator=generator)
+        goal[u[0] < a.goal_dropout] = float("nan")
+        rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+        texts = [
+            mask_target_words(t, rng) if m else t for t, m in zip(texts, (u[1] < a.mask_words).tolist(), strict=True)
+        ]
+        return images, state, texts, chunk, goal
 
     def loss(self, model: FlowPolicy, batch, generator):
-        images, state, texts, chunk = batch
-        return model.loss(images, state, texts, chunk, generator), {}
+        images, state, texts, chunk, goal = batch
+        return model.loss(images, state, texts, chunk, generator, goal), {}
 
     def evaluate(self, model: FlowPolicy, device):
         n = len(self.held_out)
         idx = np.linspace(0, n - 1, min(EVAL_SAMPLES, n)).round().astype(int)
         g = torch.Generator().manual_seed(1234)
-        losses, end_err, grip_err = [], [], []
+        goal_input = self.config.goal_input
+        losses, end_err, grip_err, masked_err = [], [], [], []
         for part in np.array_split(idx, max(1, len(idx) // 64)):
-            images, state, texts, chunk = to_tensors(self.held_out, part, device)
-            losses.append(float(model.loss(images, state, texts, chunk, g)) * len(part))
+            images, state, texts, chunk, goal = to_tensors(self.held_out, part, device)
+            goal = goal if goal_input else None
+            losses.append(float(model.loss(images, state, texts, chunk, g, goal)) * len(part))
             noise = torch.randn((len(part), 1, *chunk.shape[1:]), generator=g)
-            pred = model.sample(images, state, texts, noise)[:, 0]
+            pred = model.sample(images, state, texts, noise, goal)[:, 0]
             end_err.append((pred[:, -1, :3] - chunk[:, -1, :3]).norm(dim=-1).sum().item())
             grip_err.append((pred[..., 6] - chunk[..., 6]).abs().mean(1).sum().item())
+            if goal_input:
+                rng = np.random.default_rng(0)
+                masked = [mask_target_words(t, rng) for t in texts]
+                pred = model.sample(images, state, masked, noise, goal)[:, 0]
+                masked_err.append((pred[:, -1, :3] - chunk[:, -1, :3]).norm(dim=-1).sum().item())
         m = len(idx)
-        return {"loss": sum(losses) / m, "end_error_cm": 100 * sum(end_err) / m, "gripper_error": sum(grip_err) / m}
+        out = {"loss": sum(losses) / m, "end_error_cm": 100 * sum(end_err) / m, "gripper_error": sum(grip_err) / m}
+        if goal_input:
+            out["masked_end_error_cm"] = 100 * sum(masked_err) / m
+        return out
 
     def export(self, model: FlowPolicy, ckpt: Path, meta: dict) -> None:
-        save_module(ckpt, "policy", model, self.config, meta)
+        save_module(ckpt, self.name, model, self.config, meta)
