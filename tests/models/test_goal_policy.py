@@ -1,4 +1,4 @@
-"""The goal-conditioned policy: its goal input, the warm start from a policy, its training data and stage."""
+"""The goal policy: its target-map input, the warm start from a policy, its training maps and stage."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import pytest
 import torch
 
 from vidplan_server.cli import main
-from vidplan_server.models.policy import FlowPolicy, PolicyConfig, load_policy, with_goal_input
+from vidplan_server.models.policy import FlowPolicy, PolicyConfig, load_policy, with_target_map
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer
-from vidplan_server.training.dagger import dagger_goals, scene_target_xy
 from vidplan_server.training.policy_stage import (
-    GoalAugment,
+    MapAugment,
     PolicyData,
     PolicyStage,
+    add_target_maps,
     mask_target_words,
-    policy_data,
 )
 
 TINY = PolicyConfig(
@@ -40,41 +39,41 @@ def inputs(B=2, seed=0):
     return images, state
 
 
-def test_the_goal_steers_samples_and_a_missing_goal_is_no_goal():
+def test_the_map_steers_samples_and_no_map_is_zeros():
     torch.manual_seed(0)
-    policy = FlowPolicy(replace(TINY, goal_input=True)).eval()
+    policy = FlowPolicy(replace(TINY, target_map=True)).eval()
     images, state = inputs(2)
     noise = torch.randn(2, 3, 15, 7)
     text = ["pick up the red cube"] * 2
+    left, right = torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 16, 16)
+    left[..., 4:8, 2:5], right[..., 4:8, 10:14] = 1.0, 1.0
     with torch.no_grad():
-        left = policy.sample(images, state, text, noise, torch.tensor([[0.5, 0.2]] * 2))
-        right = policy.sample(images, state, text, noise, torch.tensor([[0.5, -0.2]] * 2))
-        absent = policy.sample(images, state, text, noise, torch.full((2, 2), float("nan")))
+        a = policy.sample(images, state, text, noise, left)
+        b = policy.sample(images, state, text, noise, right)
+        zeros = policy.sample(images, state, text, noise, torch.zeros(2, 3, 16, 16))
         none = policy.sample(images, state, text, noise, None)
-    assert not torch.allclose(left, right)
-    assert torch.equal(absent, none) and torch.isfinite(absent).all()
-    # A policy without a goal input ignores one.
+        # any map grid is resized to the image
+        full = policy.sample(images, state, text, noise, torch.nn.functional.interpolate(left, size=(64, 64)))
+    assert not torch.allclose(a, b) and torch.equal(zeros, none) and torch.isfinite(full).all()
+    # A policy without the map channel ignores a map.
     plain = FlowPolicy(TINY).eval()
     with torch.no_grad():
-        assert torch.equal(
-            plain.sample(images, state, text, noise, torch.tensor([[0.5, 0.2]] * 2)),
-            plain.sample(images, state, text, noise),
-        )
+        assert torch.equal(plain.sample(images, state, text, noise, left), plain.sample(images, state, text, noise))
 
 
-def test_the_warm_start_computes_what_the_policy_computes_whatever_the_goal():
+def test_the_warm_start_computes_what_the_policy_computes_whatever_the_map():
     torch.manual_seed(1)
     policy = FlowPolicy(TINY).eval()
-    warm = with_goal_input(policy).eval()
-    assert warm.config == replace(TINY, goal_input=True)
+    warm = with_target_map(policy).eval()
+    assert warm.config == replace(TINY, target_map=True)
     images, state = inputs(2, seed=3)
     noise = torch.randn(2, 2, 15, 7)
     text = ["pick up the red cube", "put the red cube in the tray"]
     with torch.no_grad():
         expected = policy.sample(images, state, text, noise)
-        assert torch.equal(warm.sample(images, state, text, noise, torch.tensor([[0.6, 0.1], [0.4, -0.2]])), expected)
-    with pytest.raises(ValueError, match="already has a goal input"):
-        with_goal_input(warm)
+        assert torch.equal(warm.sample(images, state, text, noise, torch.rand(2, 3, 16, 16)), expected)
+    with pytest.raises(ValueError, match="already takes a target map"):
+        with_target_map(warm)
 
 
 def test_masked_target_words_are_unknown_words_and_the_rest_is_kept():
@@ -93,67 +92,80 @@ def test_masked_target_words_are_unknown_words_and_the_rest_is_kept():
     assert mask_target_words("wave hello", rng) == "wave hello"
 
 
-def test_the_goal_stage_jitters_drops_and_masks():
-    n = 64
-    data = PolicyData(
-        frames=np.zeros((n, 3, 64, 64, 3), np.uint8),
+class BrightnessMaps:
+    """A stand-in semantic backend: relevance = the frame's mean colour on a 4 x 4 grid (per text row)."""
+
+    def encode_text(self, texts):
+        return torch.arange(len(texts), dtype=torch.float32)[:, None].repeat(1, 4)
+
+    def score(self, images, text):
+        from types import SimpleNamespace
+
+        assert len(images) == len(text)
+        return SimpleNamespace(relevance=torch.nn.functional.avg_pool2d(images.mean(1, keepdim=True), 16)[:, 0])
+
+
+def small_data(n=64):
+    frames = np.zeros((n, 3, 64, 64, 3), np.uint8)
+    frames[:, :, 16:32, 32:48] = 255  # a bright patch: cell (1, 2) of a 4 x 4 grid, in every view
+    return PolicyData(
+        frames=frames,
         state=np.tile(np.array([0.5, 0.0, 0.2, math.pi, 0.0, 0.0, 0.0], np.float32), (n, 1)),
         chunk=np.zeros((n, 15, 7), np.float32),
         text=np.zeros(n, int),
         instructions=["pick up the red cube"],
-        goal=np.tile(np.array([0.6, 0.1], np.float32), (n, 1)),
     )
-    stage = PolicyStage(replace(TINY, goal_input=True), data, data, augment=GoalAugment(0.03, 0.5, 0.25))
+
+
+def test_target_maps_are_the_backends_relevance_per_view():
+    data = add_target_maps(small_data(10), BrightnessMaps(), batch=4, progress=False)
+    assert data.maps.shape == (10, 3, 4, 4) and data.maps.dtype == np.float16
+    assert np.allclose(data.maps[:, :, 1, 2], 1.0) and np.allclose(data.maps[:, :, 0, :], 0.0)
+    both = PolicyData.concat([data, data])
+    assert both.maps.shape == (20, 3, 4, 4)
+    assert PolicyData.concat([data, small_data(2)]).maps is None  # maps only when every part has them
+
+
+def test_the_goal_stage_drops_maps_masks_words_and_shifts_each_view_with_its_map():
+    data = add_target_maps(small_data(), BrightnessMaps(), progress=False)
+    stage = PolicyStage(replace(TINY, target_map=True), data, data, augment=MapAugment(0.5, 0.25))
     assert stage.name == "goal_policy"
     g = torch.Generator().manual_seed(0)
-    _, _, texts, _, goal = stage.batch(g, n, torch.device("cpu"))
-    present = torch.isfinite(goal[:, 0])
-    assert 0.5 < present.float().mean() < 0.95  # about a quarter dropped
-    err = (goal[present] - torch.tensor([0.6, 0.1])).abs()
-    assert 0 < err.mean() < 0.05 and err.max() < 0.2  # jittered by a few cm
+    images, _, texts, _, maps = stage.batch(g, 64, torch.device("cpu"))
+    assert images.shape == (64, 3, 3, 64, 64) and maps.shape == (64, 3, 64, 64)
+    kept = maps.flatten(1).amax(1) > 0
+    assert 0.55 < kept.float().mean() < 0.95  # about a quarter dropped
+    # where a map is kept it is centred on its view's (shifted) bright patch
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+
+    def centre(w):  # (..., 64, 64) weights -> (..., 2) weighted mean (y, x)
+        w = w / w.sum((-2, -1), keepdim=True)
+        return torch.stack([(w * yy).sum((-2, -1)), (w * xx).sum((-2, -1))], -1)
+
+    bright = centre((images.mean(2) > 0.5).float()[kept])
+    assert (centre(maps[kept]) - bright).abs().max() < 0.5
+    assert (bright - torch.tensor([23.5, 39.5])).abs().amax(-1).max() <= 4  # shifted by up to 4 px
+    assert len(set(bright[:, 0, 1].tolist())) > 3  # ... by different amounts
     assert 0.2 < np.mean([t != "pick up the red cube" for t in texts]) < 0.8
     plain = PolicyStage(TINY, data, data)
     assert plain.name == "policy" and plain.batch(g, 4, torch.device("cpu"))[4] is None
-
-
-def test_recorded_goals_are_the_targets_ground_truth(demo_dataset, short_episodes):
-    data = policy_data(demo_dataset, [0], (64, 64), 15, progress=False, goals=True)
-    ep = short_episodes[0]
-    gt = ep.ground_truth
-    assert np.allclose(data.goal, gt.object_poses[:, gt.target_index, :2], atol=1e-6)
-    assert policy_data(demo_dataset, [0], (64, 64), 15, progress=False).goal is None
-    both = PolicyData.concat([data, policy_data(demo_dataset, [1], (64, 64), 15, progress=False)])
-    assert both.goal.shape == (len(both), 2) and np.isnan(both.goal[len(data) :]).all()
-
-
-def test_dagger_goals_rebuild_the_scene_and_stop_when_the_gripper_closes(sim_scene):
-    from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
-
-    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
-    seed = 123457
-    instruction = env.reset(seed)
-    start = sim_scene.object_pose(sim_scene.objects[0])[0][:2]
-    assert np.allclose(scene_target_xy(seed, instruction), start, atol=1e-4)
-    assert np.isnan(scene_target_xy(seed, "pick up the other thing")).all()
-    state = np.zeros((6, 7), np.float32)
-    state[3:, 6] = [0.8, 1.0, 0.1]
-    goals = dagger_goals(seed, instruction, state)
-    assert np.allclose(goals[:3], start, atol=1e-4) and np.isnan(goals[3:]).all()
+    with pytest.raises(ValueError, match="maps"):
+        PolicyStage(replace(TINY, target_map=True), small_data(), small_data())
 
 
 def test_train_goal_policy_warm_starts_from_a_bundles_policy(tmp_path, tiny_policy_bundle, demo_dataset):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_policy_bundle, ckpt)
     args = ["train", "policy", "--data", str(demo_dataset), "--out", str(ckpt), "--preset", "tiny", "--quiet"]
-    assert main([*args, "--steps", "3", "--goal-input", "--init-from", str(tiny_policy_bundle)]) == 0
+    assert main([*args, "--steps", "3", "--target-map", "--init-from", str(tiny_policy_bundle)]) == 0
     modules = json.loads((ckpt / "config.json").read_text())["modules"]
     meta = modules["goal_policy"]["meta"]
-    assert meta["init"] == str(tiny_policy_bundle) and meta["goal_samples"] == meta["samples"]
+    assert meta["init"] == meta["semantic"] == str(tiny_policy_bundle)
     assert "masked_end_error_cm" in meta["eval"]
     goal_policy, policy = load_policy(ckpt, "goal_policy"), load_policy(ckpt)
-    assert goal_policy.config == replace(policy.config, goal_input=True)  # vocabulary and normalisation kept
+    assert goal_policy.config == replace(policy.config, target_map=True)  # vocabulary and normalisation kept
     assert modules["policy"] == json.loads((tiny_policy_bundle / "config.json").read_text())["modules"]["policy"]
-    # a goal input only for policies, and --init-from must exist
-    assert main([*args, "--steps", "3", "--goal-input", "--init-from", str(tmp_path / "nowhere")]) == 2
-    code = main(["train", "value", "--data", str(demo_dataset), "--out", str(tmp_path / "v"), "--goal-input"])
+    # a map input only for policies, and --init-from must exist
+    assert main([*args, "--steps", "3", "--target-map", "--init-from", str(tmp_path / "nowhere")]) == 2
+    code = main(["train", "value", "--data", str(demo_dataset), "--out", str(tmp_path / "v"), "--target-map"])
     assert code == 2

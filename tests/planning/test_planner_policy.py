@@ -125,25 +125,26 @@ def goal_bundle(tmp_path_factory, tiny_policy_bundle, demo_dataset):
     out = tmp_path_factory.mktemp("goal") / "ckpt"
     shutil.copytree(tiny_policy_bundle, out)
     args = ["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny", "--steps", "2"]
-    assert main([*args, "--goal-input", "--init-from", str(tiny_policy_bundle), "--quiet"]) == 0
+    assert main([*args, "--target-map", "--init-from", str(tiny_policy_bundle), "--quiet"]) == 0
     return out
 
 
 def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(goal_bundle, request0, monkeypatch):
     planner = Planner.load(goal_bundle, config=PlannerConfig(policy_samples=4, goal_samples=2))
-    assert planner.goal_policy is not None and planner.goal_policy.config.goal_input
-    assert planner.locator is None  # no locator, no goal: the policy fills its slots
-    assert planner.plan(request0).proposal_kinds[:4] == ["policy:0", "policy:1", "policy:2", "policy:3"]
-    goal = np.asarray(request0.state.cartesian_position[:3]) + [0.1, 0.05, -0.2]
-    monkeypatch.setattr(planner, "locate_target", lambda history, text: goal)
+    assert planner.goal_policy is not None and planner.goal_policy.config.target_map
     assert request0.state.gripper_position < 0.5
+    maps = []
+    score = planner.semantic.score
+    monkeypatch.setattr(
+        planner.semantic, "score", lambda images, text: maps.append(images.shape) or score(images, text)
+    )
     r = planner.plan(request0)
     assert r.proposal_kinds[:5] == ["policy:0", "policy:1", "goal:0", "goal:1", "basis:+x"]
+    assert (3, 3, 64, 64) in maps  # the three current views at the policy's size, once per plan
     # The goal samples have a noise stream of their own: the policy's samples are those of a plan without them.
     alone = Planner.load(goal_bundle, config=PlannerConfig(policy_samples=2))
     assert np.array_equal(alone.policy_chunks(request0, 2), planner.policy_chunks(request0, 2))
-    sampled = planner.policy_chunks(request0, 2, goal)
-    assert np.array_equal(sampled, planner.policy_chunks(request0, 2, goal))  # seeded
+    assert np.array_equal(planner.policy_chunks(request0, 2, goal=True), planner.policy_chunks(request0, 2, goal=True))
     holding = replace(request0, state=replace(request0.state, gripper_position=0.9))
     assert planner.plan(holding).proposal_kinds[:4] == ["policy:0", "policy:1", "policy:2", "policy:3"]
     with pytest.raises(ValueError, match="goal_samples"):

@@ -24,8 +24,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     if args.init_from is not None and (args.stage not in ("world", "policy") or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world|policy`, and the folder must exist")
-    if args.goal_input and args.stage != "policy":
-        raise CliError(f"--goal-input is only for `train policy`, not `train {args.stage}`")
+    if args.target_map and args.stage != "policy":
+        raise CliError(f"--target-map is only for `train policy`, not `train {args.stage}`")
     if args.action_deltas and args.stage != "world":
         raise CliError(f"--action-deltas is only for `train world`, not `train {args.stage}`")
     if (args.p_mean is None) != (args.p_std is None) or (args.p_mean is not None and args.stage != "world"):
@@ -97,7 +97,7 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
         result = commands.train_policy(
-            opts, extra=tuple(args.extra_data), pooling=args.pooling, goal_input=args.goal_input, init=args.init_from
+            opts, extra=tuple(args.extra_data), pooling=args.pooling, target_map=args.target_map, init=args.init_from
         )
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
@@ -194,14 +194,15 @@ def register(groups) -> None:
         help="world: start from this bundle's world module (weights, architecture, action statistics) "
         "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
         "codec (default: random initialisation). policy: start from this bundle's policy (weights, "
-        "vocabulary, normalisation); with --goal-input it then starts as exactly that policy",
+        "vocabulary, normalisation); with --target-map it then starts as exactly that policy",
     )
     tr.add_argument(
-        "--goal-input",
+        "--target-map",
         action="store_true",
-        help="policy: train the goal-conditioned policy (module goal_policy): it also takes the instructed "
-        "object's (x, y), from the simulator's ground truth here and from the target locator when planning; "
-        "the planner samples it toward the located object (see models/policy.py)",
+        help="policy: train the goal policy (module goal_policy): it also takes the semantic encoder's relevance "
+        "map of the instruction over each view (of the --init-from bundle, else of --out), so it goes for the "
+        "object the map highlights, also where it does not know the words; the planner samples it as its "
+        "goal samples (see models/policy.py)",
     )
     tr.add_argument(
         "--flow-steps",

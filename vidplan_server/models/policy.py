@@ -38,16 +38,17 @@ Decisions:
   probability path. Sampling integrates ``flow_steps`` Euler steps from the noise; the last step lands on the
   prediction. Different noise gives different chunks (multi-modal: e.g. two objects that match the words), and
   the same noise the same chunk, so a seeded request is reproducible.
-- **Goal input** (``goal_input``, the bundle's ``goal_policy`` module; off for ``policy``). A second input,
-  ``goal`` (B, 2): the instructed object's (x, y) in the base frame (m), NaN where unknown. It enters the
-  observation features as a presence flag, the goal normalised like the TCP position, and its offset from the TCP
-  (/ 0.1 m). Why: the closed loop showed that on ``ood`` scenes the policy's samples do not go for the instructed
-  object (23 of vidplan's 39 failures never came within 5 cm of it, 12 grasped another object), so selecting
-  among them cannot help. The planner's target locator does find ``ood`` objects (through the semantic encoder,
-  the CLIP stand-in), so the planner asks this policy for samples toward the located object. It trains on the
-  same ``train``-split robot episodes as ``policy`` (goal: the simulator's position of the target), with the
-  goal jittered by the locator's typical error and the instruction's object words replaced by unknown ones half
-  of the time, so that it follows the goal where it does not know the words (``training/policy_stage.py``).
+- **Target-map input** (``target_map``, the bundle's ``goal_policy`` module; off for ``policy``). A fourth
+  channel per view: ``target`` (B, V, h, w) in [0, 1], the semantic encoder's relevance of the instruction over
+  that view (the CLIP stand-in's map, any grid; resized to the image), zeros where absent. Why: the closed loop
+  showed that on ``ood`` scenes the policy's samples do not go for the instructed object (23 of vidplan's 39
+  failures never came within 5 cm of it, 12 grasped another object), so selecting among them cannot help, while
+  the semantic encoder, trained on captions of every object, does highlight ``ood`` objects. The map says *which*
+  object in image space, where the policy's convolutions align the grasp; a 3-D point from the target locator
+  did not work (its (x, y) is 8 cm off on ``ood`` and nearer another object in 59 % of frames). The policy trains
+  on the same ``train``-split robot episodes as ``policy``, with the instruction's object words replaced by
+  unknown ones half of the time, so that it follows the map where it does not know the words
+  (``training/policy_stage.py``); the instruction still says what to do with the object (pick, or put where).
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ from vidplan_client.contract import CAMERA_NAMES
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer
 
 ACTION_DIM = 7
-GOAL_FEATURES = 5  # presence flag, normalised goal (x, y), goal - TCP (x, y) / GOAL_OFFSET_M
-GOAL_OFFSET_M = 0.1
 POOLINGS = ("flatten", "spatial_softmax")
 
 
@@ -87,7 +86,7 @@ class PolicyConfig:
     position_mean: tuple[float, float, float] = (0.5, 0.0, 0.25)  # TCP position normalisation (m)
     position_std: tuple[float, float, float] = (0.1, 0.15, 0.1)
     pooling: str = "flatten"  # "flatten" the last feature map, or "spatial_softmax" keypoints (see the docstring)
-    goal_input: bool = False  # an (x, y) goal input: the instructed object's located position (see the docstring)
+    target_map: bool = False  # a 4th input channel per view: the instruction's relevance map (see the docstring)
 
     def __post_init__(self) -> None:
         if len(self.delta_scale) != 6 or min(self.delta_scale) <= 0:
@@ -166,7 +165,7 @@ class FlowPolicy(nn.Module):
         self.text_mlp = nn.Sequential(
             nn.Linear(config.text_dim, config.text_dim), nn.SiLU(), nn.Linear(config.text_dim, config.text_dim)
         )
-        chans = (3, *config.channels)
+        chans = (3 + config.target_map, *config.channels)
         self.blocks = nn.ModuleList(
             _FiLMBlock(a, b, config.text_dim) for a, b in zip(chans[:-1], chans[1:], strict=True)
         )
@@ -187,7 +186,7 @@ class FlowPolicy(nn.Module):
         self.register_buffer("pos_mean", torch.tensor(config.position_mean), persistent=False)
         self.register_buffer("pos_std", torch.tensor(config.position_std), persistent=False)
         self.obs = nn.Sequential(
-            nn.Linear(flat + 10 + config.text_dim + GOAL_FEATURES * config.goal_input, config.feature_dim),
+            nn.Linear(flat + 10 + config.text_dim, config.feature_dim),
             nn.SiLU(),
             nn.LayerNorm(config.feature_dim),
         )
@@ -214,11 +213,13 @@ class FlowPolicy(nn.Module):
         return self.text_mlp(pooled)
 
     def encode_obs(
-        self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, goal: torch.Tensor | None = None
+        self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """images (B, V, 3, H, W) in [0, 1], state (B, 7), text (B, text_dim), goal (B, 2) m or None (a policy
-        with ``goal_input`` then sees no goal; one without ignores it) -> features (B, feature_dim)."""
+        """images (B, V, 3, H, W) in [0, 1], state (B, 7), text (B, text_dim), target (B, V, h, w) in [0, 1] or None
+        (a ``target_map`` policy then sees zeros; another ignores it) -> features (B, feature_dim)."""
         B, V = images.shape[:2]
+        if self.config.target_map:
+            images = torch.cat([images, self.map_channel(target, images)], 2)
         x = images.flatten(0, 1) * 2.0 - 1.0
         t = text.repeat_interleave(V, 0)
         for block in self.blocks:
@@ -229,28 +230,18 @@ class FlowPolicy(nn.Module):
         pos = (state[:, :3] - self.pos_mean) / self.pos_std
         rot = torch.cat([state[:, 3:6].sin(), state[:, 3:6].cos()], -1)
         s = torch.cat([pos, rot, state[:, 6:7] * 2.0 - 1.0], -1)
-        parts = [x.flatten(1), s, text]
-        if self.config.goal_input:
-            parts.append(self.goal_features(goal, state))
-        return self.obs(torch.cat(parts, -1))
+        return self.obs(torch.cat([x.flatten(1), s, text], -1))
 
-    def goal_features(self, goal: torch.Tensor | None, state: torch.Tensor) -> torch.Tensor:
-        """goal (B, 2) m (NaN rows or None: absent), state (B, 7) -> (B, GOAL_FEATURES), zeros where absent."""
-        B = len(state)
-        if goal is None:
-            return state.new_zeros(B, GOAL_FEATURES)
-        goal = goal.to(state.device, state.dtype)
-        present = torch.isfinite(goal).all(-1, keepdim=True)
-        g = torch.where(present, goal, state[:, :2])
-        feats = torch.cat(
-            [
-                torch.ones_like(g[:, :1]),
-                (g - self.pos_mean[:2]) / self.pos_std[:2],
-                (g - state[:, :2]) / GOAL_OFFSET_M,
-            ],
-            -1,
-        )
-        return feats * present
+    @staticmethod
+    def map_channel(target: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+        """target (B, V, h, w) or None -> (B, V, 1, H, W) at the images' size (bilinear), zeros for None."""
+        B, V, _, H, W = images.shape
+        if target is None:
+            return images.new_zeros(B, V, 1, H, W)
+        m = target.to(images.device, images.dtype).flatten(0, 1)[:, None]
+        if m.shape[-2:] != (H, W):
+            m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)
+        return m.view(B, V, 1, H, W)
 
     def keypoints(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial softmax: feature maps (B, V, C, h, w) -> (B, V, C, 3), per channel the softmax-weighted mean
@@ -272,15 +263,15 @@ class FlowPolicy(nn.Module):
         instructions: list[str],
         chunk: torch.Tensor,
         generator: torch.Generator | None = None,
-        goal: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flow-matching loss of absolute target chunks (B, S, 7) (goal (B, 2) as in :meth:`encode_obs`)."""
+        """Flow-matching loss of absolute target chunks (B, S, 7) (``target`` maps as in :meth:`encode_obs`)."""
         x1 = self.chunk_codec.encode(chunk, state)
         B = len(x1)
         x0 = torch.randn(x1.shape, generator=generator).to(x1.device)
         t = torch.rand(B, generator=generator).to(x1.device)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
-        features = self.encode_obs(images, state, self.encode_text(instructions), goal)
+        features = self.encode_obs(images, state, self.encode_text(instructions), target)
         return F.mse_loss(self.predict_clean(xt, t, features), x1)
 
     def sample(
@@ -289,15 +280,15 @@ class FlowPolicy(nn.Module):
         state: torch.Tensor,
         instructions: list[str],
         noise: torch.Tensor,
-        goal: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One chunk per noise draw. images (B, V, 3, H, W), state (B, 7), noise (B, K, S, 7), goal (B, 2) or
-        None -> (B, K, S, 7).
+        """One chunk per noise draw. images (B, V, 3, H, W), state (B, 7), noise (B, K, S, 7), target maps
+        (B, V, h, w) or None -> (B, K, S, 7).
 
         The observation is encoded once and shared by its K draws.
         """
         B, K = noise.shape[:2]
-        features = self.encode_obs(images, state, self.encode_text(instructions), goal)
+        features = self.encode_obs(images, state, self.encode_text(instructions), target)
         features = features.repeat_interleave(K, 0)
         x = noise.flatten(0, 1).to(features.device)
         n = self.config.flow_steps
@@ -323,17 +314,17 @@ def load_policy(ckpt, name: str = "policy") -> FlowPolicy:
     return load_weights(ckpt, name, FlowPolicy(load_config(ckpt, name, PolicyConfig)))
 
 
-def with_goal_input(policy: FlowPolicy) -> FlowPolicy:
-    """A ``goal_input`` copy of ``policy`` that, before training, computes exactly what it does: every weight
-    copied, the observation layer's new goal columns zero. The warm start of ``vidplan train policy --goal-input
-    --init CKPT``."""
+def with_target_map(policy: FlowPolicy) -> FlowPolicy:
+    """A ``target_map`` copy of ``policy`` that, before training, computes exactly what it does: every weight
+    copied, the first convolution's new map channel zero. The warm start of ``vidplan train policy --target-map
+    --init-from CKPT``."""
     from dataclasses import replace
 
-    if policy.config.goal_input:
-        raise ValueError("the policy already has a goal input")
-    new = FlowPolicy(replace(policy.config, goal_input=True))
+    if policy.config.target_map:
+        raise ValueError("the policy already takes a target map")
+    new = FlowPolicy(replace(policy.config, target_map=True))
     state = dict(policy.state_dict())
-    w = state["obs.0.weight"]
-    state["obs.0.weight"] = torch.cat([w, w.new_zeros(len(w), GOAL_FEATURES)], 1)
+    w = state["blocks.0.conv1.weight"]  # (C, 3, k, k)
+    state["blocks.0.conv1.weight"] = torch.cat([w, w.new_zeros(len(w), 1, *w.shape[2:])], 1)
     new.load_state_dict(state)
     return new

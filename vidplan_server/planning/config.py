@@ -33,9 +33,9 @@ class PlannerConfig:
     # Policy samples also bent toward where the locator puts the instructed object (planning/proposer.py), within
     # num_proposals; needs a bundle with a locator. Off: measured worse in the closed loop (proposer docstring).
     policy_pulls: int = 0
-    # Of the policy_samples, this many come from the bundle's goal-conditioned policy (module goal_policy) toward
-    # where the locator puts the instructed object, while the gripper is open (planning/policy_samples.py); needs a
-    # bundle with goal_policy and locator, else they stay samples of the policy.
+    # Of the policy_samples, this many come from the bundle's goal policy (module goal_policy: it also reads the
+    # semantic encoder's map of the instruction), while the gripper is open (planning/policy_samples.py); without a
+    # goal_policy they stay samples of the policy.
     goal_samples: int = 0
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).

@@ -197,10 +197,11 @@ class Planner:
         semantic = load_semantic(ckpt, clip_folder, device)
         colormap = load_colormap(ckpt, world.codec)
         policy = load_policy(ckpt).to(device) if "policy" in modules else None
-        goal_policy = load_policy(ckpt, "goal_policy").to(device) if "goal_policy" in modules else None
-        # Both read the bundled semantic encoder's maps: a user's CLIP folder would feed them maps they never saw.
-        progress = load_progress_head(ckpt).to(device) if "progress" in modules and not clip_folder else None
-        locator = load_locator(ckpt).to(device) if "locator" in modules and not clip_folder else None
+        # These read the bundled semantic encoder's maps: a user's CLIP folder would feed them maps they never saw.
+        own = set(modules) if not clip_folder else set()
+        goal_policy = load_policy(ckpt, "goal_policy").to(device) if "goal_policy" in own else None
+        progress = load_progress_head(ckpt).to(device) if "progress" in own else None
+        locator = load_locator(ckpt).to(device) if "locator" in own else None
         sources = UQSources.load(ckpt, device)
         return cls(
             world,
@@ -290,23 +291,23 @@ class Planner:
             self._text.popitem(last=False)
         return emb
 
-    def policy_chunks(self, req: PlanRequest, count: int, goal: np.ndarray | None = None) -> np.ndarray:
-        """``count`` chunks (count, S, 7) from the policy, or toward ``goal`` from the goal policy (policy_samples)."""
-        policy = self.policy if goal is None else self.goal_policy
-        return sample_policy_chunks(policy, req, count, self.chunk_steps, self.device, goal)
+    def policy_chunks(self, req: PlanRequest, count: int, goal: bool = False) -> np.ndarray:
+        """``count`` chunks (count, S, 7) from the policy, or from the goal policy with ``goal`` (policy_samples)."""
+        policy, text = (self.goal_policy, self.text_embedding(req.instruction)) if goal else (self.policy, None)
+        return sample_policy_chunks(policy, req, count, self.chunk_steps, self.device, self.semantic, text)
 
     def propose(self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None):
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
         request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
-        (``goal_samples`` from the goal policy, ``policy_pulls`` bent, toward ``goal`` (3,), the located object,
-        when given), then the Jacobian basis."""
+        (``goal_samples`` of them from the goal policy, and ``policy_pulls`` bent toward ``goal`` (3,), the located
+        object, when given), then the Jacobian basis."""
         s, o, c = req.state, req.options, self.config
         policy = goal_chunks = None
         if req.nominal is None and self.policy is not None:
             K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
-            G = goal_sample_count(c.goal_samples, K, self.goal_policy, goal, float(s.gripper_position))
+            G = goal_sample_count(c.goal_samples, K, self.goal_policy, float(s.gripper_position))
             policy = self.policy_chunks(req, K - G) if K > G else None
-            goal_chunks = self.policy_chunks(req, G, goal) if G else None
+            goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
         P = c.policy_perturbations if o.policy_perturbations is None else o.policy_perturbations
         return self.proposer.propose(
             np.asarray(s.joint_position, dtype=np.float64),
@@ -517,9 +518,9 @@ class Planner:
 
     def _propose(self, call: _Call, history: torch.Tensor, text: torch.Tensor) -> tuple[Proposals, torch.Tensor]:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
-        req, c = call.req, self.config
-        wanted = c.policy_pulls > 0 or (c.goal_samples > 0 and self.goal_policy is not None)
-        goal = self.locate_target(history, text) if wanted and req.nominal is None and self.policy else None
+        req = call.req
+        pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
+        goal = self.locate_target(history, text) if pulls else None
         props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
         knots = self.knots(props.actions)
         call.lap("propose")

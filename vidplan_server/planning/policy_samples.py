@@ -1,11 +1,13 @@
 """Chunks sampled from the bundle's policy (:mod:`vidplan_server.models.policy`) for a plan request: the planner's
-main proposals and the ``policy`` mode's answer; and from its goal-conditioned policy (module ``goal_policy``)
-toward the located instructed object.
+main proposals and the ``policy`` mode's answer; and from its goal policy (module ``goal_policy``), which also
+reads the semantic encoder's relevance map of the instruction over the current views.
 
 Decided: goal samples replace the last ``goal_samples`` of the ``policy_samples`` (the plan's cost stays that of
 ``num_proposals`` rollouts, and ``policy:0``, the chunk the policy alone would run, stays), only while the gripper
 is open (below 0.5): they exist to bring the hand to the object it was told to take; once it holds something the
 policy's samples carry it. Their noise is a stream of its own, so the policy's samples do not change with them.
+The maps are computed here from the request's current frames at the policy's image size, as in training
+(``training/policy_stage.add_target_maps``), not from the codec's round trip.
 """
 
 from __future__ import annotations
@@ -19,25 +21,16 @@ from vidplan_server.planning.types import PlanningError, PlanRequest
 GOAL_STREAM = 104729  # seed offset of the goal samples' noise
 
 
-def goal_sample_count(wanted: int, samples: int, goal_policy, goal: np.ndarray | None, gripper: float) -> int:
+def goal_sample_count(wanted: int, samples: int, goal_policy, gripper: float) -> int:
     """How many of ``samples`` policy samples are goal samples (module docstring): ``wanted`` at most, none
-    without a goal policy, a located goal, or with the gripper closed."""
-    if goal_policy is None or goal is None or not np.all(np.isfinite(goal)) or gripper >= 0.5:
+    without a goal policy or with the gripper closed."""
+    if goal_policy is None or gripper >= 0.5:
         return 0
     return max(0, min(wanted, samples))
 
 
-def sample_policy_chunks(
-    policy, req: PlanRequest, count: int, steps: int, device: torch.device, goal: np.ndarray | None = None
-) -> np.ndarray:
-    """``count`` chunks (count, steps, 7) sampled from ``policy`` for the request's current frame, state and
-    instruction (a shorter policy chunk holds its last row); ``goal`` (>= 2,) m: the goal-conditioned policy's
-    target, of which it reads (x, y). The noise comes from a generator seeded with ``options.seed`` (its own
-    stream, apart from the rollout noise; another one with a goal), so a seeded request is reproducible."""
-    if policy is None:
-        raise PlanningError(
-            "options.mode: this checkpoint has no policy module (train one with `vidplan train policy`)"
-        )
+def policy_inputs(policy, req: PlanRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The request's current views at the policy's size, (1, V, 3, h, w) in [0, 1], and its state (1, 7)."""
     h, w = policy.config.image_size
     frames = req.history[-1]
     if frames.shape[1:3] != (h, w):
@@ -52,10 +45,40 @@ def sample_policy_chunks(
         dtype=torch.float32,
         device=device,
     )
-    offset = 7919 + (GOAL_STREAM if goal is not None else 0)
+    return images, state
+
+
+def instruction_maps(semantic, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The instruction's relevance over each view: text (D,) embedding, images (1, V, 3, h, w) -> (1, V, gh, gw)."""
+    V = images.shape[1]
+    with torch.no_grad():
+        rel = semantic.score(images[0], text.reshape(1, -1).expand(V, -1)).relevance.float()
+    return rel.clamp(0.0, 1.0)[None]
+
+
+def sample_policy_chunks(
+    policy,
+    req: PlanRequest,
+    count: int,
+    steps: int,
+    device: torch.device,
+    semantic=None,
+    text: torch.Tensor | None = None,
+) -> np.ndarray:
+    """``count`` chunks (count, steps, 7) sampled from ``policy`` for the request's current frame, state and
+    instruction (a shorter policy chunk holds its last row). A goal policy (``target_map``) also reads the maps of
+    the instruction's embedding ``text`` (D,) by the ``semantic`` backend. The noise comes from a generator seeded
+    with ``options.seed`` (its own stream, apart from the rollout noise; another one for a goal policy), so a
+    seeded request is reproducible."""
+    if policy is None:
+        raise PlanningError(
+            "options.mode: this checkpoint has no policy module (train one with `vidplan train policy`)"
+        )
+    images, state = policy_inputs(policy, req, device)
+    maps = instruction_maps(semantic, text, images) if policy.config.target_map else None
+    offset = 7919 + (GOAL_STREAM if maps is not None else 0)
     gen = torch.Generator().manual_seed((int(req.options.seed) + offset) % 2**64)  # own stream, any valid seed
     noise = torch.randn((1, count, policy.config.chunk, 7), generator=gen)
-    target = None if goal is None else torch.as_tensor(np.asarray(goal, dtype=np.float32)[None, :2], device=device)
     with torch.no_grad():
-        chunks = policy.sample(images, state, [req.instruction], noise, target)[0].double().cpu().numpy()
+        chunks = policy.sample(images, state, [req.instruction], noise, maps)[0].double().cpu().numpy()
     return chunks[:, np.minimum(np.arange(steps), chunks.shape[1] - 1)]

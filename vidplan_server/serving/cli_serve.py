@@ -122,9 +122,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=None,
         metavar="G",
-        help="of the K policy samples, G come from the bundle's goal-conditioned policy (module goal_policy), "
-        "sampled toward where its locator puts the instructed object, while the gripper is open "
-        f"(0-{MAX_PROPOSALS}; default {DEFAULT_GOAL_SAMPLES}; ignored by a bundle without goal_policy or locator)",
+        help="of the K policy samples, G come from the bundle's goal policy (module goal_policy), which also reads "
+        "the semantic encoder's relevance map of the instruction, so it goes for the object the words name even "
+        f"where the policy does not know them; only while the gripper is open (0-{MAX_PROPOSALS}; default "
+        f"{DEFAULT_GOAL_SAMPLES}; ignored by a bundle without goal_policy)",
     )
     p.add_argument(
         "--keep-margin",

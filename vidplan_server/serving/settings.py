@@ -71,7 +71,7 @@ class ServeSettings(BaseSettings):
     policy_perturbations: int | None = Field(None, ge=0, description="perturbed policy samples per plan")
     policy_pulls: int | None = Field(None, ge=0, description="policy samples bent toward the located object")
     goal_samples: int | None = Field(
-        None, ge=0, description="of the policy samples, those from the goal policy toward the located object"
+        None, ge=0, description="of the policy samples, those from the goal policy (it reads the instruction's map)"
     )
     keep_margin: float | None = Field(
         None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"

@@ -619,7 +619,7 @@ def train_policy(
     opts: TrainOptions,
     extra: tuple[Path, ...] = (),
     pooling: str | None = None,
-    goal_input: bool = False,
+    target_map: bool = False,
     init: Path | None = None,
 ) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
@@ -627,18 +627,19 @@ def train_policy(
     (``vidplan sim dagger``, every labelled step) and more recordings (their successful nominal episodes, all of
     them). A DAgger round continues the run: ``--resume --steps`` with the folders added.
 
-    ``goal_input``: the goal-conditioned policy (module ``goal_policy``, ``models/policy.py``), its samples with
-    the target's (x, y). ``init``: warm start from that bundle's ``policy`` (its vocabulary and normalisation
-    kept; with ``goal_input``, the goal columns start at zero so it starts as that policy)."""
+    ``target_map``: the goal policy (module ``goal_policy``, ``models/policy.py``), its samples with the
+    instruction's relevance maps from the semantic encoder of ``init`` (else of ``opts.out``). ``init``: warm start
+    from that bundle's ``policy`` (its vocabulary and normalisation kept; with ``target_map``, the map channel
+    starts at zero so it starts as that policy)."""
     from vidplan_server.data.reader import EpisodeDataset
-    from vidplan_server.models.policy import PolicyConfig, fit_delta_scale, load_policy, with_goal_input
-    from vidplan_server.training.policy_stage import PolicyData, PolicyStage, policy_data
+    from vidplan_server.models.policy import PolicyConfig, fit_delta_scale, load_policy, with_target_map
+    from vidplan_server.training.policy_stage import PolicyData, PolicyStage, add_target_maps, policy_data
 
     preset = presets.POLICY[opts.preset]
     dataset = EpisodeDataset(opts.data)
     train_idx, held_idx = split_episodes(len(dataset), opts.held_out_fraction, opts.seed)
     held_idx = held_idx or train_idx[:1]
-    name = "goal_policy" if goal_input else "policy"
+    name = "goal_policy" if target_map else "policy"
     state = opts.out / "training" / name / "state.json"
     resuming = opts.resume and state.exists()
     warm = None
@@ -649,24 +650,35 @@ def train_policy(
         warm = load_policy(init)
         if pooling is not None and pooling != warm.config.pooling:
             raise CheckpointError(f"--pooling {pooling}: the --init policy pools with {warm.config.pooling}")
-        warm = with_goal_input(warm) if goal_input else warm
+        warm = with_target_map(warm) if target_map else warm
         config = warm.config
     else:
         config = preset.model if pooling is None else replace(preset.model, pooling=pooling)
-        config = replace(config, goal_input=goal_input)
-    train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress, goal_input)
-    held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress, goal_input)
+        config = replace(config, target_map=target_map)
+    semantic = None
+    if target_map:
+        from vidplan_server.models.semantic import load_semantic
+
+        source = init if init is not None else opts.out
+        if "semantic" not in read_manifest(source)["modules"]:
+            raise CheckpointError(f"{source}: a --target-map policy needs the bundle's semantic module for its maps")
+        semantic = load_semantic(source, None, torch.device("cpu"))
+    train_d = policy_data(opts.data, train_idx, config.image_size, config.chunk, opts.progress)
+    held_d = policy_data(opts.data, held_idx, config.image_size, config.chunk, opts.progress)
     demos = len(train_d)
     if extra:
         from vidplan_server.training.dagger import MANIFEST, dagger_samples
 
         def samples(folder: Path) -> PolicyData:
             if (Path(folder) / MANIFEST).exists():
-                return dagger_samples(folder, config.image_size, config.chunk, opts.progress, goal_input)
+                return dagger_samples(folder, config.image_size, config.chunk, opts.progress)
             n = len(EpisodeDataset(folder))
-            return policy_data(folder, list(range(n)), config.image_size, config.chunk, opts.progress, goal_input)
+            return policy_data(folder, list(range(n)), config.image_size, config.chunk, opts.progress)
 
         train_d = PolicyData.concat([train_d, *(samples(d) for d in extra)])
+    if semantic is not None:
+        train_d = add_target_maps(train_d, semantic, progress=opts.progress)
+        held_d = add_target_maps(held_d, semantic, progress=opts.progress)
     if not resuming and warm is None:
         vocab = sorted({w for t in train_d.instructions for w in words(t)})
         pos = train_d.state[:, :3]
@@ -692,6 +704,6 @@ def train_policy(
             "extra_data": [str(d) for d in extra],
             "instructions": len(train_d.instructions),
             **({"init": str(init)} if init is not None else {}),
-            **({"goal_samples": int(np.isfinite(train_d.goals()[:, 0]).sum())} if goal_input else {}),
+            **({"semantic": str(init if init is not None else opts.out)} if target_map else {}),
         },
     )

@@ -260,38 +260,15 @@ def collect(
     }
 
 
-def scene_target_xy(seed: int, instruction: str) -> np.ndarray:
-    """(2,) m: where the target of the ``train``-split scene of ``seed`` starts (the scene's spec rebuilt from the
-    seed, as :meth:`SimRobotEnv.reset` draws it; nothing is simulated); NaN when that scene's instruction is not
-    ``instruction`` (a folder from another task sampler)."""
-    from vidplan_server.sim.tasks import sample_task
-
-    spec, task = sample_task(np.random.default_rng(int(seed)), "train", SimEnvConfig().place_fraction)
-    if task.instruction != instruction:
-        return np.full(2, np.nan, np.float32)
-    return np.asarray(spec.objects[0].xy, dtype=np.float32)
-
-
-def dagger_goals(seed: int, instruction: str, state: np.ndarray) -> np.ndarray:
-    """(T, 2): the target's start (x, y) at every step before the gripper first closes (state (T, 7), gripper
-    above 0.3), NaN from then on (the object may have moved: these episodes do not record object poses)."""
-    goals = np.repeat(scene_target_xy(seed, instruction)[None], len(state), 0)
-    closed = np.flatnonzero(state[:, 6] > 0.3)
-    if len(closed):
-        goals[closed[0] :] = np.nan
-    return goals
-
-
-def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progress: bool = True, goals: bool = False):
+def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progress: bool = True):
     """Every labelled step of a DAgger folder as ``PolicyData`` (frames resized to ``image_size``; chunks cut or
-    padded to ``chunk`` rows by repeating the last); with ``goals``, the target's (x, y) per step
-    (:func:`dagger_goals`)."""
+    padded to ``chunk`` rows by repeating the last)."""
     from vidplan_server.training.policy_stage import PolicyData
 
     files = sorted((Path(folder) / "episodes").glob("*.npz"))
     if not (Path(folder) / MANIFEST).exists() or not files:
         raise DatasetError(f"{folder}: not a DAgger folder with episodes (`vidplan sim dagger` writes them)")
-    frames, states, chunks, texts, targets, instructions = [], [], [], [], [], {}
+    frames, states, chunks, texts, instructions = [], [], [], [], {}
     for f in tqdm(files, desc=f"load {Path(folder).name}", disable=not progress, leave=False):
         with np.load(f) as z:
             fr = z["frames"]
@@ -302,13 +279,10 @@ def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progre
             states.append(z["state"])
             chunks.append(c)
             texts.append(np.full(len(fr), instructions.setdefault(str(z["instruction"]), len(instructions))))
-            if goals:
-                targets.append(dagger_goals(int(z["seed"]), str(z["instruction"]), z["state"]))
     return PolicyData(
         np.concatenate(frames),
         np.concatenate(states).astype(np.float32),
         np.concatenate(chunks).astype(np.float32),
         np.concatenate(texts),
         list(instructions),
-        np.concatenate(targets) if goals else None,
     )

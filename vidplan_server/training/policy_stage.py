@@ -12,20 +12,17 @@ they carry the instruction's meaning.
 Held-out metrics: the flow-matching loss on fixed noise and times, and the error of one sampled chunk (fixed
 noise) against the demonstrated one: the end position (cm) and the gripper (mean absolute).
 
-The goal-conditioned policy (``goal_input``, module ``goal_policy``, see ``models/policy.py``) learns from the
-same samples, each with its **goal**: the (x, y) of the instruction's target at that step, from the simulator's
-ground truth (recordings); for DAgger episodes, which do not record object poses, the target's place in the scene
-rebuilt from the episode's seed, up to the first step the gripper closes (NaN after: the object may move then).
-Decided, so that it follows a goal from the planner's locator on objects it has never seen:
+The goal policy (``target_map``, module ``goal_policy``, see ``models/policy.py``) learns from the same samples,
+each with its **target maps**: the semantic encoder's relevance of the sample's instruction over its three views
+(:func:`add_target_maps`, the encoder of the bundle it warm-starts from, the one the planner uses). Decided, so that
+it follows the map on objects it has never seen:
 
-- the goal is jittered by ``goal_noise_m`` (3 cm per axis: the locator's held-out error is ~7 cm in 3-D, most of
-  it from the few frames where it picks the wrong object), so the network uses the goal to choose *which*
-  object and the wrist view to align on it;
 - with probability ``mask_words``, the words naming the target (colour and object) are replaced by random words,
   which the tokenizer hashes to its unknown-word buckets, as it does an ``ood`` object's words;
-- with probability ``goal_dropout`` the goal is removed (it stays a language-conditioned policy without one).
+- with probability ``map_dropout`` the maps are zeros (it stays a language-conditioned policy without them);
+- the random shift moves each view and its map together.
 
-With a goal, the held-out metrics also report the end error with the target's words masked (``masked_end_error_cm``).
+With maps, the held-out metrics also report the end error with the target's words masked (``masked_end_error_cm``).
 """
 
 from __future__ import annotations
@@ -52,18 +49,14 @@ EVAL_SAMPLES = 256
 @dataclass
 class PolicyData:
     """Samples in memory. frames (N, V, H, W, 3) uint8; state (N, 7); chunk (N, S, 7); text (N,) index into
-    ``instructions``; goal (N, 2) the target's (x, y) in m, NaN where unknown (None: unknown everywhere)."""
+    ``instructions``; maps (N, V, h, w) float16 in [0, 1], the instruction's relevance per view (or None)."""
 
     frames: np.ndarray
     state: np.ndarray
     chunk: np.ndarray
     text: np.ndarray
     instructions: list[str]
-    goal: np.ndarray | None = None
-
-    def goals(self) -> np.ndarray:
-        """(N, 2): ``goal``, NaN rows where unknown."""
-        return self.goal if self.goal is not None else np.full((len(self), 2), np.nan, np.float32)
+    maps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -82,7 +75,7 @@ class PolicyData:
             np.concatenate([d.chunk for d in parts]),
             np.concatenate(texts),
             list(instructions),
-            np.concatenate([d.goals() for d in parts]) if any(d.goal is not None for d in parts) else None,
+            np.concatenate([d.maps for d in parts]) if all(d.maps is not None for d in parts) else None,
         )
 
 
@@ -97,16 +90,14 @@ def policy_data(
     image_size: tuple[int, int],
     chunk: int,
     progress: bool = True,
-    goals: bool = False,
 ) -> PolicyData:
-    """The samples of the demonstrations among episodes ``indices`` of dataset ``data`` (with ``goals``, each
-    step's target (x, y) from the simulator's ground truth; NaN for episodes without it)."""
+    """The samples of the demonstrations among episodes ``indices`` of dataset ``data``."""
     from vidplan_server.data.reader import EpisodeDataset
 
     dataset = EpisodeDataset(data)
-    frames, states, chunks, texts, targets, instructions = [], [], [], [], [], {}
+    frames, states, chunks, texts, instructions = [], [], [], [], {}
     for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
-        ep = dataset.load_episode(k, images=True, ground_truth=goals)
+        ep = dataset.load_episode(k, images=True, ground_truth=False)
         if not is_demonstration(ep.success, ep.metadata):
             continue
         T = len(ep)
@@ -121,11 +112,6 @@ def policy_data(
         idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk)[None], T - 1)
         chunks.append(ep.action[idx])
         texts.append(np.full(T, instructions.setdefault(ep.language_instruction, len(instructions))))
-        gt = ep.ground_truth
-        if gt is not None and len(gt.object_names):
-            targets.append(np.asarray(gt.object_poses, dtype=np.float32)[:, gt.target_index, :2])
-        else:
-            targets.append(np.full((T, 2), np.nan, np.float32))
     if not frames:
         raise DatasetError(f"{data}: no successful nominal episodes among {len(indices)} to learn the policy from")
     return PolicyData(
@@ -134,8 +120,26 @@ def policy_data(
         np.concatenate(chunks).astype(np.float32),
         np.concatenate(texts),
         list(instructions),
-        np.concatenate(targets) if goals else None,
     )
+
+
+def add_target_maps(data: PolicyData, semantic, batch: int = 128, progress: bool = True) -> PolicyData:
+    """``data`` with ``maps``: the relevance of each sample's instruction over each of its views, from the
+    semantic backend ``semantic`` (``score(images (N, 3, H, W), text (N, D)).relevance`` (N, h, w))."""
+    emb = semantic.encode_text(list(data.instructions)).float()  # (n_instructions, D)
+    N, V = data.frames.shape[:2]
+    out = None
+    with torch.no_grad():
+        for lo in tqdm(range(0, N, batch), desc="target maps", disable=not progress, leave=False):
+            idx = np.arange(lo, min(N, lo + batch))
+            images = torch.from_numpy(data.frames[idx]).permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255.0
+            text = emb[torch.from_numpy(data.text[idx]).long()].repeat_interleave(V, 0)
+            rel = semantic.score(images, text).relevance.float().clamp(0.0, 1.0)
+            rel = rel.unflatten(0, (len(idx), V)).numpy().astype(np.float16)
+            if out is None:
+                out = np.zeros((N, V, *rel.shape[2:]), np.float16)
+            out[idx] = rel
+    return PolicyData(data.frames, data.state, data.chunk, data.text, data.instructions, out)
 
 
 _TARGET_WORDS = re.compile(r"^(put|pick up) the (.+?)( in the .+)?$")
@@ -166,21 +170,20 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
 
 
 def to_tensors(data: PolicyData, idx: np.ndarray, device: torch.device):
-    """(images, state, instructions, chunk, goal) of samples ``idx``; goal (B, 2), NaN where unknown."""
+    """(images, state, instructions, chunk, maps) of samples ``idx``; maps (B, V, h, w) float or None."""
     images = torch.from_numpy(data.frames[idx]).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
     state = torch.from_numpy(data.state[idx]).to(device)
     chunk = torch.from_numpy(data.chunk[idx]).to(device)
-    goal = torch.from_numpy(data.goals()[idx]).to(device)
-    return images, state, [data.instructions[i] for i in data.text[idx]], chunk, goal
+    maps = None if data.maps is None else torch.from_numpy(data.maps[idx]).to(device).float()
+    return images, state, [data.instructions[i] for i in data.text[idx]], chunk, maps
 
 
 @dataclass(frozen=True)
-class GoalAugment:
-    """How the goal-conditioned policy's training goals and words are perturbed (module docstring)."""
+class MapAugment:
+    """How the goal policy's training words and maps are perturbed (module docstring)."""
 
-    goal_noise_m: float = 0.03
     mask_words: float = 0.5
-    goal_dropout: float = 0.1
+    map_dropout: float = 0.1
 
 
 class PolicyStage(Stage):
@@ -191,13 +194,15 @@ class PolicyStage(Stage):
         held_out: PolicyData,
         shift_px: int = 4,
         model: FlowPolicy | None = None,
-        augment: GoalAugment = GoalAugment(),
+        augment: MapAugment = MapAugment(),
     ) -> None:
         """``model``: a warm start (its config must be ``config``); a fresh network otherwise."""
         if model is not None and model.config != config:
             raise ValueError("the warm-start model's config differs from the stage's")
+        if config.target_map and (train.maps is None or held_out.maps is None):
+            raise ValueError("a target-map policy needs the samples' maps (add_target_maps)")
         self.config = config
-        self.name = "goal_policy" if config.goal_input else "policy"
+        self.name = "goal_policy" if config.target_map else "policy"
         self.model = model if model is not None else FlowPolicy(config)
         self.train_set = train
         self.held_out = held_out
@@ -206,46 +211,45 @@ class PolicyStage(Stage):
 
     def batch(self, generator, batch_size, device):
         idx = torch.randint(len(self.train_set), (batch_size,), generator=generator).numpy()
-        images, state, texts, chunk, goal = to_tensors(self.train_set, idx, device)
-        images = random_shift(images, self.shift_px, generator)
-        if not self.config.goal_input:
-            return images, state, texts, chunk, None
+        images, state, texts, chunk, maps = to_tensors(self.train_set, idx, device)
+        if not self.config.target_map:
+            return random_shift(images, self.shift_px, generator), state, texts, chunk, None
         a = self.augment
-        goal = goal + a.goal_noise_m * torch.randn(goal.shape, generator=generator).to(device)
         u = torch.rand((2, batch_size), generator=generator)
-        goal[u[0] < a.goal_dropout] = float("nan")
+        maps = maps * (u[0] >= a.map_dropout).to(maps)[:, None, None, None]
+        # The view and its map shift together: the map is the image's 4th channel through the shift.
+        both = random_shift(torch.cat([images, FlowPolicy.map_channel(maps, images)], 2), self.shift_px, generator)
         rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
-        texts = [
-            mask_target_words(t, rng) if m else t for t, m in zip(texts, (u[1] < a.mask_words).tolist(), strict=True)
-        ]
-        return images, state, texts, chunk, goal
+        masked = (u[1] < a.mask_words).tolist()
+        texts = [mask_target_words(t, rng) if m else t for t, m in zip(texts, masked, strict=True)]
+        return both[:, :, :3], state, texts, chunk, both[:, :, 3]
 
     def loss(self, model: FlowPolicy, batch, generator):
-        images, state, texts, chunk, goal = batch
-        return model.loss(images, state, texts, chunk, generator, goal), {}
+        images, state, texts, chunk, maps = batch
+        return model.loss(images, state, texts, chunk, generator, maps), {}
 
     def evaluate(self, model: FlowPolicy, device):
         n = len(self.held_out)
         idx = np.linspace(0, n - 1, min(EVAL_SAMPLES, n)).round().astype(int)
         g = torch.Generator().manual_seed(1234)
-        goal_input = self.config.goal_input
+        with_maps = self.config.target_map
         losses, end_err, grip_err, masked_err = [], [], [], []
         for part in np.array_split(idx, max(1, len(idx) // 64)):
-            images, state, texts, chunk, goal = to_tensors(self.held_out, part, device)
-            goal = goal if goal_input else None
-            losses.append(float(model.loss(images, state, texts, chunk, g, goal)) * len(part))
+            images, state, texts, chunk, maps = to_tensors(self.held_out, part, device)
+            maps = maps if with_maps else None
+            losses.append(float(model.loss(images, state, texts, chunk, g, maps)) * len(part))
             noise = torch.randn((len(part), 1, *chunk.shape[1:]), generator=g)
-            pred = model.sample(images, state, texts, noise, goal)[:, 0]
+            pred = model.sample(images, state, texts, noise, maps)[:, 0]
             end_err.append((pred[:, -1, :3] - chunk[:, -1, :3]).norm(dim=-1).sum().item())
             grip_err.append((pred[..., 6] - chunk[..., 6]).abs().mean(1).sum().item())
-            if goal_input:
+            if with_maps:
                 rng = np.random.default_rng(0)
                 masked = [mask_target_words(t, rng) for t in texts]
-                pred = model.sample(images, state, masked, noise, goal)[:, 0]
+                pred = model.sample(images, state, masked, noise, maps)[:, 0]
                 masked_err.append((pred[:, -1, :3] - chunk[:, -1, :3]).norm(dim=-1).sum().item())
         m = len(idx)
         out = {"loss": sum(losses) / m, "end_error_cm": 100 * sum(end_err) / m, "gripper_error": sum(grip_err) / m}
-        if goal_input:
+        if with_maps:
             out["masked_end_error_cm"] = 100 * sum(masked_err) / m
         return out
 

@@ -306,7 +306,7 @@ function renderProposals(p) {
   scores.forEach((s, i) => {
     const kind = (p.proposal_kinds || [])[i] || '';
     const family = kind.split(/[:~]/)[0];
-    const colour = i === p.winner ? '#ffb347' : { policy: '#4aa3ff', basis: '#8c7ae6', nominal: '#4cd08a' }[family] || '#9aa5b1';
+    const colour = i === p.winner ? '#ffb347' : { policy: '#4aa3ff', goal: '#f06595', basis: '#8c7ae6', nominal: '#4cd08a' }[family] || '#9aa5b1';
     const x = left + i * slot + slot * 0.15;
     const v = s === null ? base : s;
     const rect = svg('rect', { x, y: Math.min(y(v), y(base)), width: slot * 0.7, height: Math.max(Math.abs(y(v) - y(base)), 1),
