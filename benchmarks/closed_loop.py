@@ -3,12 +3,13 @@
     python benchmarks/closed_loop.py --out outputs/bench/closed_loop.json [--workdir outputs/bench/closed_loop]
                                      [--workers 2] [--episodes 50] [--reference-episodes 20] [--agents ...]
 
-Runs ``vidplan eval closed-loop``'s runner on both splits: ``--episodes`` episodes (default 50) per split for
-policy, vidplan and vidplan-no-uq, ``--reference-episodes`` (default 20) for expert and vidplan-basis, all on the
-same seeds. Resumable: episodes already in ``--workdir`` are kept, so a run stopped at any point (or at a session's
-end) continues where it stopped with the same command. Prints the table and writes ``--out`` as
-``{"val": {agent: {"success", "ci_low", "ci_high", "instruction_following", "episodes", "paired_diff_to_policy",
-...}}, "ood": {...}}`` (``report.summarize``), plus the report, bar chart and videos in the workdir.
+Runs ``vidplan eval closed-loop``'s runner on both splits: ``--episodes`` episodes (default 50) per split
+for policy, goal-policy, vidplan and vidplan-no-uq, ``--reference-episodes`` (default 20) for expert and
+vidplan-basis, all on the same seeds. Resumable: episodes already in ``--workdir`` are kept, so a run stopped at
+any point (or at a session's end) continues where it stopped with the same command. Prints the table and writes
+``--out`` as ``{"val": {agent: {"success", "ci_low", "ci_high", "instruction_following", "episodes",
+"paired_diff_to_policy", ...}}, "ood": {...}}`` (``report.summarize``), plus the report, bar chart and videos in
+the workdir.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from vidplan_server.evaluation.closed_loop.runner import (
     run_closed_loop,
 )
 
-MAIN_AGENTS = ("policy", "vidplan", "vidplan-no-uq")  # the comparison the issue's targets are about
+MAIN_AGENTS = (
+    "policy",
+    "goal-policy",
+    "vidplan",
+    "vidplan-no-uq",
+)  # the issue's targets, and what the goal policy adds
 REFERENCE_AGENTS = ("expert", "vidplan-basis")
 
 

@@ -128,3 +128,17 @@ def tiny_policy_bundle(tmp_path_factory, tiny_heads_bundle, demo_dataset):
     )
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_goal_bundle(tmp_path_factory, tiny_policy_bundle, demo_dataset):
+    """``tiny_policy_bundle`` plus a goal policy (``--target-map``) warm-started from its policy."""
+    import shutil
+
+    from vidplan_server.cli import main
+
+    out = tmp_path_factory.mktemp("goal") / "ckpt"
+    shutil.copytree(tiny_policy_bundle, out)
+    args = ["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny", "--steps", "2"]
+    assert main([*args, "--target-map", "--init-from", str(tiny_policy_bundle), "--quiet"]) == 0
+    return out

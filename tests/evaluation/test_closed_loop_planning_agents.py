@@ -16,9 +16,10 @@ FAST = {"num_proposals": 4, "refine_iters": 1, "policy_samples": 2}
 
 
 @pytest.mark.parametrize("name", PLANNING_AGENTS)
-def test_one_short_episode_per_agent(name, tiny_policy_bundle, sim_scene):
+def test_one_short_episode_per_agent(name, tiny_policy_bundle, sim_scene, request):
     env = SimRobotEnv(SimEnvConfig(split="val"), scene=sim_scene)
-    agent = build_agent(name, tiny_policy_bundle, "cpu", **FAST)
+    bundle = request.getfixturevalue("tiny_goal_bundle") if name == "goal-policy" else tiny_policy_bundle
+    agent = build_agent(name, bundle, "cpu", **FAST)
     rec = run_episode(env, agent, Job("val", name, 0), ClosedLoopConfig(max_steps=10, open_loop_horizon=5))
     assert rec["steps"] == 10 and rec["plans"] == 2 and rec["failure_cause"] != "agent_error"
     kinds = set(rec["plan_kinds"])
@@ -26,6 +27,9 @@ def test_one_short_episode_per_agent(name, tiny_policy_bundle, sim_scene):
         assert kinds == {"policy:0"}
     elif name == "vidplan-basis":
         assert all(k.startswith("basis:") for k in kinds)
+    elif name == "goal-policy":
+        assert kinds <= {"goal:0", "policy:0"} and "goal:0" in kinds
+        assert agent.planner.config.num_proposals == 1
     else:
         assert all(k.startswith(("policy:", "basis:")) for k in kinds)
 
@@ -38,9 +42,11 @@ def test_variants_configure_the_planner(tiny_policy_bundle):
     assert build_agent("policy", tiny_policy_bundle, "cpu").options.mode == "policy"
 
 
-def test_policy_agent_needs_a_policy(tiny_heads_bundle):
+def test_policy_agent_needs_a_policy(tiny_heads_bundle, tiny_policy_bundle):
     with pytest.raises(AgentUnavailable, match="no policy module"):
         build_agent("policy", tiny_heads_bundle, "cpu")
+    with pytest.raises(AgentUnavailable, match="no goal_policy module"):
+        build_agent("goal-policy", tiny_policy_bundle, "cpu")
 
 
 def test_request_history_frames_are_frame_stride_apart():

@@ -115,22 +115,8 @@ def test_pulled_samples_need_a_located_target(tiny_policy_bundle, request0, monk
         PlannerConfig(policy_pulls=-1)
 
 
-@pytest.fixture(scope="module")
-def goal_bundle(tmp_path_factory, tiny_policy_bundle, demo_dataset):
-    """The tiny policy bundle plus a goal policy warm-started from its policy."""
-    import shutil
-
-    from vidplan_server.cli import main
-
-    out = tmp_path_factory.mktemp("goal") / "ckpt"
-    shutil.copytree(tiny_policy_bundle, out)
-    args = ["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny", "--steps", "2"]
-    assert main([*args, "--target-map", "--init-from", str(tiny_policy_bundle), "--quiet"]) == 0
-    return out
-
-
-def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(goal_bundle, request0, monkeypatch):
-    planner = Planner.load(goal_bundle, config=PlannerConfig(policy_samples=4, goal_samples=2))
+def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(tiny_goal_bundle, request0, monkeypatch):
+    planner = Planner.load(tiny_goal_bundle, config=PlannerConfig(policy_samples=4, goal_samples=2))
     assert planner.goal_policy is not None and planner.goal_policy.config.target_map
     assert request0.state.gripper_position < 0.5
     maps = []
@@ -142,7 +128,7 @@ def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(goal_
     assert r.proposal_kinds[:5] == ["policy:0", "policy:1", "goal:0", "goal:1", "basis:+x"]
     assert (3, 3, 64, 64) in maps  # the three current views at the policy's size, once per plan
     # The goal samples have a noise stream of their own: the policy's samples are those of a plan without them.
-    alone = Planner.load(goal_bundle, config=PlannerConfig(policy_samples=2))
+    alone = Planner.load(tiny_goal_bundle, config=PlannerConfig(policy_samples=2))
     assert np.array_equal(alone.policy_chunks(request0, 2), planner.policy_chunks(request0, 2))
     assert np.array_equal(planner.policy_chunks(request0, 2, goal=True), planner.policy_chunks(request0, 2, goal=True))
     holding = replace(request0, state=replace(request0.state, gripper_position=0.9))

@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="NAME",
         help="who drives the robot: expert (the scripted expert of the recordings), policy (the bundle's "
-        "policy alone), vidplan (planning on top of the policy), vidplan-no-uq (planning without the "
+        "policy alone), goal-policy (the bundle's goal policy alone, which reads the instruction's semantic "
+        "map), vidplan (planning on top of the policy), vidplan-no-uq (planning without the "
         "uncertainty weighting), vidplan-basis (planning with the Jacobian basis proposals only); repeat "
         "or give a comma list",
     )

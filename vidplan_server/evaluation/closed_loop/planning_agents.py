@@ -2,6 +2,10 @@
 
 ================= =================================================================================================
 ``policy``        the bundle's policy alone (``PlanOptions(mode="policy")``): the baseline, no world model
+``goal-policy``   the bundle's goal policy alone (it reads the semantic encoder's map of the instruction), the
+                  policy once the gripper is closed: one proposal per plan, no choice (``num_proposals`` 1,
+                  ``goal_samples`` 1; the world model still rolls that one out). It separates what the goal
+                  policy's proposals bring from what the world model's choice among them brings
 ``vidplan``       VidPlan at the planner's defaults: 12 policy samples, UQ-weighted score, the policy's own sample
                   kept unless beaten by ``keep_margin``, no refinement (``PlannerConfig`` says why)
 ``vidplan-no-uq`` the same with the uncertainty weight switched off in selection and refinement (``weighting
@@ -27,7 +31,7 @@ from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.evaluation.closed_loop.agents import AgentStep, AgentUnavailable
 from vidplan_server.planning.types import PlanOptions, PlanRequest, RobotState
 
-PLANNING_AGENTS = ("policy", "vidplan", "vidplan-no-uq", "vidplan-basis")
+PLANNING_AGENTS = ("policy", "goal-policy", "vidplan", "vidplan-no-uq", "vidplan-basis")
 
 
 def request_from_history(
@@ -96,7 +100,13 @@ def build_planning_agent(
         config = replace(config, score=replace(config.score, weighting="none"))
     elif name == "vidplan-basis":
         options = replace(options, policy_samples=0)
+    elif name == "goal-policy":
+        config = replace(config, num_proposals=1, policy_samples=1, goal_samples=1)
     planner = Planner.load(ckpt, device=device, config=config)
-    if name == "policy" and planner.policy is None:
+    if name in ("policy", "goal-policy") and planner.policy is None:
         raise AgentUnavailable(f"agent {name!r}: the checkpoint has no policy module (`vidplan train policy`)")
+    if name == "goal-policy" and planner.goal_policy is None:
+        raise AgentUnavailable(
+            f"agent {name!r}: the checkpoint has no goal_policy module (`vidplan train policy --target-map`)"
+        )
     return PlannerAgent(name, planner, options, heatmaps)

@@ -168,6 +168,7 @@ def plot(summary: dict, path: Path) -> None:
     colours = {
         "expert": "0.6",
         "policy": "tab:blue",
+        "goal-policy": "tab:cyan",
         "vidplan": "tab:green",
         "vidplan-no-uq": "tab:orange",
         "vidplan-basis": "tab:purple",
