@@ -36,6 +36,10 @@ def test_without_an_incumbent_first_the_argmax_wins(kinds):
 
 def test_a_nominal_is_an_incumbent_and_a_negative_margin_is_refused():
     assert select(np.array([0.0, 0.01]), ["nominal", "nominal~1"], 0.02).kept
+    # the goal policy's first sample, when the proposals start with it, too; a later goal sample is no incumbent
+    assert select(np.array([0.0, 0.01]), ["goal:0", "goal:1"], 0.02).kept
+    assert select(np.array([0.0, 0.01, 0.03]), ["policy:0", "goal:0", "goal:1"], 0.02).winner == 2
+    assert not select(np.array([0.0, 0.01]), ["goal:1", "goal:0"], 0.02).kept
     with pytest.raises(ValueError, match="margin"):
         select(np.array([0.0, 0.01]), ["nominal", "nominal~1"], -1.0)
 

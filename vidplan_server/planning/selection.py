@@ -1,10 +1,11 @@
 """Which proposal wins: the best score, unless it does not beat the robot's own chunk by more than the noise.
 
 Decided (``PlannerConfig.keep_margin``): when the first proposal is the robot's own chunk -- the policy's first
-sample (kind ``policy:0``, the very chunk the policy alone would execute with this seed) or the request's nominal
-(kind ``nominal``) -- the planner keeps it unless the best proposal's score exceeds its score by more than
-``margin``. The other proposals are alternatives that must earn the switch: a difference the world model cannot
-resolve is no reason to leave the policy's choice.
+sample (kind ``policy:0``, the very chunk the policy alone would execute with this seed), the request's nominal
+(kind ``nominal``), or the goal policy's first sample when every policy slot is a goal sample (kind ``goal:0``, the
+chunk the ``goal-policy`` agent would execute) -- the planner keeps it unless the best proposal's score exceeds its
+score by more than ``margin``. The other proposals are alternatives that must earn the switch: a difference the
+world model cannot resolve is no reason to leave the policy's choice.
 
 Measured on the bundled checkpoint (``python benchmarks/score_noise.py --out outputs/bench/score_noise.json``: the
 12 policy samples at the states of 6 ``val`` / 6 ``ood`` expert-driven scenes, every 8th step, 75 / 77 states, each
@@ -46,8 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Proposal kinds that are the robot's own chunk: the first policy sample, the request's nominal.
-INCUMBENT_KINDS = ("policy:0", "nominal")
+#: Proposal kinds that are the robot's own chunk: the first policy sample, the request's nominal, and the goal
+#: policy's first sample when the proposals start with it (``goal_samples`` = ``policy_samples``).
+INCUMBENT_KINDS = ("policy:0", "nominal", "goal:0")
 
 
 @dataclass(frozen=True)
