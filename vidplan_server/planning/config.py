@@ -35,8 +35,9 @@ class PlannerConfig:
     policy_pulls: int = 0
     # Of the policy_samples, this many come from the bundle's goal policy (module goal_policy: it also reads the
     # semantic encoder's map of the instruction), while the gripper is open (planning/policy_samples.py); without a
-    # goal_policy they stay samples of the policy.
-    goal_samples: int = 0
+    # goal_policy they stay samples of the policy. Decided: all of them, the goal policy's first sample then being
+    # the incumbent (selection.py); the closed-loop A/B is in the README's benchmark section.
+    goal_samples: int = 12
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
