@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.models.test_policy import TINY as BASE
+from tests.models.test_policy import inputs
 from vidplan_server.cli import main
-from vidplan_server.models.policy import FlowPolicy, PolicyConfig, load_policy, with_target_map
+from vidplan_server.models.policy import FlowPolicy, load_policy, with_target_map
 from vidplan_server.models.semantic import SemanticConfig, Tokenizer
 from vidplan_server.training.policy_stage import (
     MapAugment,
@@ -22,21 +24,7 @@ from vidplan_server.training.policy_stage import (
     mask_target_words,
 )
 
-TINY = PolicyConfig(
-    vocab=("cube", "pick", "put", "red", "the", "tray", "in", "up"),
-    channels=(8, 8, 16, 16),
-    text_dim=16,
-    feature_dim=32,
-    hidden=64,
-    flow_steps=4,
-)
-
-
-def inputs(B=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand((B, 3, 3, 64, 64), generator=g)
-    state = torch.tensor([[0.5, 0.0, 0.3, math.pi - 0.01, 0.0, 0.2, 0.0]]).repeat(B, 1)
-    return images, state
+TINY = replace(BASE, vocab=("cube", "pick", "put", "red", "the", "tray", "in", "up"))
 
 
 def test_the_map_steers_samples_and_no_map_is_zeros():
