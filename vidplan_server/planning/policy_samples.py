@@ -3,7 +3,8 @@ main proposals and the ``policy`` mode's answer; and from its goal policy (modul
 reads the semantic encoder's relevance map of the instruction over the current views.
 
 Decided: goal samples replace the last ``goal_samples`` of the ``policy_samples`` (the plan's cost stays that of
-``num_proposals`` rollouts, and ``policy:0``, the chunk the policy alone would run, stays), only while the gripper
+``num_proposals`` rollouts; ``policy:0``, the chunk the policy alone would run, stays unless all of them are goal
+samples, the default, when ``goal:0`` takes its place as the kept chunk, ``selection.py``), only while the gripper
 is open (below 0.5): they exist to bring the hand to the object it was told to take; once it holds something the
 policy's samples carry it. Their noise is a stream of its own, so the policy's samples do not change with them.
 The maps are computed here from the request's current frames at the policy's image size, as in training

@@ -25,9 +25,9 @@ Two schemes (paper Section 3.4):
   were chosen in 7 % of plans and brought the hand closer (median closest approach 4.4 cm against 7.2 cm, wrong
   objects 2 against 6), but 11 episodes then closed near the object and missed it (2 without): the policy grasps
   well only at the end of its own approach. So it stays off by default.
-- **Goal samples** (``goal``, labelled ``goal:j``): chunks of the goal-conditioned policy toward the located
-  instructed object (:mod:`~vidplan_server.planning.policy_samples`), after the policy samples and made feasible
-  the same way.
+- **Goal samples** (``goal_chunks``, labelled ``goal:j``): chunks of the goal policy, which reads the semantic
+  encoder's map of the instruction (:mod:`~vidplan_server.planning.policy_samples`), after the policy samples and
+  made feasible the same way.
 - **Nominal.** When the robot's own policy sends a chunk, it and K perturbations of it. Decided: a
   perturbation adds a ramp ``(s + 1) / S * eps`` to positions, orientation (as a rotation vector) and
   gripper, with ``eps ~ N(0, diag(sigma^2))`` drawn once per proposal: it bends the chunk's direction
@@ -205,7 +205,7 @@ class Proposer:
     ) -> Proposals:
         """``count`` feasible proposals of ``steps`` control steps from the current state. ``policy`` (K, steps, 7):
         chunks sampled from the robot's policy (cartesian targets + gripper), used first, then ``goal_chunks``
-        (G, steps, 7), the goal-conditioned policy's; ``goal`` (3,) m, base frame: the located instructed object,
+        (G, steps, 7), the goal policy's; ``goal`` (3,) m, base frame: the located instructed object,
         which ``pulls`` of the policy samples are bent toward (module docstring)."""
         if count < 1:
             raise PlanningError(f"num_proposals must be >= 1, got {count}")
