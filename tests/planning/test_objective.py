@@ -238,8 +238,11 @@ def test_progress_weight_is_checked():
 class FixedLocator(torch.nn.Module):
     """Locator double: the instructed object is at ``where`` (3,) for every rollout."""
 
-    def __init__(self, where) -> None:
+    def __init__(self, where, map_source: str = "codec") -> None:
+        from vidplan_server.models.progress import LocatorConfig
+
         super().__init__()
+        self.config = LocatorConfig(map_source=map_source)
         self.where = torch.tensor(where)
         self.calls = 0
 
@@ -264,3 +267,18 @@ def test_with_a_locator_the_progress_term_is_the_commanded_positions_distance_to
         pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(), None, None, locator
     )
     assert without_poses.progress_distance is None  # nothing to measure from
+
+
+def test_a_point_the_planner_located_replaces_the_locators_own(codec):
+    pred = torch.zeros(2, 5, 4, 48, 16)
+    hist = torch.zeros(1, 2, 4, 48, 16).expand(2, -1, -1, -1, -1)
+    poses = torch.zeros(2, 5, 7)
+    poses[:, -1, 0] = torch.tensor([0.40, 0.55])
+    certain = ConstantUQ(torch.full((2,), 50.0))
+    reads_frames = FixedLocator([0.0, 0.0, 0.0], map_source="frames")
+    args = (pred, hist, torch.ones(4), certain, FixedSemantic(), codec, ScoreConfig(), None, None, reads_frames, poses)
+    with pytest.raises(ValueError, match="request's frames"):  # it cannot locate from latents alone
+        judge(*args)
+    j = judge(*args, located=torch.tensor([0.6, 0.0, 0.0]))
+    assert reads_frames.calls == 0 and j.progress_distance[:, -1].tolist() == pytest.approx([0.20, 0.05])
+    torch.testing.assert_close(j.target_position, torch.tensor([[0.6, 0.0, 0.0]] * 2))

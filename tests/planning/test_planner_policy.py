@@ -101,7 +101,7 @@ def test_pulled_samples_need_a_located_target(tiny_policy_bundle, request0, monk
     )
     located = []
 
-    def far_goal(history, text):  # a locator that puts the object 30 cm ahead of the hand
+    def far_goal(history, text, frames=None):  # a locator that puts the object 30 cm ahead of the hand
         located.append(history.shape)
         return np.asarray(request0.state.cartesian_position[:3]) + [0.3, 0.0, -0.2]
 

@@ -70,6 +70,12 @@ def test_masks_show_the_captioned_objects(two_images):
             assert k + 1 in same
             np.testing.assert_array_equal(referent_mask(cap, ents, data.labels[i]), np.isin(data.labels[i], same))
     assert checked > 0
+    # every object's position, NaN-padded to the most objects a scene can have; on the table or in the fingers
+    assert data.positions.shape == (2, TINY.objects[1], 3)
+    for i in range(2):
+        n = sum(e.kind == "object" for e in data.entities[i])
+        assert np.isfinite(data.positions[i, :n]).all() and np.isnan(data.positions[i, n:]).all()
+        assert ((data.positions[i, :n, 2] > -0.01) & (data.positions[i, :n, 2] < 0.45)).all()
     # the wrist camera is above the table, looking down at the heights of an approach
     assert ((data.tcp[:, 2] >= 0.0) & (data.tcp[:, 2] <= 0.4)).all()
 

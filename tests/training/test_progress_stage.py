@@ -154,11 +154,13 @@ def test_progress_needs_a_flow_map_and_a_semantic_encoder(tmp_path, tiny_bundle,
 
 def test_locator_labels_are_the_named_objects_position_at_the_current_frame_and_it_fits(synthetic):
     from vidplan_server.models.progress import LocatorConfig
+    from vidplan_server.training.locator_data import LocatorData
     from vidplan_server.training.progress_stage import LocatorStage
 
     data, eps = synthetic
     assert torch.allclose(data.positions[:9, :2], torch.from_numpy(eps[0].ground_truth.object_poses[:, :, :3]))
-    stage = LocatorStage(LocatorConfig(view_size=(8, 8), channels=(8, 8, 8), hidden=16), data, data)
+    frames = LocatorData.from_progress(data)
+    stage = LocatorStage(LocatorConfig(view_size=(8, 8), channels=(8, 8, 8), hidden=16), frames, frames)
     g = torch.Generator().manual_seed(0)
     latents, maps, positions = stage.batch(g, 16, torch.device("cpu"))
     assert latents.shape == (16, 4, 24, 8) and positions.shape == (16, 3) and not torch.isnan(positions).any()
@@ -208,3 +210,25 @@ def test_locator_trains_on_extra_recordings_too(progress_bundle, tiny_dataset, t
     assert main([*args, "--extra-data", str(tiny_dataset), "--quiet"]) == 0
     meta = read_manifest(out)["modules"]["locator"]["meta"]
     assert meta["extra_data"] == [str(tiny_dataset)] and meta["windows"] == 2 * single
+
+
+def test_the_locator_error_benchmark_scores_the_located_point_against_the_truth(progress_bundle, tiny_dataset):
+    import importlib.util
+    from pathlib import Path
+
+    from vidplan_server.planning.planner import Planner
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "locator_error.py"
+    spec = importlib.util.spec_from_file_location("locator_error", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    planner = Planner.load(progress_bundle)
+    r = bench.measure(planner, tiny_dataset, episodes=2, progress=False)
+    assert r["frames"] > 0 and sum(r[f"hand_{n}"]["frames"] for *_, n in bench.HAND_BANDS) == r["frames"]
+    assert 0 <= r["xy_error_median_m"] < 2 and 0 <= r["nearest_rate"] <= 1
+    planner.locate_target = lambda history, text, frames: np.array([10.0, 10.0, 0.0])  # a point far off the table
+    far = bench.measure(planner, tiny_dataset, episodes=2, progress=False)
+    assert far["frames"] == r["frames"] and far["xy_error_median_m"] > 13.0
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--out", "x.json", "--data", "no/such/folder"])
+    assert exit_.value.code == 2

@@ -35,8 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_probes.check_options(args)
     if args.pooling is not None and args.stage != "policy":
         raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
-    if args.captions is not None and (args.stage != "semantic" or not args.captions.is_dir()):
-        raise CliError(f"--captions {args.captions}: only for `train semantic`, and the folder must exist")
+    if args.captions is not None and (args.stage not in ("semantic", "locator") or not args.captions.is_dir()):
+        raise CliError(f"--captions {args.captions}: only for `train semantic|locator`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     from vidplan_server import distributed
@@ -91,7 +91,11 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         )
     elif args.stage in ("progress", "locator"):
         result = commands.train_progress(
-            opts, flow_steps=args.flow_steps, stage=args.stage, extra_data=tuple(args.extra_data)
+            opts,
+            flow_steps=args.flow_steps,
+            stage=args.stage,
+            extra_data=tuple(args.extra_data),
+            captions=args.captions,
         )
     elif args.stage in train_probes.STAGES:
         result = train_probes.run(args, opts)
@@ -284,7 +288,10 @@ def register(groups) -> None:
         metavar="DIR",
         help="semantic: train on the captioned renders of `vidplan sim captions` (every object and "
         "colour of the simulator, the CLIP stand-in's data); --data then only adds train-split robot "
-        "frames (--robot-share of each batch) and their held-out episodes for evaluation",
+        "frames (--robot-share of each batch) and their held-out episodes for evaluation. locator: train on "
+        "the renders alone (a folder rendered with object positions; every 20th shard held out), reading the maps "
+        "over the frames themselves, as the planner then computes them from the request's frames (--data only "
+        "names the bundle's training set)",
     )
     tr.add_argument(
         "--robot-share",

@@ -55,7 +55,6 @@ from vidplan_server.data.schema import CAMERA_NAMES, Episode
 from vidplan_server.planning.objective import (
     current_target_maps,
     decode_views,
-    locate,
     progress_distances,
     score_frames,
     scored_frame_ids,
@@ -203,8 +202,9 @@ class SignalProbe:
             res: dict[str, list[float]] = {}
             has_progress = pl.locator is not None or pl.progress is not None
             use_progress = has_progress and score_cfg.progress_weight > 0
-            target = current_target_maps(pl.world.codec, pl.semantic, hist, text) if has_progress else None
-            located = locate(pl.locator, hist, target) if pl.locator is not None else None
+            target = current_target_maps(pl.world.codec, pl.semantic, hist, text) if pl.progress is not None else None
+            where = pl.locate_target(history, text, req.history[-1])  # as the planner locates it, or None
+            located = None if where is None else torch.as_tensor(where, dtype=torch.float32)[None]
 
             def distances(latents, target=target, located=located, on=use_progress, knots=knots):  # (B, F) m or None
                 if not on:

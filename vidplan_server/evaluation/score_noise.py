@@ -127,12 +127,14 @@ def score_draws(
     text = planner.text_embedding(req.instruction)
     props = planner.propose(req, planner.config.num_proposals, np.random.default_rng(seed))
     knots = planner.knots(props.actions)
+    where = planner.locate_target(history, text, req.history[-1])  # as the planner locates it, or None
+    located = None if where is None else torch.as_tensor(where, dtype=torch.float32)
     rows = []
     for d in range(draws):
         noise = planner.rollout_noise(len(knots), tuple(history.shape[2:]), seed + d)
         pred = planner.rollout(history, knots, planner.config.flow_steps, noise)
         with torch.no_grad():
-            rows.append(planner.judge(pred, history, text, poses=knots).score.float().cpu().numpy())
+            rows.append(planner.judge(pred, history, text, poses=knots, located=located).score.float().cpu().numpy())
     end = props.actions[:, min(executed_rows, props.actions.shape[1]) - 1, :3]
     here = np.asarray(req.state.cartesian_position[:3], dtype=np.float64)
     approach = req.state.gripper_position < 0.1 and np.linalg.norm(here - target_xyz) > APPROACH_MIN_DISTANCE_M

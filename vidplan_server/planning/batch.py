@@ -152,7 +152,12 @@ def _rollout_and_judge(planner: Planner, started: list[_Started]) -> tuple[torch
     knots = torch.cat([s.knots for s in started])
     pred = planner.rollout(history, knots, k, torch.cat([s.noise for s in started]))
     t1 = clock()
-    judged = planner.judge(pred, history, torch.cat(texts), poses=knots)
+    located = [s.call.located for s in started]
+    if all(x is not None for x in located):  # each robot's own located object, on its rows
+        where = torch.cat([x.reshape(1, 3).expand(len(s.knots), 3) for x, s in zip(located, started, strict=True)])
+    else:
+        where = None
+    judged = planner.judge(pred, history, torch.cat(texts), poses=knots, located=where)
     t2 = clock()
     return pred, judged, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidplan_server.planning.refine import Rollout
 from vidplan_server.planning.types import OptionCounts, PlanRequest, RefineStep
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = ("encode", "propose", "rollout", "score", "refine", "decode")
 
@@ -32,6 +36,7 @@ class PlanCall:
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     notes: list[str] = field(default_factory=list)
     deadline_hit: bool = False
+    located: torch.Tensor | None = None  # (3,) m, where the bundle's locator put the instructed object (encode step)
     _mark: float = 0.0
 
     def start_laps(self) -> None:

@@ -75,6 +75,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,7 +83,7 @@ from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.models.bins import ERROR_BINS, VALUE_BINS
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.heads import UQHead, ValueHead
-from vidplan_server.models.progress import ProgressHead, TargetLocator, target_maps
+from vidplan_server.models.progress import ProgressHead, TargetLocator, frame_target_maps, target_maps
 from vidplan_server.models.semantic import SemanticBackend
 
 WEIGHTINGS = ("exp", "linear", "none")
@@ -293,13 +294,16 @@ def judge(
     progress: ProgressHead | None = None,
     locator: TargetLocator | None = None,
     poses: torch.Tensor | None = None,
+    located: torch.Tensor | None = None,
 ) -> Judgement:
     """Score a batch of rollouts. ``text`` (D,) is the instruction's embedding, or (B, D) one per rollout.
     ``method_maps``: (uncertainty, P(err <= eps)) of another ``uq_method`` (``planning/uq_methods.py``) in place of
     the bins head's entropy and confidence; the expected error stays the bins head's. The progress term
     (``cfg.progress_weight``): with the bundle's ``locator`` and the rollouts' commanded ``poses`` (B, H, 7) (the
-    knots), the distance of each scored frame's commanded position to the located object; else with the
-    ``progress`` head, its distance read off the predicted frame; else none."""
+    knots), the distance of each scored frame's commanded position to the located object -- ``located`` (3,) or
+    (B, 3) m, where the planner located it for the request, or else located here from the history's current latents
+    (only for a locator whose ``map_source`` is "codec"); else with the ``progress`` head, its distance read off the
+    predicted frame; else none."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     if method_maps is not None:
         ent, ok = method_maps
@@ -307,12 +311,18 @@ def judge(
     ids = scored_view_ids(names, cfg)
     fids = scored_frame_ids(pred.shape[1], cfg)
     frames = decode_views(codec, pred[:, fids], ids)  # (B, F, n, 3, Hi, Wi)
-    target = dist = located = None
+    target = dist = None
     if cfg.progress_weight > 0 and locator is not None and poses is not None:
-        target = current_target_maps(codec, semantic, history, text)
-        located = locate(locator, history, target)
+        if located is None:
+            if locator.config.map_source != "codec":
+                raise ValueError("this locator reads the maps of the request's frames: pass the located point")
+            target = current_target_maps(codec, semantic, history, text)
+            located = locate(locator, history, target)
+        located = located.float().reshape(-1, 3).expand(len(pred), 3)
         dist = (poses[:, fids, :3].float() - located[:, None]).norm(dim=-1)
-    elif cfg.progress_weight > 0 and progress is not None:
+    else:
+        located = None
+    if cfg.progress_weight > 0 and progress is not None and dist is None:
         target = current_target_maps(codec, semantic, history, text)
         dist = progress_distances(progress, pred[:, fids], target)
     t = score_frames(frames, ids, names, text, semantic, cfg, ent[:, fids], progress=dist)
@@ -336,6 +346,26 @@ def judge(
         target_map=target,
         target_position=located,
     )
+
+
+def locate_request(
+    locator: TargetLocator,
+    codec: Codec,
+    semantic: SemanticBackend,
+    history: torch.Tensor,
+    text: torch.Tensor,
+    frames: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Where ``locator`` puts the instructed object for one request, (3,) m: from the current latents of history
+    (1, T, C, V*h, w) and the map of ``text`` (D,) over the request's current ``frames`` (V, H, W, 3) uint8 (a locator
+    whose ``map_source`` is "frames", which needs them) or over the codec's round trip of those latents ("codec")."""
+    if locator.config.map_source == "frames":
+        if frames is None:
+            raise ValueError("this locator reads the maps of the request's current frames: pass them")
+        target = frame_target_maps(semantic, np.asarray(frames)[None], text, tuple(history.shape[-2:]))
+    else:
+        target = current_target_maps(codec, semantic, history[:1], text)
+    return locate(locator, history[:1], target)[0]
 
 
 def locate(locator: TargetLocator, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

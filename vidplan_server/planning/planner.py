@@ -83,10 +83,9 @@ from vidplan_server.planning.limits import check_chunk, solve_joint_positions
 from vidplan_server.planning.objective import (
     Judgement,
     complete_frames,
-    current_target_maps,
     decode_views,
     judge,
-    locate,
+    locate_request,
     value_objective,
 )
 from vidplan_server.planning.policy_samples import goal_sample_count, sample_policy_chunks
@@ -326,14 +325,14 @@ class Planner:
             goal_chunks,
         )
 
-    def locate_target(self, history: torch.Tensor, text: torch.Tensor) -> np.ndarray | None:
-        """Where the locator puts the instructed object, (3,) m in the base frame, from the current frame of
-        history (1, T, C, V*h, w) and the instruction's embedding; None for a bundle without a locator."""
+    def locate_target(self, history: torch.Tensor, text: torch.Tensor, frames=None) -> np.ndarray | None:
+        """Where the locator puts the instructed object, (3,) m, base frame (:func:`.objective.locate_request`:
+        history (1, T, C, V*h, w), text (D,), current ``frames`` (V, H, W, 3) uint8); None without a locator."""
         if self.locator is None:
             return None
         with torch.no_grad(), self._autocast():
-            maps = current_target_maps(self.world.codec, self.semantic, history[:1], text)
-            return locate(self.locator, history[:1], maps)[0].double().cpu().numpy()
+            where = locate_request(self.locator, self.world.codec, self.semantic, history, text, frames)
+        return where.double().cpu().numpy()
 
     def knots(self, actions: np.ndarray) -> torch.Tensor:
         """Control-rate chunks (N, S, 7) -> the model's actions (N, H, 7): steps stride-1, 2*stride-1, ..."""
@@ -348,11 +347,9 @@ class Planner:
             pred = self.world.rollout(history.expand(N, *history.shape[1:]), knots, "flow", steps, noise=noise)
         return pred.float()
 
-    def judge(
-        self, pred: torch.Tensor, history: torch.Tensor, text: torch.Tensor, method_maps=None, poses=None
-    ) -> Judgement:
+    def judge(self, pred, history, text, method_maps=None, poses=None, located=None) -> Judgement:
         """:func:`~vidplan_server.planning.objective.judge` with this bundle's heads; ``poses`` (B, H, 7): the
-        rollouts' knots, which the locator's progress term needs."""
+        rollouts' knots, which the locator's progress term needs, with ``located`` (the request's ``call.located``)."""
         with self._autocast():
             return judge(
                 pred,
@@ -366,6 +363,7 @@ class Planner:
                 self.progress,
                 self.locator,
                 poses,
+                located,
             )
 
     def _objective(self, knots_raw: torch.Tensor, history, noise, steps):
@@ -464,7 +462,7 @@ class Planner:
         chosen = self._refine_safely(call, history, props, knots, pred, noise, winner)
         if chosen.refined:  # what is returned
             r_maps = self._uq_maps(call, chosen.rollout.pred, history, chosen.rollout.knots, noise[:1])
-            report = self.judge(chosen.rollout.pred, history, text, r_maps, chosen.rollout.knots)
+            report = self.judge(chosen.rollout.pred, history, text, r_maps, chosen.rollout.knots, call.located)
         else:
             report = judged
         r = 0 if chosen.refined else winner
@@ -513,6 +511,8 @@ class Planner:
         """History latents (1, T, C, V*h, w) and the instruction's embedding."""
         history = self.encode_history(call.req.history)
         text = self.text_embedding(call.req.instruction)
+        if self.locator is not None and self.config.score.progress_weight > 0:  # once per request, for every score
+            call.located = torch.as_tensor(self.locate_target(history, text, call.req.history[-1])).float()
         call.lap("encode")
         return history, text
 
@@ -520,7 +520,7 @@ class Planner:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
         req = call.req
         pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
-        goal = self.locate_target(history, text) if pulls else None
+        goal = self.locate_target(history, text, req.history[-1]) if pulls else None
         props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
         knots = self.knots(props.actions)
         call.lap("propose")
@@ -583,7 +583,7 @@ class Planner:
     ) -> tuple[Judgement, int]:
         """Judge every proposal with the call's ``uq_method``; the winner is :meth:`choose_winner`'s."""
         maps = self._uq_maps(call, pred, history, knots, noise, getattr(self, "_tap", None))
-        judged = self.judge(pred, history, text, maps, knots)  # maps None: the bins head's
+        judged = self.judge(pred, history, text, maps, knots, call.located)  # maps None: the bins head's
         winner = self.choose_winner(call, judged, kinds, history, text, knots)
         call.lap("score")
         return judged, winner
@@ -625,11 +625,11 @@ class Planner:
         incumbent, each pair rolled out from its own shared draw seeded ``seed + d`` for d = 1..keep_draws (the
         selection's draw is ``seed``), in one batched rollout; history (1, T, C, V*h, w)."""
         D = self.config.keep_draws
-        seed = int(call.req.options.seed)
-        shape = tuple(history.shape[2:])
+        seed, shape = int(call.req.options.seed), tuple(history.shape[2:])
         noise = torch.cat([self.rollout_noise(2, shape, (seed + d) % 2**63) for d in range(1, D + 1)])
         pred = self.rollout(history, pair.repeat(D, 1, 1), call.counts.flow_steps, noise)
-        score = self.judge(pred, history, text, poses=pair.repeat(D, 1, 1)).score.float().cpu().numpy().reshape(D, 2)
+        judged = self.judge(pred, history, text, poses=pair.repeat(D, 1, 1), located=call.located)
+        score = judged.score.float().cpu().numpy().reshape(D, 2)
         return score[:, 1] - score[:, 0]
 
     def _refine_safely(

@@ -19,7 +19,10 @@ holds an object between its fingers, as in the carry phase of an episode.
 On disk (``OUT``): ``captions.json`` (generator, seed, config, image count) and ``shard_NNNNN.npz`` files of
 ``images_per_shard`` images each, without pickles: ``images`` (n, V, H, W, 3) uint8 in ``CAMERA_NAMES``
 order, ``labels`` (n, V, H, W) uint8 (entity index + 1, 0 = table, robot or background), ``tcp``
-(n, 6) the TCP pose, ``entities`` a JSON string (per image, the list of :class:`Entity`). Every shard is
+(n, 6) the TCP pose, ``positions`` (n, O, 3) float32 each object's position in metres (robot base frame, the
+objects in ``entities`` order, NaN-padded to ``objects[1]``; the container's is not stored: the target locator
+reads it, :func:`~vidplan_server.training.locator_data.caption_locator_data`), ``entities`` a JSON string (per
+image, the list of :class:`Entity`). Every shard is
 seeded from (seed, shard index) alone and written atomically, so the command is resumable: re-running it
 renders only missing shards, and any worker count gives the same files.
 """
@@ -82,6 +85,9 @@ class CaptionSet:
     entities: list[list[Entity]]
     tcp: np.ndarray = field(default_factory=lambda: np.zeros((0, 6), np.float32))
     images_per_shard: int = CaptionConfig.images_per_shard  # scenes never cross a shard
+    # (N, O, 3) m, the objects' positions (entities order, NaN-padded); None for folders rendered before they were
+    # stored
+    positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -130,8 +136,9 @@ def _pose(scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig) -> tupl
 
 def render_image(
     scene: SimScene, rng: np.random.Generator, cfg: CaptionConfig, bodies: list[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One arm pose in the current scene: images (V, H, W, 3), labels (V, H, W), TCP pose (6,)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One arm pose in the current scene: images (V, H, W, 3), labels (V, H, W), TCP pose (6,), the objects'
+    positions (n_objects, 3) as rendered (a held object where the fingers hold it)."""
     for _ in range(cfg.max_ik_tries):
         target, focus = _pose(scene, rng, cfg)
         ik = scene.kin.ik(target, q0=Q_HOME)
@@ -152,13 +159,14 @@ def render_image(
         finger = float(np.clip(obj.half_extents[:2].min(), 0.004, 0.04))
     _set_arm(scene, q, finger)
     images, seg = scene.render(*cfg.resolution, tcp_T=tcp_T)
+    positions = np.stack([scene.object_pose(o)[0] for o in scene.objects]).astype(np.float32)
     if held:
         p.resetBasePositionAndOrientation(obj.body, pos.tolist(), orn.tolist(), physicsClientId=scene.client)
     labels = np.zeros((len(CAMERA_NAMES), *cfg.resolution), np.uint8)
     for v, cam in enumerate(CAMERA_NAMES):
         for i, body in enumerate(bodies):
             labels[v][seg[cam] == body] = i + 1
-    return np.stack([images[c] for c in CAMERA_NAMES]), labels, matrix_to_pose(tcp_T).astype(np.float32)
+    return np.stack([images[c] for c in CAMERA_NAMES]), labels, matrix_to_pose(tcp_T).astype(np.float32), positions
 
 
 def render_shard(seed: int, shard: int, count: int, cfg: CaptionConfig, scene: SimScene) -> dict[str, np.ndarray]:
@@ -167,13 +175,15 @@ def render_shard(seed: int, shard: int, count: int, cfg: CaptionConfig, scene: S
     lo, hi = cfg.objects
     counts = DistractorCounts(train=(lo - 1, hi - 1), ood=(lo - 1, hi - 1))
     images, labels, tcp, entities = [], [], [], []
+    positions = np.full((count, hi, 3), np.nan, np.float32)
     for k in range(count):
         if k % cfg.poses_per_scene == 0:
             split = "ood" if rng.random() < cfg.ood_scene_fraction else "train"
             spec, _ = sample_task(rng, split, distractors=counts)
             scene.reset(spec)
             ents, bodies = _entities(scene)
-        im, lab, pose = render_image(scene, rng, cfg, bodies)
+        im, lab, pose, where = render_image(scene, rng, cfg, bodies)
+        positions[k, : len(where)] = where
         images.append(im)
         labels.append(lab)
         tcp.append(pose)
@@ -182,6 +192,7 @@ def render_shard(seed: int, shard: int, count: int, cfg: CaptionConfig, scene: S
         "images": np.stack(images),
         "labels": np.stack(labels),
         "tcp": np.stack(tcp),
+        "positions": positions,
         "entities": np.array(json.dumps(entities)),
     }
 
@@ -286,7 +297,7 @@ def load_captions(folder: str | Path, progress: bool = False) -> CaptionSet:
         raise DatasetError(f"{folder}: no {MANIFEST}; make the folder with `vidplan sim captions --out {folder}`")
     manifest = json.loads(path.read_text())
     sizes = shard_sizes(manifest["images"], manifest["config"]["images_per_shard"])
-    images, labels, tcp, entities = [], [], [], []
+    images, labels, tcp, entities, positions = [], [], [], [], []
     for k in tqdm(range(len(sizes)), desc=f"load {folder.name}", disable=not progress, leave=False):
         shard = _shard_path(folder, k)
         if _shard_count(shard) != sizes[k]:
@@ -298,6 +309,7 @@ def load_captions(folder: str | Path, progress: bool = False) -> CaptionSet:
             images.append(z["images"])
             labels.append(z["labels"])
             tcp.append(z["tcp"])
+            positions.append(z["positions"] if "positions" in z else None)
             entities += [[Entity(**e) for e in ents] for ents in json.loads(str(z["entities"]))]
     return CaptionSet(
         np.concatenate(images),
@@ -305,4 +317,5 @@ def load_captions(folder: str | Path, progress: bool = False) -> CaptionSet:
         entities,
         np.concatenate(tcp),
         manifest["config"]["images_per_shard"],
+        None if any(x is None for x in positions) else np.concatenate(positions),
     )

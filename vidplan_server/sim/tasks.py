@@ -50,6 +50,11 @@ class DistractorCounts:
         return self.ood if split == "ood" else self.train
 
 
+def task_instruction(kind: str, target: str, container: str) -> str:
+    """The instruction of a task of ``kind`` ("place" or "pick") naming ``target`` ("<colour> <object>")."""
+    return f"put the {target} in the {container}" if kind == "place" else f"pick up the {target}"
+
+
 def sample_task(
     rng: np.random.Generator, split: str, place_fraction: float = 0.7, distractors: DistractorCounts | None = None
 ) -> tuple[SceneSpec, Task]:
@@ -101,7 +106,7 @@ def sample_task(
 
     kind = "place" if rng.random() < place_fraction else "pick"
     target_desc = f"{chosen[0][1]} {chosen[0][0].name}"
-    instruction = f"put the {target_desc} in the {container.name}" if kind == "place" else f"pick up the {target_desc}"
+    instruction = task_instruction(kind, target_desc, container.name)
     scene = SceneSpec(
         objects=specs,
         container=container,

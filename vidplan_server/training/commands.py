@@ -398,12 +398,18 @@ def train_value(
 
 
 def train_progress(
-    opts: TrainOptions, flow_steps: int = 1, stage: str = "progress", extra_data: tuple[Path, ...] = ()
+    opts: TrainOptions,
+    flow_steps: int = 1,
+    stage: str = "progress",
+    extra_data: tuple[Path, ...] = (),
+    captions: Path | None = None,
 ) -> TrainResult:
     """Progress head (``stage`` "progress") or target locator ("locator"), both in
     :mod:`vidplan_server.training.progress_stage`, on windows of ``opts.data`` and any ``extra_data`` folders (each
     split into training and held-out episodes the same way), simulator recordings with ground truth; needs the
-    bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's)."""
+    bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's). The locator also
+    trains on every image of a ``captions`` folder (``vidplan sim captions`` renders with object positions,
+    :mod:`vidplan_server.training.locator_data`); it is evaluated on the held-out episodes alone."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.models.semantic import load_semantic
@@ -416,6 +422,8 @@ def train_progress(
     device = pick_device(opts.device)
     codec = load_codec(opts.out)
     semantic = load_semantic(opts.out, device=device)
+    if stage == "locator" and captions is not None:
+        return _train_locator_on_renders(opts, captions, codec, semantic, device, world.net.latent_channels)
 
     def data(folder: Path, windows: LatentWindows, episodes) -> ProgressData:
         dataset = EpisodeDataset(folder)
@@ -448,7 +456,10 @@ def train_progress(
     h, w = codec.config.view_latent_size
     shape = dict(latent_channels=world.net.latent_channels, views=len(codec.config.views), view_size=(h, w))
     if stage == "locator":
-        p = train_data.positions[train_data.windows.index["history"][:, -1]][train_data.valid]  # (n, 3)
+        from vidplan_server.training.locator_data import LocatorData
+
+        train_loc, held_loc = LocatorData.from_progress(train_data), LocatorData.from_progress(held_data)
+        p = train_loc.positions[train_loc.valid]  # (n, 3)
         mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
         config = LocatorConfig(
             **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
@@ -457,7 +468,7 @@ def train_progress(
             position_mean=tuple(float(v) for v in mean),
             position_scale=tuple(float(v) for v in scale),
         )
-        run = LocatorStage(config, train_data, held_data)
+        run = LocatorStage(config, train_loc, held_loc)
     else:
         config = replace(preset.model, **shape, horizon_steps=world.net.horizon * world.frame_stride)
         run = ProgressStage(config, flow_map, flow_steps, train_data, held_data)
@@ -473,6 +484,58 @@ def train_progress(
             "extra_data": [str(d) for d in extra_data],
             "windows": n_windows,
             "flow_steps": flow_steps,
+        },
+    )
+
+
+def _train_locator_on_renders(
+    opts: TrainOptions, captions: Path, codec, semantic, device, latent_channels: int
+) -> TrainResult:
+    """The target locator on captioned renders alone, reading the maps over the frames (``map_source`` "frames",
+    :mod:`vidplan_server.training.locator_data`); every 20th shard is held out (scenes never cross a shard)."""
+    from vidplan_server.models.progress import LocatorConfig
+    from vidplan_server.sim.captions import load_captions
+    from vidplan_server.training.locator_data import cached_caption_locator_data, split_renders
+    from vidplan_server.training.progress_stage import LocatorStage
+
+    renders = load_captions(captions, progress=opts.progress)
+    data = cached_caption_locator_data(
+        renders,
+        codec,
+        semantic,
+        device,
+        opts.out / "training" / "progress_data",
+        (opts.out / "codec.safetensors", opts.out / "semantic.safetensors"),
+        opts.progress,
+        map_source="frames",
+    )
+    train_set, held_out = split_renders(data, renders.images_per_shard)
+    p = train_set.positions[train_set.valid]  # (n, 3)
+    mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
+    preset = presets.PROGRESS[opts.preset]
+    h, w = codec.config.view_latent_size
+    config = LocatorConfig(
+        **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
+        latent_channels=latent_channels,
+        views=len(codec.config.views),
+        view_size=(h, w),
+        horizon_steps=0,
+        position_mean=tuple(float(v) for v in mean),
+        position_scale=tuple(float(v) for v in scale),
+        map_source="frames",
+    )
+    return train(
+        LocatorStage(config, train_set, held_out),
+        _loop(presets.PROGRESS[opts.preset].loop, opts),
+        opts.out,
+        resume=opts.resume,
+        device=device,
+        progress=opts.progress,
+        extra_meta={
+            **{k: v for k, v in _meta(opts, 0, 0).items() if k not in ("data", "train_episodes", "held_out_episodes")},
+            "captions": str(captions),
+            "train_images": len(train_set),
+            "held_out_images": len(held_out),
         },
     )
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -38,7 +37,13 @@ from vidplan_server.data.windows import LatentWindows
 from vidplan_server.models.checkpoint import _write_atomic, save_module
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.flow_map import FlowMap
-from vidplan_server.models.progress import LocatorConfig, ProgressHead, ProgressHeadConfig, TargetLocator
+from vidplan_server.models.progress import (
+    LocatorConfig,
+    ProgressHead,
+    ProgressHeadConfig,
+    TargetLocator,
+    relevance_maps,
+)
 from vidplan_server.models.semantic_backend import SemanticBackend
 from vidplan_server.training.head_stages import FrozenFlowMap
 from vidplan_server.training.loop import Stage
@@ -124,7 +129,7 @@ def build_target_maps(
     emb = semantic.encode_text(unique).float()
     text_id = {t: i for i, t in enumerate(unique)}
     N = len(windows)
-    V, (Vh, w) = len(codec.config.views), windows.latents.shape[-2:]
+    Vh, w = windows.latents.shape[-2:]
     maps = torch.zeros((N, J, Vh, w), dtype=torch.float16)
     valid = torch.zeros((N, J), dtype=torch.bool)
     episode_of = windows.index["episode"]
@@ -132,17 +137,14 @@ def build_target_maps(
     for start in tqdm(range(0, N, batch), desc="target maps", disable=not progress, leave=False):
         idx = torch.arange(start, min(N, start + batch))
         anchors = windows.latents[windows.index["history"][idx, -1]].to(device).float()
-        frames = codec.decode(anchors).clamp(0.0, 1.0).flatten(0, 1)  # (B*V, 3, H, W)
+        frames = codec.decode(anchors).clamp(0.0, 1.0)  # (B, V, 3, H, W)
         for j in range(J):
             names = [texts[int(e)][j] for e in episode_of[idx]]
             ok = torch.tensor([t is not None for t in names])
             if not ok.any():
                 continue
             rows = emb[[text_id[t] if t is not None else 0 for t in names]].to(device)
-            rel = semantic.score(frames, rows.repeat_interleave(V, 0)).relevance.float()
-            if rel.shape[-2:] != (Vh // V, w):
-                rel = F.interpolate(rel[:, None], size=(Vh // V, w), mode="bilinear", align_corners=False)[:, 0]
-            maps[idx, j] = rel.reshape(len(idx), Vh, w).clamp(0, 1).half().cpu()
+            maps[idx, j] = relevance_maps(semantic, frames, rows, (Vh, w)).half().cpu()
             valid[idx, j] = ok
     return maps, valid
 
@@ -284,30 +286,30 @@ class ProgressStage(Stage):
 class LocatorStage(Stage):
     """The target locator (``locator``): where is the object the map highlights, from the current frame.
 
-    A sample is (window, object j): the anchor frame's true latents (at planning time the current frame is observed,
-    not predicted) and object j's target map; the label is object j's recorded position at that frame. Loss: L1 on
+    Data: :class:`~vidplan_server.training.locator_data.LocatorData` (the robot recordings' anchor frames, at
+    planning time the current frame is observed, not predicted; and captioned renders). A sample is (frame, object
+    j): the frame's latents and object j's target map; the label is object j's position at that frame. Loss: L1 on
     the position (m). Evaluation: mean position error, and how often the predicted position is nearer to object j
     than to every other object of the scene (what the planner needs to tell the instructed object from the others).
     """
 
     name = "locator"
 
-    def __init__(self, config: LocatorConfig, train: ProgressData, held_out: ProgressData) -> None:
+    def __init__(self, config: LocatorConfig, train, held_out) -> None:
         self.config = config
         self.model = TargetLocator(config)
         self.train_set = train
         self.held_out = held_out
 
     @staticmethod
-    def _inputs(data: ProgressData, idx: torch.Tensor, obj: torch.Tensor, device):
-        rows = data.windows.index["history"][idx, -1]
-        latents = data.windows.latents[rows].to(device).float()
-        return latents, data.maps[idx, obj].to(device).float(), data.positions[rows, obj].to(device), rows
+    def _inputs(data, idx: torch.Tensor, obj: torch.Tensor, device):
+        latents = data.latents[idx].to(device).float()
+        return latents, data.maps[idx, obj].to(device).float(), data.positions[idx, obj].to(device)
 
     def batch(self, generator, batch_size, device):
         pairs = self.train_set.valid.nonzero()
         pick = pairs[torch.randint(len(pairs), (batch_size,), generator=generator)]
-        return self._inputs(self.train_set, pick[:, 0], pick[:, 1], device)[:3]
+        return self._inputs(self.train_set, pick[:, 0], pick[:, 1], device)
 
     def loss(self, model: TargetLocator, batch, generator):
         latents, maps, positions = batch
@@ -316,15 +318,15 @@ class LocatorStage(Stage):
     @torch.no_grad()
     def evaluate(self, model: TargetLocator, device):
         data = self.held_out
-        windows = data.windows.spread(4 * EVAL_WINDOWS)
-        pairs = data.valid[windows].nonzero()
-        idx, obj = windows[pairs[:, 0]], pairs[:, 1]
+        frames = torch.linspace(0, len(data) - 1, min(len(data), 4 * EVAL_WINDOWS)).long()  # as windows.spread
+        pairs = data.valid[frames].nonzero()
+        idx, obj = frames[pairs[:, 0]], pairs[:, 1]
         errors, nearest = [], []
         for part in torch.arange(len(idx)).split(128):
-            latents, maps, truth, rows = self._inputs(data, idx[part], obj[part], device)
+            latents, maps, truth = self._inputs(data, idx[part], obj[part], device)
             pred = model(latents, maps).cpu()
             errors.append((pred - truth.cpu()).norm(dim=-1))
-            others = (pred[:, None] - data.positions[rows]).norm(dim=-1)  # (B, J), NaN for missing objects
+            others = (pred[:, None] - data.positions[idx[part]]).norm(dim=-1)  # (B, J), NaN for missing objects
             nearest.append(others.nan_to_num(float("inf")).argmin(-1) == obj[part])
         return {
             "position_error_m": float(torch.cat(errors).mean()),
