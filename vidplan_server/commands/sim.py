@@ -170,9 +170,10 @@ def register(groups) -> None:
         help="captioned renders of every object and colour (no robot actions) for the semantic encoder",
         description="Render scenes of every split's objects and colours (1-6 objects and a container), each in "
         "several random arm poses whose wrist camera looks down from the heights and angles of a top-down "
-        "approach, with the two exterior views, per-object masks and the entities to caption them "
-        "('<colour> <object>', the instruction forms). The semantic encoder trains on them with `vidplan train "
-        "semantic --captions DIR`; the policy, world model and value head never see them. Resumable: re-running "
+        "approach, with the two exterior views, per-object masks, each object's position and the entities to "
+        "caption them ('<colour> <object>', the instruction forms). The semantic encoder trains on them with "
+        "`vidplan train semantic --captions DIR`, the target locator with `vidplan train locator --captions DIR`; "
+        "the policy, world model and value head never see them. Resumable: re-running "
         "with the same arguments renders only missing shards; shards are written atomically.",
     )
     cap.add_argument("--out", type=Path, required=True, help="output folder (created, or resumed)")

@@ -41,7 +41,9 @@ hand at frame t and the object the instruction names:
 
 - with a ``locator`` module (the bundled default, :class:`~vidplan_server.models.progress.TargetLocator`) and the
   rollouts' knots: the distance from frame t's *commanded* position (the proposal's knot) to where the locator puts
-  the object, read from the current frame and the semantic encoder's map of the instruction over it. Decided,
+  the object, read from the current frame and the semantic encoder's map of the instruction over it (over the
+  request's camera frames for the bundled locator, ``map_source`` "frames": the planner locates it once per request,
+  :func:`locate_request`, and passes the point in as ``located``). Decided,
   against reading the hand off the predicted frame: the commanded position is exact, and the located point is
   shared by all proposals, so the term orders proposals without any rollout noise; the world model still weighs
   in through the uncertainty weight and the semantic terms. Measured (``vidplan eval planning-signal``, 12 policy
