@@ -407,9 +407,9 @@ def train_progress(
     """Progress head (``stage`` "progress") or target locator ("locator"), both in
     :mod:`vidplan_server.training.progress_stage`, on windows of ``opts.data`` and any ``extra_data`` folders (each
     split into training and held-out episodes the same way), simulator recordings with ground truth; needs the
-    bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's). The locator also
-    trains on every image of a ``captions`` folder (``vidplan sim captions`` renders with object positions,
-    :mod:`vidplan_server.training.locator_data`); it is evaluated on the held-out episodes alone."""
+    bundle's codec, flow map and semantic encoder (the maps they learn from are that encoder's). With a ``captions``
+    folder (``vidplan sim captions`` renders with object positions) the locator trains on its renders alone
+    (:func:`_train_locator_on_renders`)."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.models.semantic import load_semantic
@@ -526,7 +526,7 @@ def _train_locator_on_renders(
     )
     return train(
         LocatorStage(config, train_set, held_out),
-        _loop(presets.PROGRESS[opts.preset].loop, opts),
+        _loop(preset.loop, opts),
         opts.out,
         resume=opts.resume,
         device=device,

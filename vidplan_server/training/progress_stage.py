@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from vidplan_server.models.progress import (
 from vidplan_server.models.semantic_backend import SemanticBackend
 from vidplan_server.training.head_stages import FrozenFlowMap
 from vidplan_server.training.loop import Stage
+
+if TYPE_CHECKING:
+    from vidplan_server.training.locator_data import LocatorData
 
 EVAL_WINDOWS = 192
 
@@ -295,14 +299,14 @@ class LocatorStage(Stage):
 
     name = "locator"
 
-    def __init__(self, config: LocatorConfig, train, held_out) -> None:
+    def __init__(self, config: LocatorConfig, train: LocatorData, held_out: LocatorData) -> None:
         self.config = config
         self.model = TargetLocator(config)
         self.train_set = train
         self.held_out = held_out
 
     @staticmethod
-    def _inputs(data, idx: torch.Tensor, obj: torch.Tensor, device):
+    def _inputs(data: LocatorData, idx: torch.Tensor, obj: torch.Tensor, device):
         latents = data.latents[idx].to(device).float()
         return latents, data.maps[idx, obj].to(device).float(), data.positions[idx, obj].to(device)
 
