@@ -115,19 +115,6 @@ def test_whole_shards_are_held_out():
         split_renders(data, images_per_shard=50)
 
 
-def test_concat_pads_frames_with_fewer_objects():
-    a = LocatorData(
-        torch.zeros(2, 4, 6, 2).half(), torch.ones(2, 1, 6, 2).half(), torch.ones(2, 1).bool(), torch.ones(2, 1, 3)
-    )
-    b = LocatorData(
-        torch.ones(3, 4, 6, 2).half(), torch.ones(3, 2, 6, 2).half(), torch.ones(3, 2).bool(), torch.ones(3, 2, 3)
-    )
-    both = LocatorData.concat([a, b])
-    assert len(both) == 5 and both.maps.shape == (5, 2, 6, 2)
-    assert not both.valid[:2, 1].any() and both.valid[2:].all() and torch.isnan(both.positions[:2, 1]).all()
-    assert torch.equal(both.latents[2:], b.latents)
-
-
 @pytest.mark.slow
 def test_cli_trains_the_locator_on_renders_too(tiny_heads_bundle, tiny_dataset, tmp_path):
     renders = tmp_path / "renders"

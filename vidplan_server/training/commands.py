@@ -411,7 +411,6 @@ def train_progress(
     folder (``vidplan sim captions`` renders with object positions) the locator trains on its renders alone
     (:func:`_train_locator_on_renders`)."""
     from vidplan_server.data.reader import EpisodeDataset
-    from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.models.semantic import load_semantic
     from vidplan_server.training.progress_stage import LocatorStage, ProgressData, ProgressStage, build_progress_data
 
@@ -459,16 +458,7 @@ def train_progress(
         from vidplan_server.training.locator_data import LocatorData
 
         train_loc, held_loc = LocatorData.from_progress(train_data), LocatorData.from_progress(held_data)
-        p = train_loc.positions[train_loc.valid]  # (n, 3)
-        mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
-        config = LocatorConfig(
-            **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
-            **shape,
-            horizon_steps=0,
-            position_mean=tuple(float(v) for v in mean),
-            position_scale=tuple(float(v) for v in scale),
-        )
-        run = LocatorStage(config, train_loc, held_loc)
+        run = LocatorStage(_locator_config(preset, shape, train_loc, "codec"), train_loc, held_loc)
     else:
         config = replace(preset.model, **shape, horizon_steps=world.net.horizon * world.frame_stride)
         run = ProgressStage(config, flow_map, flow_steps, train_data, held_data)
@@ -488,12 +478,28 @@ def train_progress(
     )
 
 
+def _locator_config(preset, shape: dict, train_set, map_source: str):
+    """The locator's config: the preset's network for ``shape`` (latent channels, views, view size), its output
+    normalised by the training set's object positions (:class:`~vidplan_server.training.locator_data.LocatorData`)."""
+    from vidplan_server.models.progress import LocatorConfig
+
+    p = train_set.positions[train_set.valid]  # (n, 3)
+    mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
+    return LocatorConfig(
+        **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
+        **shape,
+        horizon_steps=0,
+        position_mean=tuple(float(v) for v in mean),
+        position_scale=tuple(float(v) for v in scale),
+        map_source=map_source,
+    )
+
+
 def _train_locator_on_renders(
     opts: TrainOptions, captions: Path, codec, semantic, device, latent_channels: int
 ) -> TrainResult:
     """The target locator on captioned renders alone, reading the maps over the frames (``map_source`` "frames",
     :mod:`vidplan_server.training.locator_data`); every 20th shard is held out (scenes never cross a shard)."""
-    from vidplan_server.models.progress import LocatorConfig
     from vidplan_server.sim.captions import load_captions
     from vidplan_server.training.locator_data import cached_caption_locator_data, split_renders
     from vidplan_server.training.progress_stage import LocatorStage
@@ -510,22 +516,12 @@ def _train_locator_on_renders(
         map_source="frames",
     )
     train_set, held_out = split_renders(data, renders.images_per_shard)
-    p = train_set.positions[train_set.valid]  # (n, 3)
-    mean, scale = p.mean(0), p.std(0).clamp_min(1e-3)
     preset = presets.PROGRESS[opts.preset]
-    h, w = codec.config.view_latent_size
-    config = LocatorConfig(
-        **{k: getattr(preset.model, k) for k in ("channels", "hidden")},
-        latent_channels=latent_channels,
-        views=len(codec.config.views),
-        view_size=(h, w),
-        horizon_steps=0,
-        position_mean=tuple(float(v) for v in mean),
-        position_scale=tuple(float(v) for v in scale),
-        map_source="frames",
+    shape = dict(
+        latent_channels=latent_channels, views=len(codec.config.views), view_size=codec.config.view_latent_size
     )
     return train(
-        LocatorStage(config, train_set, held_out),
+        LocatorStage(_locator_config(preset, shape, train_set, "frames"), train_set, held_out),
         _loop(preset.loop, opts),
         opts.out,
         resume=opts.resume,

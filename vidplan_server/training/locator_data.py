@@ -69,22 +69,6 @@ class LocatorData:
         rows = data.windows.index["history"][:, -1]
         return cls(data.windows.latents[rows], data.maps, data.valid, data.positions[rows])
 
-    @classmethod
-    def concat(cls, parts: list[LocatorData]) -> LocatorData:
-        """One set over several; parts with fewer objects are padded (invalid, NaN positions)."""
-        J = max(p.valid.shape[1] for p in parts)
-
-        def pad(t: torch.Tensor, value) -> torch.Tensor:
-            extra = J - t.shape[1]
-            return t if extra == 0 else torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), value)], 1)
-
-        return cls(
-            torch.cat([p.latents for p in parts]),
-            torch.cat([pad(p.maps, 0) for p in parts]),
-            torch.cat([pad(p.valid, False) for p in parts]),
-            torch.cat([pad(p.positions, float("nan")) for p in parts]),
-        )
-
 
 def split_renders(data: LocatorData, images_per_shard: int, every: int = 20) -> tuple[LocatorData, LocatorData]:
     """(training, held-out): every ``every``-th shard of renders is held out (a shard's images share scenes, no
