@@ -320,7 +320,7 @@ def judge(
                 raise ValueError("this locator reads the maps of the request's frames: pass the located point")
             target = current_target_maps(codec, semantic, history, text)
             located = locate(locator, history, target)
-        located = located.float().reshape(-1, 3).expand(len(pred), 3)
+        located = located.to(poses.device, torch.float32).reshape(-1, 3).expand(len(pred), 3)
         dist = (poses[:, fids, :3].float() - located[:, None]).norm(dim=-1)
     else:
         located = None

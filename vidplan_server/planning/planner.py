@@ -509,10 +509,10 @@ class Planner:
 
     def _encode(self, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
         """History latents (1, T, C, V*h, w) and the instruction's embedding."""
-        history = self.encode_history(call.req.history)
-        text = self.text_embedding(call.req.instruction)
+        history, text = self.encode_history(call.req.history), self.text_embedding(call.req.instruction)
         if self.locator is not None and self.config.score.progress_weight > 0:  # once per request, for every score
-            call.located = torch.as_tensor(self.locate_target(history, text, call.req.history[-1])).float()
+            where = self.locate_target(history, text, call.req.history[-1])
+            call.located = torch.as_tensor(where, dtype=torch.float32, device=self.device)
         call.lap("encode")
         return history, text
 
