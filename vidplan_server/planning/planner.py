@@ -510,9 +510,9 @@ class Planner:
     def _encode(self, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
         """History latents (1, T, C, V*h, w) and the instruction's embedding."""
         history, text = self.encode_history(call.req.history), self.text_embedding(call.req.instruction)
-        if self.locator is not None and self.config.score.progress_weight > 0:  # once per request, for every score
-            where = self.locate_target(history, text, call.req.history[-1])
-            call.located = torch.as_tensor(where, dtype=torch.float32, device=self.device)
+        if self.config.score.progress_weight > 0 or self.config.policy_pulls > 0:  # once per request: score, pulls
+            where = self.locate_target(history, text, call.req.history[-1])  # None without a locator
+            call.located = None if where is None else torch.as_tensor(where, dtype=torch.float32, device=self.device)
         call.lap("encode")
         return history, text
 
@@ -520,7 +520,7 @@ class Planner:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
         req = call.req
         pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
-        goal = self.locate_target(history, text, req.history[-1]) if pulls else None
+        goal = call.located.double().cpu().numpy() if pulls and call.located is not None else None  # from encode
         props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
         knots = self.knots(props.actions)
         call.lap("propose")

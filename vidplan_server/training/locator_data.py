@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vidplan_server.data.errors import DatasetError
 from vidplan_server.models.checkpoint import _write_atomic
 from vidplan_server.models.codec import Codec
 from vidplan_server.models.progress import frame_target_maps, target_maps
@@ -77,7 +78,7 @@ def split_renders(data: LocatorData, images_per_shard: int, every: int = 20) -> 
     shards = int(shard.max()) + 1
     held = shard % every == every - 1 if shards >= every else shard == shards - 1
     if shards < 2:
-        raise ValueError("the renders hold one shard only: nothing to hold out (render more images)")
+        raise DatasetError("the renders hold one shard only: nothing to hold out (render more images)")
 
     def part(mask: torch.Tensor) -> LocatorData:
         return LocatorData(data.latents[mask], data.maps[mask], data.valid[mask], data.positions[mask])
@@ -123,7 +124,7 @@ def caption_locator_data(
     (:class:`~vidplan_server.models.progress.LocatorConfig`): the maps over the rendered frames ("frames") or over
     the codec's round trip of their latents ("codec"), as the planner will compute them for this locator."""
     if captions.positions is None:
-        raise ValueError(
+        raise DatasetError(
             "these captioned renders hold no object positions (rendered before they were stored); render a new "
             "folder with `vidplan sim captions --out DIR --images N`"
         )
