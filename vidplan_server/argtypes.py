@@ -54,6 +54,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number >= 0")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     value = _number(text, float, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:

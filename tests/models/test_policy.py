@@ -177,3 +177,75 @@ def test_spatial_softmax_keypoints_find_where_a_channel_fires():
     assert out.shape == (2, 2, 15, 7) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="pooling"):
         replace(TINY, pooling="max")
+
+
+def test_the_target_head_learns_where_the_object_is_and_skips_unknown_rows():
+    """The auxiliary head (target_aux > 0) regresses the object-minus-TCP offset; NaN rows are left out of the term,
+    and a policy without the weight has no head and no term."""
+    assert FlowPolicy(TINY).target_head is None
+    torch.manual_seed(0)
+    policy = FlowPolicy(replace(TINY, image_size=(32, 32), target_aux=1.0))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand((8, 3, 3, 32, 32), generator=g)
+    _, state = inputs(8)
+    # The object sits where the image is brightest in its first view's top-left quadrant: a learnable mapping.
+    pos = state[:, :3] + torch.stack(
+        [images[:, 0, 0, :16, :16].mean((1, 2)) - 0.5, torch.zeros(8), -0.1 + 0 * state[:, 0]], -1
+    )
+    chunk = state[:, None].repeat(1, 15, 1)
+    texts = ["pick up the red cube"] * 8
+    unknown = pos.clone()
+    unknown[:4] = float("nan")
+    terms = policy.loss_terms(images, state, texts, chunk, g, target_pos=unknown)
+    assert torch.isfinite(terms["target"])
+    goal = (pos[4:] - state[4:, :3]) / 0.25
+    feats = policy.encode_obs(images[4:], state[4:], policy.encode_text(texts[4:]))
+    assert terms["target"].item() == pytest.approx(
+        torch.nn.functional.mse_loss(policy.target_head(feats), goal).item(), rel=1e-5
+    )
+    assert "target" not in policy.loss_terms(
+        images, state, texts, chunk, g, target_pos=torch.full_like(pos, float("nan"))
+    )
+    assert "target" not in policy.loss_terms(images, state, texts, chunk, g)
+
+    def error_cm():
+        with torch.no_grad():
+            return 100 * (policy.predict_target(images, state, texts) - pos).norm(dim=-1).mean().item()
+
+    before = error_cm()
+    opt = torch.optim.Adam(policy.parameters(), 3e-3)
+    for _ in range(200):
+        loss = policy.loss(images, state, texts, chunk, g, target_pos=pos)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert error_cm() < 0.3 * before, (before, error_cm())
+    with pytest.raises(ValueError, match="no target head"):
+        FlowPolicy(TINY).predict_target(images[:1], state[:1], texts[:1])
+    with pytest.raises(ValueError, match="target_aux"):
+        PolicyConfig(target_aux=-1.0)
+
+
+def test_policy_samples_carry_the_instructed_objects_position(demo_dataset, short_episodes):
+    from vidplan_server.training.policy_stage import PolicyData
+
+    data = policy_data(demo_dataset, [0, 1], (64, 64), 15, progress=False)
+    first = short_episodes[0].ground_truth
+    T = len(short_episodes[0])
+    assert data.target_pos.shape == (len(data), 3)
+    assert np.allclose(data.target_pos[:T], first.object_poses[:, first.target_index, :3], atol=1e-5)
+    both = PolicyData.concat([data, replace(data, target_pos=None)])
+    assert both.target_pos.shape == (2 * len(data), 3)
+    assert np.isfinite(both.target_pos[: len(data)]).all() and np.isnan(both.target_pos[len(data) :]).all()
+    assert PolicyData.concat([replace(data, target_pos=None)] * 2).target_pos is None
+
+
+def test_train_policy_target_aux_from_the_cli(demo_dataset, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    args = ["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny", "--quiet"]
+    assert main([*args, "--target-aux", "0.5"]) == 0
+    policy = load_policy(out)
+    assert policy.config.target_aux == 0.5 and policy.target_head is not None
+    assert "target_error_cm" in capsys.readouterr().out
+    assert main(["train", "codec", "--data", str(demo_dataset), "--out", str(tmp_path / "c"), "--target-aux", "1"]) == 2
+    assert "--target-aux is only for `train policy`" in capsys.readouterr().err

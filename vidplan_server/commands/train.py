@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidplan_server.argtypes import CliError, check_device, fraction, non_negative_int, positive_float, positive_int
+from vidplan_server.argtypes import (
+    CliError,
+    check_device,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from vidplan_server.commands import train_probes
 
 
@@ -35,6 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_probes.check_options(args)
     if args.pooling is not None and args.stage != "policy":
         raise CliError(f"--pooling is only for `train policy`, not `train {args.stage}`")
+    if args.target_aux is not None and args.stage != "policy":
+        raise CliError(f"--target-aux is only for `train policy`, not `train {args.stage}`")
     if args.captions is not None and (args.stage not in ("semantic", "locator") or not args.captions.is_dir()):
         raise CliError(f"--captions {args.captions}: only for `train semantic|locator`, and the folder must exist")
     if args.out.exists() and not args.out.is_dir():
@@ -101,7 +111,12 @@ def _train_stage(args: argparse.Namespace, commands, opts):
         result = train_probes.run(args, opts)
     elif args.stage == "policy":
         result = commands.train_policy(
-            opts, extra=tuple(args.extra_data), pooling=args.pooling, target_map=args.target_map, init=args.init_from
+            opts,
+            extra=tuple(args.extra_data),
+            pooling=args.pooling,
+            target_map=args.target_map,
+            init=args.init_from,
+            target_aux=args.target_aux,
         )
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
@@ -277,6 +292,14 @@ def register(groups) -> None:
         default=None,
         help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
         "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)",
+    )
+    tr.add_argument(
+        "--target-aux",
+        type=non_negative_float,
+        default=None,
+        help="policy: weight of the auxiliary loss that predicts where the instructed object is (from the "
+        "recordings' simulator ground truth; training only, see models/policy.py); 0 turns it off "
+        "(default: the preset's)",
     )
     tr.add_argument(
         "--frame-step", type=positive_int, default=4, help="semantic: use every N-th step of each episode (default 4)"

@@ -680,6 +680,7 @@ def train_policy(
     pooling: str | None = None,
     target_map: bool = False,
     init: Path | None = None,
+    target_aux: float | None = None,
 ) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
     the ``extra`` folders, training only (the held-out samples stay those of ``opts.data``): DAgger folders
@@ -689,7 +690,8 @@ def train_policy(
     ``target_map``: the goal policy (module ``goal_policy``, ``models/policy.py``), its samples with the
     instruction's relevance maps from the semantic encoder of ``init`` (else of ``opts.out``). ``init``: warm start
     from that bundle's ``policy`` (its vocabulary and normalisation kept; with ``target_map``, the map channel
-    starts at zero so it starts as that policy)."""
+    starts at zero so it starts as that policy). ``target_aux``: the weight of the auxiliary where-is-the-object
+    loss of a fresh run (None: the preset's); a warm start or a resumed run keeps its own."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.policy import PolicyConfig, fit_delta_scale, load_policy, with_target_map
     from vidplan_server.training.policy_stage import PolicyData, PolicyStage, add_target_maps, policy_data
@@ -709,11 +711,14 @@ def train_policy(
         warm = load_policy(init)
         if pooling is not None and pooling != warm.config.pooling:
             raise CheckpointError(f"--pooling {pooling}: the --init policy pools with {warm.config.pooling}")
+        if target_aux is not None and target_aux != warm.config.target_aux:
+            raise CheckpointError(f"--target-aux {target_aux}: the --init policy has {warm.config.target_aux}")
         warm = with_target_map(warm) if target_map else warm
         config = warm.config
     else:
         config = preset.model if pooling is None else replace(preset.model, pooling=pooling)
         config = replace(config, target_map=target_map)
+        config = config if target_aux is None else replace(config, target_aux=target_aux)
     semantic = None
     if target_map:
         from vidplan_server.models.semantic import load_semantic

@@ -10,7 +10,12 @@ standard regulariser of pixel-based behaviour cloning (DrQ, Diffusion Policy); c
 they carry the instruction's meaning.
 
 Held-out metrics: the flow-matching loss on fixed noise and times, and the error of one sampled chunk (fixed
-noise) against the demonstrated one: the end position (cm) and the gripper (mean absolute).
+noise) against the demonstrated one: the end position (cm) and the gripper (mean absolute). With the auxiliary
+where-is-the-object head (``target_aux``, ``models/policy.py``), also its error (cm) where the recording holds the
+simulator's object poses.
+
+The auxiliary head's labels: the instructed object's position at each step (``GroundTruth.object_poses`` at
+``target_index``), NaN for samples without ground truth (DAgger folders, real data).
 
 The goal policy (``target_map``, module ``goal_policy``, see ``models/policy.py``) learns from the same samples,
 each with its **target maps**: the semantic encoder's relevance of the sample's instruction over its three views
@@ -49,7 +54,8 @@ EVAL_SAMPLES = 256
 @dataclass
 class PolicyData:
     """Samples in memory. frames (N, V, H, W, 3) uint8; state (N, 7); chunk (N, S, 7); text (N,) index into
-    ``instructions``; maps (N, V, h, w) float16 in [0, 1], the instruction's relevance per view (or None)."""
+    ``instructions``; maps (N, V, h, w) float16 in [0, 1], the instruction's relevance per view (or None);
+    target_pos (N, 3) float32, the instructed object's base-frame position (m), NaN where unknown (or None)."""
 
     frames: np.ndarray
     state: np.ndarray
@@ -57,6 +63,7 @@ class PolicyData:
     text: np.ndarray
     instructions: list[str]
     maps: np.ndarray | None = None
+    target_pos: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -76,7 +83,16 @@ class PolicyData:
             np.concatenate(texts),
             list(instructions),
             np.concatenate([d.maps for d in parts]) if all(d.maps is not None for d in parts) else None,
+            _concat_positions(parts),
         )
+
+
+def _concat_positions(parts: list[PolicyData]) -> np.ndarray | None:
+    """The parts' ``target_pos`` in one array, NaN rows for parts without it; None if no part has it."""
+    if all(d.target_pos is None for d in parts):
+        return None
+    unknown = np.full(3, np.nan, np.float32)
+    return np.concatenate([d.target_pos if d.target_pos is not None else np.tile(unknown, (len(d), 1)) for d in parts])
 
 
 def is_demonstration(success: bool, metadata: dict) -> bool:
@@ -95,9 +111,9 @@ def policy_data(
     from vidplan_server.data.reader import EpisodeDataset
 
     dataset = EpisodeDataset(data)
-    frames, states, chunks, texts, instructions = [], [], [], [], {}
+    frames, states, chunks, texts, positions, instructions = [], [], [], [], [], {}
     for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
-        ep = dataset.load_episode(k, images=True, ground_truth=False)
+        ep = dataset.load_episode(k, images=True, ground_truth=True)
         if not is_demonstration(ep.success, ep.metadata):
             continue
         T = len(ep)
@@ -112,6 +128,8 @@ def policy_data(
         idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk)[None], T - 1)
         chunks.append(ep.action[idx])
         texts.append(np.full(T, instructions.setdefault(ep.language_instruction, len(instructions))))
+        gt = ep.ground_truth
+        positions.append(gt.object_poses[:, gt.target_index, :3] if gt is not None else np.full((T, 3), np.nan))
     if not frames:
         raise DatasetError(f"{data}: no successful nominal episodes among {len(indices)} to learn the policy from")
     return PolicyData(
@@ -120,6 +138,7 @@ def policy_data(
         np.concatenate(chunks).astype(np.float32),
         np.concatenate(texts),
         list(instructions),
+        target_pos=np.concatenate(positions).astype(np.float32),
     )
 
 
@@ -139,7 +158,7 @@ def add_target_maps(data: PolicyData, semantic, batch: int = 128, progress: bool
             if out is None:
                 out = np.zeros((N, V, *rel.shape[2:]), np.float16)
             out[idx] = rel
-    return PolicyData(data.frames, data.state, data.chunk, data.text, data.instructions, out)
+    return PolicyData(data.frames, data.state, data.chunk, data.text, data.instructions, out, data.target_pos)
 
 
 _TARGET_WORDS = re.compile(r"^(put|pick up) the (.+?)( in the .+)?$")
@@ -170,12 +189,14 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
 
 
 def to_tensors(data: PolicyData, idx: np.ndarray, device: torch.device):
-    """(images, state, instructions, chunk, maps) of samples ``idx``; maps (B, V, h, w) float or None."""
+    """(images, state, instructions, chunk, maps, target_pos) of samples ``idx``; maps (B, V, h, w) float or None;
+    target_pos (B, 3) or None."""
     images = torch.from_numpy(data.frames[idx]).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
     state = torch.from_numpy(data.state[idx]).to(device)
     chunk = torch.from_numpy(data.chunk[idx]).to(device)
     maps = None if data.maps is None else torch.from_numpy(data.maps[idx]).to(device).float()
-    return images, state, [data.instructions[i] for i in data.text[idx]], chunk, maps
+    pos = None if data.target_pos is None else torch.from_numpy(data.target_pos[idx]).to(device)
+    return images, state, [data.instructions[i] for i in data.text[idx]], chunk, maps, pos
 
 
 @dataclass(frozen=True)
@@ -211,9 +232,9 @@ class PolicyStage(Stage):
 
     def batch(self, generator, batch_size, device):
         idx = torch.randint(len(self.train_set), (batch_size,), generator=generator).numpy()
-        images, state, texts, chunk, maps = to_tensors(self.train_set, idx, device)
+        images, state, texts, chunk, maps, pos = to_tensors(self.train_set, idx, device)
         if not self.config.target_map:
-            return random_shift(images, self.shift_px, generator), state, texts, chunk, None
+            return random_shift(images, self.shift_px, generator), state, texts, chunk, None, pos
         a = self.augment
         u = torch.rand((2, batch_size), generator=generator)
         maps = maps * (u[0] >= a.map_dropout).to(maps)[:, None, None, None]
@@ -222,26 +243,30 @@ class PolicyStage(Stage):
         rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
         masked = (u[1] < a.mask_words).tolist()
         texts = [mask_target_words(t, rng) if m else t for t, m in zip(texts, masked, strict=True)]
-        return both[:, :, :3], state, texts, chunk, both[:, :, 3]
+        return both[:, :, :3], state, texts, chunk, both[:, :, 3], pos
 
     def loss(self, model: FlowPolicy, batch, generator):
-        images, state, texts, chunk, maps = batch
-        return model.loss(images, state, texts, chunk, generator, maps), {}
+        images, state, texts, chunk, maps, pos = batch
+        terms = model.loss_terms(images, state, texts, chunk, generator, maps, pos)
+        return model.weighted(terms), {f"{k}_loss": float(v.detach()) for k, v in terms.items()}
 
     def evaluate(self, model: FlowPolicy, device):
         n = len(self.held_out)
         idx = np.linspace(0, n - 1, min(EVAL_SAMPLES, n)).round().astype(int)
         g = torch.Generator().manual_seed(1234)
         with_maps = self.config.target_map
-        losses, end_err, grip_err, masked_err = [], [], [], []
+        losses, end_err, grip_err, masked_err, target_err = [], [], [], [], []
         for part in np.array_split(idx, max(1, len(idx) // 64)):
-            images, state, texts, chunk, maps = to_tensors(self.held_out, part, device)
+            images, state, texts, chunk, maps, pos = to_tensors(self.held_out, part, device)
             maps = maps if with_maps else None
             losses.append(float(model.loss(images, state, texts, chunk, g, maps)) * len(part))
             noise = torch.randn((len(part), 1, *chunk.shape[1:]), generator=g)
             pred = model.sample(images, state, texts, noise, maps)[:, 0]
             end_err.append((pred[:, -1, :3] - chunk[:, -1, :3]).norm(dim=-1).sum().item())
             grip_err.append((pred[..., 6] - chunk[..., 6]).abs().mean(1).sum().item())
+            if model.target_head is not None and pos is not None:
+                err = (model.predict_target(images, state, texts, maps) - pos).norm(dim=-1)
+                target_err.extend(err[torch.isfinite(err)].tolist())
             if with_maps:
                 rng = np.random.default_rng(0)
                 masked = [mask_target_words(t, rng) for t in texts]
@@ -251,6 +276,8 @@ class PolicyStage(Stage):
         out = {"loss": sum(losses) / m, "end_error_cm": 100 * sum(end_err) / m, "gripper_error": sum(grip_err) / m}
         if with_maps:
             out["masked_end_error_cm"] = 100 * sum(masked_err) / m
+        if target_err:
+            out["target_error_cm"] = 100 * float(np.mean(target_err))
         return out
 
     def export(self, model: FlowPolicy, ckpt: Path, meta: dict) -> None:
