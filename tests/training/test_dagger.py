@@ -86,6 +86,15 @@ def test_collect_writes_resumable_episodes_that_training_reads(tmp_path, tiny_po
     data = dagger_samples(out, (32, 32), 10, progress=False)
     assert data.frames.shape == (36, 3, 32, 32, 3) and data.chunk.shape == (36, 10, 7)
     assert len(data.instructions) >= 1 and data.text.max() < len(data.instructions)
+    # The instructed object's position labels every step (on the table, in front of the robot) ...
+    assert data.target_pos.shape == (36, 3) and np.isfinite(data.target_pos).all()
+    assert (data.target_pos[:, 0] > 0.2).all() and (np.abs(data.target_pos[:, 2]) < 0.3).all()
+    # ... and a folder written before it was stored reads back as unknown.
+    with np.load(files[0]) as z:
+        old = {k: z[k] for k in z.files if k != "target_pos"}
+    np.savez(files[0], **old)
+    data = dagger_samples(out, (32, 32), 10, progress=False)
+    assert np.isnan(data.target_pos[:12]).all() and np.isfinite(data.target_pos[12:]).all()
 
 
 def test_collect_needs_a_policy(tmp_path, tiny_heads_bundle):

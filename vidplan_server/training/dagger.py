@@ -21,7 +21,9 @@ closed-loop benchmark (1000): base seed 500.
 Output, resumable: ``OUT/dagger.json`` (the options and the policy checkpoint; resuming with other options is
 refused) and one ``OUT/episodes/<i>.npz`` per episode, written atomically: ``frames`` (T, V, H, W, 3) uint8 in
 ``CAMERA_NAMES`` order, ``state`` (T, 7) cartesian_position + gripper, ``chunk`` (T, S, 7) the expert's absolute
-actions, ``instruction``, ``success`` (the executed episode's, for the summary only), ``seed``.
+actions, ``instruction``, ``success`` (the executed episode's, for the summary only), ``seed``, and ``target_pos``
+(T, 3), the instructed object's position (m, base frame) at each step, the label of the policy's auxiliary
+where-is-the-object head (folders written before it was stored read back as unknown: NaN).
 :func:`dagger_samples` reads a folder back as :class:`~vidplan_server.training.policy_stage.PolicyData` for
 ``vidplan train policy --extra-data``.
 """
@@ -130,7 +132,7 @@ def run_dagger_episode(env: SimRobotEnv, actor, seed: int, config: DaggerConfig,
     """One episode (module docstring) with ``actor(obs, instruction) -> (S, 7)``; returns the npz fields."""
     rng = np.random.default_rng([seed, 17])  # the beta coin, apart from the scene's stream
     instruction = env.reset(seed)
-    frames, states, labels = [], [], []
+    frames, states, labels, positions = [], [], [], []
     plan: np.ndarray | None = None
     row, success_run, success = 0, 0, False
     while env.steps < config.max_steps:
@@ -140,6 +142,7 @@ def run_dagger_episode(env: SimRobotEnv, actor, seed: int, config: DaggerConfig,
         frames.append(np.stack([obs["image"][c] for c in CAMERA_NAMES]))
         states.append([*rs["cartesian_position"], rs["gripper_position"]])
         labels.append(label)
+        positions.append(env.scene.object_pose(env.scene.objects[0])[0])
         if plan is None or row >= min(len(plan), config.open_loop_horizon):
             plan = label if rng.random() < config.beta else actor(obs, instruction)
             row = 0
@@ -156,6 +159,7 @@ def run_dagger_episode(env: SimRobotEnv, actor, seed: int, config: DaggerConfig,
         "instruction": np.array(instruction),
         "success": np.array(bool(success)),
         "seed": np.array(seed, dtype=np.uint64),
+        "target_pos": np.asarray(positions, dtype=np.float32),
     }
 
 
@@ -268,7 +272,7 @@ def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progre
     files = sorted((Path(folder) / "episodes").glob("*.npz"))
     if not (Path(folder) / MANIFEST).exists() or not files:
         raise DatasetError(f"{folder}: not a DAgger folder with episodes (`vidplan sim dagger` writes them)")
-    frames, states, chunks, texts, instructions = [], [], [], [], {}
+    frames, states, chunks, texts, positions, instructions = [], [], [], [], [], {}
     for f in tqdm(files, desc=f"load {Path(folder).name}", disable=not progress, leave=False):
         with np.load(f) as z:
             fr = z["frames"]
@@ -279,10 +283,12 @@ def dagger_samples(folder: Path, image_size: tuple[int, int], chunk: int, progre
             states.append(z["state"])
             chunks.append(c)
             texts.append(np.full(len(fr), instructions.setdefault(str(z["instruction"]), len(instructions))))
+            positions.append(z["target_pos"] if "target_pos" in z.files else np.full((len(fr), 3), np.nan, np.float32))
     return PolicyData(
         np.concatenate(frames),
         np.concatenate(states).astype(np.float32),
         np.concatenate(chunks).astype(np.float32),
         np.concatenate(texts),
         list(instructions),
+        target_pos=np.concatenate(positions).astype(np.float32),
     )
