@@ -290,8 +290,9 @@ def register(groups) -> None:
         "--pooling",
         choices=("flatten", "spatial_softmax"),
         default=None,
-        help="policy: how the vision features are pooled, flatten (the preset's) or spatial_softmax "
-        "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's)",
+        help="policy: how the vision features are pooled, flatten (the last feature map) or spatial_softmax "
+        "keypoints (fewer weights after the CNN; see models/policy.py) (default: the preset's; small: "
+        "spatial_softmax)",
     )
     tr.add_argument(
         "--target-aux",
@@ -299,7 +300,7 @@ def register(groups) -> None:
         default=None,
         help="policy: weight of the auxiliary loss that predicts where the instructed object is (from the "
         "recordings' simulator ground truth; training only, see models/policy.py); 0 turns it off "
-        "(default: the preset's)",
+        "(default: the preset's; small: 1)",
     )
     tr.add_argument(
         "--frame-step", type=positive_int, default=4, help="semantic: use every N-th step of each episode (default 4)"
