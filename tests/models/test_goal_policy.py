@@ -119,7 +119,8 @@ def test_the_goal_stage_drops_maps_masks_words_and_shifts_each_view_with_its_map
     stage = PolicyStage(replace(TINY, target_map=True), data, data, augment=MapAugment(0.5, 0.25))
     assert stage.name == "goal_policy"
     g = torch.Generator().manual_seed(0)
-    images, _, texts, _, maps = stage.batch(g, 64, torch.device("cpu"))
+    images, _, texts, _, maps, positions = stage.batch(g, 64, torch.device("cpu"))
+    assert positions is None  # these samples carry no object positions: no auxiliary labels
     assert images.shape == (64, 3, 3, 64, 64) and maps.shape == (64, 3, 64, 64)
     kept = maps.flatten(1).amax(1) > 0
     assert 0.55 < kept.float().mean() < 0.95  # about a quarter dropped
