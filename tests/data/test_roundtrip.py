@@ -45,6 +45,15 @@ def test_round_trip_through_disk(written, short_episodes):
         assert ep.metadata["seed"] == original.metadata["seed"]
 
 
+def test_poses_without_masks(written, short_episodes):
+    ds = EpisodeDataset(written)
+    ep = ds.load_episode(0, images=False, masks=False)
+    gt = short_episodes[0].ground_truth
+    np.testing.assert_array_equal(ep.ground_truth.object_poses, gt.object_poses)
+    assert ep.ground_truth.target_index == gt.target_index
+    assert ep.ground_truth.target_masks == {}  # not decoded
+
+
 def test_layout_is_lerobot_v3(written, short_episodes):
     info = json.loads((written / fmt.INFO_PATH).read_text())
     assert info["codebase_version"] == "v3.0" and info["fps"] == 15

@@ -240,6 +240,23 @@ def test_policy_samples_carry_the_instructed_objects_position(demo_dataset, shor
     assert PolicyData.concat([replace(data, target_pos=None)] * 2).target_pos is None
 
 
+def test_the_stage_warns_when_no_sample_has_a_position_for_the_target_head(demo_dataset):
+    import warnings
+
+    from vidplan_server.training.policy_stage import PolicyStage
+
+    data = policy_data(demo_dataset, [0, 1], (64, 64), 15, progress=False)
+    config = replace(TINY, target_aux=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PolicyStage(config, data, data)  # positions known: no warning
+        PolicyStage(replace(config, target_aux=0.0), replace(data, target_pos=None), data)  # no head: none either
+    unknown = replace(data, target_pos=np.full_like(data.target_pos, np.nan))
+    for no_positions in (replace(data, target_pos=None), unknown):
+        with pytest.warns(UserWarning, match="target_aux is 1.0 but no training sample"):
+            PolicyStage(config, no_positions, data)
+
+
 def test_train_policy_target_aux_from_the_cli(demo_dataset, tmp_path, capsys):
     out = tmp_path / "ckpt"
     args = ["train", "policy", "--data", str(demo_dataset), "--out", str(out), "--preset", "tiny", "--quiet"]

@@ -186,8 +186,10 @@ class EpisodeDataset:
         return table, path
 
     # ------------------------------------------------------------------ episodes
-    def load_episode(self, k: int, images: bool = True, ground_truth: bool = True) -> Episode:
-        """Episode ``k`` in our schema; ``images=False`` skips video decoding (zeros of shape (T, 0, 0, 3))."""
+    def load_episode(self, k: int, images: bool = True, ground_truth: bool = True, masks: bool = True) -> Episode:
+        """Episode ``k`` in our schema; ``images=False`` skips video decoding (zeros of shape (T, 0, 0, 3));
+        ``masks=False`` skips decoding the ground truth's target masks (PNG per frame and camera; its
+        ``target_masks`` is then empty) for readers that need only the object poses."""
         row = self.episode_row(k)
         table, path = self._episode_table(row)
         T = table.num_rows
@@ -235,7 +237,7 @@ class EpisodeDataset:
         else:
             imgs = {cam: np.zeros((T, 0, 0, 3), np.uint8) for cam in CAMERA_NAMES}
 
-        gt = self._ground_truth(table, row, path, T) if ground_truth else None
+        gt = self._ground_truth(table, row, path, T, masks) if ground_truth else None
         metadata = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("vidplan/")}
         metadata["episode_index"] = int(row["episode_index"])
         if derived:
@@ -288,13 +290,13 @@ class EpisodeDataset:
             return bool(vector_column(table, "reward", 1, path).max() > 0)
         return False
 
-    def _ground_truth(self, table: pa.Table, row: dict, path: Path, T: int) -> GroundTruth | None:
+    def _ground_truth(self, table: pa.Table, row: dict, path: Path, T: int, with_masks: bool) -> GroundTruth | None:
         if fmt.GT_POSES not in table.column_names:
             return None
         names = list(row.get("ground_truth/object_names") or [])
         poses = vector_column(table, fmt.GT_POSES, fmt.MAX_GT_OBJECTS * 7, path).reshape(T, fmt.MAX_GT_OBJECTS, 7)
         masks = {}
-        for cam in CAMERA_NAMES:
+        for cam in CAMERA_NAMES if with_masks else ():
             key = fmt.GT_MASK_KEYS[cam]
             if key not in table.column_names:
                 raise DatasetError(f"{path}: column {key} missing while {fmt.GT_POSES} is present")

@@ -63,7 +63,8 @@ class GroundTruth:
     """Simulator ground truth per step (absent for real data).
 
     object_poses: ``(T, n_objects, 7)`` float32, position (m) + quaternion (x, y, z, w) in the base frame.
-    target_masks: camera -> ``(T, H, W)`` bool, pixels of the target object.
+    target_masks: camera -> ``(T, H, W)`` bool, pixels of the target object (empty when read with
+    ``load_episode(..., masks=False)``).
     """
 
     object_names: list[str]

@@ -33,6 +33,7 @@ With maps, the held-out metrics also report the end error with the target's word
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,11 @@ def is_demonstration(success: bool, metadata: dict) -> bool:
     return bool(success) and not metadata.get("failure_mode")
 
 
+def has_positions(data: PolicyData) -> bool:
+    """Whether some sample of ``data`` knows its instructed object's position (the auxiliary head's label)."""
+    return data.target_pos is not None and bool(np.isfinite(data.target_pos).all(-1).any())
+
+
 def policy_data(
     data: Path,
     indices: list[int],
@@ -113,7 +119,7 @@ def policy_data(
     dataset = EpisodeDataset(data)
     frames, states, chunks, texts, positions, instructions = [], [], [], [], [], {}
     for k in tqdm(indices, desc=f"load {Path(data).name}", disable=not progress, leave=False):
-        ep = dataset.load_episode(k, images=True, ground_truth=True)
+        ep = dataset.load_episode(k, images=True, ground_truth=True, masks=False)  # poses only
         if not is_demonstration(ep.success, ep.metadata):
             continue
         T = len(ep)
@@ -222,6 +228,13 @@ class PolicyStage(Stage):
             raise ValueError("the warm-start model's config differs from the stage's")
         if config.target_map and (train.maps is None or held_out.maps is None):
             raise ValueError("a target-map policy needs the samples' maps (add_target_maps)")
+        if config.target_aux > 0 and not has_positions(train):
+            # Decided: train on without the term rather than refuse (real DROID data has no object positions).
+            warnings.warn(
+                f"target_aux is {config.target_aux} but no training sample has the instructed object's position "
+                "(ground_truth.object_poses): the auxiliary term is left out",
+                stacklevel=2,
+            )
         self.config = config
         self.name = "goal_policy" if config.target_map else "policy"
         self.model = model if model is not None else FlowPolicy(config)
