@@ -69,6 +69,23 @@ def test_policy_mode_is_the_baseline_without_the_world_model(planner, request0):
     assert np.allclose(a.actions[:, 6], np.clip(sample[:, 6], 0, 1), atol=1e-6)
 
 
+def test_policy_temperature_scales_the_samples_spread(planner, request0):
+    """The samples start from the flow noise times ``policy_temperature``: the same draw, colder, lands closer together;
+    near zero every sample is the same chunk (the flow is a smooth map of its starting noise)."""
+    spreads, config = [], planner.config
+    try:
+        for t in (1.0, 0.5, 1e-4):
+            planner.config = replace(config, policy_temperature=t)
+            chunks = planner.policy_chunks(opts(request0, seed=5), 6)
+            spreads.append(float(chunks[..., :3].std(0).mean()))
+    finally:
+        planner.config = config
+    assert spreads[0] > spreads[1] > spreads[2] and spreads[2] < 0.01 * spreads[0]
+    for bad in (0.0, -1.0, 5.0, float("nan")):
+        with pytest.raises(ValueError, match="policy_temperature"):
+            PlannerConfig(policy_temperature=bad)
+
+
 def test_bad_mode_and_mix_name_the_field(planner, request0):
     with pytest.raises(PlanningError, match="options.mode"):
         planner.plan(opts(request0, mode="dream"))

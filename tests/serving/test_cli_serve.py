@@ -87,6 +87,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         cli_serve.DEFAULT_PROGRESS_WEIGHT,
         cli_serve.DEFAULT_POLICY_PULLS,
         cli_serve.DEFAULT_GOAL_SAMPLES,
+        cli_serve.DEFAULT_POLICY_TEMPERATURE,
     ) == (
         defaults.policy_samples,
         defaults.policy_perturbations,
@@ -96,6 +97,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         defaults.score.progress_weight,
         defaults.policy_pulls,
         defaults.goal_samples,
+        defaults.policy_temperature,
     )
     config = cli_serve.planner_config_from_args(
         parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
@@ -106,6 +108,10 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-draws", "3"])).keep_draws == 3
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-pulls", "4"])).policy_pulls == 4
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--goal-samples", "5"])).goal_samples == 5
+    warm = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-temperature", "1"]))
+    assert warm.policy_temperature == 1.0
+    with pytest.raises(ValueError, match="policy_temperature"):
+        cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-temperature", "5"]))
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

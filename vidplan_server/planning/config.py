@@ -38,6 +38,9 @@ class PlannerConfig:
     # goal_policy they stay samples of the policy. Decided: all of them, the goal policy's first sample then being
     # the incumbent (selection.py); the closed-loop A/B is in the README's benchmark section.
     goal_samples: int = 12
+    # Standard deviation of the flow noise the policy and goal-policy samples start from (trained at 1): colder
+    # samples land nearer the flow's modes. Decided 0.5 in the closed loop (planning/policy_samples.py).
+    policy_temperature: float = 0.5
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
@@ -55,6 +58,8 @@ class PlannerConfig:
     def __post_init__(self) -> None:
         if not self.keep_margin >= 0:  # also refuses NaN
             raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
+        if not 0 < self.policy_temperature <= 4:  # also refuses NaN
+            raise ValueError(f"policy_temperature must be in (0, 4], got {self.policy_temperature}")
         if self.keep_draws < 0:
             raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
         if not 0 <= self.goal_samples <= self.max_proposals:

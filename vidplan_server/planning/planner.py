@@ -7,9 +7,8 @@ One call of :meth:`Planner.plan`:
    sees every ``frame_stride``-th step (its knots, DESIGN "Actions");
 3. **rollout** all N with the k-step flow map in one batched call, with seeded noise;
 4. **score** them (:func:`~vidplan_server.planning.objective.judge`: UQ head + semantic reward, batched) and
-   take the argmax, except that the robot's own chunk (the policy's first sample, or the request's nominal) is
-   kept when the best score beats it by no more than ``keep_margin``, the rollout noise's level
-   (:mod:`~vidplan_server.planning.selection`);
+   take the argmax, except that the robot's own chunk (the policy's or goal policy's first sample, or the
+   nominal) is kept when the best beats it by no more than ``keep_margin`` (:mod:`~.selection`);
 5. **refine** the winner: ``iters`` Adam steps in normalised action space on the uncertainty-weighted
    expected value (:func:`~vidplan_server.planning.objective.value_objective`), back-propagated through the
    k-step flow map with the winner's own noise held fixed (so the objective is a deterministic function of
@@ -293,7 +292,8 @@ class Planner:
     def policy_chunks(self, req: PlanRequest, count: int, goal: bool = False) -> np.ndarray:
         """``count`` chunks (count, S, 7) from the policy, or from the goal policy with ``goal`` (policy_samples)."""
         policy, text = (self.goal_policy, self.text_embedding(req.instruction)) if goal else (self.policy, None)
-        return sample_policy_chunks(policy, req, count, self.chunk_steps, self.device, self.semantic, text)
+        T, S = self.config.policy_temperature, self.chunk_steps
+        return sample_policy_chunks(policy, req, count, S, self.device, self.semantic, text, T)
 
     def propose(self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None):
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the

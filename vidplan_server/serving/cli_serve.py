@@ -23,6 +23,7 @@ DEFAULT_POLICY_SAMPLES = 12
 DEFAULT_POLICY_PERTURBATIONS = 0
 DEFAULT_POLICY_PULLS = 0
 DEFAULT_GOAL_SAMPLES = 12
+DEFAULT_POLICY_TEMPERATURE = 0.5
 DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
 DEFAULT_PROGRESS_WEIGHT = 1.0
@@ -126,6 +127,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the semantic encoder's relevance map of the instruction, so it goes for the object the words name even "
         f"where the policy does not know them; only while the gripper is open (0-{MAX_PROPOSALS}; default "
         f"{DEFAULT_GOAL_SAMPLES}; ignored by a bundle without goal_policy)",
+    )
+    p.add_argument(
+        "--policy-temperature",
+        type=positive_float,
+        default=None,
+        metavar="T",
+        help="standard deviation of the flow noise that the policy's and goal policy's samples start from (they "
+        "were trained at 1; colder samples land nearer the policy's modes, warmer ones differ more), also for "
+        f"`options.mode` policy, at most 4 (default {DEFAULT_POLICY_TEMPERATURE}: the closed loop's best, README)",
     )
     p.add_argument(
         "--keep-margin",
