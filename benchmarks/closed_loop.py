@@ -6,7 +6,9 @@
 Runs ``vidplan eval closed-loop``'s runner on both splits: ``--episodes`` episodes (default 50) per split
 for policy, goal-policy, vidplan and vidplan-no-uq, ``--reference-episodes`` (default 20) for expert and
 vidplan-basis, all on the same seeds. Resumable: episodes already in ``--workdir`` are kept, so a run stopped at
-any point (or at a session's end) continues where it stopped with the same command. Prints the table and writes
+any point (or at a session's end) continues where it stopped with the same command. ``--seed 1000,2000,3000``
+runs every base seed in ``WORKDIR/seed_<S>`` and reports them pooled (150 episodes per split and agent at the
+default ``--episodes``): a figure that held on one seed's scenes is checked on others. Prints the table and writes
 ``--out`` as ``{"val": {agent: {"success", "ci_low", "ci_high", "instruction_following", "episodes",
 "paired_diff_to_policy", ...}}, "ood": {...}}`` (``report.summarize``), plus the report, bar chart and videos in
 the workdir.
@@ -22,13 +24,14 @@ import time
 from pathlib import Path
 
 from vidplan_server.evaluation.closed_loop.agents import AGENT_NAMES
+from vidplan_server.evaluation.closed_loop.cli import seed_list
 from vidplan_server.evaluation.closed_loop.report import format_table, summarize, write_report
 from vidplan_server.evaluation.closed_loop.runner import (
     DEFAULT_SEED,
     SPLITS,
     ClosedLoopConfig,
     ClosedLoopError,
-    run_closed_loop,
+    run_closed_loop_seeds,
 )
 
 MAIN_AGENTS = (
@@ -79,7 +82,13 @@ def main() -> int:
         help=f"comma list of agents to run (default all: {','.join(AGENT_NAMES)})",
     )
     ap.add_argument("--splits", default="val,ood", help="comma list of splits (default val,ood)")
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"base seed of the scenes (default {DEFAULT_SEED})")
+    ap.add_argument(
+        "--seed",
+        type=seed_list,
+        default=[DEFAULT_SEED],
+        help=f"base seed of the scenes (default {DEFAULT_SEED}); a comma list runs each in WORKDIR/seed_<S>, "
+        "prints each seed's table, and reports them pooled",
+    )
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint of the model-based agents (default bundled)")
     ap.add_argument("--device", default="cpu", help="torch device of the model-based agents (default cpu)")
     ap.add_argument("--videos", type=int, default=2, help="mp4s of the first K episodes per split and agent")
@@ -92,16 +101,21 @@ def main() -> int:
         ap.error("--episodes, --reference-episodes and --workers must be >= 1")
     counts = {a: (args.episodes if a in MAIN_AGENTS else args.reference_episodes) for a in args.agents}
     config = ClosedLoopConfig(
-        seed=args.seed, ckpt=str(args.ckpt) if args.ckpt else None, device=args.device, videos=args.videos
+        seed=args.seed[0], ckpt=str(args.ckpt) if args.ckpt else None, device=args.device, videos=args.videos
     )
     t0 = time.perf_counter()
     try:
-        records = run_closed_loop(args.workdir, splits, counts, config, workers=args.workers)
+        records = run_closed_loop_seeds(args.workdir, splits, counts, args.seed, config, workers=args.workers)
     except ClosedLoopError as exc:
         print(f"closed_loop.py: error: {exc}", file=sys.stderr)
         return 2
     summary = summarize(records)
     write_report(args.workdir, records)
+    if len(args.seed) > 1:
+        for seed in args.seed:
+            mine = [r for r in records if r.get("options", {}).get("seed") == seed]
+            print(f"\nbase seed {seed}:\n{format_table(summarize(mine))}")
+        print(f"\npooled over base seeds {','.join(map(str, args.seed))}:")
     print()
     print(format_table(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,6 +141,21 @@ def test_cli_runs_the_expert_and_reports(tmp_path, capsys, monkeypatch):
     assert "expected names from expert, policy" in capsys.readouterr().err
 
 
+def test_cli_pools_several_base_seeds_and_refuses_them_in_realtime(tmp_path, capsys):
+    out = tmp_path / "cl"
+    argv = ["eval", "closed-loop", "--split", "val", "--episodes", "1", "--agent", "expert", "--out", str(out)]
+    assert main([*argv, "--seed", "5,6", "--max-steps", "2", "--videos", "0", "--quiet"]) == 0
+    summary = json.loads((out / "closed_loop.json").read_text())
+    assert summary["val"]["expert"]["episodes"] == 2
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {"seed_5", "seed_6"}
+    capsys.readouterr()
+    assert main([*argv, "--seed", "5,6", "--realtime"]) == 2
+    assert "--realtime runs one base seed at a time" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--seed", "5,5"])
+    assert "distinct integers" in capsys.readouterr().err
+
+
 def test_no_grasp_failures_are_split_by_kind_in_the_summary_and_table():
     recs = [record("policy", "ood", i, False, first="none", cause="no_grasp") for i in range(4)]
     for r, (closest, close) in zip(recs[:3], [(0.3, None), (0.03, None), (0.02, 0.03)], strict=True):

@@ -15,7 +15,9 @@ from vidplan_server.evaluation.closed_loop.runner import (
     ClosedLoopConfig,
     ClosedLoopError,
     Job,
+    load_all_episodes,
     run_closed_loop,
+    run_closed_loop_seeds,
     run_episode,
 )
 from vidplan_server.evaluation.closed_loop.video import EpisodeVideo, plan_frame
@@ -181,6 +183,43 @@ def test_a_run_resumes_without_redoing_episodes_and_keeps_its_options(tmp_path, 
 
     with pytest.raises(ClosedLoopError, match="--max-steps 6 there, 7 now"):
         run_closed_loop(tmp_path, ["val"], {"policy": 3}, ClosedLoopConfig(max_steps=7), progress=False)
+
+
+def test_several_base_seeds_run_in_their_own_folders_and_pool(tmp_path, fake_agents):
+    config = ClosedLoopConfig(max_steps=2, videos=0)
+    recs = run_closed_loop_seeds(tmp_path, ["val"], {"policy": 2, "vidplan": 1}, [7, 8], config, progress=False)
+    assert len(recs) == 6
+    for seed in (7, 8):
+        mine = [r for r in recs if r["options"]["seed"] == seed]
+        assert len(mine) == 3 and json.loads((tmp_path / f"seed_{seed}/run.json").read_text())["seed"] == seed
+        assert sorted(p.name for p in (tmp_path / f"seed_{seed}/episodes/val/policy").iterdir()) == ["0.json", "1.json"]
+    # other base seed, other scenes; within one base seed the agents share them
+    assert len({r["seed"] for r in recs if r["agent"] == "policy"}) == 4
+    assert {r["seed"] for r in recs if r["agent"] == "vidplan"} <= {r["seed"] for r in recs if r["agent"] == "policy"}
+    assert not (tmp_path / "episodes").exists() and not (tmp_path / "run.json").exists()
+    assert sorted(map(json.dumps, load_all_episodes(tmp_path))) == sorted(map(json.dumps, recs))
+
+    # one base seed keeps a plain run's layout, so it resumes a run made before seeds could be pooled
+    one = run_closed_loop_seeds(tmp_path / "one", ["val"], {"policy": 1}, [7], config, progress=False)
+    assert (tmp_path / "one/episodes/val/policy/0.json").is_file() and one[0]["seed"] == recs[0]["seed"]
+    # the same episode found in a plain run and in a seed folder counts once
+    run_closed_loop_seeds(tmp_path / "one", ["val"], {"policy": 1}, [7, 9], config, progress=False)
+    assert len(load_all_episodes(tmp_path / "one")) == 2
+
+    for seeds, message in (([], "at least one"), ([7, 7], "each base seed once")):
+        with pytest.raises(ClosedLoopError, match=message):
+            run_closed_loop_seeds(tmp_path, ["val"], {"policy": 1}, seeds, config, progress=False)
+
+
+def test_the_seed_option_takes_a_comma_list_of_distinct_integers():
+    import argparse
+
+    from vidplan_server.evaluation.closed_loop.cli import seed_list
+
+    assert seed_list("1000") == [1000] and seed_list("1000, 2000,3000") == [1000, 2000, 3000]
+    for bad in ("", "a", "1,1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="distinct integers"):
+            seed_list(bad)
 
 
 @pytest.mark.slow

@@ -39,6 +39,17 @@ def _names(choices: tuple[str, ...]):
     return parse
 
 
+def seed_list(text: str) -> list[int]:
+    """argparse type: one base seed or a comma list of distinct ones."""
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list of distinct integers, got {text!r}")
+    return seeds
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``vidplan eval closed-loop``."""
     from vidplan_server.evaluation.closed_loop.names import AGENT_NAMES, DEFAULT_SEED, SPLITS
@@ -80,11 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
-        default=DEFAULT_SEED,
+        type=seed_list,
+        default=[DEFAULT_SEED],
         metavar="S",
         help=f"base seed of the scenes; the same for all agents (default {DEFAULT_SEED}, apart from the "
-        "recorded datasets' seeds)",
+        "recorded datasets' seeds). A comma list runs each base seed in OUT/seed_<S> and reports them pooled: "
+        "more, and other, scenes for the same command",
     )
     p.add_argument(
         "--workers",
@@ -197,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         ClosedLoopConfig,
         ClosedLoopError,
         load_all_episodes,
-        run_closed_loop,
+        run_closed_loop_seeds,
     )
     from vidplan_server.sim.record import parse_resolution
 
@@ -213,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     try:
         config = ClosedLoopConfig(
-            seed=args.seed,
+            seed=args.seed[0],
             open_loop_horizon=args.open_loop_horizon,
             max_steps=args.max_steps,
             history_steps=args.history_steps,
@@ -227,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         if args.realtime:
             from vidplan_server.evaluation.closed_loop.realtime import RealtimeConfig, run_realtime
 
+            if len(args.seed) > 1:
+                raise CliError("--seed: --realtime runs one base seed at a time")
             if args.workers > 1:
                 raise CliError(
                     "--workers: --realtime runs one episode at a time (parallel episodes would share the "
@@ -241,10 +255,11 @@ def run(args: argparse.Namespace) -> int:
             for name in ("server", "token"):
                 if getattr(args, name) is not None:
                     raise CliError(f"--{name} is only used with --realtime")
-            run_closed_loop(
+            run_closed_loop_seeds(
                 args.out,
                 splits,
                 {a: args.episodes for a in agents},
+                args.seed,
                 config,
                 workers=args.workers,
                 progress=not args.quiet,
