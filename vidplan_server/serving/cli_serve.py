@@ -135,7 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="standard deviation of the flow noise that the policy's and goal policy's samples start from (they "
         "were trained at 1; colder samples land nearer the policy's modes, warmer ones differ more), also for "
-        f"`options.mode` policy, at most 4 (default {DEFAULT_POLICY_TEMPERATURE}: the closed loop's best, README)",
+        f"`options.mode` policy, at most 4 (default {DEFAULT_POLICY_TEMPERATURE}; its closed-loop figures are in "
+        "the README's policy section)",
     )
     p.add_argument(
         "--keep-margin",
