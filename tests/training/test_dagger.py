@@ -7,15 +7,18 @@ import json
 import numpy as np
 import pytest
 
+from vidplan_server.data.schema import CAMERA_NAMES
 from vidplan_server.sim.episode import episode_seed
 from vidplan_server.sim.expert import ScriptedExpert
 from vidplan_server.sim.robot_env import SimEnvConfig, SimRobotEnv
 from vidplan_server.training.dagger import (
     DaggerConfig,
     DaggerError,
+    PolicyActor,
     collect,
     dagger_samples,
     expert_chunk,
+    resize_views,
     run_dagger_episode,
 )
 
@@ -95,6 +98,41 @@ def test_collect_writes_resumable_episodes_that_training_reads(tmp_path, tiny_po
     np.savez(files[0], **old)
     data = dagger_samples(out, (32, 32), 10, progress=False)
     assert np.isnan(data.target_pos[:12]).all() and np.isfinite(data.target_pos[12:]).all()
+
+
+def test_policy_actor_draws_its_noise_at_the_temperature(tiny_policy_bundle, sim_scene):
+    """The actor's chunk is the policy's sample from the seed's noise scaled by the temperature."""
+    import torch
+
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    instruction = env.reset(episode_seed(500, "train", 0))
+    obs = env.get_observation()
+    cold, hot = PolicyActor(tiny_policy_bundle, 7, 0.25), PolicyActor(tiny_policy_bundle, 7, 2.0)
+    got_cold, got_hot = cold(obs, instruction), hot(obs, instruction)
+    assert not np.allclose(got_cold, got_hot)
+    pol = cold.policy
+    frames = np.stack([obs["image"][c] for c in CAMERA_NAMES])
+    images = torch.as_tensor(resize_views(frames, pol.config.image_size)).permute(0, 3, 1, 2)[None].float() / 255
+    rs = obs["robot_state"]
+    state = torch.tensor([[*rs["cartesian_position"], float(np.clip(rs["gripper_position"], 0, 1))]])
+    noise = torch.randn((1, 1, pol.config.chunk, 7), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = pol.sample(images, state.float(), [instruction], 0.25 * noise)[0, 0].double().numpy()
+    np.testing.assert_allclose(got_cold, want, atol=1e-6)
+    with pytest.raises(DaggerError, match="--temperature"):
+        DaggerConfig(temperature=0.0)
+
+
+def test_a_folder_from_before_the_temperature_resumes_at_1(tmp_path, tiny_policy_bundle):
+    out = tmp_path / "dagger"
+    collect(tiny_policy_bundle, out, 1, DaggerConfig(max_steps=4, temperature=1.0), progress=False)
+    manifest = out / "dagger.json"
+    old = json.loads(manifest.read_text())
+    del old["temperature"]
+    manifest.write_text(json.dumps(old))
+    assert collect(tiny_policy_bundle, out, 1, DaggerConfig(max_steps=4, temperature=1.0), progress=False)["new"] == 0
+    with pytest.raises(DaggerError, match="temperature: 1.0 there, 0.5 now"):
+        collect(tiny_policy_bundle, out, 2, DaggerConfig(max_steps=4), progress=False)
 
 
 def test_collect_needs_a_policy(tmp_path, tiny_heads_bundle):

@@ -65,6 +65,7 @@ def _cmd_sim_dagger(args: argparse.Namespace) -> int:
         config = DaggerConfig(
             seed=args.seed,
             beta=args.beta,
+            temperature=args.temperature,
             open_loop_horizon=args.open_loop_horizon,
             max_steps=args.max_steps,
             resolution=parse_resolution(args.resolution),
@@ -211,6 +212,13 @@ def register(groups) -> None:
         type=fraction,
         default=0.3,
         help="probability that an executed chunk is the expert's, not the policy's (default 0.3)",
+    )
+    dag.add_argument(
+        "--temperature",
+        type=float,
+        default=0.5,
+        help="standard deviation of the policy's starting noise, in (0, 4] (default 0.5, the planner's "
+        "--policy-temperature, so the policy visits the states it visits when deployed; 1.0 before this option)",
     )
     dag.add_argument(
         "--seed",

@@ -15,6 +15,10 @@ expert's instead (DAgger's mixture policy: it keeps episodes reaching the later 
 whose states the policy alone rarely reaches yet). The episode ends after ``success_hold_steps`` successful steps
 or ``max_steps``.
 
+The policy's chunks are drawn at ``temperature`` (the flow's starting noise's standard deviation), by default the
+planner's ``PlannerConfig.policy_temperature`` 0.5, so the states DAgger visits are the ones the deployed policy
+visits (folders collected before the option existed were drawn at 1.0 and resume as such).
+
 Decided: ``beta`` 0.3, every step labelled, episodes seeded apart from the recordings (seeds 0-2) and the
 closed-loop benchmark (1000): base seed 500.
 
@@ -60,6 +64,7 @@ class DaggerError(Exception):
 class DaggerConfig:
     seed: int = 500  # base seed of the train-split scenes
     beta: float = 0.3  # probability that an executed chunk is the expert's
+    temperature: float = 0.5  # std of the policy's starting noise (the planner's policy_temperature)
     open_loop_horizon: int = 8  # policy rows executed before re-planning (as the closed-loop benchmark)
     max_steps: int = 240
     success_hold_steps: int = 8
@@ -68,6 +73,8 @@ class DaggerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta <= 1.0:
             raise DaggerError(f"--beta must be in [0, 1], got {self.beta}")
+        if not 0.0 < self.temperature <= 4.0:
+            raise DaggerError(f"--temperature must be in (0, 4], got {self.temperature}")
         for name in ("open_loop_horizon", "max_steps", "success_hold_steps"):
             if getattr(self, name) < 1:
                 raise DaggerError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -95,7 +102,7 @@ def expert_chunk(env: SimRobotEnv, steps: int) -> np.ndarray:
 class PolicyActor:
     """The bundle's policy on one observation: (S, 7) absolute chunk, one noise draw from its own generator."""
 
-    def __init__(self, ckpt: Path | str, seed: int) -> None:
+    def __init__(self, ckpt: Path | str, seed: int, temperature: float = 1.0) -> None:
         import torch
 
         from vidplan_server.models.policy import load_policy
@@ -103,6 +110,7 @@ class PolicyActor:
         self.torch = torch
         self.policy = load_policy(ckpt).eval()
         self.generator = torch.Generator().manual_seed(seed)
+        self.temperature = temperature
 
     def __call__(self, obs: dict, instruction: str) -> np.ndarray:
         torch, pol = self.torch, self.policy
@@ -112,7 +120,7 @@ class PolicyActor:
         state = torch.tensor(
             [[*rs["cartesian_position"], float(np.clip(rs["gripper_position"], 0, 1))]], dtype=torch.float32
         )
-        noise = torch.randn((1, 1, pol.config.chunk, 7), generator=self.generator)
+        noise = self.temperature * torch.randn((1, 1, pol.config.chunk, 7), generator=self.generator)
         with torch.no_grad():
             return pol.sample(images, state, [instruction], noise)[0, 0].double().numpy()
 
@@ -187,7 +195,7 @@ def _init(ckpt: str, config: DaggerConfig, out: str, parallel: bool) -> None:
 def _work(index: int) -> tuple[int, bool, int]:
     config: DaggerConfig = _state["config"]
     seed = episode_seed(config.seed, "train", index)
-    actor = PolicyActor(_state["ckpt"], seed)
+    actor = PolicyActor(_state["ckpt"], seed, config.temperature)
     if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS") == "1":
         sys.modules["torch"].set_num_threads(1)
     env = SimRobotEnv(SimEnvConfig(split="train", resolution=config.resolution), scene=_state["scene"])
@@ -217,7 +225,7 @@ def collect(
     wanted = {**asdict(config), "resolution": list(config.resolution), "ckpt": str(Path(ckpt).resolve())}
     manifest = out / MANIFEST
     if manifest.exists():
-        stored = json.loads(manifest.read_text())
+        stored = {"temperature": 1.0, **json.loads(manifest.read_text())}  # the noise before the option existed
         diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in wanted.items() if stored.get(k) != v]
         if diff:
             raise DaggerError(
