@@ -98,6 +98,15 @@ def test_collect_writes_resumable_episodes_that_training_reads(tmp_path, tiny_po
     np.savez(files[0], **old)
     data = dagger_samples(out, (32, 32), 10, progress=False)
     assert np.isnan(data.target_pos[:12]).all() and np.isfinite(data.target_pos[12:]).all()
+    # Steps after the instructed object fell off the table are left out (their labels chase it).
+    with np.load(files[1]) as z:
+        fell = {k: z[k] for k in z.files}
+    fell["target_pos"][8:, 2] = -0.4
+    np.savez(files[1], **fell)
+    data = dagger_samples(out, (32, 32), 10, progress=False)
+    assert len(data) == 32 and data.frames.shape[0] == data.chunk.shape[0] == data.text.shape[0] == 32
+    assert np.isnan(data.target_pos[:12]).all() and (data.target_pos[12:, 2] > -0.05).all()
+    np.testing.assert_array_equal(data.state[12:20], fell["state"][:8])
 
 
 def test_policy_actor_draws_its_noise_at_the_temperature(tiny_policy_bundle, sim_scene):
