@@ -192,3 +192,20 @@ def test_train_policy_adds_the_demonstrations_of_another_recording(tmp_path, dem
     meta = json.loads((tmp_path / "ckpt2" / "config.json").read_text())["modules"]["policy"]["meta"]
     # every demonstration step of the extra recording (its held-out episodes too) joins the training samples
     assert meta["samples"] > alone["samples"] and meta["demonstration_samples"] == alone["samples"]
+
+
+def test_a_warm_start_fine_tunes_at_the_given_learning_rate(tmp_path, tiny_policy_bundle, demo_dataset, capsys):
+    from vidplan_server.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "policy", "--data", str(demo_dataset), "--preset", "tiny", "--out", str(ckpt), "--quiet"]
+    assert main([*args, "--steps", "4", "--init-from", str(tiny_policy_bundle), "--lr", "2e-4"]) == 0
+    meta = json.loads((ckpt / "config.json").read_text())["modules"]["policy"]["meta"]
+    assert meta["loop"]["lr"] == 2e-4 and meta["init"] == str(tiny_policy_bundle)
+    # A resumed run keeps its learning rate: another one is refused, naming it.
+    assert main([*args, "--steps", "6", "--resume", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lr=0.001" in err and "only --steps may change on --resume" in err
+    with pytest.raises(SystemExit):
+        main([*args, "--steps", "6", "--resume", "--lr", "-1"])
+    assert "--lr" in capsys.readouterr().err

@@ -57,6 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out=args.out,
         preset=args.preset,
         steps=args.steps,
+        lr=args.lr,
         resume=args.resume,
         seed=args.seed,
         device=distributed.device_for(world, args.device) if world.distributed else args.device,
@@ -179,6 +180,13 @@ def register(groups) -> None:
         help="model size and schedule: tiny (tests), small (the bundled default, CPU), base (GPU) (default small)",
     )
     tr.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the preset's)")
+    tr.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate after warm-up, decayed by a cosine to a tenth (default: the preset's, 1e-3 for "
+        "small); lower it to fine-tune a warm start (--init-from) without unlearning it",
+    )
     tr.add_argument("--resume", action="store_true", help="continue the run saved in --out/training/<stage>")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, batches and the held-out split (default 0)")
     tr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")

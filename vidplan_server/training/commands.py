@@ -48,6 +48,7 @@ class TrainOptions:
     out: Path
     preset: str = "small"
     steps: int | None = None
+    lr: float | None = None  # peak learning rate (None: the preset's); a warm start fine-tunes with less
     resume: bool = False
     seed: int = 0
     device: str | None = None
@@ -57,6 +58,8 @@ class TrainOptions:
 
 def _loop(base: LoopConfig, opts: TrainOptions) -> LoopConfig:
     cfg = replace(base, seed=opts.seed)
+    if opts.lr is not None:
+        cfg = replace(cfg, lr=opts.lr)
     if opts.steps is not None:
         cfg = replace(
             cfg,
