@@ -45,6 +45,35 @@ def test_relabelled_expert_finishes_the_task_when_replanning_every_8_steps(sim_s
     assert arrays["state"].shape == (T, 7)
 
 
+def test_resumed_expert_descends_from_just_above_the_approach_height_while_turning(sim_scene):
+    """A hand over the target, 5 mm above the approach height and 1.2 rad off the grasp yaw: the label descends
+    within the 8 rows a policy executes (it turns on the way down), and following such labels picks the object.
+    Before, it turned in place first (15+ rows at the same height): a policy imitating that hovered for good."""
+    from scipy.spatial.transform import Rotation
+
+    from vidplan_server.sim.expert import ExpertConfig
+
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    env.reset(_first_seed("pick", env))
+    target = env.scene.objects[0]
+    pos, quat = env.scene.object_pose(target)
+    obj_yaw = Rotation.from_quat(quat).as_euler("xyz")[2]
+    short = obj_yaw if target.half_extents[0] <= target.half_extents[1] else obj_yaw + np.pi / 2
+    yaw = short + np.pi / 2 + 1.2
+    z = pos[2] + target.half_extents[2] + ExpertConfig().approach_height_m + 0.005
+    for _ in range(40):
+        env.update_robot(np.array([pos[0], pos[1], z, np.pi, 0.0, yaw, 0.0]))
+    label = expert_chunk(env, 15)
+    tcp_z = env.scene.kin.fk(env.scene.joint_positions())[2, 3]
+    assert tcp_z - label[7, 2] > 0.02, "descends within the executed rows"
+    for _ in range(12):  # follow the resumed labels, 8 rows at a time, as DAgger's policy would
+        for row in expert_chunk(env, 15)[:8]:
+            env.update_robot(row)
+        if env.is_success():
+            break
+    assert env.is_success()
+
+
 def test_resumed_expert_keeps_a_held_object_and_releases_a_wrong_one(sim_scene):
     env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
     env.reset(_first_seed("place", env))

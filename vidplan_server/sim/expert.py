@@ -26,6 +26,7 @@ from vidplan_server.sim.scene import PlacedObject, SimScene
 from vidplan_server.sim.tasks import Task
 
 FAILURE_MODES = ("wrong_target", "drop", "miss", "timeout")
+RESUME_APPROACH_SLACK_M = 0.03  # resume(): a hand this far above the approach height counts as there
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,9 @@ class ScriptedExpert:
         (the fingers may be closing), then the transport part of the script
         (lift, carry, release); when the hand is at the grasp (within 1.5 cm of the target's centre line and of
         the grasp height), close and lift; otherwise the reach-and-grasp part, which opens the gripper on the way
-        (letting go of a distractor) and skips the climb to the approach height when the hand is already over the
-        target (within 1.5 cm) and below that height, so it descends straight away.
+        (letting go of a distractor) and skips the move to the approach pose when the hand is already over the
+        target (within 1.5 cm) and below that height plus ``RESUME_APPROACH_SLACK_M``, so it descends straight
+        away and turns to the grasp yaw while descending.
         """
         if self.mode is not None:
             raise ValueError("resume() continues the nominal script; construct the expert with mode=None")
@@ -161,7 +163,13 @@ class ScriptedExpert:
             yield from self._hold(self.cfg.close_steps, 1.0)
             yield from self._transport(resumed=True)
             return
-        yield from self._reach_and_grasp(skip_approach=over and tcp[2] < top + self.cfg.approach_height_m)
+        # Over the target and at most RESUME_APPROACH_SLACK_M above the approach height: descend straight away,
+        # turning to the grasp yaw on the way down. Without the slack, a hand a few mm above the approach height
+        # got "turn in place first" (up to pi/2 at the angular speed, 15+ steps without descending): a policy
+        # that re-plans every 8 steps and turns imperfectly then hovers there for good (its DAgger rounds taught
+        # it to: most `no_grasp` failures of the session-12 policy hovered 7-13 cm from the object, gripper open).
+        near_approach = tcp[2] < top + self.cfg.approach_height_m + RESUME_APPROACH_SLACK_M
+        yield from self._reach_and_grasp(skip_approach=over and near_approach)
         yield from self._transport(resumed=True)
 
     def _reach_and_grasp(self, skip_approach: bool = False) -> Iterator[np.ndarray]:
