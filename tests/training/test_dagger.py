@@ -74,6 +74,25 @@ def test_resumed_expert_descends_from_just_above_the_approach_height_while_turni
     assert env.is_success()
 
 
+@pytest.mark.parametrize("kind", ["pick", "place"])
+def test_resumed_expert_starts_at_speed_mid_move(sim_scene, kind):
+    """Mid-transit, the label moves on at the script's pace instead of easing in from rest: its first rows cover
+    about as much of its path as the recorded script's rows do there (a policy learns one speed per state)."""
+    env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
+    env.reset(_first_seed(kind, env))
+    script = ScriptedExpert(env.scene, env.task, np.random.default_rng(0)).actions()
+    for _ in range(6):
+        env.update_robot(next(script))
+    recorded = np.stack([next(script) for _ in range(15)])
+    label = expert_chunk(env, 15)
+    tcp = env.scene.kin.fk(env.scene.joint_positions())[:3, 3]
+
+    def share(rows: np.ndarray) -> float:  # share of the 15-row path covered by the first three rows
+        return float(np.linalg.norm(rows[2, :3] - tcp) / np.linalg.norm(rows[14, :3] - tcp))
+
+    assert share(label) > 0.6 * share(recorded) and share(label) > 0.2, (share(label), share(recorded))
+
+
 def test_resumed_expert_keeps_a_held_object_and_releases_a_wrong_one(sim_scene):
     env = SimRobotEnv(SimEnvConfig(split="train"), scene=sim_scene)
     env.reset(_first_seed("place", env))

@@ -65,6 +65,7 @@ class ScriptedExpert:
         self._pose = scene.kin.fk(scene.joint_positions())
         self._gripper = 0.0
         self._yaw: float | None = None
+        self._under_way = False  # resume(): the next move starts at speed (no ease-in)
 
     # ------------------------------------------------------------------ helpers
     def _noisy(self, T: np.ndarray, gripper: float) -> np.ndarray:
@@ -86,9 +87,11 @@ class ScriptedExpert:
         v = speed or self.cfg.speed_mps
         n = max(1, int(np.ceil(max(dist / (v * DT_S), angle / (self.cfg.angular_speed_rps * DT_S)))))
         slerp = Slerp([0.0, 1.0], rots)
+        under_way, self._under_way = self._under_way, False
         for i in range(1, n + 1):
             s = i / n
-            s = 0.5 - 0.5 * np.cos(np.pi * s)  # ease in and out
+            # Ease in and out; a resumed script's first move eases out only (resume()).
+            s = np.sin(0.5 * np.pi * s) if under_way else 0.5 - 0.5 * np.cos(np.pi * s)
             T = np.eye(4)
             T[:3, :3] = slerp([s]).as_matrix()[0]
             T[:3, 3] = (1 - s) * start[:3, 3] + s * target[:3, 3]
@@ -96,6 +99,7 @@ class ScriptedExpert:
             yield self._noisy(T, g)
 
     def _hold(self, n: int, gripper: float) -> Iterator[np.ndarray]:
+        self._under_way = False  # holding still: the next move starts from rest
         for _ in range(n):
             self._gripper = gripper
             yield self._noisy(self._pose, gripper)
@@ -134,10 +138,14 @@ class ScriptedExpert:
         the grasp height), close and lift; otherwise the reach-and-grasp part, which opens the gripper on the way
         (letting go of a distractor) and skips the move to the approach pose when the hand is already over the
         target (within 1.5 cm) and below that height plus ``RESUME_APPROACH_SLACK_M``, so it descends straight
-        away and turns to the grasp yaw while descending.
+        away and turns to the grasp yaw while descending. The first move eases out only: it starts at speed.
         """
         if self.mode is not None:
             raise ValueError("resume() continues the nominal script; construct the expert with mode=None")
+        # The first move starts at speed, as the recorded script is mid-move in most states a policy passes
+        # through: eased in from rest, the label's third row had covered 10 % of its 15-row path in transit
+        # against 33 % in the recordings, and a policy trained on both learned two speeds for one state.
+        self._under_way = True
         if done:
             grip = 1.0 if self.task.kind == "pick" else 0.0
             up = self._pose.copy()
