@@ -174,8 +174,8 @@ class ScriptedExpert:
         # Over the target and at most RESUME_APPROACH_SLACK_M above the approach height: descend straight away,
         # turning to the grasp yaw on the way down. Without the slack, a hand a few mm above the approach height
         # got "turn in place first" (up to pi/2 at the angular speed, 15+ steps without descending): a policy
-        # that re-plans every 8 steps and turns imperfectly then hovers there for good (its DAgger rounds taught
-        # it to: most `no_grasp` failures of the session-12 policy hovered 7-13 cm from the object, gripper open).
+        # that imitates it, re-plans every 8 steps and turns imperfectly can hover there for good (the bundled
+        # policy's commonest failure: gripper open, 6-10 cm above the object, never closed).
         near_approach = tcp[2] < top + self.cfg.approach_height_m + RESUME_APPROACH_SLACK_M
         yield from self._reach_and_grasp(skip_approach=over and near_approach)
         yield from self._transport(resumed=True)
