@@ -152,3 +152,47 @@ def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(tiny_
     assert planner.plan(holding).proposal_kinds[:4] == ["policy:0", "policy:1", "policy:2", "policy:3"]
     with pytest.raises(ValueError, match="goal_samples"):
         PlannerConfig(goal_samples=-1)
+
+
+def test_coherent_index_keeps_the_sample_that_continues_the_running_chunk():
+    from vidplan_server.planning.policy_samples import coherent_first, coherent_index
+
+    chunks = np.zeros((3, 15, 7))
+    chunks[0, :, 0], chunks[1, :, 0], chunks[2, :, 0] = 0.30, 0.50, 0.52  # x of each sample's rows, m
+    reference = np.zeros((7, 7))
+    reference[:, 0] = 0.51
+    assert coherent_index(chunks, None) == 0 and coherent_index(chunks[:1], reference) == 0
+    assert coherent_index(chunks, reference) in (1, 2)
+    # Equal distances: the gripper breaks the tie (the reference closes, sample 2 closes too).
+    reference[:, 6], chunks[2, :, 6] = 1.0, 1.0
+    assert coherent_index(chunks, reference) == 2
+    first = coherent_first(chunks, reference)
+    assert np.array_equal(first[0], chunks[2]) and np.array_equal(first[2], chunks[0])
+    assert coherent_first(None, reference) is None
+
+
+def test_policy_mode_with_a_reference_answers_the_coherent_draw(planner, request0):
+    req = opts(request0, mode="policy", seed=3)
+    draws = planner.policy_chunks(req, planner.config.coherence_samples)
+    far = int(np.argmax(np.linalg.norm(draws[:, -1, :3] - draws[0, -1, :3], axis=-1)))
+    assert far != 0
+    r = planner.plan(replace(req, reference=draws[far, :8]))
+    assert r.proposal_kinds == [f"policy:{far}"]
+    assert np.allclose(r.actions[:, 6], np.clip(draws[far, :, 6], 0, 1), atol=1e-6)
+    # Without one, the single draw (sample 0 of the same noise stream).
+    assert planner.plan(req).proposal_kinds == ["policy:0"]
+
+
+def test_a_plan_puts_the_coherent_sample_first_as_the_incumbent(planner, request0):
+    req = opts(request0, seed=3)
+    draws = planner.policy_chunks(req, 3)
+    r = planner.plan(replace(req, reference=draws[2, :8]))
+    proposals = planner.propose(replace(req, reference=draws[2, :8]), 8, np.random.default_rng(0))
+    first = proposals.actions[0, :, :3]
+    assert r.proposal_kinds[0] == "policy:0" and proposals.kinds[0] == "policy:0"
+    assert np.abs(first - draws[2, :, :3]).max() < np.abs(first - draws[0, :, :3]).max()
+
+
+def test_a_bad_reference_names_the_field(planner, request0):
+    with pytest.raises(PlanningError, match="reference"):
+        planner.plan(replace(request0, reference=np.zeros((4, 6))))

@@ -41,6 +41,10 @@ class PlannerConfig:
     # Standard deviation of the flow noise the policy and goal-policy samples start from (trained at 1): colder
     # samples land nearer the flow's modes. Decided 0.5 in the closed loop (planning/policy_samples.py).
     policy_temperature: float = 0.5
+    # With a request's reference (the unexecuted rest of the chunk the robot is running), the policy draws this many
+    # samples and keeps the one that continues it (planning/policy_samples.py, backward coherence): the ``policy``
+    # mode answers it, and in a plan it is the incumbent. 1: no choice. Decided 8 in the closed loop (there).
+    coherence_samples: int = 8
     # The robot's own chunk (policy:0 or the nominal) is kept unless the best proposal beats its score by more than
     # this: a gap below the rollout noise is no reason to leave the policy (planning/selection.py, measured there).
     keep_margin: float = 0.01
@@ -60,6 +64,8 @@ class PlannerConfig:
             raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
         if not 0 < self.policy_temperature <= 4:  # also refuses NaN
             raise ValueError(f"policy_temperature must be in (0, 4], got {self.policy_temperature}")
+        if not 1 <= self.coherence_samples <= 64:
+            raise ValueError(f"coherence_samples must be in [1, 64], got {self.coherence_samples}")
         if self.keep_draws < 0:
             raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
         if not 0 <= self.goal_samples <= self.max_proposals:

@@ -87,7 +87,12 @@ from vidplan_server.planning.objective import (
     locate_request,
     value_objective,
 )
-from vidplan_server.planning.policy_samples import goal_sample_count, sample_policy_chunks
+from vidplan_server.planning.policy_samples import (
+    coherent_first,
+    coherent_index,
+    goal_sample_count,
+    sample_policy_chunks,
+)
 from vidplan_server.planning.proposer import Proposals, Proposer
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -307,6 +312,11 @@ class Planner:
             G = goal_sample_count(c.goal_samples, K, self.goal_policy, float(s.gripper_position))
             policy = self.policy_chunks(req, K - G) if K > G else None
             goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
+            # The incumbent (index 0 of the policy's slots) is the sample that continues the running chunk.
+            if goal_chunks is not None and policy is None:
+                goal_chunks = coherent_first(goal_chunks, req.reference)
+            else:
+                policy = coherent_first(policy, req.reference)
         P = c.policy_perturbations if o.policy_perturbations is None else o.policy_perturbations
         return self.proposer.propose(
             np.asarray(s.joint_position, dtype=np.float64),
@@ -740,8 +750,13 @@ class Planner:
 
     def _policy_only(self, call: _Call) -> PlanResult:
         """The baseline: one chunk of the bundle's policy (seeded), made feasible and checked like any plan, with
-        no world model involved. Per-frame model outputs are empty and confidence is 0 (nothing judged it)."""
-        chunk = self.policy_chunks(call.req, 1)[0]
+        no world model involved. Per-frame model outputs are empty and confidence is 0 (nothing judged it). With the
+        request's reference, the coherent one of ``coherence_samples`` draws (planning/policy_samples.py)."""
+        req = call.req
+        draws = self.config.coherence_samples if req.reference is not None and len(req.reference) else 1
+        samples = self.policy_chunks(req, draws)
+        k = coherent_index(samples, req.reference)
+        chunk = samples[k]
         actions, joints = self.adapter.feasible_cartesian(chunk, call.pose0, call.q0)
         problems = check_chunk(actions, call.pose0, self.config.limits, joints, self.kinematics)
         if problems:
@@ -760,7 +775,7 @@ class Planner:
             value=empty,
             confidence=0.0,
             proposal_scores=np.zeros(1),
-            proposal_kinds=["policy:0"],
+            proposal_kinds=[f"policy:{k}"],
             winner=0,
             refinement=[],
             refined=False,

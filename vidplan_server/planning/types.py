@@ -86,6 +86,9 @@ class PlanRequest:
     nominal: np.ndarray | None = None  # (S, 7) cartesian_position + gripper, or (S, 8) joint_velocity + gripper
     nominal_space: str = "cartesian_position"
     options: PlanOptions = field(default_factory=PlanOptions)
+    # (R, 7) cartesian_position + gripper: the rows of the chunk the robot is executing that it has not executed
+    # yet; the policy's samples stay coherent with it (planning/policy_samples.py, ``coherent_index``). None: none.
+    reference: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

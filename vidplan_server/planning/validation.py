@@ -289,4 +289,5 @@ def check_request(req: PlanRequest, info: ModelInfo) -> OptionCounts:
     check_state(s.joint_position, s.cartesian_position, s.gripper_position)
     check_options(req.options, option_ranges(info.maxima), info.modes, uq_methods=info.uq_methods)
     check_nominal(req.nominal, req.nominal_space)
+    check_nominal(req.reference, "cartesian_position", field="reference", space_field="reference")
     return resolve_counts(req.options, info.defaults)

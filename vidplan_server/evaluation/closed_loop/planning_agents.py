@@ -16,7 +16,10 @@
 Each builds the plan request from the runner's observation history the way the server does from a robot's stream:
 the T history frames are the observations ``(T - 1 - j) * frame_stride`` control steps before the current one (the
 earliest observation repeated at an episode's start), the state is the current one. Every call is seeded with
-``seed + episode seed + step`` so an episode replays identically, and agents differ only in what they are.
+``seed + episode seed + step`` so an episode replays identically, and agents differ only in what they are. Each
+call also carries the rows of the agent's last chunk that the runner has not executed yet as the request's
+``reference`` (what a robot client knows of the chunk it is running), so the policy's samples continue it
+(``planning/policy_samples.py``, backward coherence).
 """
 
 from __future__ import annotations
@@ -57,17 +60,29 @@ class PlannerAgent:
         self.planner = planner
         self.options = replace(options, return_heatmaps=heatmaps and options.mode == "plan")
         self._seed = 0
+        self._last: tuple[int, np.ndarray] | None = None  # (step planned at, the chunk answered) of the last call
 
     def reset(self, env, seed: int) -> None:
         self._seed = int(seed)
+        self._last = None
+
+    def reference(self, step: int) -> np.ndarray | None:
+        """The rows (R, 7) of the last chunk not executed by ``step`` (None at the start or once it ran out)."""
+        if self._last is None:
+            return None
+        planned_at, chunk = self._last
+        done = step - planned_at
+        return chunk[done:] if 0 < done < len(chunk) else None
 
     def act(self, history: list[dict], instruction: str) -> AgentStep:
         step = int(history[-1]["timestamp"]["step"])
         opts = replace(self.options, seed=(self.options.seed + self._seed + step) % 2**63)
         pl = self.planner
         req = request_from_history(history, instruction, pl.history_len, pl.frame_stride, opts)
+        req = replace(req, reference=self.reference(step))
         t0 = time.perf_counter()
         result = pl.plan(req)
+        self._last = (step, np.asarray(result.actions, dtype=np.float64))
         info = {
             "kind": result.proposal_kinds[result.winner],
             "plan_ms": (time.perf_counter() - t0) * 1e3,
