@@ -76,3 +76,15 @@ def test_rows_left_decides_when_to_ask_again():
     assert s.rows_left(0.0) == 7 and s.rows_left(5 * DT) == 2 and s.rows_left(9 * DT) is None
     with pytest.raises(ValueError):
         ChunkScheduler(open_loop_steps=0)
+
+
+def test_the_unexecuted_rows_outlive_the_horizon_but_not_their_time():
+    s = ChunkScheduler(open_loop_steps=4)
+    assert s.unexecuted(0.0) is None  # nothing commanded yet
+    plan = chunk(1)
+    s.offer(plan, t=0.0)
+    assert run(s, [k * DT for k in range(6)]) == [0, 1, 2, 3, None, None]
+    # Rows 0-3 ran; at t = 4 dt the row for now is 4, and the used-up chunk's rows 4.. are still its intent.
+    np.testing.assert_allclose(s.unexecuted(4 * DT), plan.chunk[4:])
+    np.testing.assert_allclose(s.unexecuted(10 * DT), plan.chunk[10:])  # held 6 ticks: those rows passed
+    assert s.unexecuted(20 * DT) is None  # all in the past

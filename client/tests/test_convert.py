@@ -83,6 +83,7 @@ def test_request_round_trip_through_bytes():
         history=[past],
         nominal=nominal,
         options=plan_options(num_proposals=16, refine_iters=0, seed=7),
+        reference=nominal[1:],
     )
     parsed = pb.PlanRequest.FromString(request.SerializeToString())
     arrays = request_arrays(parsed)
@@ -95,6 +96,10 @@ def test_request_round_trip_through_bytes():
     assert arrays["gripper_position"] == 0.25 and arrays["timestamp_s"] == 12.0
     assert arrays["history_timestamps_s"] == [11.8]
     np.testing.assert_allclose(arrays["nominal"], nominal)
+    np.testing.assert_allclose(arrays["reference"], nominal[1:])
+    with pytest.raises(WireError, match=r"reference must be finite \(R, 7\)"):
+        make_request("sess", 43, "pick up the cube", obs, reference=np.zeros((2, 8)))
+    assert request_arrays(make_request("sess", 44, "pick up the cube", obs))["reference"] is None
     assert parsed.nominal.space == pb.ACTION_SPACE_CARTESIAN_POSITION
     # Unset options stay unset (server default); 0 is a real value, distinct from unset.
     assert parsed.options.HasField("refine_iters") and parsed.options.refine_iters == 0

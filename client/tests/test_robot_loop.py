@@ -495,3 +495,14 @@ def test_every_command_is_within_the_step_limits_whatever_arrives(seed):
     ]
     assert late and any("out of reach" in p.reason for p in loop.plans)
     assert 20 < len(seen) < 190
+
+
+def test_requests_carry_the_unexecuted_rest_of_the_running_chunk():
+    """The reference is what the robot has not executed yet of the chunk it runs: nothing before the first chunk,
+    then the rows after the last commanded one (the server's policy samples continue them)."""
+    loop, env, client, _ = make_loop(open_loop_steps=4)
+    loop.run(9)
+    first, second, third = client.requests
+    assert len(first.reference) == 0
+    np.testing.assert_allclose([list(r.values) for r in second.reference], client.answers[1][4:])
+    np.testing.assert_allclose([list(r.values) for r in third.reference], client.answers[2][4:])

@@ -13,7 +13,10 @@ commanded target:
   lowest one allowed and it, after which the chunk runs that many rows late; no reachable row drops the chunk,
   a used-up horizon discards it. ``None`` means hold;
 - :meth:`ChunkScheduler.rows_left`: rows of the current chunk left after the one for now, which decides when
-  the next request goes out.
+  the next request goes out;
+- :meth:`ChunkScheduler.unexecuted`: the rows of the last commanded chunk (current or just used up) after the last
+  commanded row whose time has not passed, which the next request sends as its ``reference`` (the server's policy
+  samples continue them); none once they are all in the past (after a hold, say).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class ChunkScheduler:
         self.plan: Plan | None = None  # the current chunk
         self.last_row = -1  # its last executed row
         self.lag = 0  # rows it runs behind its time stamps (to stay within the step limits)
+        self._commanded: tuple[Plan, int, int] | None = None  # (chunk, row, lag) of the last command
 
     def horizon(self, plan: Plan) -> int:
         """Rows of ``plan`` that may run: the open-loop horizon, or fewer in a shorter chunk."""
@@ -130,7 +134,18 @@ class ChunkScheduler:
     def commit(self, row: int) -> np.ndarray:
         """Row ``row`` of the current chunk is being commanded; returns its (7,) target."""
         self.last_row = row
+        self._commanded = (self.plan, row, self.lag)
         return self.plan.chunk[row]
+
+    def unexecuted(self, t: float) -> np.ndarray | None:
+        """(R, 7) rows of the last commanded chunk after its last commanded row, from the row for loop time ``t``
+        on (the horizon does not cut them: they are the chunk's intent); None when there are none."""
+        if self._commanded is None:
+            return None
+        plan, row, lag = self._commanded
+        now = math.floor((t + plan.dt_s - plan.t0_s) / plan.dt_s + 0.5) - plan.i0 - lag
+        first = max(row + 1, now)
+        return np.asarray(plan.chunk[first:], dtype=np.float64) if first < len(plan.chunk) else None
 
     def rows_left(self, t: float) -> int | None:
         """Rows of the current chunk left after the one for ``t`` (time only); None without a usable row."""

@@ -185,10 +185,13 @@ def make_request(
     nominal: np.ndarray | None = None,
     nominal_space: str = "cartesian_position",
     options: pb.PlanOptions | None = None,
+    reference: np.ndarray | None = None,
 ) -> pb.PlanRequest:
     """PlanRequest. ``history``: earlier observations, oldest first, without ``observation``.
 
     ``nominal``: optional ``(S, 7)`` cartesian_position + gripper or ``(S, 8)`` joint_velocity + gripper chunk.
+    ``reference``: optional ``(R, 7)`` cartesian_position + gripper, the rows of the chunk the robot is executing
+    that it has not executed yet (the server's policy samples continue it).
     """
     if not instruction.strip():
         raise WireError("instruction must not be empty")
@@ -214,11 +217,16 @@ def make_request(
             raise WireError(f"nominal {nominal_space} chunk must be finite (S, {width}), got {rows.shape}")
         request.nominal.space = ACTION_SPACES[nominal_space]
         request.nominal.rows.extend(pb.ActionRow(values=r.tolist()) for r in rows)
+    if reference is not None and len(reference):
+        rows = np.asarray(reference, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != 7 or not np.all(np.isfinite(rows)):
+            raise WireError(f"reference must be finite (R, 7) cartesian_position + gripper rows, got {rows.shape}")
+        request.reference.extend(pb.ActionRow(values=r.tolist()) for r in rows)
     return request
 
 
 def request_arrays(request: pb.PlanRequest) -> dict:
-    """Decode a request back to numpy (tests, logging): images per camera, state, nominal."""
+    """Decode a request back to numpy (tests, logging): images per camera, state, nominal, reference."""
     obs = request.observation
     out = {
         "images": {f.camera: decode_image(f) for f in obs.frames},
@@ -228,6 +236,7 @@ def request_arrays(request: pb.PlanRequest) -> dict:
         "timestamp_s": obs.timestamp_s,
         "history_timestamps_s": [h.timestamp_s for h in request.history],
         "nominal": None,
+        "reference": rows_to_array(request.reference, 7, "reference") if request.reference else None,
     }
     if request.HasField("nominal"):
         out["nominal"] = rows_to_array(request.nominal.rows)

@@ -325,6 +325,7 @@ class RobotLoop:
                 self._encoded(self._memory[-1]),
                 history=self._history(t),
                 options=cfg.options,
+                reference=self.chunks.unexecuted(t),
             )
         except WireError as e:  # a bad observation from the env: hold rather than crash the loop
             self._finish(record, t, "failed", f"observation does not fit the wire: {e}")

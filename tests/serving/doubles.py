@@ -49,6 +49,7 @@ class StubPlanner:
         self.policy = policy
         self.requests: list[PlanRequest] = []
         self.options: list[PlanOptions] = []
+        self.references: list = []  # each request's reference rows (None when it sent none)
         self.gate: threading.Event | None = None
         self.warmup_gate: threading.Event | None = None
         self.started = threading.Event()  # set when a plan begins
@@ -89,6 +90,7 @@ class StubPlanner:
         self.threads.add(threading.current_thread().name)
         self.requests.append(request)
         self.options.append(request.options)
+        self.references.append(request.reference)
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)

@@ -88,6 +88,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         cli_serve.DEFAULT_POLICY_PULLS,
         cli_serve.DEFAULT_GOAL_SAMPLES,
         cli_serve.DEFAULT_POLICY_TEMPERATURE,
+        cli_serve.DEFAULT_COHERENCE_SAMPLES,
     ) == (
         defaults.policy_samples,
         defaults.policy_perturbations,
@@ -98,6 +99,7 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
         defaults.policy_pulls,
         defaults.goal_samples,
         defaults.policy_temperature,
+        defaults.coherence_samples,
     )
     config = cli_serve.planner_config_from_args(
         parser.parse_args(["serve", "--policy-samples", "0", "--policy-perturbations", "4"])
@@ -108,6 +110,10 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--keep-draws", "3"])).keep_draws == 3
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-pulls", "4"])).policy_pulls == 4
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--goal-samples", "5"])).goal_samples == 5
+    assert (
+        cli_serve.planner_config_from_args(parser.parse_args(["serve", "--coherence-samples", "1"])).coherence_samples
+        == 1
+    )
     warm = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-temperature", "1"]))
     assert warm.policy_temperature == 1.0
     with pytest.raises(ValueError, match="policy_temperature"):

@@ -94,6 +94,11 @@ BAD_CALLS = {
     "nominal width": (call(nominal=[[0.0] * 6] * 3), "nominal: shape (3, 6), expected (steps, 7)"),
     "nominal nan": (call(nominal=[[0.0] * 7, [float("nan")] * 7]), "nominal: element [1, 0]"),
     "nominal space": (call(nominal=[[0.0] * 7], nominal_space="joint_torque"), "nominal.space"),
+    "reference width": (call(reference=[[0.0] * 8] * 2), "reference: shape (2, 8), expected (steps, 7)"),
+    "reference gripper": (
+        call(reference=[[0.45, 0, 0.38, 3.14, 0, 0, 2.0]]),
+        "reference: element [0, 6] is 2.0, outside [0, 1] (cartesian_position)",
+    ),
     "history after observation": (
         call(t=1.0, history=[Observation(frames=frames(), timestamp_s=2.0)]),
         "history[0].timestamp_s",
@@ -457,3 +462,18 @@ def test_the_public_pipeline_is_what_plan_runs(make_service):
     reply = asyncio.run(scenario())
     assert reply.sequence == 1 and reply.result.actions.shape == (15, 7)
     assert service.serving_error(asyncio.CancelledError()) is None
+
+
+def test_the_reference_rows_reach_the_planner(make_service, stub):
+    """A request's reference (the unexecuted rest of the robot's chunk) arrives as (R, 7) float rows; none as None."""
+    service = make_service()
+    rows = [[0.45, 0.0, 0.38, 3.14, 0.0, 0.0, 0.0], [0.46, 0.0, 0.38, 3.14, 0.0, 0.0, 1.0]]
+
+    async def scenario():
+        await service.plan(call(t=0.0, reference=rows))
+        await service.plan(call(t=0.1))
+
+    asyncio.run(scenario())
+    sent, none = stub.references
+    np.testing.assert_allclose(sent, rows)
+    assert none is None

@@ -24,6 +24,7 @@ DEFAULT_POLICY_PERTURBATIONS = 0
 DEFAULT_POLICY_PULLS = 0
 DEFAULT_GOAL_SAMPLES = 12
 DEFAULT_POLICY_TEMPERATURE = 0.5
+DEFAULT_COHERENCE_SAMPLES = 8
 DEFAULT_KEEP_MARGIN = 0.01
 DEFAULT_KEEP_DRAWS = 0
 DEFAULT_PROGRESS_WEIGHT = 1.0
@@ -137,6 +138,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "were trained at 1; colder samples land nearer the policy's modes, warmer ones differ more), also for "
         f"`options.mode` policy, at most 4 (default {DEFAULT_POLICY_TEMPERATURE}; its closed-loop figures are in "
         "the README's policy section)",
+    )
+    p.add_argument(
+        "--coherence-samples",
+        type=positive_int,
+        default=None,
+        metavar="C",
+        help="when a request sends its `reference` (the rows of the chunk the robot is executing that it has not "
+        "executed yet; the robot client does), `options.mode` policy draws C samples and answers the one that "
+        "continues it, and a plan makes the coherent one of its policy samples the chunk it keeps unless beaten: "
+        f"the robot does not dither between the policy's modes; 1 turns it off, at most 64 (default "
+        f"{DEFAULT_COHERENCE_SAMPLES}; measured in the README's policy section)",
     )
     p.add_argument(
         "--keep-margin",

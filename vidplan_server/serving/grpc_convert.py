@@ -73,6 +73,7 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
             raise InvalidArgument(f"{name} is not a valid action space", field="nominal.space")
         nominal_space = SPACE_NAMES[request.nominal.space]
         nominal = [list(row.values) for row in request.nominal.rows]
+    reference = [list(row.values) for row in request.reference] or None
     option_deadline_s = o.deadline_ms / 1000.0 if o.HasField("deadline_ms") else None
     return PlanCall(
         instruction=request.instruction,
@@ -82,6 +83,7 @@ def plan_call(request: pb.PlanRequest, transport_deadline_s: float | None = None
         history=[observation(past, f"history[{i}]", with_state=False) for i, past in enumerate(request.history)],
         nominal=nominal,
         nominal_space=nominal_space,
+        reference=reference,
         options=options,
         deadline_s=earliest_deadline(transport_deadline_s, option_deadline_s),
     )

@@ -343,6 +343,10 @@ def _openapi(app: FastAPI, limits: Limits, token: bool, public_metrics: bool) ->
         maxItems=limits.max_nominal_steps,
         items={"type": "array", "items": {"type": "number"}, "minItems": min(widths), "maxItems": max(widths)},
     )
+    request["reference"].update(
+        maxItems=limits.max_nominal_steps,
+        items={"type": "array", "items": {"type": "number"}, "minItems": widths[0], "maxItems": widths[0]},
+    )
     for name in (*OPTIONAL_COUNTS, "deadline_ms", "seed"):
         option = props["PlanOptions"][name]
         target = next((a for a in option.get("anyOf", ()) if a.get("type") == "integer"), option)
@@ -444,6 +448,7 @@ def plan_call(body: m.PlanRequest) -> PlanCall:
         history=[_observation(h, f"history[{i}]", with_state=False) for i, h in enumerate(body.history)],
         nominal=body.nominal.rows if body.nominal is not None and body.nominal.rows else None,
         nominal_space=body.nominal.space if body.nominal is not None else "cartesian_position",
+        reference=body.reference or None,
         options=Options(
             **{name: getattr(o, name) for name in OPTIONAL_COUNTS},
             seed=o.seed,

@@ -111,6 +111,12 @@ class PlanRequest(BaseModel):
     )
     nominal: NominalChunk | None = None
     options: PlanOptions = Field(default_factory=PlanOptions)
+    reference: list[list[float]] = Field(
+        default_factory=list,
+        description="(R, 7) pose + gripper: the rows of the chunk the robot is executing that it has not executed "
+        "yet; the policy's samples continue it (policy mode answers the coherent draw, a plan keeps it as the "
+        "incumbent). Empty = none",
+    )
 
 
 class ChunkStamp(BaseModel):

@@ -111,6 +111,9 @@ class PlanCall:
     nominal: Sequence[Sequence[float]] | np.ndarray | None = None  # (S, 7) or (S, 8), see nominal_space
     nominal_space: str = "cartesian_position"
     options: Options = field(default_factory=Options)
+    # (R, 7) cartesian_position + gripper: the unexecuted rest of the chunk the robot is running (planning's
+    # PlanRequest.reference); None or no rows = none
+    reference: Sequence[Sequence[float]] | np.ndarray | None = None
     deadline_s: float | None = None  # remaining budget when the request arrived; None = no deadline
 
 

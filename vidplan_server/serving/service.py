@@ -459,6 +459,7 @@ class PlanService:
             nominal=checked.nominal,
             nominal_space=call.nominal_space,
             options=checked.options,
+            reference=checked.reference,
         )
         deadline_at = prepared.deadline_at
         stamps: dict[str, float] = {"queued": time.perf_counter()}

@@ -76,6 +76,9 @@ class ServeSettings(BaseSettings):
     policy_temperature: float | None = Field(
         None, gt=0, le=4, description="standard deviation of the flow noise of policy and goal-policy samples"
     )
+    coherence_samples: int | None = Field(
+        None, ge=1, le=64, description="policy draws among which policy mode keeps the one continuing the reference"
+    )
     keep_margin: float | None = Field(
         None, ge=0, description="score margin to replace the robot's own chunk (default: the planner's)"
     )
@@ -254,7 +257,7 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
-        for name in ("keep_margin", "keep_draws", "policy_temperature"):
+        for name in ("keep_margin", "keep_draws", "policy_temperature", "coherence_samples"):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         if self.progress_weight is not None:

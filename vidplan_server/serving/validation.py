@@ -147,6 +147,7 @@ class CheckedCall:
     instruction: str
     state: RobotState
     nominal: np.ndarray | None
+    reference: np.ndarray | None  # (R, 7) cartesian_position + gripper
     options: PlanOptions  # without deadline_s; the worker sets it when the plan starts
 
 
@@ -205,7 +206,11 @@ def check_call(call: PlanCall, limits: Limits) -> CheckedCall:
             )
         previous = ts
     return CheckedCall(
-        instruction=instruction, state=state, nominal=_nominal(call, limits), options=_options(call, limits)
+        instruction=instruction,
+        state=state,
+        nominal=_nominal(call, limits),
+        reference=_reference(call, limits),
+        options=_options(call, limits),
     )
 
 
@@ -237,6 +242,17 @@ def _nominal(call: PlanCall, limits: Limits) -> np.ndarray | None:
             call.nominal_space,
             field="nominal",
             space_field="nominal.space",
+            max_steps=limits.max_nominal_steps,
+        )
+
+
+def _reference(call: PlanCall, limits: Limits) -> np.ndarray | None:
+    with _wire_fields():
+        return rules.check_nominal(
+            call.reference,
+            "cartesian_position",
+            field="reference",
+            space_field="reference",
             max_steps=limits.max_nominal_steps,
         )
 

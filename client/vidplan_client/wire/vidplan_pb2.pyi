@@ -125,7 +125,7 @@ class PlanOptions(_message.Message):
     def __init__(self, num_proposals: _Optional[int] = ..., refine_iters: _Optional[int] = ..., flow_steps: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., seed: _Optional[int] = ..., return_heatmaps: _Optional[bool] = ..., nominal_perturbations: _Optional[int] = ..., policy_samples: _Optional[int] = ..., policy_perturbations: _Optional[int] = ..., mode: _Optional[_Union[PlanMode, str]] = ..., uq_method: _Optional[_Union[UqMethod, str]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("session_id", "sequence", "instruction", "observation", "history", "nominal", "options")
+    __slots__ = ("session_id", "sequence", "instruction", "observation", "history", "nominal", "options", "reference")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class PlanRequest(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     NOMINAL_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     sequence: int
     instruction: str
@@ -140,7 +141,8 @@ class PlanRequest(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[Observation]
     nominal: NominalChunk
     options: PlanOptions
-    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., instruction: _Optional[str] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Observation, _Mapping]]] = ..., nominal: _Optional[_Union[NominalChunk, _Mapping]] = ..., options: _Optional[_Union[PlanOptions, _Mapping]] = ...) -> None: ...
+    reference: _containers.RepeatedCompositeFieldContainer[ActionRow]
+    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., instruction: _Optional[str] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Observation, _Mapping]]] = ..., nominal: _Optional[_Union[NominalChunk, _Mapping]] = ..., options: _Optional[_Union[PlanOptions, _Mapping]] = ..., reference: _Optional[_Iterable[_Union[ActionRow, _Mapping]]] = ...) -> None: ...
 
 class ChunkStamp(_message.Message):
     __slots__ = ("t0_s", "i0", "dt_s")
