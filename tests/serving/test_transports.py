@@ -454,3 +454,27 @@ def test_an_oversized_http_body_is_refused_before_parsing(serve, stub):
         planned = len(stub.requests)
         assert http.post("/v1/plan", json=body).status_code == 200  # and the server goes on serving
         assert len(stub.requests) == planned + 1
+
+
+def test_the_reference_rows_reach_the_planner_on_both_transports(serve, stub):
+    """A request's reference goes through both wires as (R, 7) rows; a row of another width is INVALID_ARGUMENT /
+    400 naming ``reference``, refused before the planner."""
+    rows = [[0.45, 0.0, 0.38, 3.14, 0.0, 0.0, 0.0], [0.46, 0.0, 0.38, 3.14, 0.0, 0.0, 1.0]]
+    server = serve()
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        vidplan = pb_grpc.VidPlanStub(channel)
+        request = pb_request()
+        request.reference.extend(pb.ActionRow(values=r) for r in rows)
+        vidplan.Plan(request, timeout=10)
+        bad = pb_request(sequence=2)
+        bad.reference.add(values=[0.0] * 6)
+        with pytest.raises(grpc.RpcError) as err:
+            vidplan.Plan(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reference" in err.value.details()
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.post("/v1/plan", json={**json_request(), "reference": rows}).status_code == 200
+        r = http.post("/v1/plan", json={**json_request(sequence=2), "reference": [[0.0] * 8]})
+        assert r.status_code == 400 and r.json()["error"]["field"].startswith("reference"), r.text
+    assert len(stub.references) == 2
+    for got in stub.references:
+        assert got is not None and got.shape == (2, 7) and abs(got - rows).max() < 1e-12
