@@ -87,12 +87,8 @@ from vidplan_server.planning.objective import (
     locate_request,
     value_objective,
 )
-from vidplan_server.planning.policy_samples import (
-    coherent_first,
-    coherent_index,
-    goal_sample_count,
-    sample_policy_chunks,
-)
+from vidplan_server.planning.policy_mode import policy_mode_plan
+from vidplan_server.planning.policy_samples import coherent_first, goal_sample_count, sample_policy_chunks
 from vidplan_server.planning.proposer import Proposals, Proposer
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -424,7 +420,7 @@ class Planner:
         plan."""
         call = self._start(req)
         if req.options.mode == "policy":
-            return self._policy_only(call)
+            return policy_mode_plan(self, call)
         history, text = self._encode(call)
         props, knots = self._propose(call, history, text)
         noise, pred = self._rollout(call, history, knots)
@@ -746,41 +742,6 @@ class Planner:
             notes=call.notes,
             predicted_frames=predicted,
             heatmaps=heat,
-        )
-
-    def _policy_only(self, call: _Call) -> PlanResult:
-        """The baseline: one chunk of the bundle's policy (seeded), made feasible and checked like any plan, with
-        no world model involved. Per-frame model outputs are empty and confidence is 0 (nothing judged it). With the
-        request's reference, the coherent one of ``coherence_samples`` draws (planning/policy_samples.py)."""
-        req = call.req
-        draws = self.config.coherence_samples if req.reference is not None and len(req.reference) else 1
-        samples = self.policy_chunks(req, draws)
-        k = coherent_index(samples, req.reference)
-        chunk = samples[k]
-        actions, joints = self.adapter.feasible_cartesian(chunk, call.pose0, call.q0)
-        problems = check_chunk(actions, call.pose0, self.config.limits, joints, self.kinematics)
-        if problems:
-            raise UnsafePlanError(problems)
-        call.lap("propose")
-        call.timings["total"] = (self.clock() - call.t_start) * 1e3
-        empty = np.zeros(0)
-        return PlanResult(
-            actions=actions,
-            joint_positions=joints,
-            dt_s=DT_S,
-            frame_stride=self.frame_stride,
-            uncertainty=empty,
-            expected_error=empty,
-            semantic_reward=empty,
-            value=empty,
-            confidence=0.0,
-            proposal_scores=np.zeros(1),
-            proposal_kinds=[f"policy:{k}"],
-            winner=0,
-            refinement=[],
-            refined=False,
-            timings_ms=call.timings,
-            notes=["mode policy: the policy's own chunk, not judged by the world model"],
         )
 
     @torch.no_grad()
