@@ -27,9 +27,11 @@ gripper difference). The ``policy`` mode draws ``PlannerConfig.coherence_samples
 it first among the policy (or goal) samples, as the incumbent the selection keeps unless beaten (``selection.py``).
 Without a reference nothing changes: sample 0 is the chunk a single draw gives. Measured with the policy alone on
 development seeds (base seeds 4000, 5000, 6000; 150 ``val`` episodes; not the benchmark's seeds): 111 successes
-with one draw per plan, 117 keeping the coherent one of 16 (14 episodes won, 8 lost, paired), 117 of 8, and 105
-keeping the medoid of 8 instead (the sample nearest the others, no reference): it is the continuity that helps,
-not a consensus.
+with one draw per plan, 117 keeping the coherent one of 16 (14 episodes won, 8 lost, paired), 117 of 8 (the first
+plan the medoid), 112 as shipped (the first plan one draw; 6 won, 5 lost), and 105 keeping the medoid of 8 instead
+(the sample nearest the others, no reference): continuity helps, a consensus does not. On the closed-loop
+benchmark's base seeds 3000, 1000, 2000 as shipped: 119 against 109 of 150 (15 won, 5 lost; README, "Backward
+coherence"); over both sets 21 won and 10 lost -- a few points, not yet beyond the noise.
 """
 
 from __future__ import annotations
