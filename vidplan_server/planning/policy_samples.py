@@ -31,7 +31,9 @@ with one draw per plan, 117 keeping the coherent one of 16 (14 episodes won, 8 l
 plan the medoid), 112 as shipped (the first plan one draw; 6 won, 5 lost), and 105 keeping the medoid of 8 instead
 (the sample nearest the others, no reference): continuity helps, a consensus does not. On the closed-loop
 benchmark's base seeds 3000, 1000, 2000 as shipped: 119 against 109 of 150 (15 won, 5 lost; README, "Backward
-coherence"); over both sets 21 won and 10 lost -- a few points, not yet beyond the noise.
+coherence"); over both sets 21 won and 10 lost -- a few points, not yet beyond the noise. The medoid first plan's
+edge (117 vs 112) did not replicate on fresh seeds (7000, 8000, 9000; 150 ``val``): 116 against 115 as shipped, 7
+won and 6 lost, so the first plan stays one draw.
 """
 
 from __future__ import annotations
@@ -46,20 +48,28 @@ GOAL_STREAM = 104729  # seed offset of the goal samples' noise
 COHERENCE_GRIPPER_M = 0.05  # coherence distance of a full gripper difference (open vs closed), in metres of TCP
 
 
-def coherent_index(chunks: np.ndarray, reference: np.ndarray | None) -> int:
-    """The sample that continues the chunk being executed (module docstring): chunks (K, S, 7) and reference
-    (R, 7), both cartesian_position + gripper; 0 without a reference."""
-    if reference is None or len(reference) == 0 or len(chunks) < 2:
-        return 0
+def coherence_distances(chunks: np.ndarray, reference: np.ndarray | None) -> np.ndarray | None:
+    """How far each of ``chunks`` (K, S, 7) departs from ``reference`` (R, 7), both cartesian_position + gripper, over
+    their first min(R, S) rows: mean TCP distance (m) plus ``COHERENCE_GRIPPER_M`` per unit of gripper difference,
+    (K,); None without a reference."""
+    if reference is None or len(reference) == 0:
+        return None
     ref = np.asarray(reference, dtype=np.float64)
     n = min(len(ref), chunks.shape[1])
     dist = np.linalg.norm(chunks[:, :n, :3] - ref[None, :n, :3], axis=-1).mean(1)
-    dist = dist + COHERENCE_GRIPPER_M * np.abs(chunks[:, :n, 6] - ref[None, :n, 6]).mean(1)
-    return int(np.argmin(dist))
+    return dist + COHERENCE_GRIPPER_M * np.abs(chunks[:, :n, 6] - ref[None, :n, 6]).mean(1)
+
+
+def coherent_index(chunks: np.ndarray, reference: np.ndarray | None) -> int:
+    """The sample that continues the chunk being executed (module docstring): chunks (K, S, 7) and reference
+    (R, 7), both cartesian_position + gripper; 0 without a reference."""
+    dist = coherence_distances(chunks, reference) if len(chunks) >= 2 else None
+    return 0 if dist is None else int(np.argmin(dist))
 
 
 def coherent_first(chunks: np.ndarray | None, reference: np.ndarray | None) -> np.ndarray | None:
-    """``chunks`` (K, S, 7) with the coherent sample swapped to index 0 (the incumbent's slot)."""
+    """``chunks`` (K, S, 7) with the coherent sample (:func:`coherent_index`) swapped to index 0 (the incumbent's
+    slot)."""
     if chunks is None:
         return None
     k = coherent_index(chunks, reference)
