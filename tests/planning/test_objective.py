@@ -282,3 +282,7 @@ def test_a_point_the_planner_located_replaces_the_locators_own(codec):
     j = judge(*args, located=torch.tensor([0.6, 0.0, 0.0]))
     assert reads_frames.calls == 0 and j.progress_distance[:, -1].tolist() == pytest.approx([0.20, 0.05])
     torch.testing.assert_close(j.target_position, torch.tensor([[0.6, 0.0, 0.0]] * 2))
+    # A row of NaN (the planner's while the gripper is closed): no progress term there, the other row keeps its own.
+    held = judge(*args, located=torch.tensor([[0.6, 0.0, 0.0], [float("nan")] * 3]))
+    assert held.progress_distance[:, -1].tolist() == pytest.approx([0.20, 0.0])
+    assert bool(torch.isfinite(held.score).all()) and float(held.score[0]) < float(held.score[1])

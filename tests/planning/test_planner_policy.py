@@ -132,6 +132,32 @@ def test_pulled_samples_need_a_located_target(tiny_policy_bundle, request0, monk
         PlannerConfig(policy_pulls=-1)
 
 
+def test_the_progress_term_counts_only_while_the_gripper_is_open(tiny_policy_bundle, request0, monkeypatch):
+    import torch
+
+    from vidplan_server.models.progress import LocatorConfig
+
+    class Ahead(torch.nn.Module):  # a locator double that reads the request's frames
+        config = LocatorConfig(map_source="frames")
+
+    planner = Planner.load(tiny_policy_bundle, config=PlannerConfig(policy_samples=3))
+    ahead = np.asarray(request0.state.cartesian_position[:3]) + [0.3, 0.0, -0.2]  # the object, 30 cm ahead
+    monkeypatch.setattr(planner, "locator", Ahead())
+    monkeypatch.setattr(planner, "locate_target", lambda history, text, frames=None: ahead)
+    assert request0.state.gripper_position < 0.5
+    assert any(n.startswith("progress: instructed object located") for n in planner.plan(request0).notes)
+    closed = replace(request0, state=replace(request0.state, gripper_position=0.9))
+    r = planner.plan(closed)
+    assert any("gripper is closed" in n for n in r.notes) and np.isfinite(r.proposal_scores).all()
+    # Without the term the scores of a closed-gripper plan do not depend on where the object is.
+    monkeypatch.setattr(planner, "locate_target", lambda history, text, frames=None: ahead + 1.0)
+    assert np.allclose(planner.plan(closed).proposal_scores, r.proposal_scores)
+    monkeypatch.setattr(planner, "config", replace(planner.config, progress_when_closed=True))
+    kept = planner.plan(closed)
+    assert any(n.startswith("progress: instructed object located") for n in kept.notes)
+    assert not np.allclose(kept.proposal_scores, r.proposal_scores)
+
+
 def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(tiny_goal_bundle, request0, monkeypatch):
     planner = Planner.load(tiny_goal_bundle, config=PlannerConfig(policy_samples=4, goal_samples=2))
     assert planner.goal_policy is not None and planner.goal_policy.config.target_map

@@ -53,6 +53,10 @@ class PlannerConfig:
     # with 3 it kept the policy's sample in 60 % of plans (45 % at 0) and succeeded on 7 of the closed-loop
     # benchmark's 50 `ood` seeds against 11 -- leaving the policy's sample is what helps there.
     keep_draws: int = 0
+    # Whether the score's progress term (the hand's distance to the located instructed object, planning/objective.py)
+    # also counts while the gripper is closed (>= 0.5). Decided False: see planning/planner.py, "Progress only while the
+    # gripper is open".
+    progress_when_closed: bool = False
     uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)

@@ -304,7 +304,8 @@ def judge(
     (``cfg.progress_weight``): with the bundle's ``locator`` and the rollouts' commanded ``poses`` (B, H, 7) (the
     knots), the distance of each scored frame's commanded position to the located object -- ``located`` (3,) or
     (B, 3) m, where the planner located it for the request, or else located here from the history's current latents
-    (only for a locator whose ``map_source`` is "codec"); else with the ``progress`` head, its distance read off the
+    (only for a locator whose ``map_source`` is "codec"; a row of NaN: no progress term for that rollout, the planner's
+    choice while the gripper is closed); else with the ``progress`` head, its distance read off the
     predicted frame; else none."""
     ent, err, ok = uq_maps(uq, pred, history, cfg.confidence_eps)
     if method_maps is not None:
@@ -322,6 +323,7 @@ def judge(
             located = locate(locator, history, target)
         located = located.to(poses.device, torch.float32).reshape(-1, 3).expand(len(pred), 3)
         dist = (poses[:, fids, :3].float() - located[:, None]).norm(dim=-1)
+        dist = dist.masked_fill(torch.isnan(located).any(-1)[:, None], 0.0)  # NaN rows: no term (the gripper holds)
     else:
         located = None
     if cfg.progress_weight > 0 and progress is not None and dist is None:
