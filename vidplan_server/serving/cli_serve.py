@@ -178,6 +178,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_PROGRESS_WEIGHT}; ignored by a bundle without a locator)",
     )
     p.add_argument(
+        "--progress-when-closed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether the progress term also counts while the gripper is closed; by default it counts only while "
+        "the gripper is open, because once the hand holds the object the locator's point is the hand's own, and "
+        "the term would reward not moving (README, Planning)",
+    )
+    p.add_argument(
         "--uq-method",
         choices=UQ_METHOD_CHOICES,
         default=None,

@@ -88,6 +88,9 @@ class ServeSettings(BaseSettings):
     progress_weight: float | None = Field(
         None, ge=0, le=100, description="weight per metre of the locator's progress term in the score"
     )
+    progress_when_closed: bool | None = Field(
+        None, description="whether the progress term also counts while the gripper is closed (default: the planner's)"
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -257,7 +260,7 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
-        for name in ("keep_margin", "keep_draws", "policy_temperature", "coherence_samples"):
+        for name in ("keep_margin", "keep_draws", "policy_temperature", "coherence_samples", "progress_when_closed"):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         if self.progress_weight is not None:
