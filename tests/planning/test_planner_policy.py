@@ -132,7 +132,7 @@ def test_pulled_samples_need_a_located_target(tiny_policy_bundle, request0, monk
         PlannerConfig(policy_pulls=-1)
 
 
-def test_the_progress_term_counts_only_while_the_gripper_is_open(tiny_policy_bundle, request0, monkeypatch):
+def test_progress_when_closed_false_counts_the_term_only_while_open(tiny_policy_bundle, request0, monkeypatch):
     import torch
 
     from vidplan_server.models.progress import LocatorConfig
@@ -140,7 +140,8 @@ def test_the_progress_term_counts_only_while_the_gripper_is_open(tiny_policy_bun
     class Ahead(torch.nn.Module):  # a locator double that reads the request's frames
         config = LocatorConfig(map_source="frames")
 
-    planner = Planner.load(tiny_policy_bundle, config=PlannerConfig(policy_samples=3))
+    assert PlannerConfig().progress_when_closed  # the default keeps the term (planning/planner.py says why)
+    planner = Planner.load(tiny_policy_bundle, config=PlannerConfig(policy_samples=3, progress_when_closed=False))
     ahead = np.asarray(request0.state.cartesian_position[:3]) + [0.3, 0.0, -0.2]  # the object, 30 cm ahead
     monkeypatch.setattr(planner, "locator", Ahead())
     monkeypatch.setattr(planner, "locate_target", lambda history, text, frames=None: ahead)

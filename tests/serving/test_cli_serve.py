@@ -118,9 +118,9 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert warm.policy_temperature == 1.0
     with pytest.raises(ValueError, match="policy_temperature"):
         cli_serve.planner_config_from_args(parser.parse_args(["serve", "--policy-temperature", "5"]))
-    assert not defaults.progress_when_closed
-    held = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-when-closed"]))
-    assert held.progress_when_closed is True
+    assert defaults.progress_when_closed
+    held = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--no-progress-when-closed"]))
+    assert held.progress_when_closed is False
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

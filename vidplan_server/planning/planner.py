@@ -44,15 +44,18 @@ perturbations. Where the policy's samples disagree on which object to take, the 
 one's from the others (``benchmarks/score_noise.py``: target AUC 0.51 ``val``, 0.47 ``ood``), so a wider choice
 mostly adds wrong objects.
 
-Decided: **progress only while the gripper is open** (``PlannerConfig.progress_when_closed`` False). The score's
-progress term rewards a chunk whose hand ends near the object the locator found for the instruction. Once the
-gripper has closed on something, the locator's point is the object in the hand, so the term rewards leaving the hand
-where it is, against the lift and the carry that follow: on development episodes VidPlan left the incumbent (the
-policy's coherent sample) in 37 % of its closed-gripper plans (62 of 166) against 23 % of its open-gripper ones,
-mostly for challengers that moved less. While the gripper is closed (``g0`` >= 0.5) the planner hands the judge a
-NaN point, which leaves the term out for that plan (``objective.judge``), and the notes say so. The approach steps,
-where ``vidplan eval planning-signal`` measures the score's preference, are open-gripper and unchanged. Closed-loop
-figures: README, "Progress only while the gripper is open".
+Decided: **the progress term also counts while the gripper is closed** (``PlannerConfig.progress_when_closed``
+True; False leaves it out then). The term rewards a chunk whose hand ends near the object the locator found for the
+instruction. Once the gripper has closed on that object, the locator's point moves with the hand, so the term prefers
+chunks that move less, against the lift and the carry that follow: with it, VidPlan left the incumbent (the policy's
+coherent sample) in 50-63 % of its closed-gripper plans. Without it (``progress_when_closed`` False: the planner hands
+the judge a NaN point, which leaves the term out, ``objective.judge``, and the notes say so) no other score term
+separated the policy's samples by ``keep_margin``, and VidPlan kept the policy's sample in every closed-gripper
+plan: it is the policy alone while holding. In the closed loop that was no better (benchmark base seed 3000, 50
+episodes per split, paired: ``val`` 36 against 35, 2 won and 1 lost; ``ood`` 27 against 30, 0 won and 3 lost, two
+of them carries that timed out; development seeds 7000 and 8000, 61 ``val`` episodes: 46 against 45), so the term
+stays on. The approach steps, where ``vidplan eval planning-signal`` measures the score's preference, are
+open-gripper and the same either way. Figures and commands: README, "The progress term while the gripper is closed".
 
 Anytime: with ``deadline_s`` the planner always finishes proposal, rollout and scoring (the minimum for an
 informed answer), then starts a refinement iteration or the heatmap decoding only when the time the last
