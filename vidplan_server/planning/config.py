@@ -55,8 +55,8 @@ class PlannerConfig:
     keep_draws: int = 0
     # Whether the score's progress term (the hand's distance to the located instructed object, planning/objective.py)
     # also counts while the gripper is closed (>= 0.5). Decided True, as before the option existed: leaving it out
-    # while the gripper is closed was measured no better (planning/planner.py, "The progress term while the gripper is
-    # closed").
+    # while the gripper is closed was measured no better (planning/planner.py, "Decided: the progress term also counts
+    # while the gripper is closed").
     progress_when_closed: bool = True
     uq_method: str = "bins"  # uncertainty weighting the selection score (planning/uq_methods.py); per request too
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
