@@ -158,3 +158,28 @@ def test_train_goal_policy_warm_starts_from_a_bundles_policy(tmp_path, tiny_poli
     assert main([*args, "--steps", "3", "--target-map", "--init-from", str(tmp_path / "nowhere")]) == 2
     code = main(["train", "value", "--data", str(demo_dataset), "--out", str(tmp_path / "v"), "--target-map"])
     assert code == 2
+
+
+def test_train_goal_policy_fine_tunes_a_bundles_goal_policy(
+    tmp_path, tiny_goal_bundle, tiny_policy_bundle, demo_dataset
+):
+    """``--init-module goal_policy``: the run starts from the bundle's goal policy as it is (map channel trained),
+    not from its policy with the map channel at zero."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_goal_bundle, ckpt)
+    shutil.rmtree(ckpt / "training" / "goal_policy")  # a new run, not the fixture's resumed
+    before = load_policy(tiny_goal_bundle, "goal_policy")
+    args = ["train", "policy", "--data", str(demo_dataset), "--out", str(ckpt), "--preset", "tiny", "--quiet"]
+    init = ["--target-map", "--init-from", str(tiny_goal_bundle), "--init-module", "goal_policy"]
+    assert main([*args, "--steps", "2", "--lr", "1e-9", *init]) == 0
+    meta = json.loads((ckpt / "config.json").read_text())["modules"]["goal_policy"]["meta"]
+    assert meta["init_module"] == "goal_policy"
+    after = load_policy(ckpt, "goal_policy")
+    assert after.config == before.config
+    map_w = lambda p: p.state_dict()["blocks.0.conv1.weight"][:, 3]  # noqa: E731 - the map channel's weights
+    assert map_w(before).abs().sum() > 0, "the fixture's goal policy has trained its map channel"
+    torch.testing.assert_close(map_w(after), map_w(before), atol=1e-5, rtol=0)
+    # only for a goal policy, and only from a bundle that has one
+    assert main([*args, "--steps", "2", "--init-from", str(tiny_goal_bundle), "--init-module", "goal_policy"]) == 2
+    no_goal = ["--target-map", "--init-from", str(tiny_policy_bundle), "--init-module", "goal_policy"]
+    assert main([*args, "--steps", "2", *no_goal]) == 2

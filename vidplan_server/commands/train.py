@@ -32,6 +32,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     if args.init_from is not None and (args.stage not in ("world", "policy") or not args.init_from.is_dir()):
         raise CliError(f"--init-from {args.init_from}: only for `train world|policy`, and the folder must exist")
+    if args.init_module != "policy" and (args.stage != "policy" or args.init_from is None or not args.target_map):
+        raise CliError(f"--init-module {args.init_module}: only for `train policy --target-map --init-from CKPT`")
     if args.target_map and args.stage != "policy":
         raise CliError(f"--target-map is only for `train policy`, not `train {args.stage}`")
     if args.action_deltas and args.stage != "world":
@@ -118,6 +120,7 @@ def _train_stage(args: argparse.Namespace, commands, opts):
             target_map=args.target_map,
             init=args.init_from,
             target_aux=args.target_aux,
+            init_module=args.init_module,
         )
     elif args.captions is not None:
         from vidplan_server.training.caption_stage import CaptionTrainConfig
@@ -222,6 +225,13 @@ def register(groups) -> None:
         "instead of random weights, e.g. to train the bundled model longer; --out must hold the same "
         "codec (default: random initialisation). policy: start from this bundle's policy (weights, "
         "vocabulary, normalisation); with --target-map it then starts as exactly that policy",
+    )
+    tr.add_argument(
+        "--init-module",
+        choices=("policy", "goal_policy"),
+        default="policy",
+        help="policy --target-map --init-from CKPT: which of CKPT's modules the goal policy starts from: policy "
+        "(its map channel at zero, default) or goal_policy (as it is, to fine-tune the goal policy on new data)",
     )
     tr.add_argument(
         "--target-map",

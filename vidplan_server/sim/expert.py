@@ -27,6 +27,7 @@ from vidplan_server.sim.tasks import Task
 
 FAILURE_MODES = ("wrong_target", "drop", "miss", "timeout")
 RESUME_APPROACH_SLACK_M = 0.03  # resume(): a hand this far above the approach height counts as there
+SQUARE_TOLERANCE = 0.05  # _grasp_yaw(): horizontal half-extents this close (relative) make a square object
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,23 @@ class ScriptedExpert:
         return T
 
     def _grasp_yaw(self, obj: PlacedObject) -> float:
-        """Yaw that closes the fingers across the object's shorter horizontal side."""
+        """Yaw that closes the fingers across the object's shorter horizontal side, the nearest such yaw to the
+        current wrist angle.
+
+        Decided: an object whose two horizontal half-extents agree within ``SQUARE_TOLERANCE`` (the cube, the
+        ball) has four equally good yaws a quarter turn apart, not two, and the nearest of the four is taken.
+        Before, only the two yaws half a turn apart counted, so on a square object the label depended on which
+        horizontal axis was called x: two scenes that look the same gave labels a quarter turn apart, and a
+        policy imitating them dithered between the two (README, "Backward coherence").
+        """
         _, quat = self.scene.object_pose(obj)
         obj_yaw = Rotation.from_quat(quat).as_euler("xyz")[2]
-        short_axis = obj_yaw if obj.half_extents[0] <= obj.half_extents[1] else obj_yaw + np.pi / 2
+        hx, hy = float(obj.half_extents[0]), float(obj.half_extents[1])
+        short_axis = obj_yaw if hx <= hy else obj_yaw + np.pi / 2
         yaw = short_axis + np.pi / 2  # fingers close along the TCP's y axis
+        period = np.pi / 2 if abs(hx - hy) <= SQUARE_TOLERANCE * max(hx, hy) else np.pi
         current = Rotation.from_matrix(self._pose[:3, :3]).as_euler("xyz")[2]
-        # Of the two equivalent yaws (mod π) take the one closest to the current wrist angle.
-        return float(current + ((yaw - current + np.pi / 2) % np.pi - np.pi / 2))
+        return float(current + ((yaw - current + period / 2) % period - period / 2))
 
     # ------------------------------------------------------------------ script
     def actions(self) -> Iterator[np.ndarray]:

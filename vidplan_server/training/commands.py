@@ -684,6 +684,7 @@ def train_policy(
     target_map: bool = False,
     init: Path | None = None,
     target_aux: float | None = None,
+    init_module: str = "policy",
 ) -> TrainResult:
     """The behaviour-cloning policy on the successful nominal episodes of ``opts.data`` (a ``train`` split), plus
     the ``extra`` folders, training only (the held-out samples stay those of ``opts.data``): DAgger folders
@@ -693,8 +694,10 @@ def train_policy(
     ``target_map``: the goal policy (module ``goal_policy``, ``models/policy.py``), its samples with the
     instruction's relevance maps from the semantic encoder of ``init`` (else of ``opts.out``). ``init``: warm start
     from that bundle's ``policy`` (its vocabulary and normalisation kept; with ``target_map``, the map channel
-    starts at zero so it starts as that policy). ``target_aux``: the weight of the auxiliary where-is-the-object
-    loss of a fresh run (None: the preset's); a warm start or a resumed run keeps its own."""
+    starts at zero so it starts as that policy); ``init_module="goal_policy"`` with ``target_map``: from that
+    bundle's goal policy instead, as it is (to fine-tune the goal policy on new data). ``target_aux``: the weight of
+    the auxiliary where-is-the-object loss of a fresh run (None: the preset's); a warm start or a resumed run keeps
+    its own."""
     from vidplan_server.data.reader import EpisodeDataset
     from vidplan_server.models.policy import PolicyConfig, fit_delta_scale, load_policy, with_target_map
     from vidplan_server.training.policy_stage import PolicyData, PolicyStage, add_target_maps, policy_data
@@ -711,12 +714,16 @@ def train_policy(
         # Resuming: the vocabulary and normalisation the run started with.
         config = load_config(opts.out, name, PolicyConfig)
     elif init is not None:
-        warm = load_policy(init)
+        if init_module == "goal_policy" and not target_map:
+            raise CheckpointError("--init-module goal_policy starts a goal policy: add --target-map")
+        if init_module not in read_manifest(init)["modules"]:
+            raise CheckpointError(f"--init-from {init}: the bundle has no {init_module} module")
+        warm = load_policy(init, init_module)
         if pooling is not None and pooling != warm.config.pooling:
             raise CheckpointError(f"--pooling {pooling}: the --init policy pools with {warm.config.pooling}")
         if target_aux is not None and target_aux != warm.config.target_aux:
             raise CheckpointError(f"--target-aux {target_aux}: the --init policy has {warm.config.target_aux}")
-        warm = with_target_map(warm) if target_map else warm
+        warm = with_target_map(warm) if target_map and not warm.config.target_map else warm
         config = warm.config
     else:
         config = preset.model if pooling is None else replace(preset.model, pooling=pooling)
@@ -770,7 +777,7 @@ def train_policy(
             "demonstration_samples": demos,
             "extra_data": [str(d) for d in extra],
             "instructions": len(train_d.instructions),
-            **({"init": str(init)} if init is not None else {}),
+            **({"init": str(init), "init_module": init_module} if init is not None else {}),
             **({"semantic": str(init if init is not None else opts.out)} if target_map else {}),
         },
     )
