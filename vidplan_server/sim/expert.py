@@ -116,10 +116,12 @@ class ScriptedExpert:
         current wrist angle.
 
         Decided: an object whose two horizontal half-extents agree within ``SQUARE_TOLERANCE`` (the cube, the
-        ball) has four equally good yaws a quarter turn apart, not two, and the nearest of the four is taken.
-        Before, only the two yaws half a turn apart counted, so on a square object the label depended on which
-        horizontal axis was called x: two scenes that look the same gave labels a quarter turn apart, and a
-        policy imitating them dithered between the two (README, "Backward coherence").
+        lego brick, the ball, some shapes) has four equally good yaws a quarter turn apart, not two, and the
+        nearest of the four is taken. Before, only the two yaws half a turn apart counted, so on a square object
+        the label depended on which horizontal axis was called x: two scenes that look the same gave labels a
+        quarter turn apart, which a policy imitating them cannot tell apart. The bundled policy was trained on
+        labels from before; fine-tuning it on new ones did not help (README, "The expert's grasp yaw on square
+        objects").
         """
         _, quat = self.scene.object_pose(obj)
         obj_yaw = Rotation.from_quat(quat).as_euler("xyz")[2]
