@@ -181,6 +181,26 @@ def test_goal_samples_take_the_last_policy_slots_while_the_gripper_is_open(tiny_
         PlannerConfig(goal_samples=-1)
 
 
+def test_goal_first_makes_the_goal_policys_coherent_sample_the_incumbent(tiny_goal_bundle, request0):
+    """``goal_first``: the goal samples lead, the one continuing the running chunk at index 0 (the kept chunk), and
+    the policy's samples follow as challengers; with the gripper closed nothing changes (no goal samples)."""
+    config = PlannerConfig(policy_samples=4, goal_samples=2, goal_first=True)
+    planner = Planner.load(tiny_goal_bundle, config=config)
+    req = opts(request0, seed=3)
+    goal = planner.policy_chunks(req, 2, goal=True)
+    reference = goal[1, :8]
+    r = planner.plan(replace(req, reference=reference))
+    assert r.proposal_kinds[:5] == ["goal:0", "goal:1", "policy:0", "policy:1", "basis:+x"]
+    props = planner.propose(replace(req, reference=reference), 8, np.random.default_rng(0))
+    first = props.actions[0, :, :3]
+    assert np.abs(first - goal[1, :, :3]).max() < np.abs(first - goal[0, :, :3]).max()  # the coherent one leads
+    holding = replace(req, state=replace(req.state, gripper_position=0.9))
+    assert planner.plan(holding).proposal_kinds[:4] == ["policy:0", "policy:1", "policy:2", "policy:3"]
+    # Without it the policy's samples lead, as before.
+    plain = Planner.load(tiny_goal_bundle, config=replace(config, goal_first=False))
+    assert plain.plan(req).proposal_kinds[:4] == ["policy:0", "policy:1", "goal:0", "goal:1"]
+
+
 def test_coherent_index_keeps_the_sample_that_continues_the_running_chunk():
     from vidplan_server.planning.policy_samples import coherent_first, coherent_index
 

@@ -121,6 +121,8 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert defaults.progress_when_closed
     held = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--no-progress-when-closed"]))
     assert held.progress_when_closed is False
+    assert not defaults.goal_first
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--goal-first"])).goal_first is True
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

@@ -38,6 +38,10 @@ class PlannerConfig:
     # goal_policy they stay samples of the policy. Decided: all of them, the goal policy's first sample then being
     # the incumbent (selection.py); the closed-loop A/B is in the README's benchmark section.
     goal_samples: int = 12
+    # With goal samples mixed with policy samples (goal_samples < policy_samples): True puts the goal samples first,
+    # so the goal policy's coherent sample is the incumbent and the policy's samples are challengers that must beat it
+    # by keep_margin; False (default) keeps the policy's coherent sample as the incumbent (planning/policy_samples.py).
+    goal_first: bool = False
     # Standard deviation of the flow noise the policy and goal-policy samples start from (trained at 1): colder
     # samples land nearer the flow's modes. Decided 0.5 in the closed loop (planning/policy_samples.py).
     policy_temperature: float = 0.5

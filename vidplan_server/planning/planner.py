@@ -321,8 +321,8 @@ class Planner:
             G = goal_sample_count(c.goal_samples, K, self.goal_policy, float(s.gripper_position))
             policy = self.policy_chunks(req, K - G) if K > G else None
             goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
-            # The incumbent (index 0 of the policy's slots) is the sample that continues the running chunk.
-            if goal_chunks is not None and policy is None:
+            # The incumbent (index 0 of the proposals) is the sample that continues the running chunk.
+            if goal_chunks is not None and (policy is None or c.goal_first):
                 goal_chunks = coherent_first(goal_chunks, req.reference)
             else:
                 policy = coherent_first(policy, req.reference)
@@ -342,6 +342,7 @@ class Planner:
             goal,
             c.policy_pulls,
             goal_chunks,
+            c.goal_first,
         )
 
     def locate_target(self, history: torch.Tensor, text: torch.Tensor, frames=None) -> np.ndarray | None:

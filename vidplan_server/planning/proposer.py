@@ -202,20 +202,33 @@ class Proposer:
         goal: np.ndarray | None = None,
         pulls: int = 0,
         goal_chunks: np.ndarray | None = None,
+        goal_first: bool = False,
     ) -> Proposals:
         """``count`` feasible proposals of ``steps`` control steps from the current state. ``policy`` (K, steps, 7):
         chunks sampled from the robot's policy (cartesian targets + gripper), used first, then ``goal_chunks``
         (G, steps, 7), the goal policy's; ``goal`` (3,) m, base frame: the located instructed object,
-        which ``pulls`` of the policy samples are bent toward (module docstring)."""
+        which ``pulls`` of the policy samples are bent toward (module docstring). ``goal_first``: the goal chunks
+        come before the policy's (goal:0 is then the proposal at index 0, the incumbent of ``selection.py``)."""
         if count < 1:
             raise PlanningError(f"num_proposals must be >= 1, got {count}")
         parts: list[Proposals] = []
+
+        def add_goal() -> None:
+            room = count - sum(len(p) for p in parts)
+            if goal_chunks is not None and len(goal_chunks) and room > 0:
+                acts, qs = zip(
+                    *(self.adapter.feasible_cartesian(t, pose0, q0) for t in goal_chunks[:room]), strict=True
+                )
+                parts.append(Proposals(np.stack(acts), np.stack(qs), [f"goal:{j}" for j in range(len(acts))]))
+
+        if goal_first:
+            add_goal()
         if policy is not None and len(policy):
-            parts.append(self._policy_part(policy, count, pose0, q0, rng, policy_perturbations, goal, pulls))
-        room = count - sum(len(p) for p in parts)
-        if goal_chunks is not None and len(goal_chunks) and room > 0:
-            acts, qs = zip(*(self.adapter.feasible_cartesian(t, pose0, q0) for t in goal_chunks[:room]), strict=True)
-            parts.append(Proposals(np.stack(acts), np.stack(qs), [f"goal:{j}" for j in range(len(acts))]))
+            room = count - sum(len(p) for p in parts)
+            if room > 0:
+                parts.append(self._policy_part(policy, room, pose0, q0, rng, policy_perturbations, goal, pulls))
+        if not goal_first:
+            add_goal()
         room = count - sum(len(p) for p in parts)
         if nominal is not None and room > 0:
             K = self.config.nominal_perturbations if perturbations is None else perturbations

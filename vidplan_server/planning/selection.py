@@ -2,8 +2,9 @@
 
 Decided (``PlannerConfig.keep_margin``): when the first proposal is the robot's own chunk -- the policy's first
 sample (kind ``policy:0``, the very chunk the policy alone would execute with this seed), the request's nominal
-(kind ``nominal``), or the goal policy's first sample when every policy slot is a goal sample (kind ``goal:0``, the
-chunk the ``goal-policy`` agent would execute) -- the planner keeps it unless the best proposal's score exceeds its
+(kind ``nominal``), or the goal policy's first sample when every policy slot is a goal sample or
+``PlannerConfig.goal_first`` puts the goal samples first (kind ``goal:0``, the chunk the ``goal-policy`` agent would
+execute) -- the planner keeps it unless the best proposal's score exceeds its
 score by more than ``margin``. The other proposals are alternatives that must earn the switch: a difference the
 world model cannot resolve is no reason to leave the policy's choice.
 

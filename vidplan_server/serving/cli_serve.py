@@ -130,6 +130,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{DEFAULT_GOAL_SAMPLES}; ignored by a bundle without goal_policy)",
     )
     p.add_argument(
+        "--goal-first",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with goal samples mixed with policy samples (--goal-samples below the policy samples), put the goal "
+        "samples first: the goal policy's chunk that continues the running one is kept unless a policy sample beats "
+        "it by the keep margin (default off: the policy's chunk is the one kept; README, closed-loop benchmark)",
+    )
+    p.add_argument(
         "--policy-temperature",
         type=positive_float,
         default=None,

@@ -91,6 +91,9 @@ class ServeSettings(BaseSettings):
     progress_when_closed: bool | None = Field(
         None, description="whether the progress term also counts while the gripper is closed (default: the planner's)"
     )
+    goal_first: bool | None = Field(
+        None, description="goal samples before the policy's: the goal policy's chunk is the one kept unless beaten"
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -260,7 +263,14 @@ class ServeSettings(BaseSettings):
             if not 0 <= value <= config.max_proposals:
                 raise ValueError(f"{flag(name)}: must be in [0, {config.max_proposals}], got {value}")
             changes[name] = value
-        for name in ("keep_margin", "keep_draws", "policy_temperature", "coherence_samples", "progress_when_closed"):
+        for name in (
+            "keep_margin",
+            "keep_draws",
+            "policy_temperature",
+            "coherence_samples",
+            "progress_when_closed",
+            "goal_first",
+        ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         if self.progress_weight is not None:
