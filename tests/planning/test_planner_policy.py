@@ -191,14 +191,47 @@ def test_goal_first_makes_the_goal_policys_coherent_sample_the_incumbent(tiny_go
     reference = goal[1, :8]
     r = planner.plan(replace(req, reference=reference))
     assert r.proposal_kinds[:5] == ["goal:0", "goal:1", "policy:0", "policy:1", "basis:+x"]
-    props = planner.propose(replace(req, reference=reference), 8, np.random.default_rng(0))
+    # The tiny goal policy's samples differ by about a millimetre, which the feasibility step can blur: lead with
+    # two that differ by 3 cm instead, the second continuing the reference.
+    apart = np.repeat(goal[:1], 2, 0)
+    apart[1, :, 0] += 0.03
+    drawn = planner.policy_chunks
+    planner.policy_chunks = lambda r, count, goal=False: apart[:count] if goal else drawn(r, count)
+    props = planner.propose(replace(req, reference=apart[1, :8]), 8, np.random.default_rng(0))
+    planner.policy_chunks = drawn
     first = props.actions[0, :, :3]
-    assert np.abs(first - goal[1, :, :3]).max() < np.abs(first - goal[0, :, :3]).max()  # the coherent one leads
+    assert np.abs(first - apart[1, :, :3]).max() < np.abs(first - apart[0, :, :3]).max()  # the coherent one leads
     holding = replace(req, state=replace(req.state, gripper_position=0.9))
     assert planner.plan(holding).proposal_kinds[:4] == ["policy:0", "policy:1", "policy:2", "policy:3"]
     # Without it the policy's samples lead, as before.
     plain = Planner.load(tiny_goal_bundle, config=replace(config, goal_first=False))
     assert plain.plan(req).proposal_kinds[:4] == ["policy:0", "policy:1", "goal:0", "goal:1"]
+
+
+def test_mix_radius_draws_the_policys_samples_only_near_the_located_object(tiny_goal_bundle, request0):
+    """``mix_radius``: the policy's samples join the goal samples only while the hand is within the radius of the
+    located object, horizontally; farther away, or with nothing located, all samples are the goal policy's."""
+    config = PlannerConfig(policy_samples=4, goal_samples=2, goal_first=True, mix_radius=0.08)
+    planner = Planner.load(tiny_goal_bundle, config=config)
+    req = opts(request0, seed=3)
+    hand = np.asarray(req.state.cartesian_position[:3], dtype=np.float64)
+    rng = np.random.default_rng
+
+    def kinds(located):
+        return planner.propose(req, 8, rng(0), located=located).kinds[:5]
+
+    mixed = ["goal:0", "goal:1", "policy:0", "policy:1", "basis:+x"]
+    assert kinds(hand + [0.05, 0.0, -0.3]) == mixed  # 5 cm away in the table plane; height does not count
+    assert kinds(hand + [0.06, 0.06, 0.0]) == ["goal:0", "goal:1", "goal:2", "goal:3", "basis:+x"]  # 8.5 cm
+    assert kinds(None) == kinds(np.full(3, np.nan)) == ["goal:0", "goal:1", "goal:2", "goal:3", "basis:+x"]
+    # This bundle has no locator, so a plan finds nothing and draws goal samples only; at radius 0, mixed as before.
+    assert planner.plan(req).proposal_kinds[:5] == ["goal:0", "goal:1", "goal:2", "goal:3", "basis:+x"]
+    everywhere = Planner.load(tiny_goal_bundle, config=replace(config, mix_radius=0.0))
+    assert everywhere.plan(req).proposal_kinds[:5] == mixed
+    holding = replace(req, state=replace(req.state, gripper_position=0.9))
+    assert planner.propose(holding, 8, rng(0), located=hand).kinds[:4] == [f"policy:{k}" for k in range(4)]
+    with pytest.raises(ValueError, match="mix_radius"):
+        PlannerConfig(mix_radius=-0.1)
 
 
 def test_coherent_index_keeps_the_sample_that_continues_the_running_chunk():

@@ -123,6 +123,10 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert held.progress_when_closed is False
     assert not defaults.goal_first
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--goal-first"])).goal_first is True
+    assert defaults.mix_radius == 0.0
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--mix-radius", "0.08"])).mix_radius == 0.08
+    with pytest.raises(ValueError, match=r"^--mix-radius / VIDPLAN_MIX_RADIUS .*greater than or equal to 0"):
+        cli_serve.planner_config_from_args(parser.parse_args(["serve", "--mix-radius", "-1"]))
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

@@ -43,6 +43,11 @@ class PlannerConfig:
     # by keep_margin; False (default) keeps the policy's coherent sample as the incumbent. Off: +5 on val, -4 on ood
     # on development seeds (planning/policy_samples.py).
     goal_first: bool = False
+    # With goal samples mixed with policy samples: the policy's samples are drawn only while the hand is within this
+    # horizontal distance (m) of the located instructed object, all samples being the goal policy's farther away --
+    # the goal policy brings the hand to the object, the policy's samples may then take over the grasp where the goal
+    # policy hovers. 0 (default): mixed everywhere, as before (planning/policy_samples.py, session 19).
+    mix_radius: float = 0.0
     # Standard deviation of the flow noise the policy and goal-policy samples start from (trained at 1): colder
     # samples land nearer the flow's modes. Decided 0.5 in the closed loop (planning/policy_samples.py).
     policy_temperature: float = 0.5
@@ -78,6 +83,8 @@ class PlannerConfig:
             raise ValueError(f"coherence_samples must be in [1, 64], got {self.coherence_samples}")
         if self.keep_draws < 0:
             raise ValueError(f"keep_draws must be >= 0, got {self.keep_draws}")
+        if not 0 <= self.mix_radius <= 10:  # also refuses NaN
+            raise ValueError(f"mix_radius must be in [0, 10] m, got {self.mix_radius}")
         if not 0 <= self.goal_samples <= self.max_proposals:
             raise ValueError(f"goal_samples must be in [0, {self.max_proposals}], got {self.goal_samples}")
         if not 0 <= self.policy_pulls <= self.max_proposals:

@@ -309,16 +309,27 @@ class Planner:
         T, S = self.config.policy_temperature, self.chunk_steps
         return sample_policy_chunks(policy, req, count, S, self.device, self.semantic, text, T)
 
-    def propose(self, req: PlanRequest, count: int, rng: np.random.Generator, goal: np.ndarray | None = None):
+    def propose(
+        self,
+        req: PlanRequest,
+        count: int,
+        rng: np.random.Generator,
+        goal: np.ndarray | None = None,
+        located: np.ndarray | None = None,
+    ):
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
         request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
-        (``goal_samples`` of them from the goal policy, and ``policy_pulls`` bent toward ``goal`` (3,), the located
-        object, when given), then the Jacobian basis."""
+        (``goal_samples`` of them from the goal policy -- all of them farther than ``mix_radius`` from ``located``
+        (3,), the located object, when set -- and ``policy_pulls`` bent toward ``goal`` (3,), the located object, when
+        given), then the Jacobian basis."""
         s, o, c = req.state, req.options, self.config
         policy = goal_chunks = None
         if req.nominal is None and self.policy is not None:
             K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
-            G = goal_sample_count(c.goal_samples, K, self.goal_policy, float(s.gripper_position))
+            hand = np.asarray(s.cartesian_position[:3], dtype=np.float64)
+            G = goal_sample_count(
+                c.goal_samples, K, self.goal_policy, float(s.gripper_position), hand, located, c.mix_radius
+            )
             policy = self.policy_chunks(req, K - G) if K > G else None
             goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
             # The incumbent (index 0 of the proposals) is the sample that continues the running chunk.
@@ -530,7 +541,8 @@ class Planner:
     def _encode(self, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
         """History latents (1, T, C, V*h, w) and the instruction's embedding."""
         history, text = self.encode_history(call.req.history), self.text_embedding(call.req.instruction)
-        if self.config.score.progress_weight > 0 or self.config.policy_pulls > 0:  # once per request: score, pulls
+        c = self.config
+        if c.score.progress_weight > 0 or c.policy_pulls > 0 or c.mix_radius > 0:  # once per request: score, proposals
             where = self.locate_target(history, text, call.req.history[-1])  # None without a locator
             call.located = None if where is None else torch.as_tensor(where, dtype=torch.float32, device=self.device)
             if call.located is not None and call.g0 >= 0.5 and not self.config.progress_when_closed:
@@ -542,9 +554,10 @@ class Planner:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
         req = call.req
         pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
-        goal = call.located.double().cpu().numpy() if pulls and call.located is not None else None  # from encode
-        goal = None if goal is None or np.isnan(goal).any() else goal
-        props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal)
+        located = None if call.located is None else call.located.double().cpu().numpy()  # from encode
+        located = None if located is None or np.isnan(located).any() else located
+        goal = located if pulls else None
+        props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal, located)
         knots = self.knots(props.actions)
         call.lap("propose")
         return props, knots

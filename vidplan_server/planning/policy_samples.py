@@ -85,12 +85,31 @@ def coherent_first(chunks: np.ndarray | None, reference: np.ndarray | None) -> n
     return chunks
 
 
-def goal_sample_count(wanted: int, samples: int, goal_policy, gripper: float) -> int:
+def goal_sample_count(
+    wanted: int,
+    samples: int,
+    goal_policy,
+    gripper: float,
+    hand: np.ndarray | None = None,
+    located: np.ndarray | None = None,
+    mix_radius: float = 0.0,
+) -> int:
     """How many of ``samples`` policy samples are goal samples (module docstring): ``wanted`` at most, none
-    without a goal policy or with the gripper closed."""
+    without a goal policy or with the gripper closed. With ``mix_radius`` > 0 (m), all of them while the hand
+    (``hand``, (3,) m, base frame) is that far or farther, horizontally, from ``located`` (3,), the located
+    instructed object; no located object (None or NaN) counts as far."""
     if goal_policy is None or gripper >= 0.5:
         return 0
+    if mix_radius > 0 and not _within(hand, located, mix_radius):
+        return max(0, samples)
     return max(0, min(wanted, samples))
+
+
+def _within(hand: np.ndarray | None, located: np.ndarray | None, radius: float) -> bool:
+    """Whether ``hand`` is less than ``radius`` (m) from ``located`` in the table plane (x, y)."""
+    if hand is None or located is None or not np.isfinite(located[:2]).all():
+        return False
+    return float(np.linalg.norm(np.asarray(hand[:2], dtype=np.float64) - located[:2])) < radius
 
 
 def policy_inputs(policy, req: PlanRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

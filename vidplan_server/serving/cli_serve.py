@@ -138,6 +138,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "it by the keep margin (default off: the policy's chunk is the one kept; README, closed-loop benchmark)",
     )
     p.add_argument(
+        "--mix-radius",
+        type=float,
+        default=None,
+        metavar="M",
+        help="with goal samples mixed with policy samples, draw the policy's samples only while the hand is within M "
+        "metres (horizontally) of where the locator puts the instructed object; farther away all samples are the "
+        "goal policy's (0-10; default 0: mixed everywhere; needs a bundle with a locator)",
+    )
+    p.add_argument(
         "--policy-temperature",
         type=positive_float,
         default=None,

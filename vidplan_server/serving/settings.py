@@ -94,6 +94,13 @@ class ServeSettings(BaseSettings):
     goal_first: bool | None = Field(
         None, description="goal samples before the policy's: the goal policy's chunk is the one kept unless beaten"
     )
+    mix_radius: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="policy samples mixed with goal samples only within this horizontal distance (m) of the located "
+        "object; 0 everywhere (default: the planner's)",
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -270,6 +277,7 @@ class ServeSettings(BaseSettings):
             "coherence_samples",
             "progress_when_closed",
             "goal_first",
+            "mix_radius",
         ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
