@@ -14,7 +14,12 @@ Decided: ``PlannerConfig.goal_first`` (off by default, ``vidplan serve --goal-fi
 the policy's when both are drawn. The goal policy's coherent sample is then the kept chunk and the policy's samples
 are challengers. On development seeds, 9 goal + 3 policy samples that way recovered grasps the goal policy hovers
 over (ducks above all) on ``val`` (83 against 78 of 100), but lost 4 of 50 ``ood`` episodes (19 against 23, more
-drops), so it is off (README, closed-loop benchmark, session 18).
+drops), so it is off (README, closed-loop benchmark, session 18). ``PlannerConfig.mix_radius`` (off, 0) draws the
+policy's samples only while the hand is within that distance of the located object in the table plane (all goal
+samples farther away, or with nothing located): a test of whether the ``ood`` cost came from the approach or from the
+grasp. At 10 cm, with 9 + 3 and ``goal_first``, ``val`` was the same 83 (8 won, 3 lost against shipped) and ``ood``
+18 of 50 (against 23): the cost is in the grasp, where the policy's samples win with grasps of objects it never saw
+that fail (more ``no_grasp`` and drops). So it is off too (README, session 19).
 
 Decided: the flow's starting noise is drawn at ``PlannerConfig.policy_temperature`` 0.5 (its standard deviation;
 trained at 1), for the policy and the goal policy alike: a colder draw lands nearer the flow's modes, the common
