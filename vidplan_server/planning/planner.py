@@ -309,27 +309,17 @@ class Planner:
         T, S = self.config.policy_temperature, self.chunk_steps
         return sample_policy_chunks(policy, req, count, S, self.device, self.semantic, text, T)
 
-    def propose(
-        self,
-        req: PlanRequest,
-        count: int,
-        rng: np.random.Generator,
-        goal: np.ndarray | None = None,
-        located: np.ndarray | None = None,
-    ):
+    def propose(self, req: PlanRequest, count: int, rng: np.random.Generator, located: np.ndarray | None = None):
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
         request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
-        (``goal_samples`` of them from the goal policy -- all of them farther than ``mix_radius`` from ``located``
-        (3,), the located object, when set -- and ``policy_pulls`` bent toward ``goal`` (3,), the located object, when
-        given), then the Jacobian basis."""
+        (``goal_samples`` of them from the goal policy, all of them farther than ``mix_radius`` from ``located``
+        (3,), the located object, and ``policy_pulls`` bent toward it), then the Jacobian basis."""
         s, o, c = req.state, req.options, self.config
         policy = goal_chunks = None
         if req.nominal is None and self.policy is not None:
             K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
-            hand = np.asarray(s.cartesian_position[:3], dtype=np.float64)
-            G = goal_sample_count(
-                c.goal_samples, K, self.goal_policy, float(s.gripper_position), hand, located, c.mix_radius
-            )
+            hand, grip = np.asarray(s.cartesian_position[:3], dtype=np.float64), float(s.gripper_position)
+            G = goal_sample_count(c.goal_samples, K, self.goal_policy, grip, hand, located, c.mix_radius)
             policy = self.policy_chunks(req, K - G) if K > G else None
             goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
             # The incumbent (index 0 of the proposals) is the sample that continues the running chunk.
@@ -350,7 +340,7 @@ class Planner:
             o.nominal_perturbations,
             policy,
             P,
-            goal,
+            located,
             c.policy_pulls,
             goal_chunks,
             c.goal_first,
@@ -553,11 +543,9 @@ class Planner:
     def _propose(self, call: _Call, history: torch.Tensor, text: torch.Tensor) -> tuple[Proposals, torch.Tensor]:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
         req = call.req
-        pulls = self.config.policy_pulls > 0 and req.nominal is None and self.policy is not None
         located = None if call.located is None else call.located.double().cpu().numpy()  # from encode
         located = None if located is None or np.isnan(located).any() else located
-        goal = located if pulls else None
-        props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), goal, located)
+        props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), located)
         knots = self.knots(props.actions)
         call.lap("propose")
         return props, knots
