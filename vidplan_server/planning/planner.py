@@ -542,9 +542,11 @@ class Planner:
 
     def _propose(self, call: _Call, history: torch.Tensor, text: torch.Tensor) -> tuple[Proposals, torch.Tensor]:
         """N feasible proposals at the control rate and their model-rate knots (N, H, 7)."""
-        req = call.req
-        located = None if call.located is None else call.located.double().cpu().numpy()  # from encode
-        located = None if located is None or np.isnan(located).any() else located
+        req, c = call.req, self.config
+        located = None  # from encode; read back (a device sync) only for the options that steer the proposals
+        if call.located is not None and (c.policy_pulls > 0 or c.mix_radius > 0):
+            located = call.located.double().cpu().numpy()
+            located = None if np.isnan(located).any() else located
         props = self.propose(req, call.counts.num_proposals, np.random.default_rng(req.options.seed), located)
         knots = self.knots(props.actions)
         call.lap("propose")
