@@ -234,6 +234,33 @@ def test_mix_radius_draws_the_policys_samples_only_near_the_located_object(tiny_
         PlannerConfig(mix_radius=-0.1)
 
 
+def test_mix_known_words_keeps_the_policys_samples_out_where_it_does_not_know_a_word(tiny_goal_bundle, request0):
+    """``mix_known_words``: the policy's samples join the goal samples only when every word of the instruction is
+    in the policy's vocabulary; a word it never trained on (an object the robot data never showed) leaves all
+    samples to the goal policy."""
+    from vidplan_server.planning.policy_samples import knows_words
+
+    config = PlannerConfig(policy_samples=4, goal_samples=2, goal_first=True, mix_known_words=True)
+    planner = Planner.load(tiny_goal_bundle, config=config)
+    vocab = planner.policy.config.vocab  # the words of the tiny policy's training instructions
+    req = replace(opts(request0, seed=3), instruction=f"pick up the {' '.join(vocab[-2:])}")
+    unknown = f"pick up the zorbly {vocab[-1]}"  # a colour it never trained on
+    assert {"pick", "up", "the"} <= set(vocab) and vocab[-1] not in ("pick", "up", "the")
+    assert knows_words(planner.policy, req.instruction) and knows_words(planner.policy, req.instruction.upper())
+    assert not knows_words(planner.policy, unknown)
+    mixed = ["goal:0", "goal:1", "policy:0", "policy:1", "basis:+x"]
+    assert planner.plan(req).proposal_kinds[:5] == mixed
+    assert planner.plan(replace(req, instruction=unknown)).proposal_kinds[:5] == [f"goal:{k}" for k in range(4)] + [
+        "basis:+x"
+    ]
+    plain = Planner.load(tiny_goal_bundle, config=replace(config, mix_known_words=False))
+    assert plain.plan(replace(req, instruction=unknown)).proposal_kinds[:5] == mixed
+    holding = replace(req, instruction=unknown, state=replace(req.state, gripper_position=0.9))
+    assert planner.plan(holding).proposal_kinds[:4] == [f"policy:{k}" for k in range(4)]  # no goal samples when held
+    # A policy without a vocabulary is taken to know every word.
+    assert knows_words(type("P", (), {"config": type("C", (), {"vocab": ()})()})(), "anything at all")
+
+
 def test_coherent_index_keeps_the_sample_that_continues_the_running_chunk():
     from vidplan_server.planning.policy_samples import coherent_first, coherent_index
 

@@ -127,6 +127,8 @@ def test_the_proposal_mix_reaches_the_planner_config(capsys):
     assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--mix-radius", "0.08"])).mix_radius == 0.08
     with pytest.raises(ValueError, match=r"^--mix-radius / VIDPLAN_MIX_RADIUS .*greater than or equal to 0"):
         cli_serve.planner_config_from_args(parser.parse_args(["serve", "--mix-radius", "-1"]))
+    assert defaults.mix_known_words is False
+    assert cli_serve.planner_config_from_args(parser.parse_args(["serve", "--mix-known-words"])).mix_known_words
     weighted = cli_serve.planner_config_from_args(parser.parse_args(["serve", "--progress-weight", "0"]))
     assert weighted.score.progress_weight == 0.0 and weighted.score.beta == defaults.score.beta
     with pytest.raises(ValueError, match=r"^--policy-samples: must be in \[0, 64\], got 65$"):

@@ -49,6 +49,10 @@ class PlannerConfig:
     # policy hovers. 0 (default): mixed everywhere, as before. Off: at 0.1 m, +5 on val but -5 on ood on development
     # seeds (planning/policy_samples.py, session 19).
     mix_radius: float = 0.0
+    # With goal samples mixed with policy samples: the policy's samples are drawn only when the policy knows every
+    # word of the instruction (its vocabulary, the train split's words); otherwise all samples are the goal policy's
+    # -- the policy cannot follow words it never learned (planning/policy_samples.py, session 20).
+    mix_known_words: bool = False
     # Standard deviation of the flow noise the policy and goal-policy samples start from (trained at 1): colder
     # samples land nearer the flow's modes. Decided 0.5 in the closed loop (planning/policy_samples.py).
     policy_temperature: float = 0.5

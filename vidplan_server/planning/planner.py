@@ -101,7 +101,7 @@ from vidplan_server.planning.objective import (
     value_objective,
 )
 from vidplan_server.planning.policy_mode import policy_mode_plan
-from vidplan_server.planning.policy_samples import coherent_first, goal_sample_count, sample_policy_chunks
+from vidplan_server.planning.policy_samples import coherent_first, goal_sample_count, knows_words, sample_policy_chunks
 from vidplan_server.planning.proposer import Proposals, Proposer
 from vidplan_server.planning.refine import Rollout as _Rollout
 from vidplan_server.planning.refine import control_chunk, gradient_ascent
@@ -313,13 +313,15 @@ class Planner:
         """The ``count`` candidate chunks of a request (see :mod:`~vidplan_server.planning.proposer`): the
         request's nominal chunk when it sends one, otherwise the policy's samples when the bundle has a policy
         (``goal_samples`` of them from the goal policy, all of them farther than ``mix_radius`` from ``located``
-        (3,), the located object, and ``policy_pulls`` bent toward it), then the Jacobian basis."""
+        (3,), the located object, or with ``mix_known_words`` for words the policy does not know, and
+        ``policy_pulls`` bent toward it), then the Jacobian basis."""
         s, o, c = req.state, req.options, self.config
         policy = goal_chunks = None
         if req.nominal is None and self.policy is not None:
             K = min(c.policy_samples if o.policy_samples is None else o.policy_samples, count)
             hand, grip = np.asarray(s.cartesian_position[:3], dtype=np.float64), float(s.gripper_position)
-            G = goal_sample_count(c.goal_samples, K, self.goal_policy, grip, hand, located, c.mix_radius)
+            known = not c.mix_known_words or knows_words(self.policy, req.instruction)
+            G = goal_sample_count(c.goal_samples, K, self.goal_policy, grip, hand, located, c.mix_radius, known)
             policy = self.policy_chunks(req, K - G) if K > G else None
             goal_chunks = self.policy_chunks(req, G, goal=True) if G else None
             # The incumbent (index 0 of the proposals) is the sample that continues the running chunk.

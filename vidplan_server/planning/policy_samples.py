@@ -21,6 +21,15 @@ grasp. At 10 cm, with 9 + 3 and ``goal_first``, ``val`` was the same 83 (8 won, 
 18 of 50 (against 23): the cost is in the grasp, where the policy's samples win with grasps of objects it never saw
 that fail (more ``no_grasp`` and drops). So it is off too (README, session 19).
 
+Decided: ``PlannerConfig.mix_known_words`` (off by default) draws the policy's samples only when the policy knows
+every word of the instruction, i.e. each is in its vocabulary (``PolicyConfig.vocab``: the ``train`` split's
+instruction words; any other word reaches it as a hashed bucket it never learned a meaning for). An instruction with
+a word it does not know is one the policy cannot follow -- the words name an object the robot data never showed --
+so there its samples, which sessions 18 and 19 found winning grasps of such objects that then fail, stay out and all
+samples are the goal policy's. This is the policy's own confidence in the words, read from the request; it assumes a
+closed-vocabulary policy like ours (an open-vocabulary one, such as pi0.5's, knows every word, and the gate then
+never closes). A policy without a vocabulary (``vocab`` empty) is taken to know every word.
+
 Decided: the flow's starting noise is drawn at ``PlannerConfig.policy_temperature`` 0.5 (its standard deviation;
 trained at 1), for the policy and the goal policy alike: a colder draw lands nearer the flow's modes, the common
 trade of diversity for precision in flow and diffusion policies. The policy alone on the closed-loop benchmark's
@@ -53,6 +62,7 @@ import cv2
 import numpy as np
 import torch
 
+from vidplan_server.models.semantic import words
 from vidplan_server.planning.types import PlanningError, PlanRequest
 
 GOAL_STREAM = 104729  # seed offset of the goal samples' noise
@@ -98,16 +108,25 @@ def goal_sample_count(
     hand: np.ndarray | None = None,
     located: np.ndarray | None = None,
     mix_radius: float = 0.0,
+    known_words: bool = True,
 ) -> int:
     """How many of ``samples`` policy samples are goal samples (module docstring): ``wanted`` at most, none
     without a goal policy or with the gripper closed. With ``mix_radius`` > 0 (m), all of them while the hand
     (``hand``, (3,) m, base frame) is that far or farther, horizontally, from ``located`` (3,), the located
-    instructed object; no located object (None or NaN) counts as far."""
+    instructed object; no located object (None or NaN) counts as far. All of them too without ``known_words``
+    (the policy does not know a word of the instruction, :func:`knows_words`)."""
     if goal_policy is None or gripper >= 0.5:
         return 0
-    if mix_radius > 0 and not _within(hand, located, mix_radius):
+    if not known_words or (mix_radius > 0 and not _within(hand, located, mix_radius)):
         return max(0, samples)
     return max(0, min(wanted, samples))
+
+
+def knows_words(policy, instruction: str) -> bool:
+    """Whether every word of ``instruction`` is in ``policy``'s vocabulary (module docstring, ``mix_known_words``);
+    True for a policy without one, or without a policy."""
+    vocab = set(policy.config.vocab) if policy is not None else set()
+    return not vocab or all(w in vocab for w in words(instruction))
 
 
 def _within(hand: np.ndarray | None, located: np.ndarray | None, radius: float) -> bool:

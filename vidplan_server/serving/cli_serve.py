@@ -147,6 +147,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "goal policy's (0-10; default 0: mixed everywhere; needs a bundle with a locator)",
     )
     p.add_argument(
+        "--mix-known-words",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with goal samples mixed with policy samples, draw the policy's samples only when the policy knows every "
+        "word of the instruction (each is in its training vocabulary); otherwise all samples are the goal policy's, "
+        "which follows the semantic map of words the policy never saw (default off; README, closed-loop benchmark)",
+    )
+    p.add_argument(
         "--policy-temperature",
         type=positive_float,
         default=None,

@@ -101,6 +101,11 @@ class ServeSettings(BaseSettings):
         description="policy samples mixed with goal samples only within this horizontal distance (m) of the located "
         "object; 0 everywhere (default: the planner's)",
     )
+    mix_known_words: bool | None = Field(
+        None,
+        description="policy samples mixed with goal samples only when the policy knows every word of the instruction "
+        "(default: the planner's)",
+    )
     uq_method: Literal["bins", "c3-fsc", "c3-cs", "squbed"] = Field(
         "bins", description="uncertainty weighting the selection when a request leaves options.uq_method unset"
     )
@@ -278,6 +283,7 @@ class ServeSettings(BaseSettings):
             "progress_when_closed",
             "goal_first",
             "mix_radius",
+            "mix_known_words",
         ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
